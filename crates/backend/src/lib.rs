@@ -1,0 +1,103 @@
+//! Where VMs run. A [`Backend`] creates, lists and destroys VMs; each VM runs `warmpool-agent`, which
+//! the control plane talks to through an [`Agent`]. Backends: `sandbox` (Linux namespaces over the
+//! guest image, the default), `sim` (in-process fakes for reconciler tests and scale benchmarks).
+
+pub mod agent_client;
+pub mod image;
+pub mod sandbox;
+pub mod sim;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use warmpool_types::agent::{AgentExecEvent, AgentExecRequest, AgentExecResult, AgentHealth};
+
+/// What a backend needs to make one VM.
+#[derive(Debug, Clone)]
+pub struct VmSpec {
+    /// `vm-...`: the VM's id and hostname.
+    pub vm_id: String,
+    /// The VM's agent token, handed in at boot, never baked into the image.
+    pub agent_token: String,
+}
+
+/// A created VM: where its agent answers, as seen from the server.
+#[derive(Debug, Clone)]
+pub struct VmHandle {
+    pub agent_url: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct BackendError {
+    /// One line saying what went wrong.
+    pub message: String,
+    /// The end of the VM's console or setup log, when there is one.
+    pub log_tail: Option<String>,
+}
+
+impl BackendError {
+    pub fn new(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            log_tail: None,
+        }
+    }
+}
+
+#[async_trait]
+pub trait Backend: Send + Sync + 'static {
+    /// `sandbox`, `qemu` or `sim`.
+    fn name(&self) -> &'static str;
+    /// Creates and starts the VM; returns once it runs (its agent may still be starting).
+    async fn create(&self, spec: &VmSpec) -> Result<VmHandle, BackendError>;
+    /// Destroys the VM and everything it left: processes, mounts, files. Destroying a VM that
+    /// does not exist succeeds.
+    async fn destroy(&self, vm_id: &str) -> Result<(), BackendError>;
+    /// Ids of every VM this backend currently holds, including ones a crashed server left behind.
+    async fn list(&self) -> Result<Vec<String>, BackendError>;
+    /// The address under which a VM reaches a service on the server host's loopback.
+    fn host_address_for_vm(&self) -> &str;
+    /// A client for the agent of a VM.
+    fn agent(&self, vm_id: &str, agent_url: &str, token: &str) -> Arc<dyn Agent>;
+    /// The end of a VM's console or setup log, for error reports.
+    async fn log_tail(&self, vm_id: &str) -> Option<String>;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentCallError {
+    /// Nothing answered (not listening yet, VM gone, network).
+    #[error("agent unreachable: {0}")]
+    Unreachable(String),
+    /// Something answered but refused our token.
+    #[error("agent refused the token")]
+    Unauthorized,
+    #[error("agent answered {status}: {message}")]
+    Status { status: u16, message: String },
+    #[error("agent protocol error: {0}")]
+    Protocol(String),
+}
+
+/// The control plane's view of one VM's agent.
+#[async_trait]
+pub trait Agent: Send + Sync {
+    async fn health(&self) -> Result<AgentHealth, AgentCallError>;
+    /// Runs a command, handing each event (output pieces, then the exit) to `on_event`.
+    async fn exec_stream(
+        &self,
+        req: AgentExecRequest,
+        on_event: &mut (dyn FnMut(AgentExecEvent) + Send),
+    ) -> Result<(), AgentCallError>;
+    /// Runs a command and answers once (also used to start background commands).
+    async fn exec(&self, req: AgentExecRequest) -> Result<AgentExecResult, AgentCallError>;
+    async fn write_file(&self, path: &str, data: Vec<u8>, mode: u32) -> Result<(), AgentCallError>;
+    /// `None` when the file does not exist.
+    async fn read_file(&self, path: &str) -> Result<Option<Vec<u8>>, AgentCallError>;
+}
+
+/// The last `max_lines` lines of a text, for putting a log's end into an error report.
+pub fn tail_lines(text: &str, max_lines: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    let start = lines.len().saturating_sub(max_lines);
+    lines[start..].join("\n")
+}

@@ -1,0 +1,408 @@
+//! The privileged piece of the sandbox backend, run as `warmpool __sandbox-init` (single-threaded,
+//! before any runtime starts). It creates the VM's namespaces, builds its root filesystem, starts
+//! the agent and stays as PID 1 of the VM, reaping orphans, until the agent exits.
+//!
+//! Protocol with the server: fd 3 is the agent's listening socket; the token is in the environment;
+//! stdout gets one line, `ready <pid>` (the host pid of the VM's PID 1) or `error <message>`;
+//! stderr is the VM's console log. `<vm-dir>/init.pid` holds `<pid> <start time>` so the VM can be
+//! found and killed even after a server crash.
+
+use std::ffi::CString;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sched::{unshare, CloneFlags};
+use nix::sys::stat::{makedev, mknod, Mode, SFlag};
+use nix::sys::wait::{waitpid, WaitStatus};
+use nix::unistd::{fork, ForkResult, Pid};
+use warmpool_types::agent::TOKEN_ENV;
+
+use crate::image::AGENT_GUEST_PATH;
+
+/// The socket the agent listens on, as handed down by the server.
+pub const AGENT_FD: i32 = 3;
+
+struct Args {
+    vm_dir: PathBuf,
+    lowers: Vec<PathBuf>,
+    hostname: String,
+}
+
+fn parse(args: &[String]) -> Result<Args, String> {
+    let mut vm_dir = None;
+    let mut lowers = Vec::new();
+    let mut hostname = None;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut val = || it.next().cloned().ok_or(format!("{a} needs a value"));
+        match a.as_str() {
+            "--vm-dir" => vm_dir = Some(PathBuf::from(val()?)),
+            "--lower" => lowers.push(PathBuf::from(val()?)),
+            "--hostname" => hostname = Some(val()?),
+            other => return Err(format!("unknown argument {other}")),
+        }
+    }
+    Ok(Args {
+        vm_dir: vm_dir.ok_or("--vm-dir is required")?,
+        lowers: if lowers.is_empty() {
+            return Err("at least one --lower is required".into());
+        } else {
+            lowers
+        },
+        hostname: hostname.ok_or("--hostname is required")?,
+    })
+}
+
+/// Start time of a process (clock ticks since boot), to tell a pid from a later reuse of it.
+pub fn proc_start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = &stat[stat.rfind(')')? + 1..];
+    after.split_whitespace().nth(19)?.parse().ok()
+}
+
+fn fail(msg: &str) -> ! {
+    println!("error {msg}");
+    let _ = std::io::stdout().flush();
+    eprintln!("sandbox-init: {msg}");
+    std::process::exit(1)
+}
+
+/// Entry point of `warmpool __sandbox-init`. Never returns.
+pub fn main(args: &[String]) -> ! {
+    let args = parse(args).unwrap_or_else(|e| fail(&e));
+    let token =
+        std::env::var(TOKEN_ENV).unwrap_or_else(|_| fail("no agent token in the environment"));
+    if let Err(e) = unshare(
+        CloneFlags::CLONE_NEWNS
+            | CloneFlags::CLONE_NEWUTS
+            | CloneFlags::CLONE_NEWIPC
+            | CloneFlags::CLONE_NEWPID,
+    ) {
+        fail(&format!(
+            "cannot create namespaces (the sandbox backend needs root): {e}"
+        ));
+    }
+    let (ready_r, ready_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .unwrap_or_else(|e| fail(&format!("pipe: {e}")));
+    // SAFETY: this process is single-threaded (no runtime has started), so fork is sound.
+    match unsafe { fork() } {
+        Err(e) => fail(&format!("fork: {e}")),
+        Ok(ForkResult::Child) => {
+            drop(ready_r);
+            let mut ready_w = std::fs::File::from(ready_w);
+            if let Err(e) = setup_root(&args) {
+                let _ = writeln!(ready_w, "{e}");
+                std::process::exit(1);
+            }
+            run_pid1(&token, ready_w)
+        }
+        Ok(ForkResult::Parent { child }) => {
+            drop(ready_w);
+            // Only the VM's agent may hold the listening socket.
+            // SAFETY: fd 3 was handed to us by the server and nothing else uses it here.
+            drop(unsafe { OwnedFd::from_raw_fd(AGENT_FD) });
+            let start = proc_start_time(child.as_raw()).unwrap_or(0);
+            if let Err(e) =
+                std::fs::write(args.vm_dir.join("init.pid"), format!("{child} {start}\n"))
+            {
+                let _ = nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL);
+                fail(&format!("cannot write init.pid: {e}"));
+            }
+            let mut line = String::new();
+            let _ = BufReader::new(std::fs::File::from(ready_r)).read_line(&mut line);
+            let line = line.trim_end();
+            if line != "ok" {
+                let _ = waitpid(child, None);
+                fail(if line.is_empty() {
+                    "the VM's init exited during setup"
+                } else {
+                    line
+                });
+            }
+            println!("ready {child}");
+            let _ = std::io::stdout().flush();
+            // Nobody reads our stdout any more: never block on it, never keep the server's pipe.
+            if let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") {
+                let _ = nix::unistd::dup2(null.as_raw_fd(), 1);
+            }
+            let code = match waitpid(child, None) {
+                Ok(WaitStatus::Exited(_, c)) => c,
+                Ok(WaitStatus::Signaled(_, s, _)) => 128 + s as i32,
+                _ => 1,
+            };
+            std::process::exit(code)
+        }
+    }
+}
+
+fn ctx<T, E: std::fmt::Display>(r: Result<T, E>, what: impl Fn() -> String) -> Result<T, String> {
+    r.map_err(|e| format!("{}: {e}", what()))
+}
+
+fn path_str(p: &Path) -> Result<&str, String> {
+    let s = p
+        .to_str()
+        .ok_or_else(|| format!("{} is not UTF-8", p.display()))?;
+    if s.contains([',', ':']) {
+        return Err(format!(
+            "{s}: paths used by the sandbox must not contain `,` or `:`"
+        ));
+    }
+    Ok(s)
+}
+
+/// Builds the VM's root (overlay over the image, its own /proc, /dev, /tmp, /run) and moves into it.
+fn setup_root(a: &Args) -> Result<(), String> {
+    let none: Option<&str> = None;
+    ctx(
+        mount(none, "/", none, MsFlags::MS_REC | MsFlags::MS_PRIVATE, none),
+        || "cannot make mounts private".into(),
+    )?;
+    let merged = a.vm_dir.join("merged");
+    let lowers = a
+        .lowers
+        .iter()
+        .map(|p| path_str(p))
+        .collect::<Result<Vec<_>, _>>()?
+        .join(":");
+    let opts = format!(
+        "lowerdir={lowers},upperdir={},workdir={}",
+        path_str(&a.vm_dir.join("upper"))?,
+        path_str(&a.vm_dir.join("work"))?
+    );
+    ctx(
+        mount(
+            Some("overlay"),
+            &merged,
+            Some("overlay"),
+            MsFlags::empty(),
+            Some(opts.as_str()),
+        ),
+        || format!("cannot mount the overlay root ({opts})"),
+    )?;
+    let m = |rel: &str| merged.join(rel);
+    let mkdir = |p: &Path| {
+        ctx(std::fs::create_dir_all(p), || {
+            format!("mkdir {}", p.display())
+        })
+    };
+    for d in [
+        "proc",
+        "dev",
+        "tmp",
+        "run",
+        "home",
+        "root",
+        "var/log/warmpool",
+    ] {
+        mkdir(&m(d))?;
+    }
+    let nosuid = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    ctx(
+        mount(
+            Some("proc"),
+            &m("proc"),
+            Some("proc"),
+            nosuid | MsFlags::MS_NOEXEC,
+            none,
+        ),
+        || "mount /proc".into(),
+    )?;
+    ctx(
+        mount(
+            Some("tmpfs"),
+            &m("dev"),
+            Some("tmpfs"),
+            MsFlags::MS_NOSUID,
+            Some("mode=755,size=65536k"),
+        ),
+        || "mount /dev".into(),
+    )?;
+    for (name, major, minor) in [
+        ("null", 1, 3),
+        ("zero", 1, 5),
+        ("full", 1, 7),
+        ("random", 1, 8),
+        ("urandom", 1, 9),
+        ("tty", 5, 0),
+    ] {
+        let p = m(&format!("dev/{name}"));
+        ctx(
+            mknod(
+                &p,
+                SFlag::S_IFCHR,
+                Mode::from_bits_truncate(0o666),
+                makedev(major, minor),
+            ),
+            || format!("mknod /dev/{name}"),
+        )?;
+        ctx(
+            std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o666)),
+            || format!("chmod /dev/{name}"),
+        )?;
+    }
+    mkdir(&m("dev/pts"))?;
+    mkdir(&m("dev/shm"))?;
+    ctx(
+        mount(
+            Some("devpts"),
+            &m("dev/pts"),
+            Some("devpts"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+            Some("newinstance,ptmxmode=0666,mode=620"),
+        ),
+        || "mount /dev/pts".into(),
+    )?;
+    ctx(
+        mount(
+            Some("tmpfs"),
+            &m("dev/shm"),
+            Some("tmpfs"),
+            nosuid,
+            Some("mode=1777"),
+        ),
+        || "mount /dev/shm".into(),
+    )?;
+    for (link, target) in [
+        ("dev/ptmx", "pts/ptmx"),
+        ("dev/fd", "/proc/self/fd"),
+        ("dev/stdin", "/proc/self/fd/0"),
+        ("dev/stdout", "/proc/self/fd/1"),
+        ("dev/stderr", "/proc/self/fd/2"),
+    ] {
+        ctx(std::os::unix::fs::symlink(target, m(link)), || {
+            format!("symlink /{link}")
+        })?;
+    }
+    ctx(
+        mount(
+            Some("tmpfs"),
+            &m("tmp"),
+            Some("tmpfs"),
+            nosuid,
+            Some("mode=1777"),
+        ),
+        || "mount /tmp".into(),
+    )?;
+    ctx(
+        mount(
+            Some("tmpfs"),
+            &m("run"),
+            Some("tmpfs"),
+            nosuid,
+            Some("mode=755"),
+        ),
+        || "mount /run".into(),
+    )?;
+    let host = &a.hostname;
+    ctx(
+        std::fs::write(m("etc/hostname"), format!("{host}\n")),
+        || "write /etc/hostname".into(),
+    )?;
+    ctx(
+        std::fs::write(
+            m("etc/hosts"),
+            format!("127.0.0.1\tlocalhost\n127.0.1.1\t{host}\n::1\tlocalhost ip6-localhost ip6-loopback\n"),
+        ),
+        || "write /etc/hosts".into(),
+    )?;
+    // The VM shares the host's network, so it uses the host's resolvers.
+    if let Ok(resolv) = std::fs::read("/etc/resolv.conf") {
+        let _ = std::fs::remove_file(m("etc/resolv.conf"));
+        ctx(std::fs::write(m("etc/resolv.conf"), resolv), || {
+            "write /etc/resolv.conf".into()
+        })?;
+    }
+    ctx(nix::unistd::sethostname(host), || "sethostname".into())?;
+    let old = m(".oldroot");
+    mkdir(&old)?;
+    ctx(nix::unistd::pivot_root(&merged, &old), || {
+        "pivot_root".into()
+    })?;
+    ctx(nix::unistd::chdir("/"), || "chdir /".into())?;
+    ctx(umount2("/.oldroot", MntFlags::MNT_DETACH), || {
+        "detach the host root".into()
+    })?;
+    ctx(std::fs::remove_dir("/.oldroot"), || {
+        "remove /.oldroot".into()
+    })?;
+    Ok(())
+}
+
+/// Starts the agent, reports readiness, then reaps every process of the VM until the agent exits.
+fn run_pid1(token: &str, mut ready_w: std::fs::File) -> ! {
+    // stdout is the server's handshake pipe: the VM must not hold it.
+    if let Ok(null) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+    {
+        let _ = nix::unistd::dup2(null.as_raw_fd(), 0);
+        let _ = nix::unistd::dup2(null.as_raw_fd(), 1);
+    }
+    // A close-on-exec pipe tells us whether exec of the agent worked: EOF means it did.
+    let (exec_r, exec_w) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap_or_else(|_| std::process::exit(1));
+    let env: Vec<CString> = [
+        "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string(),
+        "HOME=/root".to_string(),
+        "LANG=C.UTF-8".to_string(),
+        format!("{TOKEN_ENV}={token}"),
+    ]
+    .into_iter()
+    .filter_map(|s| CString::new(s).ok())
+    .collect();
+    let argv: Vec<CString> = [AGENT_GUEST_PATH, "--listen-fd", "3"]
+        .into_iter()
+        .filter_map(|s| CString::new(s).ok())
+        .collect();
+    let path = CString::new(AGENT_GUEST_PATH).unwrap_or_default();
+    // SAFETY: still single-threaded.
+    match unsafe { fork() } {
+        Err(_) => {
+            let _ = writeln!(ready_w, "cannot fork the agent");
+            std::process::exit(1)
+        }
+        Ok(ForkResult::Child) => {
+            drop(exec_r);
+            let _ = nix::unistd::setsid();
+            let err = nix::unistd::execve(&path, &argv, &env).unwrap_err();
+            let mut w = std::fs::File::from(exec_w);
+            let _ = write!(w, "cannot start {AGENT_GUEST_PATH}: {err}");
+            std::process::exit(127)
+        }
+        Ok(ForkResult::Parent { child: agent }) => {
+            drop(exec_w);
+            // SAFETY: fd 3 is the listening socket; the agent has its own copy now.
+            drop(unsafe { OwnedFd::from_raw_fd(AGENT_FD) });
+            let mut exec_err = String::new();
+            let _ = std::fs::File::from(exec_r).read_to_string(&mut exec_err);
+            if !exec_err.is_empty() {
+                let _ = writeln!(ready_w, "{exec_err}");
+                std::process::exit(1);
+            }
+            let _ = writeln!(ready_w, "ok");
+            drop(ready_w);
+            reap_until(agent)
+        }
+    }
+}
+
+fn reap_until(agent: Pid) -> ! {
+    loop {
+        match waitpid(Pid::from_raw(-1), None) {
+            Ok(WaitStatus::Exited(pid, code)) if pid == agent => {
+                eprintln!("sandbox-init: the agent exited with status {code}");
+                std::process::exit(code)
+            }
+            Ok(WaitStatus::Signaled(pid, sig, _)) if pid == agent => {
+                eprintln!("sandbox-init: the agent was killed by {sig}");
+                std::process::exit(128 + sig as i32)
+            }
+            Err(nix::errno::Errno::ECHILD) => std::process::exit(0),
+            _ => {}
+        }
+    }
+}

@@ -1,0 +1,221 @@
+//! `sim`: VMs that exist only in this process, for reconciler tests and scale benchmarks. Creating
+//! one takes a configurable delay; its "agent" keeps files in memory and understands a tiny command
+//! language so tests can steer outcomes: `exit N`, `false`, `sleep SECONDS`, `echo TEXT`; anything
+//! else succeeds silently. It is never the only test of a feature.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use warmpool_types::agent::{AgentExecEvent, AgentExecRequest, AgentExecResult, AgentHealth};
+
+use crate::{Agent, AgentCallError, Backend, BackendError, VmHandle, VmSpec};
+
+#[derive(Debug, Clone, Default)]
+pub struct SimOptions {
+    /// How long `create` takes.
+    pub create_delay: Duration,
+}
+
+#[derive(Default)]
+struct SimVm {
+    token: String,
+    files: Mutex<HashMap<String, Vec<u8>>>,
+}
+
+pub struct SimBackend {
+    opts: SimOptions,
+    vms: Mutex<HashMap<String, Arc<SimVm>>>,
+}
+
+impl SimBackend {
+    pub fn new(opts: SimOptions) -> Self {
+        Self {
+            opts,
+            vms: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn vm(&self, vm_id: &str) -> Option<Arc<SimVm>> {
+        self.vms
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(vm_id)
+            .cloned()
+    }
+}
+
+#[async_trait]
+impl Backend for SimBackend {
+    fn name(&self) -> &'static str {
+        "sim"
+    }
+
+    async fn create(&self, spec: &VmSpec) -> Result<VmHandle, BackendError> {
+        tokio::time::sleep(self.opts.create_delay).await;
+        let vm = Arc::new(SimVm {
+            token: spec.agent_token.clone(),
+            files: Mutex::default(),
+        });
+        self.vms
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(spec.vm_id.clone(), vm);
+        Ok(VmHandle {
+            agent_url: format!("sim://{}", spec.vm_id),
+        })
+    }
+
+    async fn destroy(&self, vm_id: &str) -> Result<(), BackendError> {
+        self.vms
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(vm_id);
+        Ok(())
+    }
+
+    async fn list(&self) -> Result<Vec<String>, BackendError> {
+        Ok(self
+            .vms
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect())
+    }
+
+    fn host_address_for_vm(&self) -> &str {
+        "127.0.0.1"
+    }
+
+    fn agent(&self, vm_id: &str, _agent_url: &str, token: &str) -> Arc<dyn Agent> {
+        Arc::new(SimAgent {
+            vm: self.vm(vm_id),
+            token: token.to_string(),
+            vm_id: vm_id.to_string(),
+        })
+    }
+
+    async fn log_tail(&self, _vm_id: &str) -> Option<String> {
+        None
+    }
+}
+
+struct SimAgent {
+    vm: Option<Arc<SimVm>>,
+    token: String,
+    vm_id: String,
+}
+
+impl SimAgent {
+    fn vm(&self) -> Result<&SimVm, AgentCallError> {
+        let vm = self
+            .vm
+            .as_deref()
+            .ok_or_else(|| AgentCallError::Unreachable("no such sim VM".into()))?;
+        if vm.token != self.token {
+            return Err(AgentCallError::Unauthorized);
+        }
+        Ok(vm)
+    }
+
+    async fn run(&self, req: &AgentExecRequest) -> Result<(i32, String), AgentCallError> {
+        self.vm()?;
+        if let Some(argv) = &req.argv {
+            let out = if argv.iter().any(|a| a == "rev-parse") {
+                format!("{}\n", "0".repeat(40))
+            } else {
+                String::new()
+            };
+            return Ok((0, out));
+        }
+        let command = req.command.as_deref().unwrap_or("").trim();
+        let mut words = command.split_whitespace();
+        Ok(match words.next() {
+            Some("exit") => (
+                words.next().and_then(|n| n.parse().ok()).unwrap_or(1),
+                String::new(),
+            ),
+            Some("false") => (1, String::new()),
+            Some("sleep") => {
+                let secs: f64 = words.next().and_then(|n| n.parse().ok()).unwrap_or(0.0);
+                tokio::time::sleep(Duration::from_secs_f64(secs.clamp(0.0, 3600.0))).await;
+                (0, String::new())
+            }
+            Some("echo") => (0, format!("{}\n", command[4..].trim())),
+            _ => (0, String::new()),
+        })
+    }
+}
+
+#[async_trait]
+impl Agent for SimAgent {
+    async fn health(&self) -> Result<AgentHealth, AgentCallError> {
+        self.vm()?;
+        Ok(AgentHealth {
+            version: format!("sim-{}", env!("CARGO_PKG_VERSION")),
+            hostname: self.vm_id.clone(),
+        })
+    }
+
+    async fn exec_stream(
+        &self,
+        req: AgentExecRequest,
+        on_event: &mut (dyn FnMut(AgentExecEvent) + Send),
+    ) -> Result<(), AgentCallError> {
+        let started = Instant::now();
+        let (exit_code, data) = self.run(&req).await?;
+        if !data.is_empty() {
+            on_event(AgentExecEvent::Output { data });
+        }
+        on_event(AgentExecEvent::Exit {
+            exit_code,
+            timed_out: false,
+            duration_ms: started.elapsed().as_millis() as u64,
+        });
+        Ok(())
+    }
+
+    async fn exec(&self, req: AgentExecRequest) -> Result<AgentExecResult, AgentCallError> {
+        let started = Instant::now();
+        let background = req.background_log.is_some();
+        let (exit_code, output) = if background {
+            (0, String::new())
+        } else {
+            self.run(&req).await?
+        };
+        Ok(AgentExecResult {
+            exit_code,
+            output,
+            duration_ms: started.elapsed().as_millis() as u64,
+            truncated: false,
+            timed_out: false,
+            pid: background.then_some(1),
+        })
+    }
+
+    async fn write_file(
+        &self,
+        path: &str,
+        data: Vec<u8>,
+        _mode: u32,
+    ) -> Result<(), AgentCallError> {
+        self.vm()?
+            .files
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(path.to_string(), data);
+        Ok(())
+    }
+
+    async fn read_file(&self, path: &str) -> Result<Option<Vec<u8>>, AgentCallError> {
+        Ok(self
+            .vm()?
+            .files
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(path)
+            .cloned())
+    }
+}

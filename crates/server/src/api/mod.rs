@@ -1,0 +1,178 @@
+//! The HTTP API: thin handlers that parse, call the app layer and map the result; authentication;
+//! the generated OpenAPI document. Shapes are in `warmpool_types::api`; errors become HTTP in
+//! `error.rs` only.
+
+mod error;
+pub mod extract;
+mod projects;
+mod warm_pool;
+
+use std::sync::Arc;
+
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::{Json, Router};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{IntoResponses, Modify, OpenApi};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use warmpool_types::api::{ErrorResponse, HealthResponse};
+
+use crate::app::App;
+use crate::error::AppError;
+
+pub type ApiResult<T> = Result<T, AppError>;
+
+/// The error answers every authenticated endpoint may give.
+#[derive(IntoResponses)]
+#[allow(dead_code)]
+pub enum StdErrors {
+    #[response(status = 401, description = "Unauthorized")]
+    Unauthorized(#[to_schema] ErrorResponse),
+    #[response(status = 403, description = "Forbidden")]
+    Forbidden(#[to_schema] ErrorResponse),
+    #[response(status = 404, description = "Not found")]
+    NotFound(#[to_schema] ErrorResponse),
+    #[response(status = 413, description = "Body too large")]
+    PayloadTooLarge(#[to_schema] ErrorResponse),
+    #[response(status = 422, description = "Validation error")]
+    Validation(#[to_schema] ErrorResponse),
+    #[response(status = 500, description = "Internal error")]
+    Internal(#[to_schema] ErrorResponse),
+    #[response(status = 503, description = "Temporarily unavailable; retry")]
+    Unavailable(#[to_schema] ErrorResponse),
+}
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearerAuth",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("An admin or project token (wp_...)"))
+                    .build(),
+            ),
+        );
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "warmpool",
+        description = "Pools of ready VMs per project: configure a pool, test its boot, read the \
+            step-by-step log, run commands in its VMs. The warm-pool endpoints are compatible with \
+            the public warm-pool API (v1, 2026-06-26)."
+    ),
+    modifiers(&BearerAuth),
+    tags(
+        (name = "warm-pool", description = "The compatible warm-pool API"),
+        (name = "projects", description = "Projects, repositories, environment variables, devbox settings"),
+        (name = "instances", description = "Running commands in and destroying instances"),
+        (name = "health", description = "Liveness, readiness, this document"),
+    )
+)]
+struct ApiDoc;
+
+async fn authenticate(State(app): State<Arc<App>>, mut req: Request, next: Next) -> Response {
+    let token = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let (scheme, rest) = v.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
+        });
+    match app.authenticate(token) {
+        Ok(caller) => {
+            req.extensions_mut().insert(caller);
+            next.run(req).await
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+#[utoipa::path(get, path = "/healthz", tag = "health", responses((status = 200, body = HealthResponse)))]
+async fn healthz() -> Json<HealthResponse> {
+    Json(HealthResponse {
+        status: "ok".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+    })
+}
+
+#[utoipa::path(get, path = "/readyz", tag = "health", responses(
+    (status = 200, body = HealthResponse),
+    (status = 503, body = ErrorResponse, description = "The store cannot be reached"),
+))]
+async fn readyz(State(app): State<Arc<App>>) -> ApiResult<Json<HealthResponse>> {
+    app.store.ping().await.map_err(|e| {
+        tracing::warn!("readiness check failed: {e}");
+        AppError::Unavailable("the store cannot be reached".into())
+    })?;
+    Ok(Json(HealthResponse {
+        status: "ready".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+    }))
+}
+
+/// Builds the whole HTTP application.
+pub fn router(app: Arc<App>, max_body_bytes: usize) -> Router {
+    let (v1, mut doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(
+            warm_pool::get_warm_pool,
+            warm_pool::update_warm_pool
+        ))
+        .routes(routes!(warm_pool::test_boot))
+        .routes(routes!(warm_pool::list_instances))
+        .routes(routes!(warm_pool::get_instance, warm_pool::delete_instance))
+        .routes(routes!(warm_pool::exec))
+        .routes(routes!(warm_pool::clear))
+        .routes(routes!(projects::create_project, projects::list_projects))
+        .routes(routes!(
+            projects::get_project,
+            projects::update_project,
+            projects::delete_project
+        ))
+        .routes(routes!(projects::list_repos))
+        .routes(routes!(projects::list_env_vars, projects::put_env_vars))
+        .routes(routes!(projects::delete_env_var))
+        .routes(routes!(projects::get_devbox, projects::update_devbox))
+        .layer(middleware::from_fn_with_state(app.clone(), authenticate))
+        .split_for_parts();
+    let (open, open_doc) = OpenApiRouter::new()
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .split_for_parts();
+    doc.merge(open_doc);
+    let doc = Arc::new(doc);
+    Router::new()
+        .merge(v1)
+        .merge(open)
+        .route(
+            "/openapi.json",
+            axum::routing::get(move || {
+                let doc = doc.clone();
+                async move { Json(doc.as_ref().clone()) }
+            }),
+        )
+        .fallback(|| async { AppError::not_found("no such endpoint") })
+        .method_not_allowed_fallback(|| async {
+            let body = Json(ErrorResponse {
+                error: warmpool_types::api::ErrorBody {
+                    code: "method_not_allowed".into(),
+                    message: "this endpoint does not support that method".into(),
+                    details: None,
+                },
+            });
+            (StatusCode::METHOD_NOT_ALLOWED, body)
+        })
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .with_state(app)
+}

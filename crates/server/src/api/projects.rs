@@ -1,0 +1,217 @@
+//! Handlers of the project extensions: projects, repositories, environment variables, devbox.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::{Extension, Json};
+use serde::Deserialize;
+use utoipa::IntoParams;
+use warmpool_types::api::{
+    CreateProjectBody, DeleteEnvVarResponse, Devbox, EnvVarsResponse, ListProjectsResponse,
+    ListReposResponse, Project, PutEnvVarsBody, UpdateDevboxBody, UpdateProjectBody,
+};
+
+use super::extract::{ApiJson, ApiPath, ApiQuery};
+use super::{ApiResult, StdErrors};
+use crate::app::{App, Caller};
+
+#[utoipa::path(
+    post, path = "/v1/projects", tag = "projects", operation_id = "createProject",
+    summary = "Create a project from repositories (admin)",
+    request_body = CreateProjectBody,
+    responses(
+        (status = 201, body = Project),
+        (status = 409, body = warmpool_types::api::ErrorResponse, description = "Two repositories share a name"),
+        StdErrors
+    ),
+    security(("bearerAuth" = []))
+)]
+pub async fn create_project(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    ApiJson(body): ApiJson<CreateProjectBody>,
+) -> ApiResult<(StatusCode, Json<Project>)> {
+    let p = app.create_project(&caller, body).await?;
+    Ok((StatusCode::CREATED, Json(p)))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListProjectsQuery {
+    /// 1 to 100, default 20.
+    limit: Option<u32>,
+    /// `nextCursor` of the previous page.
+    cursor: Option<String>,
+}
+
+#[utoipa::path(
+    get, path = "/v1/projects", tag = "projects", operation_id = "listProjects",
+    summary = "List the projects this token may see",
+    params(ListProjectsQuery),
+    responses((status = 200, body = ListProjectsResponse), StdErrors),
+    security(("bearerAuth" = []))
+)]
+pub async fn list_projects(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    ApiQuery(q): ApiQuery<ListProjectsQuery>,
+) -> ApiResult<Json<ListProjectsResponse>> {
+    app.list_projects(&caller, q.limit, q.cursor.as_deref())
+        .await
+        .map(Json)
+}
+
+#[utoipa::path(
+    get, path = "/v1/projects/{projectId}", tag = "projects", operation_id = "getProject",
+    params(("projectId" = String, Path, description = "Project ID.")),
+    responses((status = 200, body = Project), StdErrors),
+    security(("bearerAuth" = []))
+)]
+pub async fn get_project(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    ApiPath(project_id): ApiPath<String>,
+) -> ApiResult<Json<Project>> {
+    app.get_project(&caller, &project_id).await.map(Json)
+}
+
+#[utoipa::path(
+    patch, path = "/v1/projects/{projectId}", tag = "projects", operation_id = "updateProject",
+    summary = "Change name, description or the repository list (replaced whole)",
+    params(("projectId" = String, Path, description = "Project ID.")),
+    request_body = UpdateProjectBody,
+    responses(
+        (status = 200, body = Project),
+        (status = 409, body = warmpool_types::api::ErrorResponse, description = "Two repositories share a name"),
+        StdErrors
+    ),
+    security(("bearerAuth" = []))
+)]
+pub async fn update_project(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    ApiPath(project_id): ApiPath<String>,
+    ApiJson(body): ApiJson<UpdateProjectBody>,
+) -> ApiResult<Json<Project>> {
+    app.update_project(&caller, &project_id, body)
+        .await
+        .map(Json)
+}
+
+#[utoipa::path(
+    delete, path = "/v1/projects/{projectId}", tag = "projects", operation_id = "deleteProject",
+    summary = "Destroy every VM of the project, then the project (admin)",
+    params(("projectId" = String, Path, description = "Project ID.")),
+    responses((status = 204, description = "Deleted"), StdErrors),
+    security(("bearerAuth" = []))
+)]
+pub async fn delete_project(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    ApiPath(project_id): ApiPath<String>,
+) -> ApiResult<StatusCode> {
+    app.delete_project(&caller, &project_id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(
+    get, path = "/v1/projects/{projectId}/repos", tag = "projects", operation_id = "listRepos",
+    summary = "The project's repositories with their URLs",
+    params(("projectId" = String, Path, description = "Project ID.")),
+    responses((status = 200, body = ListReposResponse), StdErrors),
+    security(("bearerAuth" = []))
+)]
+pub async fn list_repos(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    ApiPath(project_id): ApiPath<String>,
+) -> ApiResult<Json<ListReposResponse>> {
+    app.list_repos(&caller, &project_id).await.map(Json)
+}
+
+#[utoipa::path(
+    get, path = "/v1/projects/{projectId}/environment-variables", tag = "projects",
+    operation_id = "listEnvironmentVariables", summary = "Names of the variables (values are never returned)",
+    params(("projectId" = String, Path, description = "Project ID.")),
+    responses((status = 200, body = EnvVarsResponse), StdErrors),
+    security(("bearerAuth" = []))
+)]
+pub async fn list_env_vars(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    ApiPath(project_id): ApiPath<String>,
+) -> ApiResult<Json<EnvVarsResponse>> {
+    app.list_env_vars(&caller, &project_id).await.map(Json)
+}
+
+#[utoipa::path(
+    put, path = "/v1/projects/{projectId}/environment-variables", tag = "projects",
+    operation_id = "upsertEnvironmentVariables", summary = "Set variables; those not named are kept",
+    params(("projectId" = String, Path, description = "Project ID.")),
+    request_body = PutEnvVarsBody,
+    responses((status = 200, body = EnvVarsResponse), StdErrors),
+    security(("bearerAuth" = []))
+)]
+pub async fn put_env_vars(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    ApiPath(project_id): ApiPath<String>,
+    ApiJson(body): ApiJson<PutEnvVarsBody>,
+) -> ApiResult<Json<EnvVarsResponse>> {
+    app.put_env_vars(&caller, &project_id, body).await.map(Json)
+}
+
+#[utoipa::path(
+    delete, path = "/v1/projects/{projectId}/environment-variables/{name}", tag = "projects",
+    operation_id = "deleteEnvironmentVariable",
+    params(
+        ("projectId" = String, Path, description = "Project ID."),
+        ("name" = String, Path, description = "Variable name."),
+    ),
+    responses((status = 200, body = DeleteEnvVarResponse), StdErrors),
+    security(("bearerAuth" = []))
+)]
+pub async fn delete_env_var(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    ApiPath((project_id, name)): ApiPath<(String, String)>,
+) -> ApiResult<Json<DeleteEnvVarResponse>> {
+    app.delete_env_var(&caller, &project_id, &name)
+        .await
+        .map(Json)
+}
+
+#[utoipa::path(
+    get, path = "/v1/projects/{projectId}/devbox", tag = "projects", operation_id = "getDevbox",
+    summary = "Setup commands of project_setup and of each repo's repo_setup",
+    params(("projectId" = String, Path, description = "Project ID.")),
+    responses((status = 200, body = Devbox), StdErrors),
+    security(("bearerAuth" = []))
+)]
+pub async fn get_devbox(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    ApiPath(project_id): ApiPath<String>,
+) -> ApiResult<Json<Devbox>> {
+    app.get_devbox(&caller, &project_id).await.map(Json)
+}
+
+#[utoipa::path(
+    patch, path = "/v1/projects/{projectId}/devbox", tag = "projects", operation_id = "updateDevbox",
+    summary = "Replace the project's setup commands and/or those of the repos listed",
+    params(("projectId" = String, Path, description = "Project ID.")),
+    request_body = UpdateDevboxBody,
+    responses((status = 200, body = Devbox), StdErrors),
+    security(("bearerAuth" = []))
+)]
+pub async fn update_devbox(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    ApiPath(project_id): ApiPath<String>,
+    ApiJson(body): ApiJson<UpdateDevboxBody>,
+) -> ApiResult<Json<Devbox>> {
+    app.update_devbox(&caller, &project_id, body)
+        .await
+        .map(Json)
+}

@@ -1,0 +1,636 @@
+//! What each client command does and prints.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use reqwest::Method;
+use serde_json::{json, Value};
+use warmpool_types::api::{
+    EnvVarsResponse, ExecResponse, GetWarmPoolResponse, ListProjectsResponse,
+    ListWarmPoolInstancesResponse, Project, StepRecord, TestWarmPoolBootResponse,
+    WarmPoolInstanceDetail,
+};
+
+use super::client::Client;
+use super::{Cli, Command, DevboxCmd, EnvCmd, ImageCmd, InstanceCmd, PoolCmd, ProjectCmd};
+use crate::provision::envfile::shell_quote;
+
+/// The admin token of the local data dir, for when none is given.
+fn local_token() -> anyhow::Result<String> {
+    let dir = std::env::var_os("WARMPOOL_DATA_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("./warmpool-data"));
+    let path = dir.join("admin-token");
+    std::fs::read_to_string(&path)
+        .map(|t| t.trim().to_string())
+        .with_context(|| {
+            format!(
+                "no --token given and cannot read {} (set WARMPOOL_TOKEN, or WARMPOOL_DATA_DIR to the server's data dir)",
+                path.display()
+            )
+        })
+}
+
+fn print_json(v: &impl serde::Serialize) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+/// `NAME=COMMAND` pairs, in order; names listed in `background` start in the background.
+fn parse_commands(cmds: &[String], background: &[String]) -> anyhow::Result<Value> {
+    let bg: HashSet<&str> = background.iter().map(String::as_str).collect();
+    let mut out = Vec::new();
+    let mut seen = HashSet::new();
+    for c in cmds {
+        let Some((name, command)) = c.split_once('=') else {
+            bail!("--cmd takes NAME=COMMAND, got `{c}`");
+        };
+        seen.insert(name);
+        let mut item = json!({"name": name, "command": command});
+        if bg.contains(name) {
+            item["background"] = json!(true);
+        }
+        out.push(item);
+    }
+    if let Some(missing) = bg.iter().find(|b| !seen.contains(*b)) {
+        bail!("--background {missing} names no --cmd");
+    }
+    Ok(Value::Array(out))
+}
+
+/// `owner/name=URL[#branch]`; a local path is made absolute (the server resolves nothing relative).
+fn parse_repo(spec: &str) -> anyhow::Result<Value> {
+    let Some((full, rest)) = spec.split_once('=') else {
+        bail!("--repo takes owner/name=URL[#branch], got `{spec}`");
+    };
+    let (url, branch) = match rest.rsplit_once('#') {
+        Some((u, b)) => (u, Some(b)),
+        None => (rest, None),
+    };
+    let looks_local = !url.contains("://") && !url.contains('@') && !url.contains(':');
+    let url = if looks_local && Path::new(url).exists() {
+        std::path::absolute(url)?.display().to_string()
+    } else {
+        url.to_string()
+    };
+    let mut v = json!({"repoFullName": full, "url": url});
+    if let Some(b) = branch {
+        v["branch"] = json!(b);
+    }
+    Ok(v)
+}
+
+async fn project_id(c: &Client, p: &str) -> anyhow::Result<String> {
+    if p.starts_with("proj_") {
+        return Ok(p.to_string());
+    }
+    let mut cursor: Option<String> = None;
+    let mut found = Vec::new();
+    loop {
+        let path = match &cursor {
+            Some(cur) => format!("/v1/projects?limit=100&cursor={cur}"),
+            None => "/v1/projects?limit=100".to_string(),
+        };
+        let page: ListProjectsResponse = c.get(&path).await?;
+        found.extend(page.items.into_iter().filter(|x| x.name == p).map(|x| x.id));
+        match page.next_cursor {
+            Some(n) if page.has_more => cursor = Some(n),
+            _ => break,
+        }
+    }
+    match found.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => bail!("no project is named `{p}` (give its id, proj_...)"),
+        _ => bail!("several projects are named `{p}`; give the id instead"),
+    }
+}
+
+fn print_project(p: &Project) {
+    println!("{}  {}  ({})", p.id, p.name, p.task_code);
+    if let Some(d) = &p.description {
+        println!("  {d}");
+    }
+    for r in &p.repos {
+        println!(
+            "  repo {} @ {}",
+            r.repo_full_name,
+            if r.branch.is_empty() {
+                "(default)"
+            } else {
+                &r.branch
+            }
+        );
+    }
+}
+
+fn step_line(s: &StepRecord) -> String {
+    let mark = if s.status == "success" { "ok " } else { "ERR" };
+    let what = s
+        .metadata
+        .as_ref()
+        .and_then(|m| m.get("repo"))
+        .and_then(Value::as_str)
+        .map(|r| format!(" [{r}]"))
+        .unwrap_or_default();
+    let dur = s
+        .duration_ms
+        .map(|d| format!(" {d} ms"))
+        .unwrap_or_default();
+    match &s.error {
+        Some(e) => format!("  {mark} {}{what}{dur}: {e}", s.name),
+        None => format!("  {mark} {}{what}{dur}", s.name),
+    }
+}
+
+fn output_tail(s: &StepRecord, lines: usize) -> String {
+    let out = s.output.as_deref().unwrap_or("");
+    let all: Vec<&str> = out.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Follows an instance until it is ready or failed, printing each step as it finishes.
+async fn follow(c: &Client, pid: &str, id: &str, json_out: bool) -> anyhow::Result<bool> {
+    let mut shown = 0;
+    loop {
+        let d: WarmPoolInstanceDetail = c
+            .get(&format!("/v1/projects/{pid}/warm-pool/instances/{id}"))
+            .await?;
+        if !json_out {
+            for s in &d.steps[shown..] {
+                println!("{}", step_line(s));
+            }
+        }
+        shown = d.steps.len();
+        if d.status != "provisioning" {
+            if json_out {
+                print_json(&d);
+                return Ok(d.summary.success);
+            }
+            if d.summary.success {
+                println!(
+                    "ready: {} ({}/{} steps, {:.1} s). Run commands in it with:\n  warmpool exec {pid} {id} -- <command>",
+                    d.instance_id,
+                    d.summary.completed_steps,
+                    d.summary.total_steps,
+                    d.summary.total_duration_ms as f64 / 1000.0
+                );
+                return Ok(true);
+            }
+            println!(
+                "failed at {}: {}",
+                d.summary.failed_step.as_deref().unwrap_or("(no step)"),
+                d.summary.error.as_deref().unwrap_or("unknown error")
+            );
+            if let Some(s) = d.steps.iter().find(|s| s.status == "error") {
+                let tail = output_tail(s, 25);
+                if !tail.is_empty() {
+                    println!("--- the end of {}'s output ---\n{tail}", s.name);
+                }
+            }
+            return Ok(false);
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+fn build_image(
+    cache_dir: Option<PathBuf>,
+    mirror: &str,
+    agent_bin: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    use indicatif::{ProgressBar, ProgressStyle};
+    use warmpool_backend::image::{self, Progress};
+    let cache = crate::serve::absolute(&cache_dir.unwrap_or_else(crate::serve::default_cache_dir))?;
+    let agent = crate::serve::find_agent_bin(agent_bin.as_deref())?;
+    if image::is_built(&cache) {
+        println!(
+            "the guest image is already built: {}",
+            image::image_dir(&cache).display()
+        );
+        return Ok(());
+    }
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar.enable_steady_tick(Duration::from_millis(120));
+    let rootfs = image::build(&cache, mirror, &agent, &mut |p| match p {
+        Progress::Phase(m) => bar.set_message(m),
+        Progress::Step { done, total, phase } => {
+            bar.set_length(total);
+            bar.set_position(done);
+            bar.set_message(phase);
+        }
+        Progress::Line(l) => bar.println(l),
+    })
+    .map_err(anyhow::Error::msg)?;
+    bar.finish_and_clear();
+    println!("built the guest image: {}", rootfs.display());
+    Ok(())
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<i32> {
+    let Cli {
+        url,
+        token,
+        json: json_out,
+        command,
+    } = cli;
+    let command = match command {
+        Command::Serve(args) => {
+            crate::serve::serve(*args).await?;
+            return Ok(0);
+        }
+        Command::Image(ImageCmd::Build {
+            cache_dir,
+            debian_mirror,
+            agent_bin,
+        }) => {
+            tokio::task::spawn_blocking(move || build_image(cache_dir, &debian_mirror, agent_bin))
+                .await??;
+            return Ok(0);
+        }
+        other => other,
+    };
+    let token = match token {
+        Some(t) => t,
+        None => local_token()?,
+    };
+    let c = Client::new(&url, &token)?;
+    match command {
+        Command::Serve(_) | Command::Image(_) => unreachable!("handled above"),
+        Command::Project(cmd) => match cmd {
+            ProjectCmd::Create {
+                name,
+                repos,
+                description,
+            } => {
+                let repos = repos
+                    .iter()
+                    .map(|r| parse_repo(r))
+                    .collect::<anyhow::Result<Vec<_>>>()?;
+                let mut body = json!({"name": name, "repos": repos});
+                if let Some(d) = description {
+                    body["description"] = json!(d);
+                }
+                let p: Project = c.send(Method::POST, "/v1/projects", &body).await?;
+                if json_out {
+                    print_json(&p);
+                } else {
+                    print_project(&p);
+                }
+            }
+            ProjectCmd::List => {
+                let page: ListProjectsResponse = c.get("/v1/projects?limit=100").await?;
+                if json_out {
+                    print_json(&page);
+                } else {
+                    page.items.iter().for_each(print_project);
+                }
+            }
+            ProjectCmd::Show { project } => {
+                let pid = project_id(&c, &project).await?;
+                let p: Project = c.get(&format!("/v1/projects/{pid}")).await?;
+                if json_out {
+                    print_json(&p);
+                } else {
+                    print_project(&p);
+                }
+            }
+            ProjectCmd::Delete { project } => {
+                let pid = project_id(&c, &project).await?;
+                c.call(Method::DELETE, &format!("/v1/projects/{pid}"), None)
+                    .await?;
+                println!("deleted {pid}");
+            }
+        },
+        Command::Env(cmd) => match cmd {
+            EnvCmd::Set { project, vars } => {
+                let pid = project_id(&c, &project).await?;
+                let mut items = Vec::new();
+                for v in &vars {
+                    let Some((name, value)) = v.split_once('=') else {
+                        bail!("give NAME=VALUE, got `{v}`");
+                    };
+                    items.push(json!({"name": name, "value": value}));
+                }
+                let r: EnvVarsResponse = c
+                    .send(
+                        Method::PUT,
+                        &format!("/v1/projects/{pid}/environment-variables"),
+                        &json!({"variables": items}),
+                    )
+                    .await?;
+                if json_out {
+                    print_json(&r);
+                } else {
+                    println!(
+                        "set {} variable(s); the project has {}",
+                        vars.len(),
+                        r.items.len()
+                    );
+                }
+            }
+            EnvCmd::List { project } => {
+                let pid = project_id(&c, &project).await?;
+                let r: EnvVarsResponse = c
+                    .get(&format!("/v1/projects/{pid}/environment-variables"))
+                    .await?;
+                if json_out {
+                    print_json(&r);
+                } else {
+                    for v in r.items {
+                        println!("{}  (set {})", v.name, v.updated_at);
+                    }
+                }
+            }
+            EnvCmd::Rm { project, name } => {
+                let pid = project_id(&c, &project).await?;
+                c.call(
+                    Method::DELETE,
+                    &format!("/v1/projects/{pid}/environment-variables/{name}"),
+                    None,
+                )
+                .await?;
+                println!("deleted {name}");
+            }
+        },
+        Command::Devbox(cmd) => match cmd {
+            DevboxCmd::Show { project } => {
+                let pid = project_id(&c, &project).await?;
+                let d: Value = c.get(&format!("/v1/projects/{pid}/devbox")).await?;
+                print_json(&d);
+            }
+            DevboxCmd::Set {
+                project,
+                repo,
+                cmds,
+                background,
+            } => {
+                let pid = project_id(&c, &project).await?;
+                let list = parse_commands(&cmds, &background)?;
+                let body = match repo {
+                    Some(r) => json!({"repos": [{"repoFullName": r, "setupCommands": list}]}),
+                    None => json!({"setupCommands": list}),
+                };
+                let d: Value = c
+                    .send(Method::PATCH, &format!("/v1/projects/{pid}/devbox"), &body)
+                    .await?;
+                print_json(&d);
+            }
+        },
+        Command::Pool(cmd) => match cmd {
+            PoolCmd::Status { project } => {
+                let pid = project_id(&c, &project).await?;
+                let w: GetWarmPoolResponse =
+                    c.get(&format!("/v1/projects/{pid}/warm-pool")).await?;
+                if json_out {
+                    print_json(&w);
+                } else {
+                    match &w.config {
+                        None => println!("no warm pool configured yet (allowed: {})", w.allowed),
+                        Some(cfg) => {
+                            println!(
+                                "enabled: {}  target size: {}  max age: {} min  branch: {}",
+                                cfg.enabled,
+                                cfg.target_size,
+                                cfg.max_age_minutes,
+                                cfg.branch.as_deref().unwrap_or("(each repo's)")
+                            );
+                            for s in cfg.setup_commands.iter().flatten() {
+                                let bg = if s.background == Some(true) {
+                                    " (background)"
+                                } else {
+                                    ""
+                                };
+                                println!("  $ {}{bg}: {}", s.name, s.command);
+                            }
+                        }
+                    }
+                    println!(
+                        "ready: {}  provisioning: {}  failed: {}",
+                        w.status.ready, w.status.provisioning, w.status.failed
+                    );
+                }
+            }
+            PoolCmd::Set {
+                project,
+                size,
+                max_age,
+                branch,
+                no_branch,
+                enabled,
+                cmds,
+                background,
+                no_cmds,
+            } => {
+                let pid = project_id(&c, &project).await?;
+                let mut body = json!({});
+                if let Some(s) = size {
+                    body["targetSize"] = json!(s);
+                }
+                if let Some(m) = max_age {
+                    body["maxAgeMinutes"] = json!(m);
+                }
+                if let Some(b) = branch {
+                    body["branch"] = json!(b);
+                }
+                if no_branch {
+                    body["branch"] = Value::Null;
+                }
+                if let Some(e) = enabled {
+                    body["enabled"] = json!(e);
+                }
+                if !cmds.is_empty() {
+                    body["setupCommands"] = parse_commands(&cmds, &background)?;
+                }
+                if no_cmds {
+                    body["setupCommands"] = Value::Null;
+                }
+                let r: Value = c
+                    .send(
+                        Method::PATCH,
+                        &format!("/v1/projects/{pid}/warm-pool"),
+                        &body,
+                    )
+                    .await?;
+                print_json(&r);
+            }
+            PoolCmd::Test {
+                project,
+                wait,
+                cmds,
+                background,
+            } => {
+                let pid = project_id(&c, &project).await?;
+                let body = if cmds.is_empty() {
+                    json!({})
+                } else {
+                    json!({"setupCommands": parse_commands(&cmds, &background)?})
+                };
+                let r: TestWarmPoolBootResponse = c
+                    .send(
+                        Method::POST,
+                        &format!("/v1/projects/{pid}/warm-pool/test"),
+                        &body,
+                    )
+                    .await?;
+                if !wait {
+                    if json_out {
+                        print_json(&r);
+                    } else {
+                        println!("{}", r.id);
+                    }
+                    return Ok(0);
+                }
+                if !json_out {
+                    println!("test boot {} started", r.id);
+                }
+                return Ok(if follow(&c, &pid, &r.id, json_out).await? {
+                    0
+                } else {
+                    1
+                });
+            }
+            PoolCmd::Clear { project, replenish } => {
+                let pid = project_id(&c, &project).await?;
+                let r: Value = c
+                    .send(
+                        Method::POST,
+                        &format!("/v1/projects/{pid}/warm-pool/clear"),
+                        &json!({"replenish": replenish}),
+                    )
+                    .await?;
+                print_json(&r);
+            }
+        },
+        Command::Instance(cmd) => match cmd {
+            InstanceCmd::List {
+                project,
+                status,
+                limit,
+            } => {
+                let pid = project_id(&c, &project).await?;
+                let mut q = vec![format!("limit={}", limit.unwrap_or(20))];
+                if let Some(s) = status {
+                    q.push(format!("status={s}"));
+                }
+                let r: ListWarmPoolInstancesResponse = c
+                    .get(&format!(
+                        "/v1/projects/{pid}/warm-pool/instances?{}",
+                        q.join("&")
+                    ))
+                    .await?;
+                if json_out {
+                    print_json(&r);
+                } else {
+                    for i in r.items {
+                        println!(
+                            "{}  {}  {:<12} {}{}",
+                            i.id,
+                            i.instance_id,
+                            i.status,
+                            if i.is_test { "test " } else { "" },
+                            i.failure_reason
+                                .map(|f| format!("— {f}"))
+                                .unwrap_or_default()
+                        );
+                    }
+                }
+            }
+            InstanceCmd::Show {
+                project,
+                instance,
+                output,
+            } => {
+                let pid = project_id(&c, &project).await?;
+                let d: WarmPoolInstanceDetail = c
+                    .get(&format!(
+                        "/v1/projects/{pid}/warm-pool/instances/{instance}"
+                    ))
+                    .await?;
+                if json_out {
+                    print_json(&d);
+                } else {
+                    println!(
+                        "{}  {}  {}{}  {}/{} steps  {:.1} s",
+                        d.id,
+                        d.instance_id,
+                        d.status,
+                        if d.is_test { " (test)" } else { "" },
+                        d.summary.completed_steps,
+                        d.summary.total_steps,
+                        d.summary.total_duration_ms as f64 / 1000.0
+                    );
+                    if let (Some(step), Some(err)) = (&d.summary.failed_step, &d.summary.error) {
+                        println!("failed at {step}: {err}");
+                    } else if let Some(err) = &d.summary.error {
+                        println!("failed: {err}");
+                    }
+                    for s in &d.steps {
+                        println!("{}", step_line(s));
+                        if output {
+                            for l in s.output.as_deref().unwrap_or("").lines() {
+                                println!("      {l}");
+                            }
+                        }
+                    }
+                }
+            }
+            InstanceCmd::Rm { project, instance } => {
+                let pid = project_id(&c, &project).await?;
+                c.call(
+                    Method::DELETE,
+                    &format!("/v1/projects/{pid}/warm-pool/instances/{instance}"),
+                    None,
+                )
+                .await?;
+                println!("destroyed {instance}");
+            }
+        },
+        Command::Exec {
+            project,
+            instance,
+            cwd,
+            timeout,
+            command,
+        } => {
+            let pid = project_id(&c, &project).await?;
+            // One argument is a shell string; several are a program and its arguments.
+            let command = match command.as_slice() {
+                [one] => one.clone(),
+                many => many
+                    .iter()
+                    .map(|a| shell_quote(a))
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            };
+            let mut body = json!({"command": command});
+            if let Some(d) = cwd {
+                body["cwd"] = json!(d);
+            }
+            if let Some(t) = timeout {
+                body["timeoutSeconds"] = json!(t);
+            }
+            let r: ExecResponse = c
+                .send(
+                    Method::POST,
+                    &format!("/v1/projects/{pid}/warm-pool/instances/{instance}/exec"),
+                    &body,
+                )
+                .await?;
+            if json_out {
+                print_json(&r);
+            } else {
+                print!("{}", r.output);
+                if r.timed_out {
+                    eprintln!("warmpool: the command timed out");
+                }
+            }
+            return Ok(r.exit_code);
+        }
+    }
+    Ok(0)
+}

@@ -1,0 +1,216 @@
+//! The command line: `warmpool serve` and `warmpool image build` run here; every other command is a
+//! client of a running server (`--url`, `--token`, defaulting to the local data dir's admin token).
+
+mod client;
+mod commands;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::serve::ServeArgs;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "warmpool",
+    version,
+    about = "Pools of ready VMs per project",
+    propagate_version = true
+)]
+pub struct Cli {
+    /// The server to talk to.
+    #[arg(
+        long,
+        global = true,
+        env = "WARMPOOL_URL",
+        default_value = "http://127.0.0.1:7070"
+    )]
+    pub url: String,
+    /// API token. Default: the admin token in the local data dir.
+    #[arg(long, global = true, env = "WARMPOOL_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Print the server's JSON answers as they are.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server.
+    Serve(Box<ServeArgs>),
+    /// The guest image.
+    #[command(subcommand)]
+    Image(ImageCmd),
+    /// Projects.
+    #[command(subcommand)]
+    Project(ProjectCmd),
+    /// Environment variables (written to /home/.env in every VM).
+    #[command(subcommand)]
+    Env(EnvCmd),
+    /// Devbox settings: project and per-repo setup commands.
+    #[command(subcommand)]
+    Devbox(DevboxCmd),
+    /// The warm pool: configuration, test boots, status.
+    #[command(subcommand)]
+    Pool(PoolCmd),
+    /// Instances.
+    #[command(subcommand)]
+    Instance(InstanceCmd),
+    /// Run a command in an instance (a ready test instance or a claimed one).
+    Exec {
+        project: String,
+        instance: String,
+        /// Working directory in the VM (default /home).
+        #[arg(long)]
+        cwd: Option<String>,
+        /// Timeout in seconds.
+        #[arg(long)]
+        timeout: Option<u64>,
+        /// The command: one shell string, or a program and its arguments.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImageCmd {
+    /// Build the Debian guest image into the cache dir (needs root and debootstrap).
+    Build {
+        #[arg(long, env = "WARMPOOL_CACHE_DIR")]
+        cache_dir: Option<PathBuf>,
+        #[arg(long, env = "WARMPOOL_DEBIAN_MIRROR", default_value = warmpool_backend::image::DEFAULT_MIRROR)]
+        debian_mirror: String,
+        #[arg(long, env = "WARMPOOL_AGENT_BIN")]
+        agent_bin: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ProjectCmd {
+    /// Create a project from git repositories.
+    Create {
+        name: String,
+        /// `owner/name=URL` or `owner/name=URL#branch`; URL may be a local path. Repeat for more.
+        #[arg(long = "repo")]
+        repos: Vec<String>,
+        #[arg(long)]
+        description: Option<String>,
+    },
+    List,
+    Show {
+        project: String,
+    },
+    Delete {
+        project: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EnvCmd {
+    /// Set variables: NAME=VALUE (a value may contain anything, `=` included).
+    Set {
+        project: String,
+        #[arg(required = true)]
+        vars: Vec<String>,
+    },
+    List {
+        project: String,
+    },
+    Rm {
+        project: String,
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DevboxCmd {
+    Show {
+        project: String,
+    },
+    /// Replace the project's setup commands (or, with --repo, one repo's).
+    Set {
+        project: String,
+        /// The repository whose `repo_setup` commands to set.
+        #[arg(long)]
+        repo: Option<String>,
+        /// NAME=COMMAND, in order. None clears the list.
+        #[arg(long = "cmd")]
+        cmds: Vec<String>,
+        /// Names of commands (given with --cmd) to start in the background.
+        #[arg(long = "background")]
+        background: Vec<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PoolCmd {
+    /// Pool configuration and counts.
+    Status { project: String },
+    /// Change the pool configuration (only what is given).
+    Set {
+        project: String,
+        #[arg(long)]
+        size: Option<u32>,
+        #[arg(long)]
+        max_age: Option<u32>,
+        #[arg(long, conflicts_with = "no_branch")]
+        branch: Option<String>,
+        /// Use each repo's own branch again.
+        #[arg(long)]
+        no_branch: bool,
+        #[arg(long)]
+        enabled: Option<bool>,
+        /// NAME=COMMAND, in order; replaces the pool's setup commands.
+        #[arg(long = "cmd")]
+        cmds: Vec<String>,
+        /// Names of commands (given with --cmd) to start in the background.
+        #[arg(long = "background")]
+        background: Vec<String>,
+        /// Remove the pool's setup commands.
+        #[arg(long, conflicts_with = "cmds")]
+        no_cmds: bool,
+    },
+    /// Start a test boot.
+    Test {
+        project: String,
+        /// Follow it: print each step as it finishes; exit non-zero if it fails.
+        #[arg(long)]
+        wait: bool,
+        /// Save these setup commands first (NAME=COMMAND, in order).
+        #[arg(long = "cmd")]
+        cmds: Vec<String>,
+        #[arg(long = "background")]
+        background: Vec<String>,
+    },
+    /// Destroy the pool's unclaimed instances (and disable it unless --replenish).
+    Clear {
+        project: String,
+        #[arg(long)]
+        replenish: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum InstanceCmd {
+    List {
+        project: String,
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long)]
+        limit: Option<u32>,
+    },
+    /// An instance's summary and steps.
+    Show {
+        project: String,
+        instance: String,
+        /// Print each step's output too.
+        #[arg(long)]
+        output: bool,
+    },
+    /// Destroy an instance.
+    Rm { project: String, instance: String },
+}
+
+pub use commands::run;

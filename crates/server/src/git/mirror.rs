@@ -1,0 +1,206 @@
+//! Bare mirrors of project repositories under `<data-dir>/mirrors/<hash of url>.git`. A sync
+//! clones or fetches; concurrent syncs of one mirror share a single fetch; VMs clone under a read
+//! lock so a fetch never changes refs under a running clone.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use tokio::sync::{OwnedRwLockReadGuard, RwLock};
+
+use super::{classify_failure, git};
+
+#[derive(Default)]
+struct Slot {
+    lock: Arc<RwLock<()>>,
+    /// When the latest sync started; a sync requested before that can use its result.
+    last_started: Mutex<Option<Instant>>,
+}
+
+pub struct Mirrors {
+    root: PathBuf,
+    slots: Mutex<HashMap<String, Arc<Slot>>>,
+    timeout: Duration,
+}
+
+/// A mirror that was just brought up to date.
+#[derive(Debug, Clone)]
+pub struct Synced {
+    pub id: String,
+    /// The remote's default branch, when it has one.
+    pub default_branch: Option<String>,
+}
+
+impl Mirrors {
+    pub fn new(root: PathBuf, timeout: Duration) -> std::io::Result<Self> {
+        std::fs::create_dir_all(&root)?;
+        Ok(Self {
+            root,
+            slots: Mutex::new(HashMap::new()),
+            timeout,
+        })
+    }
+
+    /// A stable id for a URL; it names the mirror directory and appears in VM clone URLs.
+    pub fn id_for(url: &str) -> String {
+        hex::encode(Sha256::digest(url.as_bytes()))[..24].to_string()
+    }
+
+    pub fn path(&self, id: &str) -> PathBuf {
+        self.root.join(format!("{id}.git"))
+    }
+
+    fn slot(&self, id: &str) -> Arc<Slot> {
+        self.slots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(id.to_string())
+            .or_default()
+            .clone()
+    }
+
+    /// Clones or fetches the mirror of `url`. `note` receives lines worth showing in a step log.
+    /// The error is one line a person can act on.
+    pub async fn sync(
+        &self,
+        url: &str,
+        note: &mut (dyn FnMut(&str) + Send),
+    ) -> Result<Synced, String> {
+        let requested = Instant::now();
+        let id = Self::id_for(url);
+        let slot = self.slot(&id);
+        let _write = slot.lock.write().await;
+        let path = self.path(&id);
+        let fresh = slot
+            .last_started
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some_and(|t| t > requested);
+        if fresh && path.exists() {
+            note("the server's mirror was updated just now by another boot");
+            return Ok(Synced {
+                id: id.clone(),
+                default_branch: self.head_branch(&path).await,
+            });
+        }
+        *slot.last_started.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+        if path.exists() {
+            note("fetching into the server's mirror");
+            let out = git(
+                Some(&path),
+                ["fetch", "--prune", "--quiet", "origin"],
+                self.timeout,
+            )
+            .await?;
+            if !out.status.success() {
+                let stderr = String::from_utf8_lossy(&out.stderr);
+                note(stderr.trim_end());
+                return Err(classify_failure(&stderr));
+            }
+        } else {
+            note("cloning into the server's mirror");
+            let tmp = self.root.join(format!(
+                ".{id}.tmp-{}",
+                warmpool_types::ids::random_secret(8)
+            ));
+            let out = git(
+                None,
+                [
+                    "clone".as_ref(),
+                    "--mirror".as_ref(),
+                    "--quiet".as_ref(),
+                    "--".as_ref(),
+                    std::ffi::OsStr::new(url),
+                    tmp.as_os_str(),
+                ],
+                self.timeout,
+            )
+            .await;
+            let out = match out {
+                Ok(o) => o,
+                Err(e) => {
+                    let _ = tokio::fs::remove_dir_all(&tmp).await;
+                    return Err(e);
+                }
+            };
+            if !out.status.success() {
+                let _ = tokio::fs::remove_dir_all(&tmp).await;
+                let stderr = String::from_utf8_lossy(&out.stderr);
+                note(stderr.trim_end());
+                return Err(classify_failure(&stderr));
+            }
+            tokio::fs::rename(&tmp, &path)
+                .await
+                .map_err(|e| format!("cannot move the mirror into place: {e}"))?;
+        }
+        self.follow_remote_head(&path).await;
+        Ok(Synced {
+            id,
+            default_branch: self.head_branch(&path).await,
+        })
+    }
+
+    /// Points the mirror's HEAD at the remote's current default branch (a fetch does not).
+    async fn follow_remote_head(&self, path: &Path) {
+        let Ok(out) = git(
+            Some(path),
+            ["ls-remote", "--symref", "origin", "HEAD"],
+            self.timeout,
+        )
+        .await
+        else {
+            return;
+        };
+        let text = String::from_utf8_lossy(&out.stdout);
+        let target = text.lines().find_map(|l| {
+            l.strip_prefix("ref: ")
+                .and_then(|r| r.split_whitespace().next())
+                .filter(|r| r.starts_with("refs/heads/"))
+        });
+        if let Some(target) = target {
+            let _ = git(Some(path), ["symbolic-ref", "HEAD", target], self.timeout).await;
+        }
+    }
+
+    async fn head_branch(&self, path: &Path) -> Option<String> {
+        let out = git(
+            Some(path),
+            ["symbolic-ref", "--quiet", "--short", "HEAD"],
+            self.timeout,
+        )
+        .await
+        .ok()?;
+        let b = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        (out.status.success() && !b.is_empty()).then_some(b)
+    }
+
+    /// The commit `branch` points at in the mirror, if the branch exists.
+    pub async fn resolve(&self, id: &str, branch: &str) -> Option<String> {
+        let out = git(
+            Some(&self.path(id)),
+            [
+                "rev-parse",
+                "--verify",
+                "--quiet",
+                &format!("refs/heads/{branch}^{{commit}}"),
+            ],
+            self.timeout,
+        )
+        .await
+        .ok()?;
+        let c = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        (out.status.success() && !c.is_empty()).then_some(c)
+    }
+
+    /// Held while a VM clones, so no fetch moves refs under it.
+    pub async fn read(&self, id: &str) -> OwnedRwLockReadGuard<()> {
+        self.slot(id).lock.clone().read_owned().await
+    }
+
+    /// Whether `id` names an existing mirror (ids come from VM requests).
+    pub fn exists(&self, id: &str) -> bool {
+        id.len() == 24 && id.bytes().all(|b| b.is_ascii_hexdigit()) && self.path(id).is_dir()
+    }
+}

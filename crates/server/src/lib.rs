@@ -1,0 +1,11 @@
+//! warmpool: a control plane that keeps, per project, a pool of VMs that are booted, have the
+//! project's repos cloned, its environment written and its setup commands run. This crate is the
+//! server (api → app → provision → store/backend) and the command-line client.
+
+pub mod api;
+pub mod app;
+pub mod cli;
+pub mod error;
+pub mod git;
+pub mod provision;
+pub mod serve;

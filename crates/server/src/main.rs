@@ -1,0 +1,34 @@
+//! The `warmpool` binary: the server (`serve`), the image builder, and the API's command-line client.
+
+use clap::Parser;
+
+fn main() {
+    // The sandbox's privileged helper must run before any thread exists (it unshares namespaces
+    // and forks), so it is dispatched before the runtime or argument parser start.
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("__sandbox-init") {
+        warmpool_backend::sandbox::init::main(&args[2..]);
+    }
+    let cli = warmpool::cli::Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("WARMPOOL_LOG")
+                .unwrap_or_else(|_| "info,tower_http=warn".into()),
+        )
+        .init();
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("warmpool: cannot start the runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    match rt.block_on(warmpool::cli::run(cli)) {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("warmpool: {e:#}");
+            std::process::exit(1);
+        }
+    }
+}

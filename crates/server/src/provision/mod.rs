@@ -1,0 +1,692 @@
+//! The provisioning pipeline of `PROVISIONING.md`: eight kinds of step, in order, each a small
+//! named method. Every step is recorded when it ends — output redacted and capped, a one-line
+//! error a person can act on, metadata — so the instance detail reads as a step-by-step log. A
+//! failure at any step, or the instance being destroyed meanwhile, leaves a clean slate: the VM is
+//! destroyed and the record says why.
+
+pub mod envfile;
+pub mod redact;
+pub mod steplog;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Map, Value};
+use tokio_util::sync::CancellationToken;
+use warmpool_backend::{Agent, AgentCallError, VmSpec};
+use warmpool_store::{EnvVarRow, InstanceRow, ProjectRow, RepoSpec, StepRow};
+use warmpool_types::agent::{AgentExecEvent, AgentExecRequest};
+use warmpool_types::api::SetupCommand;
+use warmpool_types::ids;
+use warmpool_types::state::StepName;
+use warmpool_types::time::now_ms;
+
+use crate::app::App;
+use redact::Redactor;
+use steplog::StepLog;
+
+/// Everything a boot needs, read once when the instance is created so later edits never mix
+/// into a running boot.
+#[derive(Debug, Clone)]
+pub struct BootPlan {
+    pub project: ProjectRow,
+    pub env: Vec<EnvVarRow>,
+    pub pool_branch: Option<String>,
+    pub pool_commands: Vec<SetupCommand>,
+}
+
+/// One step of a concrete pipeline (repo steps carry the repo's index).
+#[derive(Debug, Clone, Copy)]
+enum Step {
+    CreateVm,
+    EnsureServer,
+    SetEnvVars,
+    CloneRepo(usize),
+    InitRepo(usize),
+    ProjectSetup,
+    RepoSetup(usize),
+    WarmPoolSetup,
+}
+
+impl Step {
+    fn name(self) -> StepName {
+        match self {
+            Step::CreateVm => StepName::CreateVm,
+            Step::EnsureServer => StepName::EnsureServer,
+            Step::SetEnvVars => StepName::SetEnvVars,
+            Step::CloneRepo(_) => StepName::CloneRepo,
+            Step::InitRepo(_) => StepName::InitRepo,
+            Step::ProjectSetup => StepName::ProjectSetup,
+            Step::RepoSetup(_) => StepName::RepoSetup,
+            Step::WarmPoolSetup => StepName::WarmPoolSetup,
+        }
+    }
+}
+
+/// The steps for `repos` repositories, in pipeline order: `5 + 3 × repos` of them.
+fn steps_for(repos: usize) -> Vec<Step> {
+    let mut s = vec![Step::CreateVm, Step::EnsureServer, Step::SetEnvVars];
+    s.extend((0..repos).map(Step::CloneRepo));
+    s.extend((0..repos).map(Step::InitRepo));
+    s.push(Step::ProjectSetup);
+    s.extend((0..repos).map(Step::RepoSetup));
+    s.push(Step::WarmPoolSetup);
+    s
+}
+
+enum Stop {
+    Failed { step: StepName, error: String },
+    Cancelled,
+}
+
+/// Runs the pipeline of `inst` to its end and settles the instance: `ready`, or `failed` with its
+/// VM destroyed, or — when the instance was destroyed meanwhile — just the VM destroyed.
+pub async fn run(app: Arc<App>, inst: InstanceRow, plan: BootPlan, cancel: CancellationToken) {
+    let redactor = Arc::new(Redactor::new(
+        plan.env.iter().map(|v| (v.name.as_str(), v.value.as_str())),
+    ));
+    let mut p = Pipeline {
+        app: app.clone(),
+        inst: inst.clone(),
+        plan,
+        redactor,
+        agent: None,
+        seq: 0,
+    };
+    let outcome = tokio::select! {
+        r = p.run_steps() => r,
+        _ = cancel.cancelled() => Err(Stop::Cancelled),
+    };
+    let destroy_vm = match outcome {
+        Ok(()) => match app.store.mark_ready(&inst.id, now_ms()).await {
+            Ok(true) => {
+                tracing::info!(instance = %inst.id, vm = %inst.vm_id, "instance ready");
+                false
+            }
+            // Destroyed while its last step ran.
+            Ok(false) => true,
+            Err(e) => {
+                tracing::error!(instance = %inst.id, "cannot mark the instance ready: {e}");
+                let _ = app
+                    .store
+                    .mark_failed(
+                        &inst.id,
+                        None,
+                        "internal error: could not record readiness",
+                        now_ms(),
+                    )
+                    .await;
+                true
+            }
+        },
+        Err(Stop::Failed { step, error }) => {
+            tracing::info!(instance = %inst.id, %step, %error, "instance failed");
+            if let Err(e) = app
+                .store
+                .mark_failed(&inst.id, Some(step.as_str()), &error, now_ms())
+                .await
+            {
+                tracing::error!(instance = %inst.id, "cannot mark the instance failed: {e}");
+            }
+            true
+        }
+        Err(Stop::Cancelled) => {
+            tracing::info!(instance = %inst.id, "provisioning stopped: the instance was destroyed");
+            true
+        }
+    };
+    if destroy_vm {
+        if let Err(e) = app.backend.destroy(&inst.vm_id).await {
+            tracing::warn!(vm = %inst.vm_id, "destroying the VM failed: {e}");
+        }
+    }
+}
+
+struct Pipeline {
+    app: Arc<App>,
+    inst: InstanceRow,
+    plan: BootPlan,
+    redactor: Arc<Redactor>,
+    agent: Option<Arc<dyn Agent>>,
+    seq: u32,
+}
+
+/// One line, at most `max` characters (an ellipsis marks a cut).
+fn one_line(s: &str, max: usize) -> String {
+    let first = s
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or("");
+    let multi = s.trim().lines().count() > 1;
+    if first.chars().count() > max {
+        format!("{}…", first.chars().take(max).collect::<String>())
+    } else if multi {
+        format!("{first} …")
+    } else {
+        first.to_string()
+    }
+}
+
+/// How a command is called in logs and errors: its name, or its first line.
+fn label(c: &SetupCommand) -> String {
+    if c.name.trim().is_empty() {
+        one_line(&c.command, 80)
+    } else {
+        one_line(&c.name, 80)
+    }
+}
+
+/// A file name for a background command's log.
+fn log_name(name: &str, index: usize) -> String {
+    let s: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(64)
+        .collect();
+    if s.is_empty() || s.starts_with('.') || s.chars().all(|c| c == '_') {
+        format!("command-{index}")
+    } else {
+        s
+    }
+}
+
+impl Pipeline {
+    async fn run_steps(&mut self) -> Result<(), Stop> {
+        for step in steps_for(self.plan.project.repos.len()) {
+            let started = Instant::now();
+            let mut log = StepLog::new(self.redactor.clone());
+            let mut meta = Map::new();
+            let res = self.run_step(step, &mut log, &mut meta).await;
+            let error = res.err().map(|e| one_line(&log.redact(&e), 500));
+            let record = StepRow {
+                instance_id: self.inst.id.clone(),
+                seq: self.seq,
+                name: step.name().as_str().to_string(),
+                success: error.is_none(),
+                output: Some(log.finish()),
+                error: error.clone(),
+                duration_ms: started.elapsed().as_millis() as u64,
+                finished_at: now_ms(),
+                metadata: Some(meta),
+            };
+            self.seq += 1;
+            if let Err(e) = self.app.store.insert_step(&record).await {
+                tracing::error!(instance = %self.inst.id, "cannot record step {}: {e}", record.name);
+                return Err(Stop::Failed {
+                    step: step.name(),
+                    error: "internal error: could not record the step".into(),
+                });
+            }
+            if let Some(error) = error {
+                return Err(Stop::Failed {
+                    step: step.name(),
+                    error,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    async fn run_step(
+        &mut self,
+        step: Step,
+        log: &mut StepLog,
+        meta: &mut Map<String, Value>,
+    ) -> Result<(), String> {
+        match step {
+            Step::CreateVm => self.create_vm(log, meta).await,
+            Step::EnsureServer => self.ensure_server(log, meta).await,
+            Step::SetEnvVars => self.set_env_vars(log, meta).await,
+            Step::CloneRepo(i) => self.clone_repo(i, log, meta).await,
+            Step::InitRepo(i) => self.init_repo(i, log, meta).await,
+            Step::ProjectSetup => {
+                let cmds = self.plan.project.devbox.setup_commands.clone();
+                meta.insert("commands".into(), json!(cmds.len()));
+                self.run_commands(log, &cmds, "/home", "project setup commands")
+                    .await
+            }
+            Step::RepoSetup(i) => {
+                let repo = self.repo(i);
+                let cmds = self
+                    .plan
+                    .project
+                    .devbox
+                    .repos
+                    .get(&repo.full_name)
+                    .cloned()
+                    .unwrap_or_default();
+                meta.insert("repo".into(), json!(repo.full_name));
+                meta.insert("commands".into(), json!(cmds.len()));
+                let cwd = format!("/home/{}", repo.dir_name());
+                self.run_commands(
+                    log,
+                    &cmds,
+                    &cwd,
+                    &format!("setup commands for {}", repo.full_name),
+                )
+                .await
+            }
+            Step::WarmPoolSetup => {
+                let cmds = self.plan.pool_commands.clone();
+                meta.insert("commands".into(), json!(cmds.len()));
+                self.run_commands(log, &cmds, "/home", "warm pool setup commands")
+                    .await
+            }
+        }
+    }
+
+    fn repo(&self, i: usize) -> RepoSpec {
+        self.plan.project.repos[i].clone()
+    }
+
+    fn agent(&self) -> Result<Arc<dyn Agent>, String> {
+        self.agent
+            .clone()
+            .ok_or_else(|| "the VM's server is not available".to_string())
+    }
+
+    async fn create_vm(
+        &mut self,
+        log: &mut StepLog,
+        meta: &mut Map<String, Value>,
+    ) -> Result<(), String> {
+        let backend = self.app.backend.clone();
+        meta.insert("backend".into(), json!(backend.name()));
+        meta.insert("instanceId".into(), json!(self.inst.vm_id));
+        log.line(&format!(
+            "creating a {} VM named {}",
+            backend.name(),
+            self.inst.vm_id
+        ));
+        let token = ids::random_secret(40);
+        let spec = VmSpec {
+            vm_id: self.inst.vm_id.clone(),
+            agent_token: token.clone(),
+        };
+        let handle = backend.create(&spec).await.map_err(|e| {
+            if let Some(tail) = &e.log_tail {
+                log.line("--- the end of the VM's console log ---");
+                log.push(tail);
+                log.line("");
+            }
+            format!("could not create the VM: {}", e.message)
+        })?;
+        self.app
+            .store
+            .set_instance_agent(&self.inst.id, &handle.agent_url, &token)
+            .await
+            .map_err(|e| format!("internal error: could not record the VM: {e}"))?;
+        self.agent = Some(backend.agent(&self.inst.vm_id, &handle.agent_url, &token));
+        log.line("the VM is running");
+        Ok(())
+    }
+
+    async fn ensure_server(
+        &mut self,
+        log: &mut StepLog,
+        meta: &mut Map<String, Value>,
+    ) -> Result<(), String> {
+        let agent = self.agent()?;
+        let started = Instant::now();
+        let limit = self.app.cfg.server_wait;
+        let mut delay = Duration::from_millis(5);
+        let mut last_err;
+        loop {
+            match agent.health().await {
+                Ok(h) => {
+                    let waited = started.elapsed().as_millis() as u64;
+                    meta.insert("agentVersion".into(), json!(h.version));
+                    meta.insert("waitedMs".into(), json!(waited));
+                    log.line(&format!(
+                        "the VM's server (warmpool-agent {}) answered on {} after {waited} ms",
+                        h.version, h.hostname
+                    ));
+                    return Ok(());
+                }
+                Err(AgentCallError::Unauthorized) => {
+                    return Err("the VM's server refused this VM's token".into());
+                }
+                Err(e) => last_err = e.to_string(),
+            }
+            if started.elapsed() >= limit {
+                meta.insert(
+                    "waitedMs".into(),
+                    json!(started.elapsed().as_millis() as u64),
+                );
+                log.line(&format!("last attempt: {last_err}"));
+                if let Some(tail) = self.app.backend.log_tail(&self.inst.vm_id).await {
+                    log.line("--- the end of the VM's console log ---");
+                    log.push(&tail);
+                    log.line("");
+                }
+                return Err(format!(
+                    "the VM's server did not answer within {} s",
+                    limit.as_secs()
+                ));
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_millis(250));
+        }
+    }
+
+    async fn set_env_vars(
+        &mut self,
+        log: &mut StepLog,
+        meta: &mut Map<String, Value>,
+    ) -> Result<(), String> {
+        let agent = self.agent()?;
+        let vars = &self.plan.env;
+        meta.insert("count".into(), json!(vars.len()));
+        let content = envfile::render(vars.iter().map(|v| (v.name.as_str(), v.value.as_str())));
+        agent
+            .write_file("/home/.env", content.into_bytes(), 0o600)
+            .await
+            .map_err(|e| format!("could not write /home/.env: {e}"))?;
+        if vars.is_empty() {
+            log.line("no environment variables are configured; wrote an empty /home/.env");
+        } else {
+            let names: Vec<&str> = vars.iter().map(|v| v.name.as_str()).collect();
+            log.line(&format!(
+                "wrote {} variable{} to /home/.env (mode 0600): {}",
+                vars.len(),
+                if vars.len() == 1 { "" } else { "s" },
+                names.join(", ")
+            ));
+        }
+        Ok(())
+    }
+
+    async fn clone_repo(
+        &mut self,
+        i: usize,
+        log: &mut StepLog,
+        meta: &mut Map<String, Value>,
+    ) -> Result<(), String> {
+        let repo = self.repo(i);
+        let full = repo.full_name.clone();
+        meta.insert("repo".into(), json!(full));
+        let fail = |reason: &str| format!("git clone of {full} failed: {reason}");
+        log.line(&format!(
+            "$ git clone {} (through the server's mirror)",
+            repo.url
+        ));
+        let synced = self
+            .app
+            .mirrors
+            .sync(&repo.url, &mut |l| log.line(l))
+            .await
+            .map_err(|r| fail(&r))?;
+        if let Some(d) = &synced.default_branch {
+            let _ = self
+                .app
+                .store
+                .set_default_branch(&repo.url, d, now_ms())
+                .await;
+        }
+        let branch = self
+            .plan
+            .pool_branch
+            .clone()
+            .or(repo.branch.clone())
+            .or(synced.default_branch.clone())
+            .ok_or_else(|| {
+                fail("the repository has no default branch (is it empty?); set a branch")
+            })?;
+        meta.insert("branch".into(), json!(branch));
+        // Hold the mirror still while the VM clones it, so the commit we report is what it gets.
+        let _still = self.app.mirrors.read(&synced.id).await;
+        let commit = match self.app.mirrors.resolve(&synced.id, &branch).await {
+            Some(c) => c,
+            None if Some(&branch) == synced.default_branch.as_ref() => {
+                return Err(fail("the repository has no commits"))
+            }
+            None => return Err(fail(&format!("branch `{branch}` not found"))),
+        };
+        let grant = self.app.git.grant([synced.id.clone()]);
+        let source = grant.url(self.app.backend.host_address_for_vm(), &synced.id);
+        let dir = format!("/home/{}", repo.dir_name());
+        let steps: [Vec<String>; 2] = [
+            vec![
+                "git".into(),
+                "clone".into(),
+                "--branch".into(),
+                branch.clone(),
+                "--".into(),
+                source,
+                dir.clone(),
+            ],
+            vec![
+                "git".into(),
+                "-C".into(),
+                dir.clone(),
+                "remote".into(),
+                "set-url".into(),
+                "origin".into(),
+                repo.url.clone(),
+            ],
+        ];
+        for argv in steps {
+            let req = AgentExecRequest {
+                argv: Some(argv),
+                cwd: Some("/home".into()),
+                timeout_ms: Some(self.app.cfg.command_timeout.as_millis() as u64),
+                ..Default::default()
+            };
+            let (code, timed_out) = self.exec_logged(log, req, "git clone").await?;
+            if timed_out {
+                return Err(fail(&format!(
+                    "timed out after {} s",
+                    self.app.cfg.command_timeout.as_secs()
+                )));
+            }
+            if code != 0 {
+                return Err(fail(&format!("git exited with status {code}")));
+            }
+        }
+        drop(grant);
+        meta.insert("commit".into(), json!(commit));
+        log.line(&format!(
+            "cloned {full} into {dir} at {branch} ({commit}); origin is {}",
+            repo.url
+        ));
+        Ok(())
+    }
+
+    async fn init_repo(
+        &mut self,
+        i: usize,
+        log: &mut StepLog,
+        meta: &mut Map<String, Value>,
+    ) -> Result<(), String> {
+        let agent = self.agent()?;
+        let repo = self.repo(i);
+        let full = repo.full_name.clone();
+        meta.insert("repo".into(), json!(full));
+        meta.insert("hooks".into(), json!(0));
+        let dir = format!("/home/{}", repo.dir_name());
+        let path = format!("{dir}/.capy/settings.json");
+        let Some(bytes) = agent
+            .read_file(&path)
+            .await
+            .map_err(|e| format!("could not read {path}: {e}"))?
+        else {
+            log.line(&format!(
+                "{full} has no .capy/settings.json; no hooks to run"
+            ));
+            return Ok(());
+        };
+        let settings: Value = serde_json::from_slice(&bytes)
+            .map_err(|e| format!(".capy/settings.json of {full} is not valid JSON: {e}"))?;
+        let hooks = match settings.get("hooks").and_then(|h| h.get("setup")) {
+            None | Some(Value::Null) => {
+                log.line(&format!(
+                    "the .capy/settings.json of {full} has no hooks.setup; no hooks to run"
+                ));
+                return Ok(());
+            }
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|v| v.as_str().map(str::to_string))
+                .collect::<Option<Vec<String>>>()
+                .ok_or_else(|| {
+                    format!(
+                        "hooks.setup in .capy/settings.json of {full} must be an array of strings"
+                    )
+                })?,
+            Some(_) => {
+                return Err(format!(
+                    "hooks.setup in .capy/settings.json of {full} must be an array of strings"
+                ))
+            }
+        };
+        meta.insert("hooks".into(), json!(hooks.len()));
+        let cmds: Vec<SetupCommand> = hooks
+            .into_iter()
+            .map(|h| SetupCommand {
+                name: String::new(),
+                command: h,
+                background: None,
+            })
+            .collect();
+        self.run_commands(log, &cmds, &dir, &format!("hooks.setup of {full}"))
+            .await
+    }
+
+    /// Runs commands in order; the first that fails (or times out) fails the step.
+    async fn run_commands(
+        &mut self,
+        log: &mut StepLog,
+        cmds: &[SetupCommand],
+        cwd: &str,
+        what: &str,
+    ) -> Result<(), String> {
+        if cmds.is_empty() {
+            log.line(&format!("no {what} are configured; nothing to run"));
+            return Ok(());
+        }
+        let agent = self.agent()?;
+        let timeout = self.app.cfg.command_timeout;
+        for (index, c) in cmds.iter().enumerate() {
+            let label = label(c);
+            log.line(&format!("$ {label}"));
+            if c.background == Some(true) {
+                let file = format!("/var/log/warmpool/{}.log", log_name(&c.name, index));
+                let req = AgentExecRequest {
+                    command: Some(c.command.clone()),
+                    cwd: Some(cwd.into()),
+                    background_log: Some(file),
+                    ..Default::default()
+                };
+                let res = agent
+                    .exec(req)
+                    .await
+                    .map_err(|e| format!("could not start background command `{label}`: {e}"))?;
+                log.push(&res.output);
+                continue;
+            }
+            let req = AgentExecRequest {
+                command: Some(c.command.clone()),
+                cwd: Some(cwd.into()),
+                timeout_ms: Some(timeout.as_millis() as u64),
+                ..Default::default()
+            };
+            let (code, timed_out) = self.exec_logged(log, req, &label).await?;
+            if timed_out {
+                return Err(format!(
+                    "timed out after {} s: `{label}`",
+                    timeout.as_secs()
+                ));
+            }
+            if code != 0 {
+                return Err(format!("command `{label}` exited with status {code}"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs one command in the VM with its output going to the step log; answers its exit code and
+    /// whether it timed out.
+    async fn exec_logged(
+        &mut self,
+        log: &mut StepLog,
+        req: AgentExecRequest,
+        label: &str,
+    ) -> Result<(i32, bool), String> {
+        let agent = self.agent()?;
+        // The agent enforces the command's own timeout; this bound is for a VM that goes silent.
+        let guard = Duration::from_millis(req.timeout_ms.unwrap_or(0)) + Duration::from_secs(60);
+        let mut exit: Option<(i32, bool)> = None;
+        let mut spawn_error: Option<String> = None;
+        let mut on_event = |ev| match ev {
+            AgentExecEvent::Output { data } => log.push(&data),
+            AgentExecEvent::Exit {
+                exit_code,
+                timed_out,
+                ..
+            } => exit = Some((exit_code, timed_out)),
+            AgentExecEvent::SpawnError { message } => spawn_error = Some(message),
+            AgentExecEvent::Started { .. } => {}
+        };
+        let call = agent.exec_stream(req, &mut on_event);
+        match tokio::time::timeout(guard, call).await {
+            Err(_) => return Err(format!("the VM stopped answering while running `{label}`")),
+            Ok(Err(e)) => {
+                return Err(format!(
+                    "lost contact with the VM's server while running `{label}`: {e}"
+                ))
+            }
+            Ok(Ok(())) => {}
+        }
+        if let Some(m) = spawn_error {
+            log.line(&m);
+            return Err(format!("could not start `{label}`: {m}"));
+        }
+        exit.ok_or_else(|| format!("the VM's server gave no exit status for `{label}`"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn step_counts() {
+        assert_eq!(steps_for(0).len(), 5);
+        assert_eq!(
+            steps_for(2).len() as u32,
+            warmpool_types::state::total_steps(2)
+        );
+        let names: Vec<&str> = steps_for(2).iter().map(|s| s.name().as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "create_vm",
+                "ensure_server",
+                "set_env_vars",
+                "clone_repo",
+                "clone_repo",
+                "init_repo",
+                "init_repo",
+                "project_setup",
+                "repo_setup",
+                "repo_setup",
+                "warm_pool_setup"
+            ]
+        );
+    }
+
+    #[test]
+    fn labels_are_one_line() {
+        assert_eq!(one_line("a\nb", 10), "a …");
+        assert_eq!(one_line("abcdef", 3), "abc…");
+        assert_eq!(log_name("npm ci / dev", 0), "npm_ci___dev");
+        assert_eq!(log_name("../..", 2), "command-2");
+    }
+}

@@ -1,0 +1,286 @@
+//! `warmpool serve`: configuration (flags ⟷ `WARMPOOL_*` variables), first-start setup of the data
+//! dir and admin token, wiring of store, backend and app, crash recovery, background cleanup, and
+//! the HTTP listener.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use warmpool_backend::image::{self, GuestImage};
+use warmpool_backend::sandbox::{SandboxBackend, SandboxOptions};
+use warmpool_backend::sim::{SimBackend, SimOptions};
+use warmpool_backend::Backend;
+use warmpool_store::{SqliteStore, Store};
+
+use crate::app::{App, AppConfig};
+use crate::git::mirror::Mirrors;
+use crate::git::serve::GitServer;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BackendKind {
+    /// Linux-namespace sandboxes over the guest image (needs root; not a tenant boundary).
+    Sandbox,
+    /// In-process fake VMs, for tests and benchmarks of the control plane.
+    Sim,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeArgs {
+    /// Address to listen on (port 0 picks a free port; the log says which).
+    #[arg(long, env = "WARMPOOL_LISTEN", default_value = "127.0.0.1:7070")]
+    pub listen: SocketAddr,
+    /// Where the database, admin token, mirrors and VM state live.
+    #[arg(long, env = "WARMPOOL_DATA_DIR", default_value = "./warmpool-data")]
+    pub data_dir: PathBuf,
+    /// Where VMs run.
+    #[arg(long, env = "WARMPOOL_BACKEND", value_enum, default_value = "sandbox")]
+    pub backend: BackendKind,
+    /// The store: a SQLite file path (or sqlite://PATH). Default: <data-dir>/warmpool.db.
+    #[arg(long, env = "WARMPOOL_STORE")]
+    pub store: Option<String>,
+    /// Where guest images are cached. Default: $XDG_CACHE_HOME/warmpool or ~/.cache/warmpool.
+    #[arg(long, env = "WARMPOOL_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Use this directory as the guest root filesystem instead of building one.
+    #[arg(long, env = "WARMPOOL_ROOTFS")]
+    pub rootfs: Option<PathBuf>,
+    /// Debian mirror the guest image is built from.
+    #[arg(long, env = "WARMPOOL_DEBIAN_MIRROR", default_value = image::DEFAULT_MIRROR)]
+    pub debian_mirror: String,
+    /// The `warmpool-agent` binary to run in VMs. Default: next to this executable.
+    #[arg(long, env = "WARMPOOL_AGENT_BIN")]
+    pub agent_bin: Option<PathBuf>,
+    /// Use this admin token instead of generating one into <data-dir>/admin-token.
+    #[arg(long, env = "WARMPOOL_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// How long finished test instances live, in seconds.
+    #[arg(long, env = "WARMPOOL_TEST_INSTANCE_TTL_SECS", default_value_t = 900)]
+    pub test_instance_ttl_secs: u64,
+    /// Timeout of each setup command, in seconds.
+    #[arg(long, env = "WARMPOOL_COMMAND_TIMEOUT_SECS", default_value_t = 1800)]
+    pub command_timeout_secs: u64,
+    /// How long `ensure_server` waits for a VM's agent, in seconds.
+    #[arg(long, env = "WARMPOOL_SERVER_WAIT_SECS", default_value_t = 120)]
+    pub server_wait_secs: u64,
+    /// Whether warm pools may be used on this server (`allowed` in the API).
+    #[arg(long, env = "WARMPOOL_WARM_POOL_ALLOWED", default_value_t = true, action = clap::ArgAction::Set)]
+    pub warm_pool_allowed: bool,
+    /// Largest request body accepted, in bytes.
+    #[arg(long, env = "WARMPOOL_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
+    pub max_body_bytes: usize,
+    /// How often expired test instances are cleaned up, in milliseconds.
+    #[arg(long, env = "WARMPOOL_CLEANUP_INTERVAL_MS", default_value_t = 5000)]
+    pub cleanup_interval_ms: u64,
+    /// How long creating a VM takes with the sim backend, in milliseconds.
+    #[arg(long, env = "WARMPOOL_SIM_CREATE_MS", default_value_t = 0)]
+    pub sim_create_ms: u64,
+}
+
+/// `$XDG_CACHE_HOME/warmpool`, else `~/.cache/warmpool`.
+pub fn default_cache_dir() -> PathBuf {
+    if let Some(x) = std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(x).join("warmpool");
+    }
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| "/root".into());
+    home.join(".cache").join("warmpool")
+}
+
+/// Makes a path absolute without requiring it to exist.
+pub fn absolute(p: &Path) -> anyhow::Result<PathBuf> {
+    std::path::absolute(p).with_context(|| format!("cannot resolve {}", p.display()))
+}
+
+/// The `warmpool-agent` next to this executable (that is where cargo and installs put it).
+pub fn find_agent_bin(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
+    if let Some(p) = explicit {
+        if p.is_file() {
+            return absolute(p);
+        }
+        bail!("the agent binary {} does not exist", p.display());
+    }
+    let exe = std::env::current_exe().context("cannot find this executable")?;
+    let candidate = exe.with_file_name("warmpool-agent");
+    if candidate.is_file() {
+        return Ok(candidate);
+    }
+    if let Some(p) = image::find_program("warmpool-agent") {
+        return Ok(p);
+    }
+    bail!(
+        "cannot find the warmpool-agent binary next to {} or on PATH; build it (`cargo build --bin warmpool-agent`) or pass --agent-bin",
+        exe.display()
+    )
+}
+
+/// Reads the admin token file, or creates it (mode 0600) with a new token.
+fn admin_token(data_dir: &Path, given: Option<&str>) -> anyhow::Result<String> {
+    let path = data_dir.join("admin-token");
+    if let Some(t) = given {
+        if t.len() < 16 {
+            bail!("the admin token must be at least 16 characters");
+        }
+        tracing::info!("admin token: taken from the configuration");
+        return Ok(t.to_string());
+    }
+    match std::fs::read_to_string(&path) {
+        Ok(t) if !t.trim().is_empty() => {
+            tracing::info!("admin token: {}", path.display());
+            return Ok(t.trim().to_string());
+        }
+        Ok(_) => bail!("{} is empty; delete it to get a new token", path.display()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+    let token = format!("wp_{}", warmpool_types::ids::random_secret(40));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    writeln!(f, "{token}")?;
+    tracing::info!("admin token: created {} (mode 0600)", path.display());
+    Ok(token)
+}
+
+fn open_store(args: &ServeArgs, data_dir: &Path) -> anyhow::Result<Arc<dyn Store>> {
+    let path = match args.store.as_deref() {
+        None => data_dir.join("warmpool.db"),
+        Some(s) if s.starts_with("postgres://") || s.starts_with("postgresql://") => {
+            bail!("PostgreSQL stores are not supported by this build yet; use a SQLite file")
+        }
+        Some(s) => absolute(Path::new(s.strip_prefix("sqlite://").unwrap_or(s)))?,
+    };
+    let store = SqliteStore::open(&path)
+        .with_context(|| format!("cannot open the SQLite store {}", path.display()))?;
+    tracing::info!("store: SQLite {}", path.display());
+    Ok(Arc::new(store))
+}
+
+fn make_backend(args: &ServeArgs, data_dir: &Path) -> anyhow::Result<Arc<dyn Backend>> {
+    match args.backend {
+        BackendKind::Sim => {
+            tracing::info!("backend: sim (VMs are in-process fakes)");
+            Ok(Arc::new(SimBackend::new(SimOptions {
+                create_delay: Duration::from_millis(args.sim_create_ms),
+            })))
+        }
+        BackendKind::Sandbox => {
+            if !nix::unistd::geteuid().is_root() {
+                bail!("the sandbox backend needs root (it creates namespaces and mounts); run as root, or use --backend sim");
+            }
+            let agent_bin = find_agent_bin(args.agent_bin.as_deref())?;
+            let cache_dir = absolute(&args.cache_dir.clone().unwrap_or_else(default_cache_dir))?;
+            let rootfs = args.rootfs.as_deref().map(absolute).transpose()?;
+            if let Some(r) = &rootfs {
+                if !r.join("bin/bash").exists() && !r.join("usr/bin/bash").exists() {
+                    bail!(
+                        "{} does not look like a root filesystem (no bin/bash)",
+                        r.display()
+                    );
+                }
+            }
+            let agent_layer =
+                image::ensure_agent_layer(data_dir, &agent_bin).map_err(anyhow::Error::msg)?;
+            let guest = Arc::new(GuestImage::new(
+                cache_dir.clone(),
+                args.debian_mirror.clone(),
+                agent_bin,
+                rootfs.clone(),
+            ));
+            match &rootfs {
+                Some(r) => tracing::info!("backend: sandbox, guest root {}", r.display()),
+                None if image::is_built(&cache_dir) => tracing::info!(
+                    "backend: sandbox, guest image {}",
+                    image::image_dir(&cache_dir).display()
+                ),
+                None => {
+                    tracing::info!(
+                        "backend: sandbox; the guest image is not built yet: building it now into {}",
+                        image::image_dir(&cache_dir).display()
+                    );
+                    guest.prefetch();
+                }
+            }
+            let backend = SandboxBackend::new(
+                SandboxOptions {
+                    vms_dir: data_dir.join("vms"),
+                    agent_layer,
+                    init_exe: std::env::current_exe().context("cannot find this executable")?,
+                    start_timeout: Duration::from_secs(30),
+                },
+                guest,
+            )
+            .map_err(anyhow::Error::msg)?;
+            Ok(Arc::new(backend))
+        }
+    }
+}
+
+/// Runs the server until SIGINT or SIGTERM.
+pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let data_dir = absolute(&args.data_dir)?;
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("cannot create the data dir {}", data_dir.display()))?;
+    tracing::info!("data dir: {}", data_dir.display());
+    let admin = admin_token(&data_dir, args.admin_token.as_deref())?;
+    let store = open_store(&args, &data_dir)?;
+    let backend = make_backend(&args, &data_dir)?;
+    let mirrors = Arc::new(
+        Mirrors::new(data_dir.join("mirrors"), Duration::from_secs(600))
+            .context("cannot create the mirrors dir")?,
+    );
+    let git = GitServer::start(mirrors.clone())
+        .await
+        .context("cannot start the git server for VMs")?;
+    let cfg = AppConfig {
+        warm_pool_allowed: args.warm_pool_allowed,
+        test_instance_ttl: Duration::from_secs(args.test_instance_ttl_secs),
+        command_timeout: Duration::from_secs(args.command_timeout_secs.max(1)),
+        server_wait: Duration::from_secs(args.server_wait_secs.max(1)),
+        ..AppConfig::default()
+    };
+    let app = App::new(&admin, store, backend, cfg, mirrors, git);
+    app.recover().await.context("recovery after start failed")?;
+    let cleaner = app.clone();
+    let interval = Duration::from_millis(args.cleanup_interval_ms.max(10));
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(interval);
+        loop {
+            tick.tick().await;
+            if let Err(e) = cleaner.expire_test_instances().await {
+                tracing::warn!("cleaning up test instances failed: {e}");
+            }
+        }
+    });
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    let router = crate::api::router(app, args.max_body_bytes);
+    tracing::info!("listening on http://{addr}");
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("the HTTP server failed")?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term.recv() => {},
+    }
+    tracing::info!(
+        "shutting down; VMs keep running and are adopted or cleaned up at the next start"
+    );
+}

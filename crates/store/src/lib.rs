@@ -1,0 +1,115 @@
+//! The store: every piece of warmpool state, behind one [`Store`] API that engines implement
+//! (SQLite now, embedded and zero-setup; PostgreSQL for many nodes later). Every state change is a
+//! conditional update — on the current status or a generation number — so two actors can never
+//! both win, and a crash at any point leaves rows another run can reason about.
+
+mod model;
+mod sqlite;
+
+use async_trait::async_trait;
+use warmpool_types::api::PoolStatus;
+use warmpool_types::state::InstanceStatus;
+
+pub use model::*;
+pub use sqlite::SqliteStore;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database cannot be reached or is locked for too long; safe to retry.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// A uniqueness rule was broken (the caller chose ids, so this is a race or a bug).
+    #[error("duplicate: {0}")]
+    Duplicate(String),
+    #[error("store error: {0}")]
+    Internal(String),
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// `sqlite` or `postgres`.
+    fn engine(&self) -> &'static str;
+    /// Succeeds when the store answers a trivial query.
+    async fn ping(&self) -> Result<()>;
+
+    // Projects ---------------------------------------------------------------------------------
+    async fn insert_project(&self, p: &ProjectRow) -> Result<()>;
+    async fn get_project(&self, id: &str) -> Result<Option<ProjectRow>>;
+    /// Projects in creation order, after `after_seq`, at most `limit`; only `only` if given.
+    async fn list_projects(
+        &self,
+        after_seq: Option<i64>,
+        limit: u32,
+        only: Option<&str>,
+    ) -> Result<Vec<ProjectRow>>;
+    /// Writes `p` if its stored generation is still `p.generation`, bumping it; false otherwise.
+    async fn update_project(&self, p: &ProjectRow) -> Result<bool>;
+    /// Deletes the project and, with it, its pool, variables, instances and step logs.
+    async fn delete_project(&self, id: &str) -> Result<bool>;
+
+    async fn get_default_branch(&self, url: &str) -> Result<Option<String>>;
+    async fn set_default_branch(&self, url: &str, branch: &str, now: i64) -> Result<()>;
+
+    // Environment variables --------------------------------------------------------------------
+    /// Inserts or replaces each variable, bumping its version.
+    async fn upsert_env_vars(
+        &self,
+        project_id: &str,
+        vars: &[(String, String)],
+        now: i64,
+    ) -> Result<()>;
+    async fn list_env_vars(&self, project_id: &str) -> Result<Vec<EnvVarRow>>;
+    async fn delete_env_var(&self, project_id: &str, name: &str) -> Result<bool>;
+
+    // Warm-pool configuration ------------------------------------------------------------------
+    async fn get_pool_config(&self, project_id: &str) -> Result<Option<PoolConfigRow>>;
+    /// Inserts `cfg` when `expected_generation` is `None` and there is none yet, or updates it when
+    /// the stored generation equals `expected_generation`; bumps the generation. False if it lost.
+    async fn put_pool_config(
+        &self,
+        cfg: &PoolConfigRow,
+        expected_generation: Option<i64>,
+    ) -> Result<bool>;
+
+    // Instances --------------------------------------------------------------------------------
+    async fn insert_instance(&self, i: &InstanceRow) -> Result<()>;
+    async fn get_instance(&self, id: &str) -> Result<Option<InstanceRow>>;
+    /// Newest first, never destroyed ones.
+    async fn list_instances(
+        &self,
+        project_id: &str,
+        status: Option<InstanceStatus>,
+        limit: u32,
+    ) -> Result<Vec<InstanceRow>>;
+    /// Every instance, of every project, in one of `statuses`.
+    async fn instances_in(&self, statuses: &[InstanceStatus]) -> Result<Vec<InstanceRow>>;
+    /// Records where the VM's agent answers; only while provisioning.
+    async fn set_instance_agent(
+        &self,
+        id: &str,
+        agent_url: &str,
+        agent_token: &str,
+    ) -> Result<bool>;
+    /// `provisioning → ready`.
+    async fn mark_ready(&self, id: &str, now: i64) -> Result<bool>;
+    /// `provisioning → failed`, with the failed step and its one-line error.
+    async fn mark_failed(
+        &self,
+        id: &str,
+        failed_step: Option<&str>,
+        reason: &str,
+        now: i64,
+    ) -> Result<bool>;
+    /// `(any of from) → destroyed`.
+    async fn mark_destroyed(&self, id: &str, from: &[InstanceStatus], now: i64) -> Result<bool>;
+    /// Non-test, unclaimed pool instances by state.
+    async fn pool_status(&self, project_id: &str) -> Result<PoolStatus>;
+    /// Latest `provisioned_at` and `claimed_at` over the project's pool instances.
+    async fn pool_times(&self, project_id: &str) -> Result<(Option<i64>, Option<i64>)>;
+
+    // Steps ------------------------------------------------------------------------------------
+    async fn insert_step(&self, s: &StepRow) -> Result<()>;
+    async fn list_steps(&self, instance_id: &str) -> Result<Vec<StepRow>>;
+}

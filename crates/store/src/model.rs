@@ -1,0 +1,104 @@
+//! Rows as the store keeps them. Times are epoch milliseconds.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use warmpool_types::api::SetupCommand;
+use warmpool_types::state::{InstanceKind, InstanceStatus};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RepoSpec {
+    pub full_name: String,
+    pub url: String,
+    #[serde(default)]
+    pub branch: Option<String>,
+}
+
+impl RepoSpec {
+    /// The directory name under `/home`: the last segment of `owner/name`.
+    pub fn dir_name(&self) -> &str {
+        self.full_name.rsplit('/').next().unwrap_or(&self.full_name)
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DevboxSpec {
+    #[serde(default)]
+    pub setup_commands: Vec<SetupCommand>,
+    /// Per-repo setup commands, by `owner/name`.
+    #[serde(default)]
+    pub repos: BTreeMap<String, Vec<SetupCommand>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProjectRow {
+    /// Creation order; the pagination cursor.
+    pub seq: i64,
+    pub id: String,
+    pub name: String,
+    pub description: Option<String>,
+    pub task_code: String,
+    pub repos: Vec<RepoSpec>,
+    pub devbox: DevboxSpec,
+    pub generation: i64,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnvVarRow {
+    pub name: String,
+    pub value: String,
+    pub version: i64,
+    pub updated_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolConfigRow {
+    pub project_id: String,
+    pub enabled: bool,
+    pub target_size: u32,
+    pub max_age_minutes: u32,
+    pub branch: Option<String>,
+    pub setup_commands: Option<Vec<SetupCommand>>,
+    pub generation: i64,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceRow {
+    pub seq: i64,
+    pub id: String,
+    pub vm_id: String,
+    pub project_id: String,
+    pub kind: InstanceKind,
+    pub status: InstanceStatus,
+    pub total_steps: u32,
+    pub failed_step: Option<String>,
+    pub failure_reason: Option<String>,
+    pub backend: String,
+    pub agent_url: Option<String>,
+    pub agent_token: Option<String>,
+    pub config_hash: Option<String>,
+    pub task_id: Option<String>,
+    pub created_at: i64,
+    pub provisioned_at: Option<i64>,
+    pub finished_at: Option<i64>,
+    pub claimed_at: Option<i64>,
+    pub destroyed_at: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepRow {
+    pub instance_id: String,
+    /// Position in the pipeline, from 0.
+    pub seq: u32,
+    pub name: String,
+    pub success: bool,
+    pub output: Option<String>,
+    pub error: Option<String>,
+    pub duration_ms: u64,
+    pub finished_at: i64,
+    pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
+}

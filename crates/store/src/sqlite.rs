@@ -1,0 +1,724 @@
+//! The SQLite engine: one file in the data dir, WAL, `synchronous=FULL` so an acknowledged change
+//! survives a power cut. All writes go through one connection (SQLite allows one writer at a time
+//! anyway, and queueing in-process avoids the busy-retry sleeps that wreck tail latency); reads use
+//! a few connections of their own. Blocking calls run on tokio's blocking pool.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
+use warmpool_types::api::PoolStatus;
+use warmpool_types::state::InstanceStatus;
+
+use crate::{
+    EnvVarRow, InstanceRow, PoolConfigRow, ProjectRow, Result, StepRow, Store, StoreError,
+};
+
+const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../migrations/sqlite/0001_init.sql"))];
+const READERS: usize = 4;
+
+pub struct SqliteStore {
+    path: PathBuf,
+    writer: Arc<Mutex<Connection>>,
+    readers: Vec<Arc<Mutex<Connection>>>,
+    next_reader: AtomicUsize,
+}
+
+fn map_err(e: rusqlite::Error) -> StoreError {
+    use rusqlite::ErrorCode as C;
+    match &e {
+        rusqlite::Error::SqliteFailure(f, _) => match f.code {
+            C::DatabaseBusy
+            | C::DatabaseLocked
+            | C::SystemIoFailure
+            | C::CannotOpen
+            | C::DiskFull
+            | C::OutOfMemory => StoreError::Unavailable(e.to_string()),
+            C::ConstraintViolation => StoreError::Duplicate(e.to_string()),
+            _ => StoreError::Internal(e.to_string()),
+        },
+        _ => StoreError::Internal(e.to_string()),
+    }
+}
+
+fn json_err(e: serde_json::Error) -> rusqlite::Error {
+    rusqlite::Error::ToSqlConversionFailure(Box::new(e))
+}
+
+fn from_json<T: serde::de::DeserializeOwned>(idx: usize, s: &str) -> rusqlite::Result<T> {
+    serde_json::from_str(s).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(idx, rusqlite::types::Type::Text, Box::new(e))
+    })
+}
+
+fn parse_enum<T: std::str::FromStr<Err = String>>(idx: usize, s: &str) -> rusqlite::Result<T> {
+    s.parse().map_err(|e: String| {
+        rusqlite::Error::FromSqlConversionFailure(idx, rusqlite::types::Type::Text, e.into())
+    })
+}
+
+fn open_conn(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL;
+         PRAGMA synchronous = FULL;
+         PRAGMA foreign_keys = ON;",
+    )?;
+    Ok(conn)
+}
+
+fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (
+            version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)",
+    )?;
+    for (version, sql) in MIGRATIONS {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let done: bool = tx
+            .query_row(
+                "SELECT 1 FROM schema_migrations WHERE version = ?1",
+                [version],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some();
+        if !done {
+            tx.execute_batch(sql)?;
+            tx.execute(
+                "INSERT INTO schema_migrations (version, applied_at) VALUES (?1, ?2)",
+                params![version, warmpool_types::time::now_ms()],
+            )?;
+            tracing::info!(version, "applied store migration");
+        }
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file and brings its schema up to date.
+    pub fn open(path: &Path) -> Result<Self> {
+        let mut writer = open_conn(path).map_err(map_err)?;
+        migrate(&mut writer).map_err(map_err)?;
+        let readers = (0..READERS)
+            .map(|_| open_conn(path).map(|c| Arc::new(Mutex::new(c))))
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(map_err)?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            writer: Arc::new(Mutex::new(writer)),
+            readers,
+            next_reader: AtomicUsize::new(0),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    async fn on<R, F>(conn: Arc<Mutex<Connection>>, f: F) -> Result<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut Connection) -> rusqlite::Result<R> + Send + 'static,
+    {
+        tokio::task::spawn_blocking(move || {
+            // A panic while holding the lock poisons it; the connection itself is still usable.
+            let mut conn = conn.lock().unwrap_or_else(|p| p.into_inner());
+            f(&mut conn).map_err(map_err)
+        })
+        .await
+        .map_err(|e| StoreError::Internal(format!("store task failed: {e}")))?
+    }
+
+    async fn write<R, F>(&self, f: F) -> Result<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut Connection) -> rusqlite::Result<R> + Send + 'static,
+    {
+        Self::on(self.writer.clone(), f).await
+    }
+
+    async fn read<R, F>(&self, f: F) -> Result<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut Connection) -> rusqlite::Result<R> + Send + 'static,
+    {
+        let i = self.next_reader.fetch_add(1, Ordering::Relaxed) % self.readers.len();
+        Self::on(self.readers[i].clone(), f).await
+    }
+}
+
+const PROJECT_COLS: &str =
+    "seq, id, name, description, task_code, repos_json, devbox_json, generation, created_at, updated_at";
+
+fn project_row(r: &Row) -> rusqlite::Result<ProjectRow> {
+    Ok(ProjectRow {
+        seq: r.get(0)?,
+        id: r.get(1)?,
+        name: r.get(2)?,
+        description: r.get(3)?,
+        task_code: r.get(4)?,
+        repos: from_json(5, &r.get::<_, String>(5)?)?,
+        devbox: from_json(6, &r.get::<_, String>(6)?)?,
+        generation: r.get(7)?,
+        created_at: r.get(8)?,
+        updated_at: r.get(9)?,
+    })
+}
+
+const POOL_COLS: &str = "project_id, enabled, target_size, max_age_minutes, branch, \
+     setup_commands_json, generation, created_at, updated_at";
+
+fn pool_row(r: &Row) -> rusqlite::Result<PoolConfigRow> {
+    let cmds: Option<String> = r.get(5)?;
+    Ok(PoolConfigRow {
+        project_id: r.get(0)?,
+        enabled: r.get(1)?,
+        target_size: r.get(2)?,
+        max_age_minutes: r.get(3)?,
+        branch: r.get(4)?,
+        setup_commands: cmds.map(|c| from_json(5, &c)).transpose()?,
+        generation: r.get(6)?,
+        created_at: r.get(7)?,
+        updated_at: r.get(8)?,
+    })
+}
+
+const INSTANCE_COLS: &str = "seq, id, vm_id, project_id, kind, status, total_steps, failed_step, \
+     failure_reason, backend, agent_url, agent_token, config_hash, task_id, created_at, \
+     provisioned_at, finished_at, claimed_at, destroyed_at";
+
+fn instance_row(r: &Row) -> rusqlite::Result<InstanceRow> {
+    Ok(InstanceRow {
+        seq: r.get(0)?,
+        id: r.get(1)?,
+        vm_id: r.get(2)?,
+        project_id: r.get(3)?,
+        kind: parse_enum(4, &r.get::<_, String>(4)?)?,
+        status: parse_enum(5, &r.get::<_, String>(5)?)?,
+        total_steps: r.get(6)?,
+        failed_step: r.get(7)?,
+        failure_reason: r.get(8)?,
+        backend: r.get(9)?,
+        agent_url: r.get(10)?,
+        agent_token: r.get(11)?,
+        config_hash: r.get(12)?,
+        task_id: r.get(13)?,
+        created_at: r.get(14)?,
+        provisioned_at: r.get(15)?,
+        finished_at: r.get(16)?,
+        claimed_at: r.get(17)?,
+        destroyed_at: r.get(18)?,
+    })
+}
+
+fn step_row(r: &Row) -> rusqlite::Result<StepRow> {
+    let meta: Option<String> = r.get(8)?;
+    Ok(StepRow {
+        instance_id: r.get(0)?,
+        seq: r.get(1)?,
+        name: r.get(2)?,
+        success: r.get::<_, String>(3)? == "success",
+        output: r.get(4)?,
+        error: r.get(5)?,
+        duration_ms: r.get::<_, i64>(6)?.max(0) as u64,
+        finished_at: r.get(7)?,
+        metadata: meta.map(|m| from_json(8, &m)).transpose()?,
+    })
+}
+
+/// `?2, ?3, ...` placeholders for an `IN (...)` list starting at parameter `first`.
+fn placeholders(first: usize, n: usize) -> String {
+    (first..first + n)
+        .map(|i| format!("?{i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    fn engine(&self) -> &'static str {
+        "sqlite"
+    }
+
+    async fn ping(&self) -> Result<()> {
+        self.read(|c| c.query_row("SELECT 1", [], |_| Ok(()))).await
+    }
+
+    async fn insert_project(&self, p: &ProjectRow) -> Result<()> {
+        let p = p.clone();
+        self.write(move |c| {
+            c.execute(
+                "INSERT INTO projects (id, name, description, task_code, repos_json, devbox_json,
+                    generation, created_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                params![
+                    p.id,
+                    p.name,
+                    p.description,
+                    p.task_code,
+                    serde_json::to_string(&p.repos).map_err(json_err)?,
+                    serde_json::to_string(&p.devbox).map_err(json_err)?,
+                    p.generation,
+                    p.created_at,
+                    p.updated_at
+                ],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_project(&self, id: &str) -> Result<Option<ProjectRow>> {
+        let id = id.to_string();
+        self.read(move |c| {
+            c.query_row(
+                &format!("SELECT {PROJECT_COLS} FROM projects WHERE id = ?1"),
+                [id],
+                project_row,
+            )
+            .optional()
+        })
+        .await
+    }
+
+    async fn list_projects(
+        &self,
+        after_seq: Option<i64>,
+        limit: u32,
+        only: Option<&str>,
+    ) -> Result<Vec<ProjectRow>> {
+        let only = only.map(str::to_string);
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {PROJECT_COLS} FROM projects
+                 WHERE seq > ?1 AND (?2 IS NULL OR id = ?2)
+                 ORDER BY seq LIMIT ?3"
+            ))?;
+            let rows = stmt.query_map(params![after_seq.unwrap_or(0), only, limit], project_row)?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn update_project(&self, p: &ProjectRow) -> Result<bool> {
+        let p = p.clone();
+        self.write(move |c| {
+            let n = c.execute(
+                "UPDATE projects SET name = ?1, description = ?2, task_code = ?3, repos_json = ?4,
+                    devbox_json = ?5, updated_at = ?6, generation = generation + 1
+                 WHERE id = ?7 AND generation = ?8",
+                params![
+                    p.name,
+                    p.description,
+                    p.task_code,
+                    serde_json::to_string(&p.repos).map_err(json_err)?,
+                    serde_json::to_string(&p.devbox).map_err(json_err)?,
+                    p.updated_at,
+                    p.id,
+                    p.generation
+                ],
+            )?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn delete_project(&self, id: &str) -> Result<bool> {
+        let id = id.to_string();
+        self.write(move |c| Ok(c.execute("DELETE FROM projects WHERE id = ?1", [id])? == 1))
+            .await
+    }
+
+    async fn get_default_branch(&self, url: &str) -> Result<Option<String>> {
+        let url = url.to_string();
+        self.read(move |c| {
+            Ok(c.query_row(
+                "SELECT default_branch FROM repo_remotes WHERE url = ?1",
+                [url],
+                |r| r.get::<_, Option<String>>(0),
+            )
+            .optional()?
+            .flatten())
+        })
+        .await
+    }
+
+    async fn set_default_branch(&self, url: &str, branch: &str, now: i64) -> Result<()> {
+        let (url, branch) = (url.to_string(), branch.to_string());
+        self.write(move |c| {
+            c.execute(
+                "INSERT INTO repo_remotes (url, default_branch, updated_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (url) DO UPDATE SET default_branch = ?2, updated_at = ?3",
+                params![url, branch, now],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn upsert_env_vars(
+        &self,
+        project_id: &str,
+        vars: &[(String, String)],
+        now: i64,
+    ) -> Result<()> {
+        let project_id = project_id.to_string();
+        let vars = vars.to_vec();
+        self.write(move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            {
+                let mut stmt = tx.prepare_cached(
+                    "INSERT INTO env_vars (project_id, name, value, version, updated_at)
+                     VALUES (?1, ?2, ?3, 1, ?4)
+                     ON CONFLICT (project_id, name) DO UPDATE
+                        SET value = ?3, version = version + 1, updated_at = ?4",
+                )?;
+                for (name, value) in &vars {
+                    stmt.execute(params![project_id, name, value, now])?;
+                }
+            }
+            tx.commit()
+        })
+        .await
+    }
+
+    async fn list_env_vars(&self, project_id: &str) -> Result<Vec<EnvVarRow>> {
+        let project_id = project_id.to_string();
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT name, value, version, updated_at FROM env_vars
+                 WHERE project_id = ?1 ORDER BY name",
+            )?;
+            let rows = stmt.query_map([project_id], |r| {
+                Ok(EnvVarRow {
+                    name: r.get(0)?,
+                    value: r.get(1)?,
+                    version: r.get(2)?,
+                    updated_at: r.get(3)?,
+                })
+            })?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn delete_env_var(&self, project_id: &str, name: &str) -> Result<bool> {
+        let (project_id, name) = (project_id.to_string(), name.to_string());
+        self.write(move |c| {
+            Ok(c.execute(
+                "DELETE FROM env_vars WHERE project_id = ?1 AND name = ?2",
+                params![project_id, name],
+            )? == 1)
+        })
+        .await
+    }
+
+    async fn get_pool_config(&self, project_id: &str) -> Result<Option<PoolConfigRow>> {
+        let project_id = project_id.to_string();
+        self.read(move |c| {
+            c.query_row(
+                &format!("SELECT {POOL_COLS} FROM warm_pools WHERE project_id = ?1"),
+                [project_id],
+                pool_row,
+            )
+            .optional()
+        })
+        .await
+    }
+
+    async fn put_pool_config(
+        &self,
+        cfg: &PoolConfigRow,
+        expected_generation: Option<i64>,
+    ) -> Result<bool> {
+        let cfg = cfg.clone();
+        self.write(move |c| {
+            let cmds = cfg
+                .setup_commands
+                .as_ref()
+                .map(serde_json::to_string)
+                .transpose()
+                .map_err(json_err)?;
+            let n = match expected_generation {
+                None => c.execute(
+                    "INSERT INTO warm_pools (project_id, enabled, target_size, max_age_minutes,
+                        branch, setup_commands_json, generation, created_at, updated_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, 1, ?7, ?8)
+                     ON CONFLICT (project_id) DO NOTHING",
+                    params![
+                        cfg.project_id,
+                        cfg.enabled,
+                        cfg.target_size,
+                        cfg.max_age_minutes,
+                        cfg.branch,
+                        cmds,
+                        cfg.created_at,
+                        cfg.updated_at
+                    ],
+                )?,
+                Some(generation) => c.execute(
+                    "UPDATE warm_pools SET enabled = ?2, target_size = ?3, max_age_minutes = ?4,
+                        branch = ?5, setup_commands_json = ?6, updated_at = ?7,
+                        generation = generation + 1
+                     WHERE project_id = ?1 AND generation = ?8",
+                    params![
+                        cfg.project_id,
+                        cfg.enabled,
+                        cfg.target_size,
+                        cfg.max_age_minutes,
+                        cfg.branch,
+                        cmds,
+                        cfg.updated_at,
+                        generation
+                    ],
+                )?,
+            };
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn insert_instance(&self, i: &InstanceRow) -> Result<()> {
+        let i = i.clone();
+        self.write(move |c| {
+            c.execute(
+                "INSERT INTO instances (id, vm_id, project_id, kind, status, total_steps,
+                    failed_step, failure_reason, backend, agent_url, agent_token, config_hash,
+                    task_id, created_at, provisioned_at, finished_at, claimed_at, destroyed_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
+                    ?17, ?18)",
+                params![
+                    i.id,
+                    i.vm_id,
+                    i.project_id,
+                    i.kind.as_str(),
+                    i.status.as_str(),
+                    i.total_steps,
+                    i.failed_step,
+                    i.failure_reason,
+                    i.backend,
+                    i.agent_url,
+                    i.agent_token,
+                    i.config_hash,
+                    i.task_id,
+                    i.created_at,
+                    i.provisioned_at,
+                    i.finished_at,
+                    i.claimed_at,
+                    i.destroyed_at
+                ],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_instance(&self, id: &str) -> Result<Option<InstanceRow>> {
+        let id = id.to_string();
+        self.read(move |c| {
+            c.query_row(
+                &format!("SELECT {INSTANCE_COLS} FROM instances WHERE id = ?1"),
+                [id],
+                instance_row,
+            )
+            .optional()
+        })
+        .await
+    }
+
+    async fn list_instances(
+        &self,
+        project_id: &str,
+        status: Option<InstanceStatus>,
+        limit: u32,
+    ) -> Result<Vec<InstanceRow>> {
+        let project_id = project_id.to_string();
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {INSTANCE_COLS} FROM instances
+                 WHERE project_id = ?1 AND status != 'destroyed' AND (?2 IS NULL OR status = ?2)
+                 ORDER BY seq DESC LIMIT ?3"
+            ))?;
+            let rows = stmt.query_map(
+                params![project_id, status.map(|s| s.as_str()), limit],
+                instance_row,
+            )?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn instances_in(&self, statuses: &[InstanceStatus]) -> Result<Vec<InstanceRow>> {
+        let statuses: Vec<&'static str> = statuses.iter().map(|s| s.as_str()).collect();
+        self.read(move |c| {
+            let sql = format!(
+                "SELECT {INSTANCE_COLS} FROM instances WHERE status IN ({}) ORDER BY seq",
+                placeholders(1, statuses.len())
+            );
+            let mut stmt = c.prepare(&sql)?;
+            let rows = stmt.query_map(rusqlite::params_from_iter(statuses), instance_row)?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn set_instance_agent(
+        &self,
+        id: &str,
+        agent_url: &str,
+        agent_token: &str,
+    ) -> Result<bool> {
+        let (id, url, token) = (
+            id.to_string(),
+            agent_url.to_string(),
+            agent_token.to_string(),
+        );
+        self.write(move |c| {
+            Ok(c.execute(
+                "UPDATE instances SET agent_url = ?2, agent_token = ?3
+                 WHERE id = ?1 AND status = 'provisioning'",
+                params![id, url, token],
+            )? == 1)
+        })
+        .await
+    }
+
+    async fn mark_ready(&self, id: &str, now: i64) -> Result<bool> {
+        let id = id.to_string();
+        self.write(move |c| {
+            Ok(c.execute(
+                "UPDATE instances SET status = 'ready', provisioned_at = ?2, finished_at = ?2
+                 WHERE id = ?1 AND status = 'provisioning'",
+                params![id, now],
+            )? == 1)
+        })
+        .await
+    }
+
+    async fn mark_failed(
+        &self,
+        id: &str,
+        failed_step: Option<&str>,
+        reason: &str,
+        now: i64,
+    ) -> Result<bool> {
+        let (id, step, reason) = (
+            id.to_string(),
+            failed_step.map(str::to_string),
+            reason.to_string(),
+        );
+        self.write(move |c| {
+            Ok(c.execute(
+                "UPDATE instances SET status = 'failed', failed_step = ?2, failure_reason = ?3,
+                    finished_at = ?4
+                 WHERE id = ?1 AND status = 'provisioning'",
+                params![id, step, reason, now],
+            )? == 1)
+        })
+        .await
+    }
+
+    async fn mark_destroyed(&self, id: &str, from: &[InstanceStatus], now: i64) -> Result<bool> {
+        let id = id.to_string();
+        let from: Vec<&'static str> = from.iter().map(|s| s.as_str()).collect();
+        self.write(move |c| {
+            let sql = format!(
+                "UPDATE instances SET status = 'destroyed', destroyed_at = ?1
+                 WHERE id = ?2 AND status IN ({})",
+                placeholders(3, from.len())
+            );
+            let mut values: Vec<rusqlite::types::Value> = vec![now.into(), id.into()];
+            values.extend(from.into_iter().map(|s| s.to_string().into()));
+            Ok(c.execute(&sql, rusqlite::params_from_iter(values))? == 1)
+        })
+        .await
+    }
+
+    async fn pool_status(&self, project_id: &str) -> Result<PoolStatus> {
+        let project_id = project_id.to_string();
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT status, COUNT(*) FROM instances
+                 WHERE project_id = ?1 AND kind = 'pool'
+                   AND status IN ('ready', 'provisioning', 'failed')
+                 GROUP BY status",
+            )?;
+            let mut st = PoolStatus::default();
+            let rows = stmt.query_map([project_id], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+            })?;
+            for row in rows {
+                let (status, n) = row?;
+                let n = n.max(0) as u64;
+                match status.as_str() {
+                    "ready" => st.ready = n,
+                    "provisioning" => st.provisioning = n,
+                    _ => st.failed = n,
+                }
+            }
+            Ok(st)
+        })
+        .await
+    }
+
+    async fn pool_times(&self, project_id: &str) -> Result<(Option<i64>, Option<i64>)> {
+        let project_id = project_id.to_string();
+        self.read(move |c| {
+            c.query_row(
+                "SELECT MAX(provisioned_at), MAX(claimed_at) FROM instances
+                 WHERE project_id = ?1 AND kind != 'test'",
+                [project_id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+        })
+        .await
+    }
+
+    async fn insert_step(&self, s: &StepRow) -> Result<()> {
+        let s = s.clone();
+        self.write(move |c| {
+            let meta = s
+                .metadata
+                .as_ref()
+                .map(serde_json::to_string)
+                .transpose()
+                .map_err(json_err)?;
+            c.execute(
+                "INSERT INTO steps (instance_id, seq, name, status, output, error, duration_ms,
+                    finished_at, metadata_json)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                params![
+                    s.instance_id,
+                    s.seq,
+                    s.name,
+                    if s.success { "success" } else { "error" },
+                    s.output,
+                    s.error,
+                    s.duration_ms as i64,
+                    s.finished_at,
+                    meta
+                ],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn list_steps(&self, instance_id: &str) -> Result<Vec<StepRow>> {
+        let instance_id = instance_id.to_string();
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT instance_id, seq, name, status, output, error, duration_ms, finished_at,
+                    metadata_json
+                 FROM steps WHERE instance_id = ?1 ORDER BY seq",
+            )?;
+            let rows = stmt.query_map([instance_id], step_row)?;
+            rows.collect()
+        })
+        .await
+    }
+}

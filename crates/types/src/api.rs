@@ -1,0 +1,433 @@
+//! Request and response bodies of the HTTP API. The compatible layer's shapes match
+//! `warm-pool-openapi-2026-06.json` field for field (no extra fields); extensions are new objects.
+//! Request bodies reject unknown fields.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Deserializer, Serialize};
+use utoipa::ToSchema;
+
+/// Deserializes a field that may be absent (outer `None`), `null` (`Some(None)`) or a value.
+pub fn double_option<'de, T, D>(de: D) -> Result<Option<Option<T>>, D::Error>
+where
+    T: Deserialize<'de>,
+    D: Deserializer<'de>,
+{
+    Option::<T>::deserialize(de).map(Some)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Errors
+// ---------------------------------------------------------------------------------------------
+
+/// Every error answer: `{"error": {"code", "message", "details"?}}`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ErrorResponse {
+    pub error: ErrorBody,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ErrorBody {
+    /// Stable machine-readable code: `unauthorized`, `forbidden`, `not_found`, `conflict`,
+    /// `payload_too_large`, `validation_error`, `rate_limited`, `internal_error`, `unavailable`.
+    pub code: String,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<FieldError>>)]
+    pub details: Option<serde_json::Value>,
+}
+
+/// One validation failure: which field (a JSON path such as `setupCommands[2].name`) and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Compatible layer: warm pool
+// ---------------------------------------------------------------------------------------------
+
+/// A setup command: run with `bash -c` as root; `background` starts it detached and does not wait.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SetupCommand {
+    pub name: String,
+    pub command: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub background: Option<bool>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WarmPoolConfig {
+    pub enabled: bool,
+    pub target_size: u32,
+    pub max_age_minutes: u32,
+    pub branch: Option<String>,
+    pub setup_commands: Option<Vec<SetupCommand>>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+/// Pool instances by state; test and claimed instances are not counted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PoolStatus {
+    pub ready: u64,
+    pub provisioning: u64,
+    pub failed: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PoolMetadata {
+    pub last_provisioned_at: Option<String>,
+    pub last_claimed_at: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GetWarmPoolResponse {
+    pub allowed: bool,
+    pub config: Option<WarmPoolConfig>,
+    pub status: PoolStatus,
+    pub metadata: Option<PoolMetadata>,
+}
+
+/// Partial update: only the fields given change. `branch` and `setupCommands` may be set to null.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct UpdateWarmPoolBody {
+    #[serde(default)]
+    pub enabled: Option<bool>,
+    /// 1 to 20.
+    #[serde(default)]
+    pub target_size: Option<f64>,
+    /// 30 to 180.
+    #[serde(default)]
+    pub max_age_minutes: Option<f64>,
+    #[serde(
+        default,
+        deserialize_with = "double_option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(value_type = Option<String>, nullable)]
+    pub branch: Option<Option<String>>,
+    #[serde(
+        default,
+        deserialize_with = "double_option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(value_type = Option<Vec<SetupCommand>>, nullable)]
+    pub setup_commands: Option<Option<Vec<SetupCommand>>>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct UpdateWarmPoolResponse {
+    pub config: Option<WarmPoolConfig>,
+    pub status: PoolStatus,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TestWarmPoolBootBody {
+    #[serde(
+        default,
+        deserialize_with = "double_option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(value_type = Option<Vec<SetupCommand>>, nullable)]
+    pub setup_commands: Option<Option<Vec<SetupCommand>>>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TestWarmPoolBootResponse {
+    pub id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct InstanceListItem {
+    /// Warm-pool instance id (`wpi_...`).
+    pub id: String,
+    /// The VM's id and hostname (`vm-...`).
+    pub instance_id: String,
+    pub status: String,
+    pub is_test: bool,
+    pub failure_reason: Option<String>,
+    pub provisioned_at: Option<String>,
+    pub created_at: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ListWarmPoolInstancesResponse {
+    pub items: Vec<InstanceListItem>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct InstanceSummary {
+    pub success: bool,
+    pub total_duration_ms: u64,
+    pub failed_step: Option<String>,
+    pub error: Option<String>,
+    pub completed_steps: u32,
+    pub total_steps: u32,
+}
+
+/// One finished provisioning step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StepRecord {
+    pub name: String,
+    /// `success` or `error`.
+    pub status: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+    /// When the step finished.
+    pub timestamp: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WarmPoolInstanceDetail {
+    pub id: String,
+    pub instance_id: String,
+    pub status: String,
+    pub is_test: bool,
+    pub summary: InstanceSummary,
+    pub failure_reason: Option<String>,
+    pub steps: Vec<StepRecord>,
+    pub created_at: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ClearWarmPoolBody {
+    #[serde(default)]
+    pub replenish: Option<bool>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ClearWarmPoolResponse {
+    pub cleared: u64,
+    pub status: PoolStatus,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Extensions: projects
+// ---------------------------------------------------------------------------------------------
+
+/// A repository as given when creating or changing a project.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RepoInput {
+    /// `owner/name`; cloned to `/home/<name>`.
+    pub repo_full_name: String,
+    /// Anything `git clone` accepts: https://, ssh://, git://, file://, or an absolute path on the server.
+    pub url: String,
+    /// Defaults to the remote's default branch.
+    #[serde(default)]
+    pub branch: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CreateProjectBody {
+    pub name: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub repos: Vec<RepoInput>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct UpdateProjectBody {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(
+        default,
+        deserialize_with = "double_option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(value_type = Option<String>, nullable)]
+    pub description: Option<Option<String>>,
+    /// Replaces the whole list.
+    #[serde(default)]
+    pub repos: Option<Vec<RepoInput>>,
+}
+
+/// The compatible project shape.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ProjectRepo {
+    pub repo_full_name: String,
+    /// The configured branch, or the remote's default branch as last seen (empty if never seen).
+    pub branch: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Project {
+    pub id: String,
+    pub name: String,
+    pub description: Option<String>,
+    pub task_code: String,
+    pub repos: Vec<ProjectRepo>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ListProjectsResponse {
+    pub items: Vec<Project>,
+    pub next_cursor: Option<String>,
+    pub has_more: bool,
+}
+
+/// A repository with its URL (the compatible project shape has no URL).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RepoDetail {
+    pub repo_full_name: String,
+    pub url: String,
+    /// The configured branch, null when the remote's default is used.
+    pub branch: Option<String>,
+    /// The remote's default branch as last seen, null if never seen.
+    pub default_branch: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ListReposResponse {
+    pub items: Vec<RepoDetail>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Extensions: environment variables
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EnvVarInput {
+    pub name: String,
+    pub value: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PutEnvVarsBody {
+    /// 1 to 100 variables; names not given are kept.
+    pub variables: Vec<EnvVarInput>,
+}
+
+/// A variable's name and when it was set. Values are never returned.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EnvVarItem {
+    pub name: String,
+    pub configured: bool,
+    pub updated_at: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EnvVarsResponse {
+    pub items: Vec<EnvVarItem>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeleteEnvVarResponse {
+    pub deleted: bool,
+    pub name: String,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Extensions: devbox settings
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DevboxRepo {
+    pub repo_full_name: String,
+    pub setup_commands: Vec<SetupCommand>,
+}
+
+/// Setup commands of `project_setup` (from `/home`) and of each repo's `repo_setup` (from `/home/<name>`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Devbox {
+    pub setup_commands: Vec<SetupCommand>,
+    pub repos: Vec<DevboxRepo>,
+}
+
+/// Partial update: `setupCommands` replaces the project list; each repo listed has its list replaced.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct UpdateDevboxBody {
+    #[serde(default)]
+    pub setup_commands: Option<Vec<SetupCommand>>,
+    #[serde(default)]
+    pub repos: Option<Vec<DevboxRepo>>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Extensions: running commands in a VM
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ExecBody {
+    /// Run with `bash -c` as root, `/home/.env` loaded.
+    pub command: String,
+    /// Working directory (absolute); defaults to `/home`.
+    #[serde(default)]
+    pub cwd: Option<String>,
+    /// Extra environment, applied over `/home/.env`.
+    #[serde(default)]
+    pub env: Option<BTreeMap<String, String>>,
+    /// 1 to 3600; defaults to 600.
+    #[serde(default)]
+    pub timeout_seconds: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ExecResponse {
+    /// The exit status; 124 when the command timed out, 128+N when killed by signal N.
+    pub exit_code: i32,
+    /// Combined stdout and stderr, capped at 64 KiB (first 16 KiB and last 48 KiB).
+    pub output: String,
+    pub duration_ms: u64,
+    pub truncated: bool,
+    pub timed_out: bool,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Health
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HealthResponse {
+    pub status: String,
+    pub version: String,
+}

@@ -1,0 +1,120 @@
+//! Instance states and kinds, and the names of the provisioning steps.
+
+use std::fmt;
+use std::str::FromStr;
+
+/// Where an instance is in its life: `provisioning → ready → claimed → destroyed`,
+/// `provisioning → failed → destroyed`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum InstanceStatus {
+    Provisioning,
+    Ready,
+    Claimed,
+    Failed,
+    Destroyed,
+}
+
+impl InstanceStatus {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Provisioning => "provisioning",
+            Self::Ready => "ready",
+            Self::Claimed => "claimed",
+            Self::Failed => "failed",
+            Self::Destroyed => "destroyed",
+        }
+    }
+
+    /// Statuses a client may filter the instance list by (destroyed instances are never listed).
+    pub const LISTABLE: [InstanceStatus; 4] =
+        [Self::Ready, Self::Provisioning, Self::Failed, Self::Claimed];
+}
+
+impl fmt::Display for InstanceStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for InstanceStatus {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(match s {
+            "provisioning" => Self::Provisioning,
+            "ready" => Self::Ready,
+            "claimed" => Self::Claimed,
+            "failed" => Self::Failed,
+            "destroyed" => Self::Destroyed,
+            other => return Err(format!("unknown instance status `{other}`")),
+        })
+    }
+}
+
+/// Why an instance exists: to sit in the pool, to test the setup, or for one claim when the pool was empty.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum InstanceKind {
+    Pool,
+    Test,
+    Cold,
+}
+
+impl InstanceKind {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Pool => "pool",
+            Self::Test => "test",
+            Self::Cold => "cold",
+        }
+    }
+}
+
+impl FromStr for InstanceKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(match s {
+            "pool" => Self::Pool,
+            "test" => Self::Test,
+            "cold" => Self::Cold,
+            other => return Err(format!("unknown instance kind `{other}`")),
+        })
+    }
+}
+
+/// The eight kinds of provisioning step, in pipeline order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StepName {
+    CreateVm,
+    EnsureServer,
+    SetEnvVars,
+    CloneRepo,
+    InitRepo,
+    ProjectSetup,
+    RepoSetup,
+    WarmPoolSetup,
+}
+
+impl StepName {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::CreateVm => "create_vm",
+            Self::EnsureServer => "ensure_server",
+            Self::SetEnvVars => "set_env_vars",
+            Self::CloneRepo => "clone_repo",
+            Self::InitRepo => "init_repo",
+            Self::ProjectSetup => "project_setup",
+            Self::RepoSetup => "repo_setup",
+            Self::WarmPoolSetup => "warm_pool_setup",
+        }
+    }
+}
+
+impl fmt::Display for StepName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `totalSteps` for a project with `repos` repositories: five fixed steps plus three per repo.
+pub const fn total_steps(repos: usize) -> u32 {
+    5 + 3 * repos as u32
+}

@@ -3,6 +3,7 @@
 //! requests that carry the VM's own token. It keeps no state beyond the processes it runs.
 
 mod exec;
+mod init;
 mod utf8;
 
 use std::net::SocketAddr;
@@ -45,7 +46,7 @@ pub struct Options {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: warmpool-agent (--listen ADDR | --listen-fd N) [--token-file PATH]\n\
+        "usage: warmpool-agent [--init] (--listen ADDR | --listen-fd N) [--token-file PATH]\n\
          The token comes from --token-file or the {TOKEN_ENV} environment variable."
     );
     std::process::exit(2)
@@ -104,6 +105,11 @@ pub fn options_from_env() -> Options {
 
 /// Entry point of the `warmpool-agent` binary.
 pub fn main() {
+    // `--init`: be PID 1 of a VM — start the agent proper and reap every orphan until it exits.
+    // Decided before anything else runs: forking is only sound while single-threaded.
+    if std::env::args().nth(1).as_deref() == Some("--init") {
+        init::run();
+    }
     let opts = options_from_env();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)

@@ -1,6 +1,7 @@
 //! The privileged piece of the sandbox backend, run as `warmpool __sandbox-init` (single-threaded,
-//! before any runtime starts). It creates the VM's namespaces, builds its root filesystem, starts
-//! the agent and stays as PID 1 of the VM, reaping orphans, until the agent exits.
+//! before any runtime starts). It creates the VM's namespaces, builds its root filesystem and
+//! becomes the VM's PID 1 by executing `warmpool-agent --init` from the guest image, so nothing of
+//! the host — not even this program's path — stays visible inside.
 //!
 //! Protocol with the server: fd 3 is the agent's listening socket; the token is in the environment;
 //! stdout gets one line, `ready <pid>` (the host pid of the VM's PID 1) or `error <message>`;
@@ -8,7 +9,7 @@
 //! found and killed even after a server crash.
 
 use std::ffi::CString;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
@@ -16,7 +17,7 @@ use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sched::{unshare, CloneFlags};
 use nix::sys::stat::{makedev, mknod, Mode, SFlag};
 use nix::sys::wait::{waitpid, WaitStatus};
-use nix::unistd::{fork, ForkResult, Pid};
+use nix::unistd::{fork, ForkResult};
 use warmpool_types::agent::TOKEN_ENV;
 
 use crate::image::AGENT_GUEST_PATH;
@@ -93,10 +94,10 @@ pub fn main(args: &[String]) -> ! {
             drop(ready_r);
             let mut ready_w = std::fs::File::from(ready_w);
             if let Err(e) = setup_root(&args) {
-                let _ = writeln!(ready_w, "{e}");
+                let _ = write!(ready_w, "{e}");
                 std::process::exit(1);
             }
-            run_pid1(&token, ready_w)
+            exec_init(&token, ready_w)
         }
         Ok(ForkResult::Parent { child }) => {
             drop(ready_w);
@@ -110,16 +111,17 @@ pub fn main(args: &[String]) -> ! {
                 let _ = nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL);
                 fail(&format!("cannot write init.pid: {e}"));
             }
-            let mut line = String::new();
-            let _ = BufReader::new(std::fs::File::from(ready_r)).read_line(&mut line);
-            let line = line.trim_end();
-            if line != "ok" {
+            // EOF with nothing written: the VM's init is running. Otherwise: why it is not.
+            let mut problem = String::new();
+            let _ = std::fs::File::from(ready_r).read_to_string(&mut problem);
+            if !problem.is_empty() {
                 let _ = waitpid(child, None);
-                fail(if line.is_empty() {
-                    "the VM's init exited during setup"
-                } else {
-                    line
-                });
+                fail(problem.trim());
+            }
+            if let Ok(WaitStatus::Exited(..) | WaitStatus::Signaled(..)) =
+                waitpid(child, Some(nix::sys::wait::WaitPidFlag::WNOHANG))
+            {
+                fail("the VM's init exited during setup");
             }
             println!("ready {child}");
             let _ = std::io::stdout().flush();
@@ -331,20 +333,15 @@ fn setup_root(a: &Args) -> Result<(), String> {
     Ok(())
 }
 
-/// Starts the agent, reports readiness, then reaps every process of the VM until the agent exits.
-fn run_pid1(token: &str, mut ready_w: std::fs::File) -> ! {
+/// Becomes the VM's init: `warmpool-agent --init`, which starts the agent and reaps orphans.
+/// `ready_w` is close-on-exec, so the launcher reads EOF with nothing written exactly when the exec
+/// worked, and the error when it did not.
+fn exec_init(token: &str, mut ready_w: std::fs::File) -> ! {
     // stdout is the server's handshake pipe: the VM must not hold it.
-    if let Ok(null) = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/null")
-    {
+    if let Ok(null) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null") {
         let _ = nix::unistd::dup2(null.as_raw_fd(), 0);
         let _ = nix::unistd::dup2(null.as_raw_fd(), 1);
     }
-    // A close-on-exec pipe tells us whether exec of the agent worked: EOF means it did.
-    let (exec_r, exec_w) =
-        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap_or_else(|_| std::process::exit(1));
     let env: Vec<CString> = [
         "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string(),
         "HOME=/root".to_string(),
@@ -354,55 +351,13 @@ fn run_pid1(token: &str, mut ready_w: std::fs::File) -> ! {
     .into_iter()
     .filter_map(|s| CString::new(s).ok())
     .collect();
-    let argv: Vec<CString> = [AGENT_GUEST_PATH, "--listen-fd", "3"]
+    let fd = AGENT_FD.to_string();
+    let argv: Vec<CString> = [AGENT_GUEST_PATH, "--init", "--listen-fd", fd.as_str()]
         .into_iter()
         .filter_map(|s| CString::new(s).ok())
         .collect();
     let path = CString::new(AGENT_GUEST_PATH).unwrap_or_default();
-    // SAFETY: still single-threaded.
-    match unsafe { fork() } {
-        Err(_) => {
-            let _ = writeln!(ready_w, "cannot fork the agent");
-            std::process::exit(1)
-        }
-        Ok(ForkResult::Child) => {
-            drop(exec_r);
-            let _ = nix::unistd::setsid();
-            let err = nix::unistd::execve(&path, &argv, &env).unwrap_err();
-            let mut w = std::fs::File::from(exec_w);
-            let _ = write!(w, "cannot start {AGENT_GUEST_PATH}: {err}");
-            std::process::exit(127)
-        }
-        Ok(ForkResult::Parent { child: agent }) => {
-            drop(exec_w);
-            // SAFETY: fd 3 is the listening socket; the agent has its own copy now.
-            drop(unsafe { OwnedFd::from_raw_fd(AGENT_FD) });
-            let mut exec_err = String::new();
-            let _ = std::fs::File::from(exec_r).read_to_string(&mut exec_err);
-            if !exec_err.is_empty() {
-                let _ = writeln!(ready_w, "{exec_err}");
-                std::process::exit(1);
-            }
-            let _ = writeln!(ready_w, "ok");
-            drop(ready_w);
-            reap_until(agent)
-        }
-    }
-}
-
-fn reap_until(agent: Pid) -> ! {
-    loop {
-        match waitpid(Pid::from_raw(-1), None) {
-            Ok(WaitStatus::Exited(pid, code)) if pid == agent => {
-                eprintln!("sandbox-init: the agent exited with status {code}");
-                std::process::exit(code)
-            }
-            Ok(WaitStatus::Signaled(pid, sig, _)) if pid == agent => {
-                eprintln!("sandbox-init: the agent was killed by {sig}");
-                std::process::exit(128 + sig as i32)
-            }
-            Err(nix::errno::Errno::ECHILD) => std::process::exit(0),
-            _ => {}
-        }
-    }
+    let err = nix::unistd::execve(&path, &argv, &env).unwrap_err();
+    let _ = write!(ready_w, "cannot start {AGENT_GUEST_PATH}: {err}");
+    std::process::exit(127)
 }

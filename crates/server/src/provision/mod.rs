@@ -97,30 +97,25 @@ pub async fn run(app: Arc<App>, inst: InstanceRow, plan: BootPlan, cancel: Cance
         r = p.run_steps() => r,
         _ = cancel.cancelled() => Err(Stop::Cancelled),
     };
-    let destroy_vm = match outcome {
+    match outcome {
         Ok(()) => match app.store.mark_ready(&inst.id, now_ms()).await {
-            Ok(true) => {
-                tracing::info!(instance = %inst.id, vm = %inst.vm_id, "instance ready");
-                false
-            }
+            Ok(true) => tracing::info!(instance = %inst.id, vm = %inst.vm_id, "instance ready"),
             // Destroyed while its last step ran.
-            Ok(false) => true,
+            Ok(false) => destroy_vm(&app, &inst).await,
             Err(e) => {
                 tracing::error!(instance = %inst.id, "cannot mark the instance ready: {e}");
+                destroy_vm(&app, &inst).await;
                 let _ = app
                     .store
-                    .mark_failed(
-                        &inst.id,
-                        None,
-                        "internal error: could not record readiness",
-                        now_ms(),
-                    )
+                    .mark_failed(&inst.id, None, "internal error: could not record readiness", now_ms())
                     .await;
-                true
             }
         },
         Err(Stop::Failed { step, error }) => {
             tracing::info!(instance = %inst.id, %step, %error, "instance failed");
+            // VM first: once the record says failed, the VM is gone. A crash in between leaves the
+            // instance provisioning, which the next start fails.
+            destroy_vm(&app, &inst).await;
             if let Err(e) = app
                 .store
                 .mark_failed(&inst.id, Some(step.as_str()), &error, now_ms())
@@ -128,17 +123,17 @@ pub async fn run(app: Arc<App>, inst: InstanceRow, plan: BootPlan, cancel: Cance
             {
                 tracing::error!(instance = %inst.id, "cannot mark the instance failed: {e}");
             }
-            true
         }
         Err(Stop::Cancelled) => {
             tracing::info!(instance = %inst.id, "provisioning stopped: the instance was destroyed");
-            true
+            destroy_vm(&app, &inst).await;
         }
-    };
-    if destroy_vm {
-        if let Err(e) = app.backend.destroy(&inst.vm_id).await {
-            tracing::warn!(vm = %inst.vm_id, "destroying the VM failed: {e}");
-        }
+    }
+}
+
+async fn destroy_vm(app: &App, inst: &InstanceRow) {
+    if let Err(e) = app.backend.destroy(&inst.vm_id).await {
+        tracing::warn!(vm = %inst.vm_id, "destroying the VM failed: {e}");
     }
 }
 

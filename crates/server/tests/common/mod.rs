@@ -1,0 +1,401 @@
+//! Test harness: starts the real `warmpool` binary on port 0 with a data dir of its own, talks
+//! HTTP to it like a user, validates compatible answers against the published schemas, makes real
+//! git repositories, and checks that VMs leave nothing behind.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_warmpool");
+
+/// Where tests keep the guest image between runs (built once per machine, shared by all tests).
+pub fn cache_dir() -> PathBuf {
+    std::env::var_os("WARMPOOL_TEST_CACHE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| "/root".into());
+            home.join(".cache").join("warmpool")
+        })
+}
+
+pub struct TestServer {
+    child: Option<Child>,
+    pub url: String,
+    pub token: String,
+    pub dir: tempfile::TempDir,
+    pub log: Arc<Mutex<String>>,
+    args: Vec<String>,
+    pub http: reqwest::Client,
+}
+
+impl TestServer {
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// Starts `warmpool serve` on the sandbox backend with `extra` flags.
+    pub fn start(extra: &[&str]) -> TestServer {
+        let dir = tempfile::Builder::new().prefix("wp-test-").tempdir().unwrap();
+        let args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let mut s = TestServer {
+            child: None,
+            url: String::new(),
+            token: String::new(),
+            dir,
+            log: Arc::new(Mutex::new(String::new())),
+            args,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(600))
+                .build()
+                .unwrap(),
+        };
+        s.launch();
+        s
+    }
+
+    fn launch(&mut self) {
+        let data = self.data_dir();
+        let mut cmd = Command::new(BIN);
+        cmd.arg("serve")
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--data-dir")
+            .arg(&data)
+            .arg("--cache-dir")
+            .arg(cache_dir())
+            .args(&self.args)
+            .env_remove("WARMPOOL_ADMIN_TOKEN")
+            .env("WARMPOOL_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("start warmpool serve");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let log = self.log.clone();
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                let plain = strip_ansi(&line);
+                if let Some(rest) = plain.split("listening on ").nth(1) {
+                    if let Some(tx) = tx.take() {
+                        let _ = tx.send(rest.trim().to_string());
+                    }
+                }
+                let mut l = log.lock().unwrap();
+                l.push_str(&plain);
+                l.push('\n');
+            }
+        });
+        let url = rx
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|_| panic!("the server did not start; its log:\n{}", self.log.lock().unwrap()));
+        self.url = url;
+        self.token = std::fs::read_to_string(data.join("admin-token"))
+            .unwrap()
+            .trim()
+            .to_string();
+        self.child = Some(child);
+    }
+
+    /// `kill -9` the server (its VMs keep running), as a crash would.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts the server again on the same data dir (after `kill9`).
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.launch();
+    }
+
+    pub fn log_text(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    pub async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        self.call_as(Some(&self.token.clone()), method, path, body).await
+    }
+
+    pub async fn call_as(&self, token: Option<&str>, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let mut req = self.http.request(m, format!("{}{}", self.url, path));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.expect("request");
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        let v = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON ({status}): {text}"))
+        };
+        if status >= 400 {
+            assert_valid("ErrorResponse", &v);
+        }
+        (status, v)
+    }
+
+    /// Sends raw bytes with a content type, for malformed-input tests.
+    pub async fn raw(&self, method: &str, path: &str, content_type: Option<&str>, body: Vec<u8>) -> (u16, Value) {
+        let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let mut req = self
+            .http
+            .request(m, format!("{}{}", self.url, path))
+            .bearer_auth(&self.token)
+            .body(body);
+        if let Some(ct) = content_type {
+            req = req.header("content-type", ct);
+        }
+        let resp = req.send().await.expect("request");
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    pub async fn ok(&self, method: &str, path: &str, body: Option<Value>) -> Value {
+        let (s, v) = self.call(method, path, body).await;
+        assert!((200..300).contains(&s), "{method} {path} answered {s}: {v}");
+        v
+    }
+
+    pub async fn create_project(&self, name: &str, repos: Value) -> String {
+        let (s, v) = self
+            .call("POST", "/v1/projects", Some(json!({"name": name, "repos": repos})))
+            .await;
+        assert_eq!(s, 201, "{v}");
+        assert_valid_project(&v);
+        v["id"].as_str().unwrap().to_string()
+    }
+
+    /// Starts a test boot and waits until it is no longer provisioning; returns the detail.
+    pub async fn test_boot(&self, project: &str, body: Value) -> Value {
+        let v = self
+            .ok("POST", &format!("/v1/projects/{project}/warm-pool/test"), Some(body))
+            .await;
+        assert_valid("TestWarmPoolBootResponse", &v);
+        let id = v["id"].as_str().unwrap().to_string();
+        self.wait_instance(project, &id).await
+    }
+
+    pub async fn wait_instance(&self, project: &str, id: &str) -> Value {
+        // The first boot on a new machine also builds the guest image (about a minute).
+        let deadline = Instant::now() + Duration::from_secs(600);
+        loop {
+            let d = self
+                .ok("GET", &format!("/v1/projects/{project}/warm-pool/instances/{id}"), None)
+                .await;
+            assert_valid("WarmPoolInstanceDetail", &d);
+            if d["status"] != "provisioning" {
+                return d;
+            }
+            assert!(Instant::now() < deadline, "instance {id} still provisioning: {d}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub async fn exec(&self, project: &str, id: &str, command: &str) -> Value {
+        self.ok(
+            "POST",
+            &format!("/v1/projects/{project}/warm-pool/instances/{id}/exec"),
+            Some(json!({"command": command})),
+        )
+        .await
+    }
+
+    /// The host pid of a VM's init, from its state directory.
+    pub fn vm_init_pid(&self, vm_id: &str) -> Option<i32> {
+        let text = std::fs::read_to_string(self.data_dir().join("vms").join(vm_id).join("init.pid")).ok()?;
+        text.split_whitespace().next()?.parse().ok()
+    }
+
+    pub fn vm_dirs(&self) -> Vec<String> {
+        match std::fs::read_dir(self.data_dir().join("vms")) {
+            Ok(rd) => rd
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().to_string())
+                .collect(),
+            Err(_) => vec![],
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.kill9();
+        // Tests end their VMs through the API; whatever is left is killed here so runs never leak.
+        for vm in self.vm_dirs() {
+            if let Some(pid) = self.vm_init_pid(&vm) {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+            }
+        }
+    }
+}
+
+pub fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c2 in chars.by_ref() {
+                if c2.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+// --- The published schemas -------------------------------------------------------------------
+
+fn schemas() -> &'static (Value, Value) {
+    static S: OnceLock<(Value, Value)> = OnceLock::new();
+    S.get_or_init(|| {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/compat");
+        let wp: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("warm-pool-openapi-2026-06.json")).unwrap()).unwrap();
+        let pr: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("projects-setup-openapi-2026-06.json")).unwrap()).unwrap();
+        (wp, pr)
+    })
+}
+
+fn check(schema: &Value, name: &str, v: &Value) {
+    let validator = jsonschema::validator_for(schema).unwrap();
+    let errors: Vec<String> = validator
+        .iter_errors(v)
+        .map(|e| format!("{} at {}", e, e.instance_path))
+        .collect();
+    assert!(errors.is_empty(), "{name} does not match the published schema: {errors:?}\n{v:#}");
+}
+
+/// Validates `v` against the warm-pool reference schema `name`.
+pub fn assert_valid(name: &str, v: &Value) {
+    let schema = &schemas().0["schemas"][name];
+    assert!(schema.is_object(), "no schema {name}");
+    check(schema, name, v);
+}
+
+pub fn assert_valid_project(v: &Value) {
+    check(&schemas().1["schemas"]["Project"], "Project", v);
+}
+
+pub fn assert_valid_project_list(v: &Value) {
+    check(&schemas().1["schemas"]["ListProjectsResponse"], "ListProjectsResponse", v);
+}
+
+// --- Git repositories made by the test ----------------------------------------------------
+
+pub struct TestRepo {
+    pub dir: tempfile::TempDir,
+}
+
+pub fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .env("GIT_AUTHOR_NAME", "Test")
+        .env("GIT_AUTHOR_EMAIL", "test@example.com")
+        .env("GIT_COMMITTER_NAME", "Test")
+        .env("GIT_COMMITTER_EMAIL", "test@example.com")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+impl TestRepo {
+    /// A repository on branch `main` with `files` committed.
+    pub fn new(files: &[(&str, &str)]) -> TestRepo {
+        let dir = tempfile::Builder::new().prefix("wp-repo-").tempdir().unwrap();
+        git(dir.path(), &["init", "-q", "-b", "main"]);
+        let r = TestRepo { dir };
+        r.commit(files, "initial");
+        r
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn url(&self) -> String {
+        self.path().display().to_string()
+    }
+
+    pub fn commit(&self, files: &[(&str, &str)], message: &str) -> String {
+        for (name, content) in files {
+            let p = self.path().join(name);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, content).unwrap();
+        }
+        git(self.path(), &["add", "-A"]);
+        git(self.path(), &["commit", "-q", "--allow-empty", "-m", message]);
+        self.head()
+    }
+
+    pub fn head(&self) -> String {
+        git(self.path(), &["rev-parse", "HEAD"])
+    }
+
+    pub fn branch(&self, name: &str, files: &[(&str, &str)]) -> String {
+        git(self.path(), &["checkout", "-q", "-b", name]);
+        let c = self.commit(files, &format!("on {name}"));
+        git(self.path(), &["checkout", "-q", "main"]);
+        c
+    }
+}
+
+pub fn step_names(detail: &Value) -> Vec<String> {
+    detail["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+pub fn step<'a>(detail: &'a Value, name: &str) -> &'a Value {
+    detail["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == name)
+        .unwrap_or_else(|| panic!("no step {name} in {detail:#}"))
+}
+
+/// Whether any process on the host still lives in the pid namespace `ns` (an `/proc/*/ns/pid` link).
+pub fn pid_namespace_alive(ns: &str) -> bool {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().chars().all(|c| c.is_ascii_digit()))
+        .any(|e| {
+            std::fs::read_link(e.path().join("ns/pid"))
+                .map(|l| l.to_string_lossy() == ns)
+                .unwrap_or(false)
+        })
+}
+
+pub fn pid_namespace_of(pid: i32) -> String {
+    std::fs::read_link(format!("/proc/{pid}/ns/pid"))
+        .unwrap()
+        .to_string_lossy()
+        .to_string()
+}

@@ -24,7 +24,10 @@ async fn two_repos_reach_ready_with_all_steps_in_order() {
     let s = TestServer::start(&[]);
     let api = TestRepo::new(&[
         ("README.md", "api\n"),
-        (".capy/settings.json", r#"{"hooks": {"setup": ["pwd > /tmp/api-hook-pwd", "echo hook output"]}}"#),
+        (
+            ".capy/settings.json",
+            r#"{"hooks": {"setup": ["pwd > /tmp/api-hook-pwd", "echo hook output"]}}"#,
+        ),
     ]);
     let web = TestRepo::new(&[("index.html", "<p>web</p>\n")]);
     let web_feature = web.branch("feature", &[("feature.txt", "yes\n")]);
@@ -66,29 +69,60 @@ async fn two_repos_reach_ready_with_all_steps_in_order() {
     assert_eq!(sum["failedStep"], Value::Null);
     assert_eq!(sum["error"], Value::Null);
     assert_eq!(d["failureReason"], Value::Null);
-    assert!(d["steps"].as_array().unwrap().iter().all(|s| s["status"] == "success"));
+    assert!(d["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|s| s["status"] == "success"));
     let vm = d["instanceId"].as_str().unwrap().to_string();
     assert!(vm.starts_with("vm-"));
 
     // Per-step metadata.
     let steps = d["steps"].as_array().unwrap();
-    assert_eq!(steps[0]["metadata"], json!({"backend": "sandbox", "instanceId": vm}));
+    assert_eq!(
+        steps[0]["metadata"],
+        json!({"backend": "sandbox", "instanceId": vm})
+    );
     assert!(steps[1]["metadata"]["agentVersion"].is_string());
     assert!(steps[1]["metadata"]["waitedMs"].is_number());
     assert_eq!(steps[2]["metadata"], json!({"count": 0}));
-    assert_eq!(steps[3]["metadata"], json!({"repo": "acme/api", "branch": "main", "commit": api.head()}));
-    assert_eq!(steps[4]["metadata"], json!({"repo": "acme/web", "branch": "feature", "commit": web_feature}));
-    assert_eq!(steps[5]["metadata"], json!({"repo": "acme/api", "hooks": 2}));
+    assert_eq!(
+        steps[3]["metadata"],
+        json!({"repo": "acme/api", "branch": "main", "commit": api.head()})
+    );
+    assert_eq!(
+        steps[4]["metadata"],
+        json!({"repo": "acme/web", "branch": "feature", "commit": web_feature})
+    );
+    assert_eq!(
+        steps[5]["metadata"],
+        json!({"repo": "acme/api", "hooks": 2})
+    );
     assert!(steps[5]["output"].as_str().unwrap().contains("hook output"));
-    assert_eq!(steps[6]["metadata"], json!({"repo": "acme/web", "hooks": 0}));
+    assert_eq!(
+        steps[6]["metadata"],
+        json!({"repo": "acme/web", "hooks": 0})
+    );
     assert_eq!(steps[7]["metadata"], json!({"commands": 1}));
-    assert_eq!(steps[8]["metadata"], json!({"repo": "acme/api", "commands": 0}));
-    assert!(steps[8]["output"].as_str().unwrap().contains("nothing to run"));
-    assert_eq!(steps[9]["metadata"], json!({"repo": "acme/web", "commands": 1}));
+    assert_eq!(
+        steps[8]["metadata"],
+        json!({"repo": "acme/api", "commands": 0})
+    );
+    assert!(steps[8]["output"]
+        .as_str()
+        .unwrap()
+        .contains("nothing to run"));
+    assert_eq!(
+        steps[9]["metadata"],
+        json!({"repo": "acme/web", "commands": 1})
+    );
     assert!(steps[9]["output"].as_str().unwrap().contains("/home/web"));
     assert!(steps[9]["output"].as_str().unwrap().contains("feature.txt"));
     assert_eq!(steps[10]["metadata"], json!({"commands": 1}));
-    assert!(steps[10]["output"].as_str().unwrap().starts_with("$ pool\npool done"));
+    assert!(steps[10]["output"]
+        .as_str()
+        .unwrap()
+        .starts_with("$ pool\npool done"));
 
     // Inside the VM: the repos at the right commits with origin at the real URL, hooks and setup
     // ran where they should, hostname is the VM id, root with working sudo.
@@ -114,28 +148,63 @@ async fn two_repos_reach_ready_with_all_steps_in_order() {
     assert_eq!(out["output"], expected);
 
     // The compatible list shows it; the pool's status does not count test instances.
-    let list = s.ok("GET", &format!("/v1/projects/{pid}/warm-pool/instances"), None).await;
+    let list = s
+        .ok(
+            "GET",
+            &format!("/v1/projects/{pid}/warm-pool/instances"),
+            None,
+        )
+        .await;
     assert_valid("ListWarmPoolInstancesResponse", &list);
     assert_eq!(list["items"][0]["id"], d["id"]);
     assert_eq!(list["items"][0]["isTest"], true);
     assert!(list["items"][0]["provisionedAt"].is_string());
-    let pool = s.ok("GET", &format!("/v1/projects/{pid}/warm-pool"), None).await;
+    let pool = s
+        .ok("GET", &format!("/v1/projects/{pid}/warm-pool"), None)
+        .await;
     assert_valid("GetWarmPoolResponse", &pool);
-    assert_eq!(pool["status"], json!({"ready": 0, "provisioning": 0, "failed": 0}));
+    assert_eq!(
+        pool["status"],
+        json!({"ready": 0, "provisioning": 0, "failed": 0})
+    );
 
     // Destroying it leaves no process, mount or directory behind.
     let init = s.vm_init_pid(&vm).expect("the VM's init pid");
     let ns = pid_namespace_of(init);
     assert!(pid_namespace_alive(&ns));
-    let (st, _) = s.call("DELETE", &format!("/v1/projects/{pid}/warm-pool/instances/{id}"), None).await;
+    let (st, _) = s
+        .call(
+            "DELETE",
+            &format!("/v1/projects/{pid}/warm-pool/instances/{id}"),
+            None,
+        )
+        .await;
     assert_eq!(st, 204);
-    assert!(!pid_namespace_alive(&ns), "processes of the VM are still running");
-    assert!(!s.vm_dirs().contains(&vm), "the VM's directory is still there");
+    assert!(
+        !pid_namespace_alive(&ns),
+        "processes of the VM are still running"
+    );
+    assert!(
+        !s.vm_dirs().contains(&vm),
+        "the VM's directory is still there"
+    );
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(!mounts.contains(&vm));
-    let (st, _) = s.call("GET", &format!("/v1/projects/{pid}/warm-pool/instances/{id}/exec"), None).await;
+    let (st, _) = s
+        .call(
+            "GET",
+            &format!("/v1/projects/{pid}/warm-pool/instances/{id}/exec"),
+            None,
+        )
+        .await;
     assert_eq!(st, 405);
-    let list = s.ok("GET", &format!("/v1/projects/{pid}/warm-pool/instances"), None).await;
+    let list = s
+        .ok(
+            "GET",
+            &format!("/v1/projects/{pid}/warm-pool/instances"),
+            None,
+        )
+        .await;
     assert_eq!(list["items"], json!([]));
 }
 
@@ -154,21 +223,44 @@ async fn env_values_round_trip_through_home_env() {
         ("SPACES", "  leading and trailing  "),
         ("MIXED", "'\"\\$`\n\t!*?[]{}#;&|<>"),
     ];
-    let vars: Vec<Value> = values.iter().map(|(n, v)| json!({"name": n, "value": v})).collect();
+    let vars: Vec<Value> = values
+        .iter()
+        .map(|(n, v)| json!({"name": n, "value": v}))
+        .collect();
     let r = s
-        .ok("PUT", &format!("/v1/projects/{pid}/environment-variables"), Some(json!({"variables": vars})))
+        .ok(
+            "PUT",
+            &format!("/v1/projects/{pid}/environment-variables"),
+            Some(json!({"variables": vars})),
+        )
         .await;
     assert_eq!(r["items"].as_array().unwrap().len(), values.len());
-    assert!(r.to_string().find("ünïcødé").is_none(), "values must never be returned");
+    assert!(
+        r.to_string().find("ünïcødé").is_none(),
+        "values must never be returned"
+    );
     let d = s.test_boot(&pid, json!({})).await;
     assert_eq!(d["status"], "ready", "{d:#}");
-    assert_eq!(step(&d, "set_env_vars")["metadata"], json!({"count": values.len()}));
+    assert_eq!(
+        step(&d, "set_env_vars")["metadata"],
+        json!({"count": values.len()})
+    );
     let id = d["id"].as_str().unwrap();
     // Compare digests inside the VM: the values themselves would be redacted from the output.
     for (name, value) in values {
         let expect = sha256_hex(value.as_bytes());
-        let out = s.exec(&pid, id, &format!("printf %s \"${name}\" | sha256sum | cut -c1-64")).await;
-        assert_eq!(out["output"].as_str().unwrap().trim(), expect, "{name} did not round-trip");
+        let out = s
+            .exec(
+                &pid,
+                id,
+                &format!("printf %s \"${name}\" | sha256sum | cut -c1-64"),
+            )
+            .await;
+        assert_eq!(
+            out["output"].as_str().unwrap().trim(),
+            expect,
+            "{name} did not round-trip"
+        );
     }
     let out = s.exec(&pid, id, "stat -c '%a %U' /home/.env").await;
     assert_eq!(out["output"], "600 root\n");
@@ -197,9 +289,15 @@ async fn failed_boot(s: &TestServer, pid: &str, body: Value) -> Value {
     let steps = d["steps"].as_array().unwrap();
     assert_eq!(steps.last().unwrap()["status"], "error");
     assert_eq!(steps.last().unwrap()["name"], d["summary"]["failedStep"]);
-    assert_eq!(d["summary"]["completedSteps"].as_u64().unwrap() as usize, steps.len() - 1);
+    assert_eq!(
+        d["summary"]["completedSteps"].as_u64().unwrap() as usize,
+        steps.len() - 1
+    );
     let vm = d["instanceId"].as_str().unwrap();
-    assert!(!s.vm_dirs().iter().any(|v| v == vm), "a failed instance's VM must be destroyed");
+    assert!(
+        !s.vm_dirs().iter().any(|v| v == vm),
+        "a failed instance's VM must be destroyed"
+    );
     d
 }
 
@@ -210,51 +308,90 @@ async fn each_failure_names_its_step_and_says_why() {
 
     // A repository that does not exist.
     let missing = s
-        .create_project("missing", json!([{"repoFullName": "acme/gone", "url": "/nonexistent/repo/path"}]))
+        .create_project(
+            "missing",
+            json!([{"repoFullName": "acme/gone", "url": "/nonexistent/repo/path"}]),
+        )
         .await;
     let d = failed_boot(&s, &missing, json!({})).await;
     assert_eq!(d["summary"]["failedStep"], "clone_repo", "{d:#}");
-    assert_eq!(d["summary"]["error"], "git clone of acme/gone failed: repository not found");
+    assert_eq!(
+        d["summary"]["error"],
+        "git clone of acme/gone failed: repository not found"
+    );
     assert_eq!(d["summary"]["totalSteps"], 8);
     assert_eq!(step(&d, "clone_repo")["metadata"]["repo"], "acme/gone");
 
     // A branch that does not exist.
     let badbranch = s
-        .create_project("bad branch", json!([{"repoFullName": "acme/good", "url": good.url(), "branch": "nope"}]))
+        .create_project(
+            "bad branch",
+            json!([{"repoFullName": "acme/good", "url": good.url(), "branch": "nope"}]),
+        )
         .await;
     let d = failed_boot(&s, &badbranch, json!({})).await;
     assert_eq!(d["summary"]["failedStep"], "clone_repo", "{d:#}");
-    assert_eq!(d["summary"]["error"], "git clone of acme/good failed: branch `nope` not found");
+    assert_eq!(
+        d["summary"]["error"],
+        "git clone of acme/good failed: branch `nope` not found"
+    );
 
     // A hook that fails.
-    let hooky = TestRepo::new(&[(".capy/settings.json", r#"{"hooks": {"setup": ["echo before", "exit 3", "echo never"]}}"#)]);
+    let hooky = TestRepo::new(&[(
+        ".capy/settings.json",
+        r#"{"hooks": {"setup": ["echo before", "exit 3", "echo never"]}}"#,
+    )]);
     let hooks = s
-        .create_project("hooks", json!([{"repoFullName": "acme/hooky", "url": hooky.url()}]))
+        .create_project(
+            "hooks",
+            json!([{"repoFullName": "acme/hooky", "url": hooky.url()}]),
+        )
         .await;
     let d = failed_boot(&s, &hooks, json!({})).await;
     assert_eq!(d["summary"]["failedStep"], "init_repo", "{d:#}");
-    assert_eq!(d["summary"]["error"], "command `exit 3` exited with status 3");
+    assert_eq!(
+        d["summary"]["error"],
+        "command `exit 3` exited with status 3"
+    );
     let out = step(&d, "init_repo")["output"].as_str().unwrap();
     assert!(out.contains("before") && !out.contains("never"), "{out}");
 
     // Settings that are not JSON.
     let broken = TestRepo::new(&[(".capy/settings.json", "{not json")]);
     let bp = s
-        .create_project("broken settings", json!([{"repoFullName": "acme/broken", "url": broken.url()}]))
+        .create_project(
+            "broken settings",
+            json!([{"repoFullName": "acme/broken", "url": broken.url()}]),
+        )
         .await;
     let d = failed_boot(&s, &bp, json!({})).await;
     assert_eq!(d["summary"]["failedStep"], "init_repo", "{d:#}");
-    assert!(d["summary"]["error"].as_str().unwrap().starts_with(".capy/settings.json of acme/broken is not valid JSON"));
+    assert!(d["summary"]["error"]
+        .as_str()
+        .unwrap()
+        .starts_with(".capy/settings.json of acme/broken is not valid JSON"));
 
     // A failing command in each of the three setup steps.
-    let pid = s.create_project("setup", json!([{"repoFullName": "acme/good", "url": good.url()}])).await;
+    let pid = s
+        .create_project(
+            "setup",
+            json!([{"repoFullName": "acme/good", "url": good.url()}]),
+        )
+        .await;
     let devbox = format!("/v1/projects/{pid}/devbox");
     let patch_devbox = |body: Value| s.ok("PATCH", &devbox, Some(body));
-    patch_devbox(json!({"setupCommands": [{"name": "fails", "command": "echo partial; false"}]})).await;
+    patch_devbox(json!({"setupCommands": [{"name": "fails", "command": "echo partial; false"}]}))
+        .await;
     let d = failed_boot(&s, &pid, json!({})).await;
     assert_eq!(d["summary"]["failedStep"], "project_setup", "{d:#}");
-    assert_eq!(d["summary"]["error"], "command `fails` exited with status 1");
-    assert!(step(&d, "project_setup")["output"].as_str().unwrap().contains("$ fails\npartial\n"));
+    assert_eq!(
+        d["summary"]["error"],
+        "command `fails` exited with status 1"
+    );
+    assert!(step(&d, "project_setup")["output"]
+        .as_str()
+        .unwrap()
+        .contains("$ fails\npartial\n"));
 
     patch_devbox(json!({
         "setupCommands": [],
@@ -263,8 +400,14 @@ async fn each_failure_names_its_step_and_says_why() {
     .await;
     let d = failed_boot(&s, &pid, json!({})).await;
     assert_eq!(d["summary"]["failedStep"], "repo_setup", "{d:#}");
-    assert_eq!(d["summary"]["error"], "command `build` exited with status 42");
-    assert_eq!(step(&d, "repo_setup")["metadata"], json!({"repo": "acme/good", "commands": 1}));
+    assert_eq!(
+        d["summary"]["error"],
+        "command `build` exited with status 42"
+    );
+    assert_eq!(
+        step(&d, "repo_setup")["metadata"],
+        json!({"repo": "acme/good", "commands": 1})
+    );
 
     patch_devbox(json!({"repos": [{"repoFullName": "acme/good", "setupCommands": []}]})).await;
     let d = failed_boot(
@@ -278,14 +421,25 @@ async fn each_failure_names_its_step_and_says_why() {
     )
     .await;
     assert_eq!(d["summary"]["failedStep"], "warm_pool_setup", "{d:#}");
-    assert_eq!(d["summary"]["error"], "command `npm ci` exited with status 1");
+    assert_eq!(
+        d["summary"]["error"],
+        "command `npm ci` exited with status 1"
+    );
     assert_eq!(d["summary"]["completedSteps"], 7);
     let out = step(&d, "warm_pool_setup")["output"].as_str().unwrap();
-    assert!(out.contains("npm ERR! missing package.json") && !out.contains("$ never"), "{out}");
+    assert!(
+        out.contains("npm ERR! missing package.json") && !out.contains("$ never"),
+        "{out}"
+    );
     // The test boot saved its commands first, like a PATCH.
-    let pool = s.ok("GET", &format!("/v1/projects/{pid}/warm-pool"), None).await;
+    let pool = s
+        .ok("GET", &format!("/v1/projects/{pid}/warm-pool"), None)
+        .await;
     assert_eq!(pool["config"]["setupCommands"].as_array().unwrap().len(), 3);
-    assert_eq!(pool["status"]["failed"], 0, "test instances never count in status");
+    assert_eq!(
+        pool["status"]["failed"], 0,
+        "test instances never count in status"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -331,13 +485,30 @@ async fn secrets_are_redacted_everywhere() {
     let out = step(&d, "warm_pool_setup")["output"].as_str().unwrap();
     assert!(out.contains("token=[REDACTED:API_TOKEN]"), "{out}");
     assert!(out.contains("\n[REDACTED:PRIVATE_KEY]\n"), "{out}");
-    assert!(out.contains("short=abc"), "short values are not redacted: {out}");
-    assert_eq!(d["summary"]["error"], "command `leak [REDACTED:API_TOKEN]` exited with status 1");
+    assert!(
+        out.contains("short=abc"),
+        "short values are not redacted: {out}"
+    );
+    assert_eq!(
+        d["summary"]["error"],
+        "command `leak [REDACTED:API_TOKEN]` exited with status 1"
+    );
     let everything = d.to_string() + &s.log_text();
-    for secret in ["tok-8f3k2j5h", "AAAAsecretline1", "BBBBsecretline2", "BEGIN KEY"] {
+    for secret in [
+        "tok-8f3k2j5h",
+        "AAAAsecretline1",
+        "BBBBsecretline2",
+        "BEGIN KEY",
+    ] {
         assert!(!everything.contains(secret), "{secret} leaked");
     }
-    let vars = s.ok("GET", &format!("/v1/projects/{pid}/environment-variables"), None).await;
+    let vars = s
+        .ok(
+            "GET",
+            &format!("/v1/projects/{pid}/environment-variables"),
+            None,
+        )
+        .await;
     assert!(!vars.to_string().contains("tok-8f3k2j5h"));
     assert_eq!(vars["items"][0]["configured"], true);
 }
@@ -355,11 +526,22 @@ async fn big_output_is_capped_keeping_head_and_tail() {
     let out = step(&d, "warm_pool_setup")["output"].as_str().unwrap();
     assert!(out.len() <= 64 * 1024 + 64, "{} bytes kept", out.len());
     assert!(out.starts_with("$ loud\n1\n2\n3\n"));
-    assert!(out.ends_with("199999\n200000\nthe real error\n"), "{}", &out[out.len() - 100..]);
-    let marker = out.lines().find(|l| l.starts_with("[... ")).expect("an omission marker");
+    assert!(
+        out.ends_with("199999\n200000\nthe real error\n"),
+        "{}",
+        &out[out.len() - 100..]
+    );
+    let marker = out
+        .lines()
+        .find(|l| l.starts_with("[... "))
+        .expect("an omission marker");
     assert!(marker.ends_with(" bytes omitted ...]"), "{marker}");
     let omitted: usize = marker.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let total: usize = "$ loud\n".len() + (1..=200000).map(|n: usize| n.to_string().len() + 1).sum::<usize>() + "the real error\n".len();
+    let total: usize = "$ loud\n".len()
+        + (1..=200000)
+            .map(|n: usize| n.to_string().len() + 1)
+            .sum::<usize>()
+        + "the real error\n".len();
     assert_eq!(omitted, total - 16 * 1024 - 48 * 1024);
 }
 
@@ -384,10 +566,22 @@ async fn background_commands_are_started_and_not_waited_for() {
     assert!(out.contains("$ after\nafter\n"));
     assert!(st["durationMs"].as_u64().unwrap() < 30_000);
     let id = d["id"].as_str().unwrap();
-    let r = s.exec(&pid, id, "sleep 0.2; cat /var/log/warmpool/dev_server.log; pgrep -c -x sleep").await;
+    let r = s
+        .exec(
+            &pid,
+            id,
+            "sleep 0.2; cat /var/log/warmpool/dev_server.log; pgrep -c -x sleep",
+        )
+        .await;
     assert_eq!(r["output"], "serving\n1\n");
     // The background command lives in its own session.
-    let r = s.exec(&pid, id, "ps -o sid= -o pid= -C sleep | awk '{print ($1 == $2)}'").await;
+    let r = s
+        .exec(
+            &pid,
+            id,
+            "ps -o sid= -o pid= -C sleep | awk '{print ($1 == $2)}'",
+        )
+        .await;
     assert_eq!(r["output"], "1\n");
 }
 
@@ -419,7 +613,10 @@ async fn the_sandbox_is_its_own_machine() {
     assert!(!out.contains("visible"), "{out}");
     let procs: u32 = lines[0].parse().unwrap();
     assert!(procs < 10, "the VM sees {procs} processes: {out}");
-    assert_eq!(lines[1].trim(), "/usr/local/bin/warmpool-agent --init --listen-fd 3");
+    assert_eq!(
+        lines[1].trim(),
+        "/usr/local/bin/warmpool-agent --init --listen-fd 3"
+    );
     assert_eq!(lines[2], vm);
     assert_eq!(lines[3], vm);
     assert_eq!(lines[4], ".env");

@@ -75,12 +75,11 @@ pub fn main(args: &[String]) -> ! {
     let args = parse(args).unwrap_or_else(|e| fail(&e));
     let token =
         std::env::var(TOKEN_ENV).unwrap_or_else(|_| fail("no agent token in the environment"));
-    if let Err(e) = unshare(
-        CloneFlags::CLONE_NEWNS
-            | CloneFlags::CLONE_NEWUTS
-            | CloneFlags::CLONE_NEWIPC
-            | CloneFlags::CLONE_NEWPID,
-    ) {
+    // A new pid namespace applies to children only, so it is made here, before the fork; the
+    // other namespaces are made by the child itself, so that this launcher — which must keep
+    // seeing the host's files — never shares the VM's mount namespace (pivot_root would move
+    // this process into the VM's root too).
+    if let Err(e) = unshare(CloneFlags::CLONE_NEWPID) {
         fail(&format!(
             "cannot create namespaces (the sandbox backend needs root): {e}"
         ));
@@ -157,6 +156,10 @@ fn path_str(p: &Path) -> Result<&str, String> {
 
 /// Builds the VM's root (overlay over the image, its own /proc, /dev, /tmp, /run) and moves into it.
 fn setup_root(a: &Args) -> Result<(), String> {
+    ctx(
+        unshare(CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC),
+        || "cannot create the mount, uts and ipc namespaces".into(),
+    )?;
     let none: Option<&str> = None;
     ctx(
         mount(none, "/", none, MsFlags::MS_REC | MsFlags::MS_PRIVATE, none),
@@ -338,7 +341,11 @@ fn setup_root(a: &Args) -> Result<(), String> {
 /// worked, and the error when it did not.
 fn exec_init(token: &str, mut ready_w: std::fs::File) -> ! {
     // stdout is the server's handshake pipe: the VM must not hold it.
-    if let Ok(null) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null") {
+    if let Ok(null) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+    {
         let _ = nix::unistd::dup2(null.as_raw_fd(), 0);
         let _ = nix::unistd::dup2(null.as_raw_fd(), 1);
     }

@@ -24,16 +24,27 @@ fn is_json(content_type: &str) -> bool {
     mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
 }
 
-/// Names the field a serde error is about: its path (which for an unknown field ends with it).
+/// Names the field a serde error is about: its path (which for an unknown field ends with it),
+/// plus the field itself when one is missing.
 fn field_of(path: &str, message: &str) -> String {
-    if path != "." && !path.is_empty() {
-        return path.to_string();
+    let base = if path == "." { "" } else { path };
+    let named = |prefix: &str| {
+        message
+            .strip_prefix(prefix)
+            .and_then(|m| m.split('`').next())
+            .map(str::to_string)
+    };
+    if let Some(missing) = named("missing field `") {
+        return if base.is_empty() {
+            missing
+        } else {
+            format!("{base}.{missing}")
+        };
     }
-    message
-        .strip_prefix("unknown field `")
-        .and_then(|m| m.split('`').next())
-        .unwrap_or("body")
-        .to_string()
+    if !base.is_empty() {
+        return base.to_string();
+    }
+    named("unknown field `").unwrap_or_else(|| "body".to_string())
 }
 
 /// Finds an array directly inside an array. serde would read such an array as a struct (fields by
@@ -184,7 +195,7 @@ mod tests {
         assert_eq!(field(r#"{"enabled": "yes"}"#), "enabled");
         assert_eq!(
             field(r#"{"setupCommands": [{"name": "a"}]}"#),
-            "setupCommands[0]"
+            "setupCommands[0].command"
         );
         assert_eq!(
             field(r#"{"setupCommands": [{"name": "a", "command": "b", "x": 1}]}"#),

@@ -107,7 +107,12 @@ pub async fn run(app: Arc<App>, inst: InstanceRow, plan: BootPlan, cancel: Cance
                 destroy_vm(&app, &inst).await;
                 let _ = app
                     .store
-                    .mark_failed(&inst.id, None, "internal error: could not record readiness", now_ms())
+                    .mark_failed(
+                        &inst.id,
+                        None,
+                        "internal error: could not record readiness",
+                        now_ms(),
+                    )
                     .await;
             }
         },

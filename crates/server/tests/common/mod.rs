@@ -19,7 +19,9 @@ pub fn cache_dir() -> PathBuf {
     std::env::var_os("WARMPOOL_TEST_CACHE_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
-            let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| "/root".into());
+            let home = std::env::var_os("HOME")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| "/root".into());
             home.join(".cache").join("warmpool")
         })
 }
@@ -41,7 +43,10 @@ impl TestServer {
 
     /// Starts `warmpool serve` on the sandbox backend with `extra` flags.
     pub fn start(extra: &[&str]) -> TestServer {
-        let dir = tempfile::Builder::new().prefix("wp-test-").tempdir().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("wp-test-")
+            .tempdir()
+            .unwrap();
         let args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         let mut s = TestServer {
             child: None,
@@ -97,7 +102,12 @@ impl TestServer {
         });
         let url = rx
             .recv_timeout(Duration::from_secs(60))
-            .unwrap_or_else(|_| panic!("the server did not start; its log:\n{}", self.log.lock().unwrap()));
+            .unwrap_or_else(|_| {
+                panic!(
+                    "the server did not start; its log:\n{}",
+                    self.log.lock().unwrap()
+                )
+            });
         self.url = url;
         self.token = std::fs::read_to_string(data.join("admin-token"))
             .unwrap()
@@ -125,10 +135,17 @@ impl TestServer {
     }
 
     pub async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-        self.call_as(Some(&self.token.clone()), method, path, body).await
+        self.call_as(Some(&self.token.clone()), method, path, body)
+            .await
     }
 
-    pub async fn call_as(&self, token: Option<&str>, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+    pub async fn call_as(
+        &self,
+        token: Option<&str>,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
         let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
         let mut req = self.http.request(m, format!("{}{}", self.url, path));
         if let Some(t) = token {
@@ -152,7 +169,13 @@ impl TestServer {
     }
 
     /// Sends raw bytes with a content type, for malformed-input tests.
-    pub async fn raw(&self, method: &str, path: &str, content_type: Option<&str>, body: Vec<u8>) -> (u16, Value) {
+    pub async fn raw(
+        &self,
+        method: &str,
+        path: &str,
+        content_type: Option<&str>,
+        body: Vec<u8>,
+    ) -> (u16, Value) {
         let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
         let mut req = self
             .http
@@ -165,7 +188,10 @@ impl TestServer {
         let resp = req.send().await.expect("request");
         let status = resp.status().as_u16();
         let text = resp.text().await.unwrap();
-        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
     }
 
     pub async fn ok(&self, method: &str, path: &str, body: Option<Value>) -> Value {
@@ -176,7 +202,11 @@ impl TestServer {
 
     pub async fn create_project(&self, name: &str, repos: Value) -> String {
         let (s, v) = self
-            .call("POST", "/v1/projects", Some(json!({"name": name, "repos": repos})))
+            .call(
+                "POST",
+                "/v1/projects",
+                Some(json!({"name": name, "repos": repos})),
+            )
             .await;
         assert_eq!(s, 201, "{v}");
         assert_valid_project(&v);
@@ -186,7 +216,11 @@ impl TestServer {
     /// Starts a test boot and waits until it is no longer provisioning; returns the detail.
     pub async fn test_boot(&self, project: &str, body: Value) -> Value {
         let v = self
-            .ok("POST", &format!("/v1/projects/{project}/warm-pool/test"), Some(body))
+            .ok(
+                "POST",
+                &format!("/v1/projects/{project}/warm-pool/test"),
+                Some(body),
+            )
             .await;
         assert_valid("TestWarmPoolBootResponse", &v);
         let id = v["id"].as_str().unwrap().to_string();
@@ -198,13 +232,20 @@ impl TestServer {
         let deadline = Instant::now() + Duration::from_secs(600);
         loop {
             let d = self
-                .ok("GET", &format!("/v1/projects/{project}/warm-pool/instances/{id}"), None)
+                .ok(
+                    "GET",
+                    &format!("/v1/projects/{project}/warm-pool/instances/{id}"),
+                    None,
+                )
                 .await;
             assert_valid("WarmPoolInstanceDetail", &d);
             if d["status"] != "provisioning" {
                 return d;
             }
-            assert!(Instant::now() < deadline, "instance {id} still provisioning: {d}");
+            assert!(
+                Instant::now() < deadline,
+                "instance {id} still provisioning: {d}"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -220,7 +261,9 @@ impl TestServer {
 
     /// The host pid of a VM's init, from its state directory.
     pub fn vm_init_pid(&self, vm_id: &str) -> Option<i32> {
-        let text = std::fs::read_to_string(self.data_dir().join("vms").join(vm_id).join("init.pid")).ok()?;
+        let text =
+            std::fs::read_to_string(self.data_dir().join("vms").join(vm_id).join("init.pid"))
+                .ok()?;
         text.split_whitespace().next()?.parse().ok()
     }
 
@@ -241,7 +284,10 @@ impl Drop for TestServer {
         // Tests end their VMs through the API; whatever is left is killed here so runs never leak.
         for vm in self.vm_dirs() {
             if let Some(pid) = self.vm_init_pid(&vm) {
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
             }
         }
     }
@@ -270,8 +316,14 @@ fn schemas() -> &'static (Value, Value) {
     static S: OnceLock<(Value, Value)> = OnceLock::new();
     S.get_or_init(|| {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/compat");
-        let wp: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("warm-pool-openapi-2026-06.json")).unwrap()).unwrap();
-        let pr: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("projects-setup-openapi-2026-06.json")).unwrap()).unwrap();
+        let wp: Value = serde_json::from_str(
+            &std::fs::read_to_string(dir.join("warm-pool-openapi-2026-06.json")).unwrap(),
+        )
+        .unwrap();
+        let pr: Value = serde_json::from_str(
+            &std::fs::read_to_string(dir.join("projects-setup-openapi-2026-06.json")).unwrap(),
+        )
+        .unwrap();
         (wp, pr)
     })
 }
@@ -282,7 +334,10 @@ fn check(schema: &Value, name: &str, v: &Value) {
         .iter_errors(v)
         .map(|e| format!("{} at {}", e, e.instance_path))
         .collect();
-    assert!(errors.is_empty(), "{name} does not match the published schema: {errors:?}\n{v:#}");
+    assert!(
+        errors.is_empty(),
+        "{name} does not match the published schema: {errors:?}\n{v:#}"
+    );
 }
 
 /// Validates `v` against the warm-pool reference schema `name`.
@@ -297,7 +352,11 @@ pub fn assert_valid_project(v: &Value) {
 }
 
 pub fn assert_valid_project_list(v: &Value) {
-    check(&schemas().1["schemas"]["ListProjectsResponse"], "ListProjectsResponse", v);
+    check(
+        &schemas().1["schemas"]["ListProjectsResponse"],
+        "ListProjectsResponse",
+        v,
+    );
 }
 
 // --- Git repositories made by the test ----------------------------------------------------
@@ -317,14 +376,21 @@ pub fn git(dir: &Path, args: &[&str]) -> String {
         .env("GIT_COMMITTER_EMAIL", "test@example.com")
         .output()
         .unwrap();
-    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 impl TestRepo {
     /// A repository on branch `main` with `files` committed.
     pub fn new(files: &[(&str, &str)]) -> TestRepo {
-        let dir = tempfile::Builder::new().prefix("wp-repo-").tempdir().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("wp-repo-")
+            .tempdir()
+            .unwrap();
         git(dir.path(), &["init", "-q", "-b", "main"]);
         let r = TestRepo { dir };
         r.commit(files, "initial");
@@ -346,7 +412,10 @@ impl TestRepo {
             std::fs::write(p, content).unwrap();
         }
         git(self.path(), &["add", "-A"]);
-        git(self.path(), &["commit", "-q", "--allow-empty", "-m", message]);
+        git(
+            self.path(),
+            &["commit", "-q", "--allow-empty", "-m", message],
+        );
         self.head()
     }
 
@@ -385,7 +454,12 @@ pub fn pid_namespace_alive(ns: &str) -> bool {
     std::fs::read_dir("/proc")
         .unwrap()
         .flatten()
-        .filter(|e| e.file_name().to_string_lossy().chars().all(|c| c.is_ascii_digit()))
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .chars()
+                .all(|c| c.is_ascii_digit())
+        })
         .any(|e| {
             std::fs::read_link(e.path().join("ns/pid"))
                 .map(|l| l.to_string_lossy() == ns)

@@ -1,0 +1,634 @@
+//! The HTTP contract: auth, the error shape, validation, the compatible schemas, projects,
+//! environment variables, devbox settings, clear, test-instance expiry and recovery after a crash.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{json, Value};
+
+fn details_fields(v: &Value) -> Vec<String> {
+    v["error"]["details"]
+        .as_array()
+        .unwrap_or(&vec![])
+        .iter()
+        .map(|d| d["field"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn auth_and_not_found() {
+    let s = TestServer::start(&[]);
+    let pid = s.create_project("auth", json!([])).await;
+    let path = format!("/v1/projects/{pid}/warm-pool");
+    let (st, v) = s.call_as(None, "GET", &path, None).await;
+    assert_eq!(
+        (st, v["error"]["code"].as_str()),
+        (401, Some("unauthorized"))
+    );
+    let (st, v) = s
+        .call_as(Some("wp_not-a-real-token"), "GET", &path, None)
+        .await;
+    assert_eq!(
+        (st, v["error"]["code"].as_str()),
+        (401, Some("unauthorized"))
+    );
+    // Unknown and malformed ids are 404 alike.
+    for p in [
+        "/v1/projects/proj_0000000000000000/warm-pool".to_string(),
+        "/v1/projects/proj_123/warm-pool".to_string(),
+        "/v1/projects/..%2F..%2Fetc/warm-pool".to_string(),
+        format!("/v1/projects/{pid}/warm-pool/instances/wpi_0000000000000000"),
+        format!("/v1/projects/{pid}/warm-pool/instances/not-an-id"),
+        "/v1/nothing-here".to_string(),
+    ] {
+        let (st, v) = s.call("GET", &p, None).await;
+        assert_eq!(st, 404, "{p}: {v}");
+        assert_eq!(v["error"]["code"], "not_found");
+    }
+    // Open endpoints.
+    let h = s
+        .http
+        .get(format!("{}/healthz", s.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(h.status(), 200);
+    let r = s
+        .http
+        .get(format!("{}/readyz", s.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let doc: Value = s
+        .http
+        .get(format!("{}/openapi.json", s.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"));
+    for p in [
+        "/v1/projects/{projectId}/warm-pool",
+        "/v1/projects/{projectId}/warm-pool/test",
+        "/v1/projects/{projectId}/warm-pool/instances",
+        "/v1/projects/{projectId}/warm-pool/instances/{id}",
+        "/v1/projects/{projectId}/warm-pool/instances/{id}/exec",
+        "/v1/projects/{projectId}/warm-pool/clear",
+        "/v1/projects",
+        "/v1/projects/{projectId}",
+        "/v1/projects/{projectId}/environment-variables",
+        "/v1/projects/{projectId}/devbox",
+        "/healthz",
+    ] {
+        assert!(
+            doc["paths"][p].is_object(),
+            "{p} missing from /openapi.json"
+        );
+    }
+    assert_eq!(
+        doc["paths"]["/v1/projects/{projectId}/warm-pool"]["get"]["operationId"],
+        "getWarmPool"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn warm_pool_config_follows_the_published_contract() {
+    let s = TestServer::start(&[]);
+    let pid = s.create_project("pool config", json!([])).await;
+    let path = format!("/v1/projects/{pid}/warm-pool");
+    let v = s.ok("GET", &path, None).await;
+    assert_valid("GetWarmPoolResponse", &v);
+    assert_eq!(v["config"], Value::Null);
+    assert_eq!(v["allowed"], true);
+    assert_eq!(v["metadata"], Value::Null);
+
+    // The first PATCH creates the config with defaults for what it does not give.
+    let v = s.ok("PATCH", &path, Some(json!({"targetSize": 3}))).await;
+    assert_valid("UpdateWarmPoolResponse", &v);
+    let c = &v["config"];
+    assert_eq!(
+        (
+            c["enabled"].clone(),
+            c["targetSize"].clone(),
+            c["maxAgeMinutes"].clone(),
+            c["branch"].clone(),
+            c["setupCommands"].clone()
+        ),
+        (json!(true), json!(3), json!(60), Value::Null, Value::Null)
+    );
+    // Partial updates change only what they name; null clears.
+    let v = s
+        .ok("PATCH", &path, Some(json!({"branch": "release/1.x", "setupCommands": [{"name": "a", "command": "true", "background": false}]})))
+        .await;
+    assert_eq!(v["config"]["targetSize"], 3);
+    assert_eq!(v["config"]["branch"], "release/1.x");
+    assert_eq!(
+        v["config"]["setupCommands"][0],
+        json!({"name": "a", "command": "true", "background": false})
+    );
+    let v = s
+        .ok(
+            "PATCH",
+            &path,
+            Some(json!({"branch": null, "maxAgeMinutes": 30.0})),
+        )
+        .await;
+    assert_eq!(v["config"]["branch"], Value::Null);
+    assert_eq!(v["config"]["maxAgeMinutes"], 30);
+    assert_eq!(v["config"]["setupCommands"].as_array().unwrap().len(), 1);
+    let got = s.ok("GET", &path, None).await;
+    assert_valid("GetWarmPoolResponse", &got);
+    assert_eq!(got["config"], v["config"]);
+    assert_eq!(
+        got["metadata"],
+        json!({"lastProvisionedAt": null, "lastClaimedAt": null})
+    );
+
+    // Every validation failure is a 422 naming the field, and changes nothing.
+    let before = s.ok("GET", &path, None).await;
+    for (body, field) in [
+        (json!({"targetSize": 0}), "targetSize"),
+        (json!({"targetSize": 21}), "targetSize"),
+        (json!({"targetSize": 2.5}), "targetSize"),
+        (json!({"targetSize": "3"}), "targetSize"),
+        (json!({"maxAgeMinutes": 29}), "maxAgeMinutes"),
+        (json!({"maxAgeMinutes": 181}), "maxAgeMinutes"),
+        (json!({"enabled": "yes"}), "enabled"),
+        (json!({"branch": "bad..branch"}), "branch"),
+        (json!({"branch": "-x"}), "branch"),
+        (json!({"branch": 7}), "branch"),
+        (
+            json!({"setupCommands": [{"name": "a"}]}),
+            "setupCommands[0].command",
+        ),
+        (
+            json!({"setupCommands": [{"name": "", "command": "x"}]}),
+            "setupCommands[0].name",
+        ),
+        (
+            json!({"setupCommands": [{"name": "a", "command": ""}]}),
+            "setupCommands[0].command",
+        ),
+        (
+            json!({"setupCommands": [{"name": "a", "command": "x", "extra": 1}]}),
+            "setupCommands[0].extra",
+        ),
+        (json!({"setupCommands": [["a", "x"]]}), "setupCommands[0]"),
+        (json!({"setupCommands": "echo"}), "setupCommands"),
+        (json!({"unknown": true}), "unknown"),
+    ] {
+        let (st, v) = s.call("PATCH", &path, Some(body.clone())).await;
+        assert_eq!(st, 422, "{body}: {v}");
+        assert_eq!(v["error"]["code"], "validation_error");
+        assert!(
+            details_fields(&v).contains(&field.to_string()),
+            "{body}: {v}"
+        );
+    }
+    // Several problems are reported at once.
+    let (_, v) = s
+        .call(
+            "PATCH",
+            &path,
+            Some(json!({"targetSize": 0, "maxAgeMinutes": 1000})),
+        )
+        .await;
+    assert_eq!(details_fields(&v), ["targetSize", "maxAgeMinutes"]);
+    // Bodies that are not JSON objects.
+    for (ct, body) in [
+        (Some("application/json"), b"{not json".to_vec()),
+        (Some("application/json"), b"[1,2]".to_vec()),
+        (Some("application/json"), b"{\"enabled\": true} {}".to_vec()),
+        (Some("text/plain"), b"{\"enabled\": true}".to_vec()),
+        (None, b"{\"enabled\": true}".to_vec()),
+        (Some("application/json"), vec![b'"', 0xff, b'"']),
+    ] {
+        let (st, v) = s.raw("PATCH", &path, ct, body.clone()).await;
+        assert_eq!(st, 422, "{ct:?} {}: {v}", String::from_utf8_lossy(&body));
+        assert_eq!(v["error"]["code"], "validation_error");
+    }
+    let deep = "[".repeat(5000) + &"]".repeat(5000);
+    let (st, _) = s
+        .raw(
+            "PATCH",
+            &path,
+            Some("application/json"),
+            format!("{{\"x\": {deep}}}").into_bytes(),
+        )
+        .await;
+    assert_eq!(st, 422);
+    let huge = format!("{{\"branch\": \"{}\"}}", "a".repeat(2 * 1024 * 1024));
+    let (st, v) = s
+        .raw("PATCH", &path, Some("application/json"), huge.into_bytes())
+        .await;
+    assert_eq!(st, 413);
+    assert_eq!(v["error"]["code"], "payload_too_large");
+    assert_eq!(
+        s.ok("GET", &path, None).await,
+        before,
+        "failed requests changed nothing"
+    );
+
+    // Listing parameters.
+    let list = format!("/v1/projects/{pid}/warm-pool/instances");
+    for q in [
+        "?limit=0",
+        "?limit=51",
+        "?limit=abc",
+        "?status=bogus",
+        "?status=destroyed",
+    ] {
+        let (st, v) = s.call("GET", &format!("{list}{q}"), None).await;
+        assert_eq!(st, 422, "{q}: {v}");
+    }
+    let v = s
+        .ok("GET", &format!("{list}?limit=50&status=ready"), None)
+        .await;
+    assert_valid("ListWarmPoolInstancesResponse", &v);
+    // Clear on an empty pool.
+    let v = s
+        .ok(
+            "POST",
+            &format!("/v1/projects/{pid}/warm-pool/clear"),
+            Some(json!({"replenish": true})),
+        )
+        .await;
+    assert_valid("ClearWarmPoolResponse", &v);
+    assert_eq!(v["cleared"], 0);
+    assert_eq!(s.ok("GET", &path, None).await["config"]["enabled"], true);
+    let v = s
+        .ok(
+            "POST",
+            &format!("/v1/projects/{pid}/warm-pool/clear"),
+            Some(json!({})),
+        )
+        .await;
+    assert_valid("ClearWarmPoolResponse", &v);
+    assert_eq!(
+        s.ok("GET", &path, None).await["config"]["enabled"],
+        false,
+        "clear without replenish disables"
+    );
+    let (st, v) = s
+        .call(
+            "POST",
+            &format!("/v1/projects/{pid}/warm-pool/clear"),
+            Some(json!({"replenish": "yes"})),
+        )
+        .await;
+    assert_eq!(st, 422, "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn projects_env_vars_and_devbox() {
+    let s = TestServer::start(&[]);
+    let repo = TestRepo::new(&[("f", "x")]);
+    // Validation of projects and repos; duplicate repo names are a conflict.
+    for (body, field) in [
+        (json!({"repos": []}), "name"),
+        (json!({"name": ""}), "name"),
+        (json!({"name": "x\ny"}), "name"),
+        (
+            json!({"name": "x", "repos": [{"repoFullName": "../x", "url": repo.url()}]}),
+            "repos[0].repoFullName",
+        ),
+        (
+            json!({"name": "x", "repos": [{"repoFullName": "a/b/c", "url": repo.url()}]}),
+            "repos[0].repoFullName",
+        ),
+        (
+            json!({"name": "x", "repos": [{"repoFullName": "a/-oProxyCommand=x", "url": repo.url()}]}),
+            "repos[0].repoFullName",
+        ),
+        (
+            json!({"name": "x", "repos": [{"repoFullName": "a/.env", "url": repo.url()}]}),
+            "repos[0].repoFullName",
+        ),
+        (
+            json!({"name": "x", "repos": [{"repoFullName": "a/b", "url": "-oProxyCommand=x"}]}),
+            "repos[0].url",
+        ),
+        (
+            json!({"name": "x", "repos": [{"repoFullName": "a/b", "url": "ext::sh -c touch% /tmp/pwned"}]}),
+            "repos[0].url",
+        ),
+        (
+            json!({"name": "x", "repos": [{"repoFullName": "a/b", "url": "relative/path"}]}),
+            "repos[0].url",
+        ),
+        (
+            json!({"name": "x", "repos": [{"repoFullName": "a/b", "url": repo.url(), "branch": "a b"}]}),
+            "repos[0].branch",
+        ),
+        (
+            json!({"name": "x", "repos": [{"repoFullName": "a/b"}]}),
+            "repos[0].url",
+        ),
+        (json!({"name": "x", "bogus": 1}), "bogus"),
+    ] {
+        let (st, v) = s.call("POST", "/v1/projects", Some(body.clone())).await;
+        assert_eq!(st, 422, "{body}: {v}");
+        assert!(
+            details_fields(&v).contains(&field.to_string()),
+            "{body}: {v}"
+        );
+    }
+    let (st, v) = s
+        .call(
+            "POST",
+            "/v1/projects",
+            Some(json!({"name": "dup", "repos": [
+                {"repoFullName": "a/api", "url": repo.url()},
+                {"repoFullName": "b/api", "url": repo.url()},
+            ]})),
+        )
+        .await;
+    assert_eq!(
+        (st, v["error"]["code"].as_str()),
+        (409, Some("conflict")),
+        "{v}"
+    );
+
+    // Create, read, list with pagination, update, delete.
+    let name = "Ünïcode 'project' \"$HOME\"";
+    let (st, p) = s
+        .call(
+            "POST",
+            "/v1/projects",
+            Some(json!({"name": name, "description": "d", "repos": [{"repoFullName": "acme/api", "url": repo.url()}]})),
+        )
+        .await;
+    assert_eq!(st, 201, "{p}");
+    assert_valid_project(&p);
+    assert_eq!(p["name"], name);
+    assert_eq!(
+        p["repos"],
+        json!([{"repoFullName": "acme/api", "branch": "main"}])
+    );
+    let pid = p["id"].as_str().unwrap().to_string();
+    assert_eq!(s.ok("GET", &format!("/v1/projects/{pid}"), None).await, p);
+    let repos = s
+        .ok("GET", &format!("/v1/projects/{pid}/repos"), None)
+        .await;
+    assert_eq!(repos["items"][0]["url"], repo.url());
+    for i in 0..4 {
+        s.create_project(&format!("p{i}"), json!([])).await;
+    }
+    let page1 = s.ok("GET", "/v1/projects?limit=2", None).await;
+    assert_valid_project_list(&page1);
+    assert_eq!(page1["hasMore"], true);
+    let cursor = page1["nextCursor"].as_str().unwrap();
+    let page2 = s
+        .ok(
+            "GET",
+            &format!("/v1/projects?limit=2&cursor={cursor}"),
+            None,
+        )
+        .await;
+    assert_ne!(page1["items"][0]["id"], page2["items"][0]["id"]);
+    let all = s.ok("GET", "/v1/projects?limit=100", None).await;
+    assert_valid_project_list(&all);
+    assert_eq!(all["items"].as_array().unwrap().len(), 5);
+    assert_eq!(all["hasMore"], false);
+    assert_eq!(all["nextCursor"], Value::Null);
+    let (st, _) = s.call("GET", "/v1/projects?cursor=garbage", None).await;
+    assert_eq!(st, 422);
+    let p2 = s
+        .ok(
+            "PATCH",
+            &format!("/v1/projects/{pid}"),
+            Some(json!({"name": "renamed", "description": null})),
+        )
+        .await;
+    assert_valid_project(&p2);
+    assert_eq!(
+        (p2["name"].as_str(), p2["description"].clone()),
+        (Some("renamed"), Value::Null)
+    );
+    assert_eq!(p2["repos"], p["repos"]);
+
+    // Environment variables: upsert keeps others, names validated, values never returned.
+    let env = format!("/v1/projects/{pid}/environment-variables");
+    s.ok(
+        "PUT",
+        &env,
+        Some(json!({"variables": [{"name": "A", "value": "1"}, {"name": "B", "value": "2"}]})),
+    )
+    .await;
+    let v = s
+        .ok(
+            "PUT",
+            &env,
+            Some(json!({"variables": [{"name": "B", "value": "3"}]})),
+        )
+        .await;
+    let names: Vec<&str> = v["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["A", "B"]);
+    assert!(v["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|i| i.get("value").is_none()));
+    for body in [
+        json!({"variables": []}),
+        json!({"variables": [{"name": "1A", "value": "x"}]}),
+        json!({"variables": [{"name": "A-B", "value": "x"}]}),
+        json!({"variables": [{"name": "A", "value": "x\u{0}y"}]}),
+        json!({"variables": [{"name": "A", "value": "x"}, {"name": "A", "value": "y"}]}),
+        json!({"variables": [{"name": "A", "value": "x".repeat(100_001)}]}),
+        json!({"variables": [{"name": "A"}]}),
+        json!({}),
+    ] {
+        let (st, v) = s.call("PUT", &env, Some(body)).await;
+        assert_eq!(st, 422, "{v}");
+    }
+    let v = s.ok("DELETE", &format!("{env}/A"), None).await;
+    assert_eq!(v, json!({"deleted": true, "name": "A"}));
+    let (st, _) = s.call("DELETE", &format!("{env}/A"), None).await;
+    assert_eq!(st, 404);
+
+    // Devbox settings.
+    let devbox = format!("/v1/projects/{pid}/devbox");
+    let d = s.ok("GET", &devbox, None).await;
+    assert_eq!(
+        d,
+        json!({"setupCommands": [], "repos": [{"repoFullName": "acme/api", "setupCommands": []}]})
+    );
+    let d = s
+        .ok("PATCH", &devbox, Some(json!({"repos": [{"repoFullName": "acme/api", "setupCommands": [{"name": "i", "command": "make"}]}]})))
+        .await;
+    assert_eq!(d["repos"][0]["setupCommands"][0]["command"], "make");
+    let (st, v) = s
+        .call(
+            "PATCH",
+            &devbox,
+            Some(json!({"repos": [{"repoFullName": "acme/other", "setupCommands": []}]})),
+        )
+        .await;
+    assert_eq!(st, 422, "{v}");
+
+    // Deleting the project.
+    let (st, _) = s.call("DELETE", &format!("/v1/projects/{pid}"), None).await;
+    assert_eq!(st, 204);
+    let (st, _) = s.call("GET", &format!("/v1/projects/{pid}"), None).await;
+    assert_eq!(st, 404);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn exec_only_where_it_makes_sense() {
+    let s = TestServer::start(&[]);
+    let pid = s.create_project("exec", json!([])).await;
+    let failed = s
+        .test_boot(
+            &pid,
+            json!({"setupCommands": [{"name": "f", "command": "false"}]}),
+        )
+        .await;
+    let exec = |id: &str| format!("/v1/projects/{pid}/warm-pool/instances/{id}/exec");
+    let (st, v) = s
+        .call(
+            "POST",
+            &exec(failed["id"].as_str().unwrap()),
+            Some(json!({"command": "true"})),
+        )
+        .await;
+    assert_eq!(
+        (st, v["error"]["code"].as_str()),
+        (409, Some("conflict")),
+        "{v}"
+    );
+    let ok = s.test_boot(&pid, json!({"setupCommands": []})).await;
+    let path = exec(ok["id"].as_str().unwrap());
+    for body in [
+        json!({}),
+        json!({"command": ""}),
+        json!({"command": "true", "cwd": "relative"}),
+        json!({"command": "true", "timeoutSeconds": 0}),
+        json!({"command": "true", "timeoutSeconds": 3601}),
+        json!({"command": "true", "env": {"BAD-NAME": "x"}}),
+    ] {
+        let (st, v) = s.call("POST", &path, Some(body.clone())).await;
+        assert_eq!(st, 422, "{body}: {v}");
+    }
+    let r = s
+        .ok(
+            "POST",
+            &path,
+            Some(json!({"command": "echo out; echo err >&2; exit 7"})),
+        )
+        .await;
+    assert_eq!(r["exitCode"], 7);
+    assert_eq!(r["output"], "out\nerr\n");
+    assert_eq!(r["truncated"], false);
+    let r = s
+        .ok(
+            "POST",
+            &path,
+            Some(json!({"command": "sleep 30", "timeoutSeconds": 1})),
+        )
+        .await;
+    assert_eq!(
+        (r["timedOut"].as_bool(), r["exitCode"].as_i64()),
+        (Some(true), Some(124))
+    );
+    let r = s
+        .ok("POST", &path, Some(json!({"command": "cd /nonexistent"})))
+        .await;
+    assert_ne!(r["exitCode"], 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn test_instances_expire() {
+    let s = TestServer::start(&[
+        "--test-instance-ttl-secs",
+        "1",
+        "--cleanup-interval-ms",
+        "100",
+    ]);
+    let pid = s.create_project("ttl", json!([])).await;
+    let d = s.test_boot(&pid, json!({})).await;
+    assert_eq!(d["status"], "ready");
+    let vm = d["instanceId"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let list = s
+            .ok(
+                "GET",
+                &format!("/v1/projects/{pid}/warm-pool/instances"),
+                None,
+            )
+            .await;
+        if list["items"].as_array().unwrap().is_empty() && !s.vm_dirs().contains(&vm) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the test instance was not destroyed: {list}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crash_mid_boot_leaves_nothing_hanging() {
+    let mut s = TestServer::start(&[]);
+    let pid = s.create_project("crash", json!([])).await;
+    let v = s
+        .ok(
+            "POST",
+            &format!("/v1/projects/{pid}/warm-pool/test"),
+            Some(json!({"setupCommands": [{"name": "long", "command": "sleep 600"}]})),
+        )
+        .await;
+    let id = v["id"].as_str().unwrap().to_string();
+    // Wait until the VM runs its setup command, then kill the server.
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let vm = loop {
+        let d = s
+            .ok(
+                "GET",
+                &format!("/v1/projects/{pid}/warm-pool/instances/{id}"),
+                None,
+            )
+            .await;
+        if d["steps"].as_array().unwrap().len() >= 3 {
+            break d["instanceId"].as_str().unwrap().to_string();
+        }
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let init = s.vm_init_pid(&vm).unwrap();
+    let ns = pid_namespace_of(init);
+    s.kill9();
+    assert!(pid_namespace_alive(&ns), "VMs outlive the server");
+    s.restart();
+    let d = s
+        .ok(
+            "GET",
+            &format!("/v1/projects/{pid}/warm-pool/instances/{id}"),
+            None,
+        )
+        .await;
+    assert_valid("WarmPoolInstanceDetail", &d);
+    assert_eq!(d["status"], "failed");
+    assert_eq!(d["failureReason"], "server restarted during provisioning");
+    assert_eq!(
+        d["summary"]["error"],
+        "server restarted during provisioning"
+    );
+    assert!(
+        !pid_namespace_alive(&ns),
+        "the orphaned VM was not destroyed"
+    );
+    assert!(s.vm_dirs().is_empty());
+}

@@ -511,6 +511,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                 project,
                 status,
                 limit,
+                quiet,
             } => {
                 let pid = project_id(&c, &project).await?;
                 let mut q = vec![format!("limit={}", limit.unwrap_or(20))];
@@ -525,6 +526,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                     .await?;
                 if json_out {
                     print_json(&r);
+                } else if quiet {
+                    r.items.iter().for_each(|i| println!("{}", i.id));
                 } else {
                     for i in r.items {
                         println!(
@@ -544,8 +547,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                 project,
                 instance,
                 output,
+                wait,
             } => {
                 let pid = project_id(&c, &project).await?;
+                if wait {
+                    let ok = follow(&c, &pid, &instance, json_out).await?;
+                    if json_out || !output {
+                        return Ok(if ok { 0 } else { 1 });
+                    }
+                    println!();
+                }
                 let d: WarmPoolInstanceDetail = c
                     .get(&format!(
                         "/v1/projects/{pid}/warm-pool/instances/{instance}"

@@ -194,12 +194,16 @@ pub enum PoolCmd {
 
 #[derive(Debug, Subcommand)]
 pub enum InstanceCmd {
+    /// Instances, newest first.
     List {
         project: String,
         #[arg(long)]
         status: Option<String>,
         #[arg(long)]
         limit: Option<u32>,
+        /// Print only the ids.
+        #[arg(long, short)]
+        quiet: bool,
     },
     /// An instance's summary and steps.
     Show {
@@ -208,6 +212,9 @@ pub enum InstanceCmd {
         /// Print each step's output too.
         #[arg(long)]
         output: bool,
+        /// First follow it until it is ready or failed.
+        #[arg(long)]
+        wait: bool,
     },
     /// Destroy an instance.
     Rm { project: String, instance: String },

@@ -608,9 +608,9 @@ async fn a_crash_mid_boot_leaves_nothing_hanging() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     let init = s.vm_init_pid(&vm).unwrap();
-    let ns = pid_namespace_of(init);
+    let procs = vm_processes(init);
     s.kill9();
-    assert!(pid_namespace_alive(&ns), "VMs outlive the server");
+    assert!(any_alive(&procs), "VMs outlive the server");
     s.restart();
     let d = s
         .ok(
@@ -626,9 +626,103 @@ async fn a_crash_mid_boot_leaves_nothing_hanging() {
         d["summary"]["error"],
         "server restarted during provisioning"
     );
-    assert!(
-        !pid_namespace_alive(&ns),
-        "the orphaned VM was not destroyed"
-    );
+    assert!(!any_alive(&procs), "the orphaned VM was not destroyed");
     assert!(s.vm_dirs().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_server_without_warm_pools_says_so() {
+    let s = TestServer::start(&["--warm-pool-allowed", "false", "--backend", "sim"]);
+    let pid = s.create_project("not allowed", json!([])).await;
+    let v = s
+        .ok("GET", &format!("/v1/projects/{pid}/warm-pool"), None)
+        .await;
+    assert_valid("GetWarmPoolResponse", &v);
+    assert_eq!(v["allowed"], false);
+    for (method, path) in [("PATCH", "warm-pool"), ("POST", "warm-pool/test")] {
+        let (st, v) = s
+            .call(
+                method,
+                &format!("/v1/projects/{pid}/{path}"),
+                Some(json!({})),
+            )
+            .await;
+        assert_eq!(
+            (st, v["error"]["code"].as_str()),
+            (403, Some("forbidden")),
+            "{v}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_sim_backend_runs_the_same_pipeline() {
+    let s = TestServer::start(&["--backend", "sim"]);
+    let repo = TestRepo::new(&[("x", "y")]);
+    let pid = s
+        .create_project(
+            "sim",
+            json!([{"repoFullName": "acme/x", "url": repo.url()}]),
+        )
+        .await;
+    let d = s
+        .test_boot(
+            &pid,
+            json!({"setupCommands": [{"name": "ok", "command": "echo fine"}]}),
+        )
+        .await;
+    assert_eq!(d["status"], "ready", "{d:#}");
+    assert_eq!(step_names(&d).len(), 8);
+    assert_eq!(step(&d, "create_vm")["metadata"]["backend"], "sim");
+    let d = s
+        .test_boot(
+            &pid,
+            json!({"setupCommands": [{"name": "bad", "command": "exit 5"}]}),
+        )
+        .await;
+    assert_eq!(d["summary"]["failedStep"], "warm_pool_setup");
+    assert_eq!(d["summary"]["error"], "command `bad` exited with status 5");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn odd_names_and_commands_are_passed_through_untouched() {
+    let s = TestServer::start(&[]);
+    let pid = s.create_project("odd", json!([])).await;
+    let cmds = json!([
+        {"name": "it's \"quoted\" $HOME", "command": "printf '%s|' \"it's\" '$HOME' \"a b\"; echo"},
+        {"name": "ünïcødé ✓", "command": "echo 日本語"},
+        {"name": "multi\tline", "command": "echo one\necho two\n"},
+        {"name": "../../etc/passwd", "command": "echo bg", "background": true},
+        {"name": "-rf /", "command": "true"},
+    ]);
+    let d = s.test_boot(&pid, json!({"setupCommands": cmds})).await;
+    assert_eq!(d["status"], "ready", "{d:#}");
+    let out = step(&d, "warm_pool_setup")["output"].as_str().unwrap();
+    assert!(
+        out.contains("$ it's \"quoted\" $HOME\nit's|$HOME|a b|\n"),
+        "{out}"
+    );
+    assert!(out.contains("$ ünïcødé ✓\n日本語\n"), "{out}");
+    assert!(out.contains("one\ntwo\n"), "{out}");
+    // A background command's log file name is derived safely from its name.
+    assert!(
+        out.contains("/var/log/warmpool/.._.._etc_passwd.log")
+            || out.contains("/var/log/warmpool/command-3.log"),
+        "{out}"
+    );
+    let r = s
+        .exec(
+            &pid,
+            d["id"].as_str().unwrap(),
+            "ls /var/log/warmpool; head -c 4 /etc/passwd",
+        )
+        .await;
+    assert!(r["output"].as_str().unwrap().ends_with("root"), "{r}");
+    let pool = s
+        .ok("GET", &format!("/v1/projects/{pid}/warm-pool"), None)
+        .await;
+    assert_eq!(
+        pool["config"]["setupCommands"], cmds,
+        "commands are stored exactly as given"
+    );
 }

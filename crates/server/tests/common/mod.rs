@@ -449,27 +449,28 @@ pub fn step<'a>(detail: &'a Value, name: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no step {name} in {detail:#}"))
 }
 
-/// Whether any process on the host still lives in the pid namespace `ns` (an `/proc/*/ns/pid` link).
-pub fn pid_namespace_alive(ns: &str) -> bool {
+fn start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = &stat[stat.rfind(')')? + 1..];
+    after.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Every process of the VM whose init is `init_pid`, as (pid, start time) so that a later reuse of
+/// a pid — or of the namespace's inode number by another VM — is never mistaken for it.
+pub fn vm_processes(init_pid: i32) -> Vec<(i32, u64)> {
+    let ns = std::fs::read_link(format!("/proc/{init_pid}/ns/pid")).unwrap();
     std::fs::read_dir("/proc")
         .unwrap()
         .flatten()
-        .filter(|e| {
-            e.file_name()
-                .to_string_lossy()
-                .chars()
-                .all(|c| c.is_ascii_digit())
-        })
-        .any(|e| {
-            std::fs::read_link(e.path().join("ns/pid"))
-                .map(|l| l.to_string_lossy() == ns)
-                .unwrap_or(false)
-        })
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<i32>().ok())
+        .filter(|pid| std::fs::read_link(format!("/proc/{pid}/ns/pid")).is_ok_and(|l| l == ns))
+        .filter_map(|pid| Some((pid, start_time(pid)?)))
+        .collect()
 }
 
-pub fn pid_namespace_of(pid: i32) -> String {
-    std::fs::read_link(format!("/proc/{pid}/ns/pid"))
-        .unwrap()
-        .to_string_lossy()
-        .to_string()
+/// Whether any of these processes still runs.
+pub fn any_alive(procs: &[(i32, u64)]) -> bool {
+    procs
+        .iter()
+        .any(|(pid, start)| start_time(*pid) == Some(*start))
 }

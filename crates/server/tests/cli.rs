@@ -1,0 +1,118 @@
+//! The command line as a user runs it: the README's walkthrough, verbatim, and a failing test boot.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::*;
+use serde_json::json;
+
+/// The shell block after `<!-- walkthrough -->` in the README.
+fn walkthrough() -> String {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../README.md"))
+            .unwrap();
+    let start = readme
+        .find("<!-- walkthrough -->")
+        .expect("a walkthrough marker in the README");
+    let rest = &readme[start..];
+    let body = &rest[rest.find("```sh\n").unwrap() + 6..];
+    body[..body.find("```").unwrap()].to_string()
+}
+
+fn cli(s: &TestServer, home: &Path) -> Command {
+    let bin_dir = Path::new(BIN).parent().unwrap();
+    let mut c = Command::new("bash");
+    c.current_dir(home)
+        .env("HOME", home)
+        .env(
+            "PATH",
+            format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap()),
+        )
+        .env("WARMPOOL_URL", &s.url)
+        .env("WARMPOOL_TOKEN", &s.token);
+    c
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_readme_walkthrough_works_verbatim() {
+    let s = TestServer::start(&[]);
+    let home = tempfile::tempdir().unwrap();
+    let script = walkthrough();
+    let out = cli(&s, home.path())
+        .arg("-euo")
+        .arg("pipefail")
+        .arg("-c")
+        .arg(&script)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "the walkthrough failed:\n{stdout}\n{stderr}"
+    );
+    assert!(stdout.contains("ok  warm_pool_setup"), "{stdout}");
+    assert!(stdout.contains("ready: vm-"), "{stdout}");
+    assert!(
+        stdout.contains("built with [REDACTED:GREETING]"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("first commit"), "{stdout}");
+    assert!(
+        !stdout.contains("hello from warmpool"),
+        "a secret was printed: {stdout}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_test_boot_exits_non_zero_and_says_why() {
+    let s = TestServer::start(&[]);
+    let repo = TestRepo::new(&[("build.sh", "echo ok\n")]);
+    s.create_project(
+        "cli-fail",
+        json!([{"repoFullName": "acme/app", "url": repo.url()}]),
+    )
+    .await;
+    let home = tempfile::tempdir().unwrap();
+    let out = cli(&s, home.path())
+        .arg("-c")
+        .arg("warmpool pool test cli-fail --wait --cmd 'build=bash /home/app/missing.sh'")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("ok  clone_repo [acme/app]"), "{stdout}");
+    assert!(
+        stdout.contains("failed at warm_pool_setup: command `build` exited with status 127"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("--- the end of warm_pool_setup's output ---"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("/home/app/missing.sh: No such file or directory"),
+        "{stdout}"
+    );
+    // Errors of the API reach the user as one clear line and a non-zero exit.
+    let out = cli(&s, home.path())
+        .arg("-c")
+        .arg("warmpool pool set cli-fail --size 99")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("targetSize: must be between 1 and 20"),
+        "{stderr}"
+    );
+    let out = cli(&s, home.path())
+        .arg("-c")
+        .arg("warmpool pool status no-such-project")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no project is named `no-such-project`"));
+}

@@ -1,0 +1,304 @@
+//! The store suite: every engine must pass it. It runs against `&dyn Store`, so a new engine only
+//! adds a way to open one.
+
+use std::sync::Arc;
+
+use warmpool_store::*;
+use warmpool_types::api::{PoolStatus, SetupCommand};
+use warmpool_types::state::{InstanceKind, InstanceStatus};
+
+fn sqlite() -> (tempfile::TempDir, Arc<dyn Store>) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("wp.db")).unwrap();
+    (dir, Arc::new(store))
+}
+
+fn project(id: &str) -> ProjectRow {
+    ProjectRow {
+        seq: 0,
+        id: id.into(),
+        name: format!("name of {id}"),
+        description: Some("ünïcode 'quotes' \"$x\"".into()),
+        task_code: "P".into(),
+        repos: vec![RepoSpec {
+            full_name: "acme/api".into(),
+            url: "/srv/api".into(),
+            branch: None,
+        }],
+        devbox: DevboxSpec::default(),
+        generation: 1,
+        created_at: 1,
+        updated_at: 1,
+    }
+}
+
+fn instance(id: &str, project: &str, kind: InstanceKind, status: InstanceStatus) -> InstanceRow {
+    InstanceRow {
+        seq: 0,
+        id: id.into(),
+        vm_id: format!("vm-{id}"),
+        project_id: project.into(),
+        kind,
+        status,
+        total_steps: 8,
+        failed_step: None,
+        failure_reason: None,
+        backend: "sim".into(),
+        agent_url: None,
+        agent_token: None,
+        config_hash: None,
+        task_id: None,
+        created_at: 10,
+        provisioned_at: None,
+        finished_at: None,
+        claimed_at: None,
+        destroyed_at: None,
+    }
+}
+
+#[tokio::test]
+async fn projects_use_generations() {
+    let (_d, s) = sqlite();
+    s.insert_project(&project("p1")).await.unwrap();
+    assert!(matches!(
+        s.insert_project(&project("p1")).await,
+        Err(StoreError::Duplicate(_))
+    ));
+    let mut p = s.get_project("p1").await.unwrap().unwrap();
+    assert_eq!(p.description.as_deref(), Some("ünïcode 'quotes' \"$x\""));
+    p.name = "renamed".into();
+    p.devbox.setup_commands.push(SetupCommand {
+        name: "n".into(),
+        command: "c".into(),
+        background: Some(true),
+    });
+    assert!(s.update_project(&p).await.unwrap());
+    // The same (now stale) generation loses.
+    assert!(!s.update_project(&p).await.unwrap());
+    let q = s.get_project("p1").await.unwrap().unwrap();
+    assert_eq!((q.name.as_str(), q.generation), ("renamed", 2));
+    assert_eq!(q.devbox, p.devbox);
+    for i in 2..6 {
+        s.insert_project(&project(&format!("p{i}"))).await.unwrap();
+    }
+    let page = s.list_projects(None, 2, None).await.unwrap();
+    assert_eq!(
+        page.iter().map(|p| p.id.as_str()).collect::<Vec<_>>(),
+        ["p1", "p2"]
+    );
+    let next = s.list_projects(Some(page[1].seq), 10, None).await.unwrap();
+    assert_eq!(next.len(), 3);
+    assert_eq!(
+        s.list_projects(None, 10, Some("p4")).await.unwrap().len(),
+        1
+    );
+    assert!(s.delete_project("p1").await.unwrap());
+    assert!(!s.delete_project("p1").await.unwrap());
+    assert!(s.get_project("p1").await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn env_vars_upsert_and_version() {
+    let (_d, s) = sqlite();
+    s.insert_project(&project("p")).await.unwrap();
+    s.upsert_env_vars(
+        "p",
+        &[("A".into(), "1".into()), ("B".into(), "x\ny'\"".into())],
+        5,
+    )
+    .await
+    .unwrap();
+    s.upsert_env_vars("p", &[("A".into(), "2".into())], 6)
+        .await
+        .unwrap();
+    let vars = s.list_env_vars("p").await.unwrap();
+    assert_eq!(vars.len(), 2);
+    assert_eq!(
+        (vars[0].value.as_str(), vars[0].version, vars[0].updated_at),
+        ("2", 2, 6)
+    );
+    assert_eq!((vars[1].value.as_str(), vars[1].version), ("x\ny'\"", 1));
+    assert!(s.delete_env_var("p", "A").await.unwrap());
+    assert!(!s.delete_env_var("p", "A").await.unwrap());
+}
+
+#[tokio::test]
+async fn pool_config_is_conditional() {
+    let (_d, s) = sqlite();
+    s.insert_project(&project("p")).await.unwrap();
+    let mut cfg = PoolConfigRow {
+        project_id: "p".into(),
+        enabled: true,
+        target_size: 1,
+        max_age_minutes: 60,
+        branch: None,
+        setup_commands: None,
+        generation: 0,
+        created_at: 1,
+        updated_at: 1,
+    };
+    assert!(s.put_pool_config(&cfg, None).await.unwrap());
+    assert!(
+        !s.put_pool_config(&cfg, None).await.unwrap(),
+        "a second insert loses"
+    );
+    cfg.target_size = 5;
+    cfg.setup_commands = Some(vec![]);
+    assert!(s.put_pool_config(&cfg, Some(1)).await.unwrap());
+    assert!(
+        !s.put_pool_config(&cfg, Some(1)).await.unwrap(),
+        "a stale generation loses"
+    );
+    let got = s.get_pool_config("p").await.unwrap().unwrap();
+    assert_eq!(
+        (got.target_size, got.generation, got.setup_commands),
+        (5, 2, Some(vec![]))
+    );
+}
+
+#[tokio::test]
+async fn instance_transitions_are_conditional() {
+    let (_d, s) = sqlite();
+    s.insert_project(&project("p")).await.unwrap();
+    let i = instance("i1", "p", InstanceKind::Pool, InstanceStatus::Provisioning);
+    s.insert_instance(&i).await.unwrap();
+    assert!(s.set_instance_agent("i1", "http://x", "tok").await.unwrap());
+    assert!(s.mark_ready("i1", 20).await.unwrap());
+    assert!(!s.mark_ready("i1", 21).await.unwrap());
+    assert!(
+        !s.mark_failed("i1", Some("x"), "y", 22).await.unwrap(),
+        "ready cannot fail"
+    );
+    assert!(!s.set_instance_agent("i1", "http://y", "t2").await.unwrap());
+    let got = s.get_instance("i1").await.unwrap().unwrap();
+    assert_eq!(got.status, InstanceStatus::Ready);
+    assert_eq!(
+        (got.provisioned_at, got.agent_url.as_deref()),
+        (Some(20), Some("http://x"))
+    );
+    assert!(!s
+        .mark_destroyed("i1", &[InstanceStatus::Claimed], 30)
+        .await
+        .unwrap());
+    assert!(s
+        .mark_destroyed("i1", &[InstanceStatus::Ready, InstanceStatus::Failed], 30)
+        .await
+        .unwrap());
+    assert!(!s
+        .mark_destroyed("i1", &[InstanceStatus::Ready], 31)
+        .await
+        .unwrap());
+
+    // Many racers, one winner.
+    s.insert_instance(&instance(
+        "i2",
+        "p",
+        InstanceKind::Pool,
+        InstanceStatus::Provisioning,
+    ))
+    .await
+    .unwrap();
+    let mut tasks = Vec::new();
+    for n in 0..16 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            if n % 2 == 0 {
+                s.mark_ready("i2", n).await.unwrap()
+            } else {
+                s.mark_failed("i2", Some("step"), "why", n).await.unwrap()
+            }
+        }));
+    }
+    let mut wins = 0;
+    for t in tasks {
+        wins += t.await.unwrap() as u32;
+    }
+    assert_eq!(wins, 1);
+}
+
+#[tokio::test]
+async fn pool_status_counts_pool_instances_only() {
+    let (_d, s) = sqlite();
+    s.insert_project(&project("p")).await.unwrap();
+    s.insert_project(&project("q")).await.unwrap();
+    use InstanceKind::*;
+    use InstanceStatus::*;
+    for (id, proj, kind, status) in [
+        ("a", "p", Pool, Ready),
+        ("b", "p", Pool, Ready),
+        ("c", "p", Pool, Provisioning),
+        ("d", "p", Pool, Failed),
+        ("e", "p", Pool, Claimed),
+        ("f", "p", Test, Ready),
+        ("g", "p", Pool, Destroyed),
+        ("h", "q", Pool, Ready),
+        ("i", "p", Cold, Provisioning),
+    ] {
+        s.insert_instance(&instance(id, proj, kind, status))
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        s.pool_status("p").await.unwrap(),
+        PoolStatus {
+            ready: 2,
+            provisioning: 1,
+            failed: 1
+        }
+    );
+    let listed = s.list_instances("p", None, 50).await.unwrap();
+    let ids: Vec<&str> = listed.iter().map(|i| i.id.as_str()).collect();
+    assert_eq!(
+        ids,
+        ["i", "f", "e", "d", "c", "b", "a"],
+        "newest first, destroyed hidden"
+    );
+    assert_eq!(
+        s.list_instances("p", Some(Ready), 1).await.unwrap()[0].id,
+        "f"
+    );
+    assert_eq!(s.instances_in(&[Provisioning]).await.unwrap().len(), 2);
+    // Steps come back in order, with their metadata.
+    for seq in [1u32, 0] {
+        let mut meta = serde_json::Map::new();
+        meta.insert("n".into(), seq.into());
+        s.insert_step(&StepRow {
+            instance_id: "a".into(),
+            seq,
+            name: format!("s{seq}"),
+            success: seq == 0,
+            output: Some("out".into()),
+            error: (seq == 1).then(|| "bad".to_string()),
+            duration_ms: 5,
+            finished_at: 100 + seq as i64,
+            metadata: Some(meta),
+        })
+        .await
+        .unwrap();
+    }
+    let steps = s.list_steps("a").await.unwrap();
+    assert_eq!(
+        steps.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(),
+        ["s0", "s1"]
+    );
+    assert_eq!(steps[1].error.as_deref(), Some("bad"));
+    assert_eq!(steps[1].metadata.as_ref().unwrap()["n"], 1);
+}
+
+#[tokio::test]
+async fn reopening_keeps_data_and_migrations_run_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("wp.db");
+    {
+        let s = SqliteStore::open(&path).unwrap();
+        s.insert_project(&project("p")).await.unwrap();
+        s.set_default_branch("/srv/api", "main", 1).await.unwrap();
+    }
+    let s = SqliteStore::open(&path).unwrap();
+    assert!(s.get_project("p").await.unwrap().is_some());
+    assert_eq!(
+        s.get_default_branch("/srv/api").await.unwrap().as_deref(),
+        Some("main")
+    );
+    s.ping().await.unwrap();
+}

@@ -353,15 +353,16 @@ impl GuestImage {
                     image_dir(&cache).display()
                 );
             }
-            let mut last_pct = u64::MAX;
+            // One line per quarter of each phase; per-package messages only at debug level.
+            let mut last = (String::new(), u64::MAX);
             build(&cache, &mirror, &agent, &mut |p| match p {
-                Progress::Phase(m) => tracing::info!("guest image: {m}"),
+                Progress::Phase(m) => tracing::debug!("guest image: {m}"),
                 Progress::Line(m) => tracing::warn!("guest image: {m}"),
                 Progress::Step { done, total, phase } if total > 0 => {
-                    let pct = done * 100 / total;
-                    if pct / 25 != last_pct / 25 {
-                        last_pct = pct;
-                        tracing::info!("guest image: {phase} {pct}%");
+                    let quarter = done * 4 / total;
+                    if last.0 != phase || last.1 != quarter {
+                        tracing::info!("guest image: {phase} {}%", quarter * 25);
+                        last = (phase, quarter);
                     }
                 }
                 Progress::Step { .. } => {}

@@ -178,6 +178,15 @@ fn make_backend(args: &ServeArgs, data_dir: &Path) -> anyhow::Result<Arc<dyn Bac
             let agent_bin = find_agent_bin(args.agent_bin.as_deref())?;
             let cache_dir = absolute(&args.cache_dir.clone().unwrap_or_else(default_cache_dir))?;
             let rootfs = args.rootfs.as_deref().map(absolute).transpose()?;
+            // These paths become overlayfs mount options, where `,` and `:` are separators.
+            for p in [Some(data_dir), Some(cache_dir.as_path()), rootfs.as_deref()]
+                .into_iter()
+                .flatten()
+            {
+                if p.to_string_lossy().contains([',', ':']) {
+                    bail!("{} contains `,` or `:`, which the sandbox backend cannot use in a path; choose another directory", p.display());
+                }
+            }
             if let Some(r) = &rootfs {
                 if !r.join("bin/bash").exists() && !r.join("usr/bin/bash").exists() {
                     bail!(

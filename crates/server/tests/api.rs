@@ -159,6 +159,8 @@ async fn warm_pool_config_follows_the_published_contract() {
         (json!({"maxAgeMinutes": 29}), "maxAgeMinutes"),
         (json!({"maxAgeMinutes": 181}), "maxAgeMinutes"),
         (json!({"enabled": "yes"}), "enabled"),
+        (json!({"enabled": null}), "enabled"),
+        (json!({"targetSize": null}), "targetSize"),
         (json!({"branch": "bad..branch"}), "branch"),
         (json!({"branch": "-x"}), "branch"),
         (json!({"branch": 7}), "branch"),

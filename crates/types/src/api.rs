@@ -16,6 +16,16 @@ where
     Option::<T>::deserialize(de).map(Some)
 }
 
+/// Deserializes an optional field that, when present, must not be `null` (the published schemas
+/// type these fields without null).
+pub fn non_null<'de, T, D>(de: D) -> Result<Option<T>, D::Error>
+where
+    T: Deserialize<'de>,
+    D: Deserializer<'de>,
+{
+    T::deserialize(de).map(Some)
+}
+
 // ---------------------------------------------------------------------------------------------
 // Errors
 // ---------------------------------------------------------------------------------------------
@@ -102,13 +112,28 @@ pub struct GetWarmPoolResponse {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct UpdateWarmPoolBody {
-    #[serde(default)]
+    #[serde(
+        default,
+        deserialize_with = "non_null",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(value_type = bool, required = false)]
     pub enabled: Option<bool>,
     /// 1 to 20.
-    #[serde(default)]
+    #[serde(
+        default,
+        deserialize_with = "non_null",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(value_type = f64, required = false, minimum = 1, maximum = 20)]
     pub target_size: Option<f64>,
     /// 30 to 180.
-    #[serde(default)]
+    #[serde(
+        default,
+        deserialize_with = "non_null",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(value_type = f64, required = false, minimum = 30, maximum = 180)]
     pub max_age_minutes: Option<f64>,
     #[serde(
         default,
@@ -218,7 +243,12 @@ pub struct WarmPoolInstanceDetail {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ClearWarmPoolBody {
-    #[serde(default)]
+    #[serde(
+        default,
+        deserialize_with = "non_null",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(value_type = bool, required = false)]
     pub replenish: Option<bool>,
 }
 

@@ -98,7 +98,7 @@ async fn authenticate(State(app): State<Arc<App>>, mut req: Request, next: Next)
     }
 }
 
-#[utoipa::path(get, path = "/healthz", tag = "health", responses((status = 200, body = HealthResponse)))]
+#[utoipa::path(get, path = "/healthz", tag = "health", responses((status = 200, description = "Success", body = HealthResponse)))]
 async fn healthz() -> Json<HealthResponse> {
     Json(HealthResponse {
         status: "ok".into(),
@@ -107,7 +107,7 @@ async fn healthz() -> Json<HealthResponse> {
 }
 
 #[utoipa::path(get, path = "/readyz", tag = "health", responses(
-    (status = 200, body = HealthResponse),
+    (status = 200, description = "Success", body = HealthResponse),
     (status = 503, body = ErrorResponse, description = "The store cannot be reached"),
 ))]
 async fn readyz(State(app): State<Arc<App>>) -> ApiResult<Json<HealthResponse>> {

@@ -21,7 +21,7 @@ use crate::app::{App, Caller};
     summary = "Create a project from repositories (admin)",
     request_body = CreateProjectBody,
     responses(
-        (status = 201, body = Project),
+        (status = 201, description = "Created", body = Project),
         (status = 409, body = warmpool_types::api::ErrorResponse, description = "Two repositories share a name"),
         StdErrors
     ),
@@ -49,7 +49,7 @@ pub struct ListProjectsQuery {
     get, path = "/v1/projects", tag = "projects", operation_id = "listProjects",
     summary = "List the projects this token may see",
     params(ListProjectsQuery),
-    responses((status = 200, body = ListProjectsResponse), StdErrors),
+    responses((status = 200, description = "Success", body = ListProjectsResponse), StdErrors),
     security(("bearerAuth" = []))
 )]
 pub async fn list_projects(
@@ -65,7 +65,7 @@ pub async fn list_projects(
 #[utoipa::path(
     get, path = "/v1/projects/{projectId}", tag = "projects", operation_id = "getProject",
     params(("projectId" = String, Path, description = "Project ID.")),
-    responses((status = 200, body = Project), StdErrors),
+    responses((status = 200, description = "Success", body = Project), StdErrors),
     security(("bearerAuth" = []))
 )]
 pub async fn get_project(
@@ -82,7 +82,7 @@ pub async fn get_project(
     params(("projectId" = String, Path, description = "Project ID.")),
     request_body = UpdateProjectBody,
     responses(
-        (status = 200, body = Project),
+        (status = 200, description = "Success", body = Project),
         (status = 409, body = warmpool_types::api::ErrorResponse, description = "Two repositories share a name"),
         StdErrors
     ),
@@ -119,7 +119,7 @@ pub async fn delete_project(
     get, path = "/v1/projects/{projectId}/repos", tag = "projects", operation_id = "listRepos",
     summary = "The project's repositories with their URLs",
     params(("projectId" = String, Path, description = "Project ID.")),
-    responses((status = 200, body = ListReposResponse), StdErrors),
+    responses((status = 200, description = "Success", body = ListReposResponse), StdErrors),
     security(("bearerAuth" = []))
 )]
 pub async fn list_repos(
@@ -134,7 +134,7 @@ pub async fn list_repos(
     get, path = "/v1/projects/{projectId}/environment-variables", tag = "projects",
     operation_id = "listEnvironmentVariables", summary = "Names of the variables (values are never returned)",
     params(("projectId" = String, Path, description = "Project ID.")),
-    responses((status = 200, body = EnvVarsResponse), StdErrors),
+    responses((status = 200, description = "Success", body = EnvVarsResponse), StdErrors),
     security(("bearerAuth" = []))
 )]
 pub async fn list_env_vars(
@@ -150,7 +150,7 @@ pub async fn list_env_vars(
     operation_id = "upsertEnvironmentVariables", summary = "Set variables; those not named are kept",
     params(("projectId" = String, Path, description = "Project ID.")),
     request_body = PutEnvVarsBody,
-    responses((status = 200, body = EnvVarsResponse), StdErrors),
+    responses((status = 200, description = "Success", body = EnvVarsResponse), StdErrors),
     security(("bearerAuth" = []))
 )]
 pub async fn put_env_vars(
@@ -169,7 +169,7 @@ pub async fn put_env_vars(
         ("projectId" = String, Path, description = "Project ID."),
         ("name" = String, Path, description = "Variable name."),
     ),
-    responses((status = 200, body = DeleteEnvVarResponse), StdErrors),
+    responses((status = 200, description = "Success", body = DeleteEnvVarResponse), StdErrors),
     security(("bearerAuth" = []))
 )]
 pub async fn delete_env_var(
@@ -186,7 +186,7 @@ pub async fn delete_env_var(
     get, path = "/v1/projects/{projectId}/devbox", tag = "projects", operation_id = "getDevbox",
     summary = "Setup commands of project_setup and of each repo's repo_setup",
     params(("projectId" = String, Path, description = "Project ID.")),
-    responses((status = 200, body = Devbox), StdErrors),
+    responses((status = 200, description = "Success", body = Devbox), StdErrors),
     security(("bearerAuth" = []))
 )]
 pub async fn get_devbox(
@@ -202,7 +202,7 @@ pub async fn get_devbox(
     summary = "Replace the project's setup commands and/or those of the repos listed",
     params(("projectId" = String, Path, description = "Project ID.")),
     request_body = UpdateDevboxBody,
-    responses((status = 200, body = Devbox), StdErrors),
+    responses((status = 200, description = "Success", body = Devbox), StdErrors),
     security(("bearerAuth" = []))
 )]
 pub async fn update_devbox(

@@ -21,7 +21,7 @@ use crate::app::{App, Caller};
     get, path = "/v1/projects/{projectId}/warm-pool", tag = "warm-pool", operation_id = "getWarmPool",
     summary = "Get warm pool config",
     params(("projectId" = String, Path, description = "Project ID.")),
-    responses((status = 200, body = GetWarmPoolResponse), StdErrors),
+    responses((status = 200, description = "Success", body = GetWarmPoolResponse), StdErrors),
     security(("bearerAuth" = []))
 )]
 pub async fn get_warm_pool(
@@ -37,7 +37,7 @@ pub async fn get_warm_pool(
     summary = "Update warm pool config (partial)",
     params(("projectId" = String, Path, description = "Project ID.")),
     request_body = UpdateWarmPoolBody,
-    responses((status = 200, body = UpdateWarmPoolResponse), StdErrors),
+    responses((status = 200, description = "Success", body = UpdateWarmPoolResponse), StdErrors),
     security(("bearerAuth" = []))
 )]
 pub async fn update_warm_pool(
@@ -56,7 +56,7 @@ pub async fn update_warm_pool(
     summary = "Start a test boot now; poll the instance for its result",
     params(("projectId" = String, Path, description = "Project ID.")),
     request_body = TestWarmPoolBootBody,
-    responses((status = 200, body = TestWarmPoolBootResponse), StdErrors),
+    responses((status = 200, description = "Success", body = TestWarmPoolBootResponse), StdErrors),
     security(("bearerAuth" = []))
 )]
 pub async fn test_boot(
@@ -81,7 +81,7 @@ pub struct ListInstancesQuery {
     get, path = "/v1/projects/{projectId}/warm-pool/instances", tag = "warm-pool",
     operation_id = "listWarmPoolInstances", summary = "List instances, newest first",
     params(("projectId" = String, Path, description = "Project ID."), ListInstancesQuery),
-    responses((status = 200, body = ListWarmPoolInstancesResponse), StdErrors),
+    responses((status = 200, description = "Success", body = ListWarmPoolInstancesResponse), StdErrors),
     security(("bearerAuth" = []))
 )]
 pub async fn list_instances(
@@ -102,7 +102,7 @@ pub async fn list_instances(
         ("projectId" = String, Path, description = "Project ID."),
         ("id" = String, Path, description = "Warm pool instance ID (wpi_...)."),
     ),
-    responses((status = 200, body = WarmPoolInstanceDetail), StdErrors),
+    responses((status = 200, description = "Success", body = WarmPoolInstanceDetail), StdErrors),
     security(("bearerAuth" = []))
 )]
 pub async fn get_instance(
@@ -142,7 +142,7 @@ pub async fn delete_instance(
     ),
     request_body = ExecBody,
     responses(
-        (status = 200, body = ExecResponse),
+        (status = 200, description = "Success", body = ExecResponse),
         (status = 409, body = warmpool_types::api::ErrorResponse, description = "The instance does not accept commands"),
         StdErrors
     ),
@@ -162,7 +162,7 @@ pub async fn exec(
     summary = "Destroy the pool's unclaimed instances; refill or disable",
     params(("projectId" = String, Path, description = "Project ID.")),
     request_body = ClearWarmPoolBody,
-    responses((status = 200, body = ClearWarmPoolResponse), StdErrors),
+    responses((status = 200, description = "Success", body = ClearWarmPoolResponse), StdErrors),
     security(("bearerAuth" = []))
 )]
 pub async fn clear(

@@ -36,6 +36,13 @@ pub struct Synced {
 impl Mirrors {
     pub fn new(root: PathBuf, timeout: Duration) -> std::io::Result<Self> {
         std::fs::create_dir_all(&root)?;
+        // Half-made clones of a run that crashed.
+        for e in std::fs::read_dir(&root)?.flatten() {
+            let name = e.file_name().to_string_lossy().to_string();
+            if name.starts_with('.') && name.contains(".tmp-") {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
         Ok(Self {
             root,
             slots: Mutex::new(HashMap::new()),

@@ -7,5 +7,6 @@ pub mod app;
 pub mod cli;
 pub mod error;
 pub mod git;
+pub mod metrics;
 pub mod provision;
 pub mod serve;

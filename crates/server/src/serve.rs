@@ -16,7 +16,8 @@ use warmpool_backend::sim::{SimBackend, SimOptions};
 use warmpool_backend::Backend;
 use warmpool_store::{SqliteStore, Store};
 
-use crate::app::{App, AppConfig};
+use crate::app::clock::SystemClock;
+use crate::app::{App, AppConfig, AppParts};
 use crate::git::mirror::Mirrors;
 use crate::git::serve::GitServer;
 
@@ -72,9 +73,18 @@ pub struct ServeArgs {
     /// Largest request body accepted, in bytes.
     #[arg(long, env = "WARMPOOL_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
     pub max_body_bytes: usize,
-    /// How often expired test instances are cleaned up, in milliseconds.
-    #[arg(long, env = "WARMPOOL_CLEANUP_INTERVAL_MS", default_value_t = 5000)]
-    pub cleanup_interval_ms: u64,
+    /// How often the reconciler runs when nothing nudges it, in milliseconds.
+    #[arg(long, env = "WARMPOOL_RECONCILE_INTERVAL_MS", default_value_t = 2000)]
+    pub reconcile_interval_ms: u64,
+    /// How often each repo's branch head is checked for new commits, at most, in seconds.
+    #[arg(long, env = "WARMPOOL_HEAD_CHECK_INTERVAL_SECS", default_value_t = 60)]
+    pub head_check_interval_secs: u64,
+    /// Pool boots this server runs at once, at most (boots for claims are not held back).
+    #[arg(long, env = "WARMPOOL_MAX_PARALLEL_BOOTS", default_value_t = 8)]
+    pub max_parallel_boots: usize,
+    /// Require the admin token on /metrics.
+    #[arg(long, env = "WARMPOOL_METRICS_AUTH", default_value_t = false, action = clap::ArgAction::Set)]
+    pub metrics_auth: bool,
     /// How long creating a VM takes with the sim backend, in milliseconds.
     #[arg(long, env = "WARMPOOL_SIM_CREATE_MS", default_value_t = 0)]
     pub sim_create_ms: u64,
@@ -253,26 +263,27 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         test_instance_ttl: Duration::from_secs(args.test_instance_ttl_secs),
         command_timeout: Duration::from_secs(args.command_timeout_secs.max(1)),
         server_wait: Duration::from_secs(args.server_wait_secs.max(1)),
+        head_check_interval: Duration::from_secs(args.head_check_interval_secs.max(1)),
+        max_parallel_boots: args.max_parallel_boots.max(1),
         ..AppConfig::default()
     };
-    let app = App::new(&admin, store, backend, cfg, mirrors, git);
-    app.recover().await.context("recovery after start failed")?;
-    let cleaner = app.clone();
-    let interval = Duration::from_millis(args.cleanup_interval_ms.max(10));
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(interval);
-        loop {
-            tick.tick().await;
-            if let Err(e) = cleaner.expire_test_instances().await {
-                tracing::warn!("cleaning up test instances failed: {e}");
-            }
-        }
+    let app = App::new(AppParts {
+        admin_token: admin,
+        store,
+        backend,
+        cfg,
+        mirrors,
+        git,
+        clock: Arc::new(SystemClock),
     });
+    app.recover().await.context("recovery after start failed")?;
+    app.spawn_reconciler(Duration::from_millis(args.reconcile_interval_ms.max(10)));
+    app.nudge();
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let addr = listener.local_addr()?;
-    let router = crate::api::router(app, args.max_body_bytes);
+    let router = crate::api::router(app, args.max_body_bytes, args.metrics_auth);
     tracing::info!("listening on http://{addr}");
     axum::serve(listener, router)
         .with_graceful_shutdown(shutdown_signal())

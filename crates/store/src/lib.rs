@@ -6,6 +6,8 @@
 mod model;
 mod sqlite;
 
+use std::collections::BTreeMap;
+
 use async_trait::async_trait;
 use warmpool_types::api::PoolStatus;
 use warmpool_types::state::InstanceStatus;
@@ -26,6 +28,9 @@ pub enum StoreError {
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// A change to a pool's state, applied atomically by [`Store::update_pool_state`].
+pub type PoolStateChange = Box<dyn for<'a> FnOnce(&'a mut PoolState) + Send + 'static>;
 
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -92,8 +97,25 @@ pub trait Store: Send + Sync + 'static {
         agent_url: &str,
         agent_token: &str,
     ) -> Result<bool>;
-    /// `provisioning → ready`.
-    async fn mark_ready(&self, id: &str, now: i64) -> Result<bool>;
+    /// `provisioning → ready` (or straight to `claimed` for an instance booted for a claim),
+    /// recording what each repo was cloned at.
+    async fn mark_ready(
+        &self,
+        id: &str,
+        now: i64,
+        commits: &BTreeMap<String, RepoCommit>,
+        claimed: bool,
+    ) -> Result<bool>;
+    /// Hands one ready pool instance of the project to a caller — fresh ones first, newest first —
+    /// in one conditional statement: no instance is ever claimed twice.
+    async fn claim_ready(
+        &self,
+        project_id: &str,
+        task_id: Option<&str>,
+        now: i64,
+    ) -> Result<Option<InstanceRow>>;
+    /// Marks a ready instance stale (once).
+    async fn set_stale(&self, id: &str, now: i64) -> Result<bool>;
     /// `provisioning → failed`, with the failed step and its one-line error.
     async fn mark_failed(
         &self,
@@ -108,6 +130,23 @@ pub trait Store: Send + Sync + 'static {
     async fn pool_status(&self, project_id: &str) -> Result<PoolStatus>;
     /// Latest `provisioned_at` and `claimed_at` over the project's pool instances.
     async fn pool_times(&self, project_id: &str) -> Result<(Option<i64>, Option<i64>)>;
+    async fn pool_counts(&self, project_id: &str) -> Result<PoolCounts>;
+    /// Boot durations (ready time minus creation) of the project's latest `limit` boots.
+    async fn provisioning_durations(&self, project_id: &str, limit: u32) -> Result<Vec<i64>>;
+    /// Every pool configuration.
+    async fn list_pool_configs(&self) -> Result<Vec<PoolConfigRow>>;
+    /// `(project, name, version)` of every environment variable.
+    async fn all_env_versions(&self) -> Result<Vec<(String, String, i64)>>;
+
+    // Pool failure state ---------------------------------------------------------------------
+    async fn get_pool_state(&self, project_id: &str) -> Result<PoolState>;
+    /// Reads, changes and writes a pool's state atomically (concurrent failures all count).
+    async fn update_pool_state(
+        &self,
+        project_id: &str,
+        now: i64,
+        change: PoolStateChange,
+    ) -> Result<PoolState>;
 
     // Steps ------------------------------------------------------------------------------------
     async fn insert_step(&self, s: &StepRow) -> Result<()>;

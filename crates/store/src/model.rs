@@ -87,6 +87,44 @@ pub struct InstanceRow {
     pub finished_at: Option<i64>,
     pub claimed_at: Option<i64>,
     pub destroyed_at: Option<i64>,
+    /// When the reconciler found it stale; stale instances are claimed last and replaced.
+    pub stale_at: Option<i64>,
+    /// What each repo was cloned at, by `owner/name`.
+    pub commits: BTreeMap<String, RepoCommit>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RepoCommit {
+    pub branch: String,
+    pub commit: String,
+}
+
+/// A pool's failure bookkeeping: drives the backoff and the degraded stop.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PoolState {
+    pub consecutive_failures: u32,
+    /// Consecutive failures at the same step with the same configuration.
+    pub identical_failures: u32,
+    pub last_failed_step: Option<String>,
+    pub last_failed_config: Option<String>,
+    pub last_error: Option<String>,
+    pub degraded_since: Option<i64>,
+    pub next_attempt_at: Option<i64>,
+}
+
+/// Instance counts of one project, for the pool's stats.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PoolCounts {
+    pub ready: u64,
+    pub provisioning: u64,
+    pub failed: u64,
+    /// Claimed and not released, pool and cold alike.
+    pub claimed: u64,
+    /// Ready pool instances found stale.
+    pub stale: u64,
+    /// Claims ever served from the pool / by a cold boot.
+    pub warm_claims: u64,
+    pub cold_claims: u64,
 }
 
 #[derive(Debug, Clone, PartialEq)]

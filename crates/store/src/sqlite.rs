@@ -13,10 +13,15 @@ use warmpool_types::api::PoolStatus;
 use warmpool_types::state::InstanceStatus;
 
 use crate::{
-    EnvVarRow, InstanceRow, PoolConfigRow, ProjectRow, Result, StepRow, Store, StoreError,
+    EnvVarRow, InstanceRow, PoolConfigRow, PoolCounts, PoolState, PoolStateChange, ProjectRow,
+    RepoCommit, Result, StepRow, Store, StoreError,
 };
+use std::collections::BTreeMap;
 
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../migrations/sqlite/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../migrations/sqlite/0001_init.sql")),
+    (2, include_str!("../migrations/sqlite/0002_pool.sql")),
+];
 const READERS: usize = 4;
 
 pub struct SqliteStore {
@@ -189,7 +194,7 @@ fn pool_row(r: &Row) -> rusqlite::Result<PoolConfigRow> {
 
 const INSTANCE_COLS: &str = "seq, id, vm_id, project_id, kind, status, total_steps, failed_step, \
      failure_reason, backend, agent_url, agent_token, config_hash, task_id, created_at, \
-     provisioned_at, finished_at, claimed_at, destroyed_at";
+     provisioned_at, finished_at, claimed_at, destroyed_at, stale_at, commits_json";
 
 fn instance_row(r: &Row) -> rusqlite::Result<InstanceRow> {
     Ok(InstanceRow {
@@ -212,6 +217,12 @@ fn instance_row(r: &Row) -> rusqlite::Result<InstanceRow> {
         finished_at: r.get(16)?,
         claimed_at: r.get(17)?,
         destroyed_at: r.get(18)?,
+        stale_at: r.get(19)?,
+        commits: r
+            .get::<_, Option<String>>(20)?
+            .map(|c| from_json(20, &c))
+            .transpose()?
+            .unwrap_or_default(),
     })
 }
 
@@ -228,6 +239,28 @@ fn step_row(r: &Row) -> rusqlite::Result<StepRow> {
         finished_at: r.get(7)?,
         metadata: meta.map(|m| from_json(8, &m)).transpose()?,
     })
+}
+
+fn read_pool_state(c: &Connection, project_id: &str) -> rusqlite::Result<PoolState> {
+    Ok(c.query_row(
+        "SELECT consecutive_failures, identical_failures, last_failed_step, last_failed_config,
+                last_error, degraded_since, next_attempt_at
+             FROM pool_state WHERE project_id = ?1",
+        [project_id],
+        |r| {
+            Ok(PoolState {
+                consecutive_failures: r.get(0)?,
+                identical_failures: r.get(1)?,
+                last_failed_step: r.get(2)?,
+                last_failed_config: r.get(3)?,
+                last_error: r.get(4)?,
+                degraded_since: r.get(5)?,
+                next_attempt_at: r.get(6)?,
+            })
+        },
+    )
+    .optional()?
+    .unwrap_or_default())
 }
 
 /// `?2, ?3, ...` placeholders for an `IN (...)` list starting at parameter `first`.
@@ -488,9 +521,10 @@ impl Store for SqliteStore {
             c.execute(
                 "INSERT INTO instances (id, vm_id, project_id, kind, status, total_steps,
                     failed_step, failure_reason, backend, agent_url, agent_token, config_hash,
-                    task_id, created_at, provisioned_at, finished_at, claimed_at, destroyed_at)
+                    task_id, created_at, provisioned_at, finished_at, claimed_at, destroyed_at,
+                    stale_at, commits_json)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
-                    ?17, ?18)",
+                    ?17, ?18, ?19, ?20)",
                 params![
                     i.id,
                     i.vm_id,
@@ -509,7 +543,9 @@ impl Store for SqliteStore {
                     i.provisioned_at,
                     i.finished_at,
                     i.claimed_at,
-                    i.destroyed_at
+                    i.destroyed_at,
+                    i.stale_at,
+                    serde_json::to_string(&i.commits).map_err(json_err)?
                 ],
             )?;
             Ok(())
@@ -587,12 +623,58 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn mark_ready(&self, id: &str, now: i64) -> Result<bool> {
+    async fn mark_ready(
+        &self,
+        id: &str,
+        now: i64,
+        commits: &BTreeMap<String, RepoCommit>,
+        claimed: bool,
+    ) -> Result<bool> {
+        let id = id.to_string();
+        let commits =
+            serde_json::to_string(commits).map_err(|e| StoreError::Internal(e.to_string()))?;
+        self.write(move |c| {
+            Ok(c.execute(
+                "UPDATE instances SET status = ?3, provisioned_at = ?2, finished_at = ?2,
+                    claimed_at = CASE WHEN ?3 = 'claimed' THEN ?2 END, commits_json = ?4
+                 WHERE id = ?1 AND status = 'provisioning'",
+                params![id, now, if claimed { "claimed" } else { "ready" }, commits],
+            )? == 1)
+        })
+        .await
+    }
+
+    async fn claim_ready(
+        &self,
+        project_id: &str,
+        task_id: Option<&str>,
+        now: i64,
+    ) -> Result<Option<InstanceRow>> {
+        let (project_id, task_id) = (project_id.to_string(), task_id.map(str::to_string));
+        self.write(move |c| {
+            c.query_row(
+                &format!(
+                    "UPDATE instances SET status = 'claimed', claimed_at = ?2, task_id = ?3
+                     WHERE id = (SELECT id FROM instances
+                                 WHERE project_id = ?1 AND kind = 'pool' AND status = 'ready'
+                                 ORDER BY stale_at IS NOT NULL, provisioned_at DESC LIMIT 1)
+                       AND status = 'ready'
+                     RETURNING {INSTANCE_COLS}"
+                ),
+                params![project_id, now, task_id],
+                instance_row,
+            )
+            .optional()
+        })
+        .await
+    }
+
+    async fn set_stale(&self, id: &str, now: i64) -> Result<bool> {
         let id = id.to_string();
         self.write(move |c| {
             Ok(c.execute(
-                "UPDATE instances SET status = 'ready', provisioned_at = ?2, finished_at = ?2
-                 WHERE id = ?1 AND status = 'provisioning'",
+                "UPDATE instances SET stale_at = ?2
+                 WHERE id = ?1 AND status = 'ready' AND stale_at IS NULL",
                 params![id, now],
             )? == 1)
         })
@@ -674,6 +756,114 @@ impl Store for SqliteStore {
                 [project_id],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
+        })
+        .await
+    }
+
+    async fn pool_counts(&self, project_id: &str) -> Result<PoolCounts> {
+        let project_id = project_id.to_string();
+        self.read(move |c| {
+            c.query_row(
+                "SELECT
+                    COUNT(*) FILTER (WHERE kind = 'pool' AND status = 'ready'),
+                    COUNT(*) FILTER (WHERE kind = 'pool' AND status = 'provisioning'),
+                    COUNT(*) FILTER (WHERE kind = 'pool' AND status = 'failed'),
+                    COUNT(*) FILTER (WHERE status = 'claimed'),
+                    COUNT(*) FILTER (WHERE kind = 'pool' AND status = 'ready' AND stale_at IS NOT NULL),
+                    COUNT(*) FILTER (WHERE kind = 'pool' AND claimed_at IS NOT NULL),
+                    COUNT(*) FILTER (WHERE kind = 'cold' AND claimed_at IS NOT NULL)
+                 FROM instances WHERE project_id = ?1",
+                [project_id],
+                |r| {
+                    let n = |i: usize| r.get::<_, i64>(i).map(|v| v.max(0) as u64);
+                    Ok(PoolCounts {
+                        ready: n(0)?,
+                        provisioning: n(1)?,
+                        failed: n(2)?,
+                        claimed: n(3)?,
+                        stale: n(4)?,
+                        warm_claims: n(5)?,
+                        cold_claims: n(6)?,
+                    })
+                },
+            )
+        })
+        .await
+    }
+
+    async fn provisioning_durations(&self, project_id: &str, limit: u32) -> Result<Vec<i64>> {
+        let project_id = project_id.to_string();
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT provisioned_at - created_at FROM instances
+                 WHERE project_id = ?1 AND provisioned_at IS NOT NULL
+                 ORDER BY provisioned_at DESC LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![project_id, limit], |r| r.get(0))?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn list_pool_configs(&self) -> Result<Vec<PoolConfigRow>> {
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(&format!("SELECT {POOL_COLS} FROM warm_pools"))?;
+            let rows = stmt.query_map([], pool_row)?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn all_env_versions(&self) -> Result<Vec<(String, String, i64)>> {
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT project_id, name, version FROM env_vars ORDER BY project_id, name",
+            )?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn get_pool_state(&self, project_id: &str) -> Result<PoolState> {
+        let project_id = project_id.to_string();
+        self.read(move |c| read_pool_state(c, &project_id)).await
+    }
+
+    async fn update_pool_state(
+        &self,
+        project_id: &str,
+        now: i64,
+        change: PoolStateChange,
+    ) -> Result<PoolState> {
+        let project_id = project_id.to_string();
+        self.write(move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let mut st = read_pool_state(&tx, &project_id)?;
+            change(&mut st);
+            tx.execute(
+                "INSERT INTO pool_state (project_id, consecutive_failures, identical_failures,
+                    last_failed_step, last_failed_config, last_error, degraded_since,
+                    next_attempt_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+                 ON CONFLICT (project_id) DO UPDATE SET
+                    consecutive_failures = ?2, identical_failures = ?3, last_failed_step = ?4,
+                    last_failed_config = ?5, last_error = ?6, degraded_since = ?7,
+                    next_attempt_at = ?8, updated_at = ?9",
+                params![
+                    project_id,
+                    st.consecutive_failures,
+                    st.identical_failures,
+                    st.last_failed_step,
+                    st.last_failed_config,
+                    st.last_error,
+                    st.degraded_since,
+                    st.next_attempt_at,
+                    now
+                ],
+            )?;
+            tx.commit()?;
+            Ok(st)
         })
         .await
     }

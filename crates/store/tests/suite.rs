@@ -53,7 +53,13 @@ fn instance(id: &str, project: &str, kind: InstanceKind, status: InstanceStatus)
         finished_at: None,
         claimed_at: None,
         destroyed_at: None,
+        stale_at: None,
+        commits: Default::default(),
     }
+}
+
+fn no_commits() -> std::collections::BTreeMap<String, RepoCommit> {
+    Default::default()
 }
 
 #[tokio::test]
@@ -163,8 +169,8 @@ async fn instance_transitions_are_conditional() {
     let i = instance("i1", "p", InstanceKind::Pool, InstanceStatus::Provisioning);
     s.insert_instance(&i).await.unwrap();
     assert!(s.set_instance_agent("i1", "http://x", "tok").await.unwrap());
-    assert!(s.mark_ready("i1", 20).await.unwrap());
-    assert!(!s.mark_ready("i1", 21).await.unwrap());
+    assert!(s.mark_ready("i1", 20, &no_commits(), false).await.unwrap());
+    assert!(!s.mark_ready("i1", 21, &no_commits(), false).await.unwrap());
     assert!(
         !s.mark_failed("i1", Some("x"), "y", 22).await.unwrap(),
         "ready cannot fail"
@@ -203,7 +209,7 @@ async fn instance_transitions_are_conditional() {
         let s = s.clone();
         tasks.push(tokio::spawn(async move {
             if n % 2 == 0 {
-                s.mark_ready("i2", n).await.unwrap()
+                s.mark_ready("i2", n, &no_commits(), false).await.unwrap()
             } else {
                 s.mark_failed("i2", Some("step"), "why", n).await.unwrap()
             }
@@ -301,4 +307,136 @@ async fn reopening_keeps_data_and_migrations_run_once() {
         Some("main")
     );
     s.ping().await.unwrap();
+}
+
+#[tokio::test]
+async fn claims_are_never_handed_out_twice() {
+    let (_d, s) = sqlite();
+    s.insert_project(&project("p")).await.unwrap();
+    let commits: std::collections::BTreeMap<String, RepoCommit> = [(
+        "acme/api".to_string(),
+        RepoCommit {
+            branch: "main".into(),
+            commit: "abc".into(),
+        },
+    )]
+    .into();
+    for n in 0..5 {
+        let id = format!("r{n}");
+        s.insert_instance(&instance(
+            &id,
+            "p",
+            InstanceKind::Pool,
+            InstanceStatus::Provisioning,
+        ))
+        .await
+        .unwrap();
+        assert!(s.mark_ready(&id, 100 + n, &commits, false).await.unwrap());
+    }
+    // The newest is stale: fresh ones go first, newest first, the stale one last.
+    assert!(s.set_stale("r4", 200).await.unwrap());
+    assert!(!s.set_stale("r4", 201).await.unwrap());
+    let first = s
+        .claim_ready("p", Some("task-1"), 300)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (first.id.as_str(), first.status, first.claimed_at),
+        ("r3", InstanceStatus::Claimed, Some(300))
+    );
+    assert_eq!(first.task_id.as_deref(), Some("task-1"));
+    assert_eq!(first.commits, commits);
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            s.claim_ready("p", None, 400).await.unwrap()
+        }));
+    }
+    let mut got = Vec::new();
+    for t in tasks {
+        if let Some(i) = t.await.unwrap() {
+            got.push(i.id);
+        }
+    }
+    got.sort();
+    assert_eq!(
+        got,
+        ["r0", "r1", "r2", "r4"],
+        "each ready instance exactly once"
+    );
+    assert!(s.claim_ready("p", None, 500).await.unwrap().is_none());
+    let counts = s.pool_counts("p").await.unwrap();
+    assert_eq!(
+        (counts.claimed, counts.warm_claims, counts.ready),
+        (5, 5, 0)
+    );
+    // Cold boots go straight to claimed.
+    s.insert_instance(&instance(
+        "c",
+        "p",
+        InstanceKind::Cold,
+        InstanceStatus::Provisioning,
+    ))
+    .await
+    .unwrap();
+    assert!(s.mark_ready("c", 600, &commits, true).await.unwrap());
+    let c = s.get_instance("c").await.unwrap().unwrap();
+    assert_eq!(
+        (c.status, c.claimed_at, c.provisioned_at),
+        (InstanceStatus::Claimed, Some(600), Some(600))
+    );
+    assert_eq!(s.pool_counts("p").await.unwrap().cold_claims, 1);
+    assert_eq!(
+        s.provisioning_durations("p", 3).await.unwrap(),
+        vec![590, 94, 93]
+    );
+}
+
+#[tokio::test]
+async fn pool_state_changes_are_atomic() {
+    let (_d, s) = sqlite();
+    s.insert_project(&project("p")).await.unwrap();
+    assert_eq!(s.get_pool_state("p").await.unwrap(), PoolState::default());
+    let mut tasks = Vec::new();
+    for _ in 0..10 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            s.update_pool_state(
+                "p",
+                1,
+                Box::new(|st: &mut PoolState| st.consecutive_failures += 1),
+            )
+            .await
+            .unwrap()
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let st = s
+        .update_pool_state(
+            "p",
+            2,
+            Box::new(|st: &mut PoolState| {
+                st.degraded_since = Some(2);
+                st.last_failed_step = Some("warm_pool_setup".into());
+            }),
+        )
+        .await
+        .unwrap();
+    assert_eq!(st.consecutive_failures, 10);
+    assert_eq!(s.get_pool_state("p").await.unwrap(), st);
+    assert_eq!(s.list_pool_configs().await.unwrap().len(), 0);
+    s.upsert_env_vars("p", &[("X".into(), "1".into())], 1)
+        .await
+        .unwrap();
+    s.upsert_env_vars("p", &[("X".into(), "2".into())], 2)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.all_env_versions().await.unwrap(),
+        vec![("p".to_string(), "X".to_string(), 2)]
+    );
 }

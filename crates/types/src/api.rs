@@ -461,3 +461,74 @@ pub struct HealthResponse {
     pub status: String,
     pub version: String,
 }
+
+// ---------------------------------------------------------------------------------------------
+// Extensions: claiming VMs, pool stats
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ClaimBody {
+    /// Your id for the task the VM is for (kept with the instance).
+    #[serde(default)]
+    pub task_id: Option<String>,
+    /// How long to wait for a VM booted for this claim when none is ready: 0 to 600, default 60.
+    #[serde(
+        default,
+        deserialize_with = "non_null",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(value_type = f64, required = false, minimum = 0, maximum = 600)]
+    pub wait_seconds: Option<f64>,
+}
+
+/// How to reach a claimed VM's server directly (same exec and file API as through warmpool).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct VmAccess {
+    pub instance_id: String,
+    pub agent_url: String,
+    pub agent_token: String,
+}
+
+/// A claimed VM (200), or — when none was ready and the one booted for the claim was not ready in
+/// time — the instance to poll (202, `vm` null); it becomes `claimed` by itself when ready.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ClaimResponse {
+    pub instance: InstanceListItem,
+    /// Whether the VM came ready from the pool.
+    pub warm: bool,
+    pub vm: Option<VmAccess>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DegradedInfo {
+    pub failed_step: Option<String>,
+    pub error: Option<String>,
+    pub since: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PoolStats {
+    pub ready: u64,
+    pub provisioning: u64,
+    pub failed: u64,
+    /// Claimed and not yet released (from the pool or booted for a claim).
+    pub claimed: u64,
+    /// Ready but built from an old configuration or commit, or too old; claimable until replaced.
+    pub stale: u64,
+    /// Null until the pool is configured.
+    pub target_size: Option<u32>,
+    /// Set when the pool stopped booting after repeated identical failures.
+    pub degraded: Option<DegradedInfo>,
+    /// When the pool boots again after a failure (null when it is not backing off).
+    pub next_attempt_at: Option<String>,
+    pub warm_claims: u64,
+    pub cold_claims: u64,
+    /// Boot durations over the latest boots (null before the first).
+    pub provisioning_p50_ms: Option<u64>,
+    pub provisioning_p95_ms: Option<u64>,
+}

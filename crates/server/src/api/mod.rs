@@ -4,6 +4,7 @@
 
 mod error;
 pub mod extract;
+mod pool;
 mod projects;
 mod warm_pool;
 
@@ -122,7 +123,29 @@ async fn readyz(State(app): State<Arc<App>>) -> ApiResult<Json<HealthResponse>> 
 }
 
 /// Builds the whole HTTP application.
-pub fn router(app: Arc<App>, max_body_bytes: usize) -> Router {
+/// `/metrics`: Prometheus text; behind the admin token when configured so.
+async fn metrics_text(
+    State(app): State<Arc<App>>,
+    headers: axum::http::HeaderMap,
+    protected: bool,
+) -> Response {
+    if protected {
+        let token = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if let Err(e) = app.authenticate(token).and_then(|c| c.require_admin()) {
+            return e.into_response();
+        }
+    }
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        crate::metrics::handle().render(),
+    )
+        .into_response()
+}
+
+pub fn router(app: Arc<App>, max_body_bytes: usize, metrics_auth: bool) -> Router {
     let (v1, mut doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(
             warm_pool::get_warm_pool,
@@ -133,6 +156,11 @@ pub fn router(app: Arc<App>, max_body_bytes: usize) -> Router {
         .routes(routes!(warm_pool::get_instance, warm_pool::delete_instance))
         .routes(routes!(warm_pool::exec))
         .routes(routes!(warm_pool::clear))
+        .routes(routes!(pool::claim))
+        .routes(routes!(pool::vm))
+        .routes(routes!(pool::stats))
+        .routes(routes!(pool::instance_events))
+        .routes(routes!(pool::project_events))
         .routes(routes!(projects::create_project, projects::list_projects))
         .routes(routes!(
             projects::get_project,
@@ -160,6 +188,10 @@ pub fn router(app: Arc<App>, max_body_bytes: usize) -> Router {
                 let doc = doc.clone();
                 async move { Json(doc.as_ref().clone()) }
             }),
+        )
+        .route(
+            "/metrics",
+            axum::routing::get(move |state, headers| metrics_text(state, headers, metrics_auth)),
         )
         .fallback(|| async { AppError::not_found("no such endpoint") })
         .method_not_allowed_fallback(|| async {

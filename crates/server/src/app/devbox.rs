@@ -1,7 +1,6 @@
 //! Devbox settings: the setup commands of `project_setup` and of each repo's `repo_setup`.
 
 use warmpool_types::api::{Devbox, DevboxRepo, UpdateDevboxBody};
-use warmpool_types::time::now_ms;
 
 use super::{check_commands, App, Caller};
 use crate::error::{AppError, AppResult, Problems};
@@ -69,8 +68,9 @@ impl App {
             if let Some(c) = &body.setup_commands {
                 row.devbox.setup_commands = c.clone();
             }
-            row.updated_at = now_ms().max(row.updated_at);
+            row.updated_at = self.now().max(row.updated_at);
             if self.store.update_project(&row).await? {
+                self.nudge();
                 return self.get_devbox(caller, project_id).await;
             }
         }

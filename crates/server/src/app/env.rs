@@ -3,7 +3,7 @@
 use std::collections::HashSet;
 
 use warmpool_types::api::{DeleteEnvVarResponse, EnvVarItem, EnvVarsResponse, PutEnvVarsBody};
-use warmpool_types::time::{fmt_ms, now_ms};
+use warmpool_types::time::fmt_ms;
 use warmpool_types::validate;
 
 use super::{App, Caller};
@@ -73,9 +73,10 @@ impl App {
             .map(|v| (v.name, v.value))
             .collect();
         self.store
-            .upsert_env_vars(project_id, &vars, now_ms())
+            .upsert_env_vars(project_id, &vars, self.now())
             .await?;
         tracing::info!(project = %project_id, count = vars.len(), "environment variables set");
+        self.nudge();
         self.list_env_vars(caller, project_id).await
     }
 
@@ -89,6 +90,7 @@ impl App {
         if !self.store.delete_env_var(project_id, name).await? {
             return Err(AppError::not_found("environment variable not found"));
         }
+        self.nudge();
         Ok(DeleteEnvVarResponse {
             deleted: true,
             name: name.to_string(),

@@ -2,10 +2,15 @@
 //! commands in VMs, clean up. Never talks HTTP and never builds SQL: handlers call in here, and
 //! this calls the store, the backend and the provisioner.
 
+mod claim;
+pub mod clock;
 mod devbox;
 mod env;
+pub mod events;
+pub mod heads;
 mod instances;
 mod projects;
+pub mod reconcile;
 mod validation;
 mod warm_pool;
 
@@ -13,18 +18,22 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use warmpool_backend::Backend;
 use warmpool_store::{InstanceRow, Store};
 use warmpool_types::ids;
 use warmpool_types::state::{total_steps, InstanceKind, InstanceStatus};
-use warmpool_types::time::now_ms;
 
 use crate::error::{AppError, AppResult};
 use crate::git::mirror::Mirrors;
 use crate::git::serve::GitServer;
 use crate::provision::{self, BootPlan};
+use clock::Clock;
+use events::EventHub;
+use heads::Heads;
 
+pub use instances::{list_item, summary};
 pub use validation::*;
 
 use sha2::{Digest, Sha256};
@@ -74,6 +83,10 @@ pub struct AppConfig {
     pub server_wait: Duration,
     /// Default timeout of `exec` requests.
     pub exec_default_timeout: Duration,
+    /// How often a remote branch head is checked for staleness, at most.
+    pub head_check_interval: Duration,
+    /// Pool boots this server runs at once, at most (claims are not held back by it).
+    pub max_parallel_boots: usize,
 }
 
 impl Default for AppConfig {
@@ -84,8 +97,21 @@ impl Default for AppConfig {
             command_timeout: Duration::from_secs(30 * 60),
             server_wait: Duration::from_secs(120),
             exec_default_timeout: Duration::from_secs(600),
+            head_check_interval: Duration::from_secs(60),
+            max_parallel_boots: 8,
         }
     }
+}
+
+/// What an [`App`] is made of.
+pub struct AppParts {
+    pub admin_token: String,
+    pub store: Arc<dyn Store>,
+    pub backend: Arc<dyn Backend>,
+    pub cfg: AppConfig,
+    pub mirrors: Arc<Mirrors>,
+    pub git: Arc<GitServer>,
+    pub clock: Arc<dyn Clock>,
 }
 
 pub struct App {
@@ -96,28 +122,42 @@ pub struct App {
     pub cfg: AppConfig,
     pub mirrors: Arc<Mirrors>,
     pub git: Arc<GitServer>,
+    pub events: Arc<EventHub>,
+    clock: Arc<dyn Clock>,
+    heads: Arc<Heads>,
+    nudge: Notify,
     /// Pipelines running in this process, by instance id, to stop them when their instance goes.
     running: Mutex<HashMap<String, CancellationToken>>,
 }
 
 impl App {
-    pub fn new(
-        admin_token: &str,
-        store: Arc<dyn Store>,
-        backend: Arc<dyn Backend>,
-        cfg: AppConfig,
-        mirrors: Arc<Mirrors>,
-        git: Arc<GitServer>,
-    ) -> Arc<Self> {
+    pub fn new(parts: AppParts) -> Arc<Self> {
+        crate::metrics::describe();
         Arc::new(Self {
-            admin_token_hash: hash_token(admin_token),
-            store,
-            backend,
-            cfg,
-            mirrors,
-            git,
+            admin_token_hash: hash_token(&parts.admin_token),
+            heads: Heads::new(parts.cfg.head_check_interval),
+            store: parts.store,
+            backend: parts.backend,
+            cfg: parts.cfg,
+            mirrors: parts.mirrors,
+            git: parts.git,
+            events: Arc::new(EventHub::default()),
+            clock: parts.clock,
+            nudge: Notify::new(),
             running: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Now, by the app's clock (epoch milliseconds).
+    pub fn now(&self) -> i64 {
+        self.clock.now_ms()
+    }
+
+    fn is_running(&self, instance_id: &str) -> bool {
+        self.running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(instance_id)
     }
 
     /// Who a bearer token belongs to.
@@ -155,6 +195,7 @@ impl App {
         self: &Arc<Self>,
         project_id: &str,
         kind: InstanceKind,
+        task_id: Option<String>,
     ) -> AppResult<InstanceRow> {
         let plan = self.plan(project_id).await?;
         let inst = InstanceRow {
@@ -170,15 +211,18 @@ impl App {
             backend: self.backend.name().to_string(),
             agent_url: None,
             agent_token: None,
-            config_hash: None,
-            task_id: None,
-            created_at: now_ms(),
+            config_hash: Some(plan.config_hash()),
+            task_id,
+            created_at: self.now(),
             provisioned_at: None,
             finished_at: None,
             claimed_at: None,
             destroyed_at: None,
+            stale_at: None,
+            commits: Default::default(),
         };
         self.store.insert_instance(&inst).await?;
+        let live = self.events.begin(project_id, &inst.id);
         let cancel = CancellationToken::new();
         self.running
             .lock()
@@ -187,7 +231,7 @@ impl App {
         let app = self.clone();
         let row = inst.clone();
         tokio::spawn(async move {
-            provision::run(app.clone(), row.clone(), plan, cancel).await;
+            provision::run(app.clone(), row.clone(), plan, cancel, live).await;
             app.running
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
@@ -203,7 +247,11 @@ impl App {
         inst: &InstanceRow,
         from: &[InstanceStatus],
     ) -> AppResult<bool> {
-        if !self.store.mark_destroyed(&inst.id, from, now_ms()).await? {
+        if !self
+            .store
+            .mark_destroyed(&inst.id, from, self.now())
+            .await?
+        {
             return Ok(false);
         }
         let running = self
@@ -227,49 +275,37 @@ impl App {
         Ok(true)
     }
 
-    /// After a start: fails instances a dead server left provisioning and destroys VMs that no
-    /// live instance owns.
-    pub async fn recover(&self) -> AppResult<()> {
-        let now = now_ms();
+    /// After a start: fails instances a dead server left provisioning, destroys VMs that no live
+    /// instance owns, and checks that the ready VMs that survived still answer (in the
+    /// background; the ones that do not are destroyed and replaced).
+    pub async fn recover(self: &Arc<Self>) -> AppResult<()> {
+        let now = self.now();
         for inst in self
             .store
             .instances_in(&[InstanceStatus::Provisioning])
             .await?
         {
-            if self
-                .running
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .contains_key(&inst.id)
-            {
-                continue;
-            }
-            if self
-                .store
-                .mark_failed(&inst.id, None, "server restarted during provisioning", now)
-                .await?
+            if !self.is_running(&inst.id)
+                && self
+                    .store
+                    .mark_failed(&inst.id, None, "server restarted during provisioning", now)
+                    .await?
             {
                 tracing::warn!(instance = %inst.id, "failed an instance left provisioning by a previous run");
             }
         }
-        let live: std::collections::HashSet<String> = self
+        let live = self
             .store
             .instances_in(&[
                 InstanceStatus::Provisioning,
                 InstanceStatus::Ready,
                 InstanceStatus::Claimed,
             ])
-            .await?
-            .into_iter()
-            .filter(|i| {
-                i.status != InstanceStatus::Provisioning
-                    || self
-                        .running
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .contains_key(&i.id)
-            })
-            .map(|i| i.vm_id)
+            .await?;
+        let owned: std::collections::HashSet<&str> = live
+            .iter()
+            .filter(|i| i.status != InstanceStatus::Provisioning || self.is_running(&i.id))
+            .map(|i| i.vm_id.as_str())
             .collect();
         let vms = self
             .backend
@@ -277,36 +313,53 @@ impl App {
             .await
             .map_err(|e| AppError::Unavailable(format!("cannot list VMs: {e}")))?;
         for vm in vms {
-            if !live.contains(&vm) {
+            if !owned.contains(vm.as_str()) {
                 tracing::warn!(%vm, "destroying a VM no live instance owns");
                 if let Err(e) = self.backend.destroy(&vm).await {
                     tracing::warn!(%vm, "destroying an orphaned VM failed: {e}");
                 }
             }
         }
+        let ready: Vec<InstanceRow> = live
+            .into_iter()
+            .filter(|i| i.status == InstanceStatus::Ready)
+            .collect();
+        let app = self.clone();
+        tokio::spawn(async move { app.readopt(ready).await });
         Ok(())
     }
 
-    /// Destroys test instances whose time is up. Returns how many.
-    pub async fn expire_test_instances(&self) -> AppResult<usize> {
-        let ttl = self.cfg.test_instance_ttl.as_millis() as i64;
-        let now = now_ms();
-        let mut n = 0;
-        for inst in self
-            .store
-            .instances_in(&[InstanceStatus::Ready, InstanceStatus::Failed])
-            .await?
-        {
-            let due =
-                inst.kind == InstanceKind::Test && inst.finished_at.is_some_and(|t| t + ttl <= now);
-            if due
-                && self
-                    .destroy_instance(&inst, &[InstanceStatus::Ready, InstanceStatus::Failed])
-                    .await?
-            {
-                n += 1;
+    /// Keeps the ready VMs whose agent still answers with their token; destroys the others.
+    async fn readopt(self: Arc<Self>, ready: Vec<InstanceRow>) {
+        use futures_util::StreamExt;
+        let checks = futures_util::stream::iter(ready).map(|inst| {
+            let app = self.clone();
+            async move {
+                let healthy = match (&inst.agent_url, &inst.agent_token) {
+                    (Some(url), Some(token)) => app
+                        .backend
+                        .agent(&inst.vm_id, url, token)
+                        .health()
+                        .await
+                        .is_ok(),
+                    _ => false,
+                };
+                if !healthy {
+                    tracing::warn!(instance = %inst.id, "a ready VM did not survive the restart; replacing it");
+                    let _ = app.destroy_instance(&inst, &[InstanceStatus::Ready]).await;
+                }
+                healthy
             }
+        });
+        let results: Vec<bool> = checks.buffer_unordered(32).collect().await;
+        let adopted = results.iter().filter(|h| **h).count();
+        if !results.is_empty() {
+            tracing::info!(
+                adopted,
+                replaced = results.len() - adopted,
+                "re-adopted the ready VMs that survived"
+            );
         }
-        Ok(n)
+        self.nudge();
     }
 }

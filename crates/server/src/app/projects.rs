@@ -10,7 +10,7 @@ use warmpool_types::api::{
 };
 use warmpool_types::ids;
 use warmpool_types::state::InstanceStatus;
-use warmpool_types::time::{fmt_ms, now_ms};
+use warmpool_types::time::fmt_ms;
 use warmpool_types::validate;
 
 use super::{check_repos, task_code, App, Caller, MAX_DESCRIPTION_CHARS, MAX_PROJECT_NAME_CHARS};
@@ -100,7 +100,7 @@ impl App {
                         .map(str::to_string)
                 });
                 if let Some(b) = branch {
-                    let _ = app.store.set_default_branch(&url, &b, now_ms()).await;
+                    let _ = app.store.set_default_branch(&url, &b, app.now()).await;
                 }
             };
             let local = r.url.starts_with('/') || r.url.starts_with("file://");
@@ -131,7 +131,7 @@ impl App {
         if let Some(c) = clash {
             return Err(AppError::Conflict(c));
         }
-        let now = now_ms();
+        let now = self.now();
         let row = ProjectRow {
             seq: 0,
             id: ids::new_project_id(),
@@ -237,9 +237,10 @@ impl App {
                     row.repos.iter().map(|r| r.full_name.as_str()).collect();
                 row.devbox.repos.retain(|k, _| names.contains(k.as_str()));
             }
-            row.updated_at = now_ms().max(row.updated_at);
+            row.updated_at = self.now().max(row.updated_at);
             if self.store.update_project(&row).await? {
                 self.learn_default_branches(&row.repos).await;
+                self.nudge();
                 return self.project_view(&row).await;
             }
         }

@@ -10,7 +10,7 @@ use warmpool_types::api::{
     WarmPoolConfig,
 };
 use warmpool_types::state::{InstanceKind, InstanceStatus};
-use warmpool_types::time::{fmt_ms, now_ms};
+use warmpool_types::time::fmt_ms;
 
 use super::{check_branch, check_commands, whole_in_range, App, Caller};
 use crate::error::{AppError, AppResult, Problems};
@@ -31,7 +31,7 @@ fn config_view(c: &PoolConfigRow) -> WarmPoolConfig {
 }
 
 impl App {
-    fn require_allowed(&self) -> AppResult<()> {
+    pub(crate) fn require_allowed(&self) -> AppResult<()> {
         if self.cfg.warm_pool_allowed {
             Ok(())
         } else {
@@ -88,7 +88,7 @@ impl App {
         }
         p.into_result()?;
         for _ in 0..5 {
-            let now = now_ms();
+            let now = self.now();
             let current = self.store.get_pool_config(project_id).await?;
             let expected = current.as_ref().map(|c| c.generation);
             let mut cfg = current.unwrap_or(PoolConfigRow {
@@ -138,6 +138,7 @@ impl App {
         self.require_allowed()?;
         let cfg = self.apply_pool_update(project_id, &body).await?;
         tracing::info!(project = %project_id, "warm pool configuration updated");
+        self.nudge();
         Ok(UpdateWarmPoolResponse {
             config: Some(config_view(&cfg)),
             status: self.store.pool_status(project_id).await?,
@@ -159,7 +160,7 @@ impl App {
             };
             self.apply_pool_update(project_id, &update).await?;
         }
-        let inst = self.launch(project_id, InstanceKind::Test).await?;
+        let inst = self.launch(project_id, InstanceKind::Test, None).await?;
         tracing::info!(project = %project_id, instance = %inst.id, vm = %inst.vm_id, "test boot started");
         Ok(TestWarmPoolBootResponse { id: inst.id })
     }
@@ -195,6 +196,7 @@ impl App {
             }
         }
         tracing::info!(project = %project_id, cleared, "warm pool cleared");
+        self.nudge();
         Ok(ClearWarmPoolResponse {
             cleared,
             status: self.store.pool_status(project_id).await?,

@@ -12,17 +12,21 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Map, Value};
+use std::collections::BTreeMap;
 use tokio_util::sync::CancellationToken;
 use warmpool_backend::{Agent, AgentCallError, VmSpec};
-use warmpool_store::{EnvVarRow, InstanceRow, ProjectRow, RepoSpec, StepRow};
+
+use warmpool_store::{EnvVarRow, InstanceRow, ProjectRow, RepoCommit, RepoSpec, StepRow};
 use warmpool_types::agent::{AgentExecEvent, AgentExecRequest};
 use warmpool_types::api::SetupCommand;
 use warmpool_types::ids;
-use warmpool_types::state::StepName;
-use warmpool_types::time::now_ms;
+use warmpool_types::state::{InstanceKind, StepName};
 
+use crate::app::events::{DoneEvent, Event, LiveRun, StepEvent};
 use crate::app::App;
+use crate::metrics as m;
 use redact::Redactor;
+use steplog::OutputSink;
 use steplog::StepLog;
 
 /// Everything a boot needs, read once when the instance is created so later edits never mix
@@ -33,6 +37,44 @@ pub struct BootPlan {
     pub env: Vec<EnvVarRow>,
     pub pool_branch: Option<String>,
     pub pool_commands: Vec<SetupCommand>,
+}
+
+impl BootPlan {
+    pub fn config_hash(&self) -> String {
+        let versions: Vec<(String, i64)> = self
+            .env
+            .iter()
+            .map(|v| (v.name.clone(), v.version))
+            .collect();
+        config_hash(
+            &self.project,
+            &versions,
+            self.pool_branch.as_deref(),
+            Some(&self.pool_commands),
+        )
+    }
+}
+
+/// A digest of everything a boot is built from — repos, branches, devbox settings, the pool's
+/// setup commands, the *versions* (never the values) of environment variables. Instances built
+/// from another digest are stale.
+pub fn config_hash(
+    project: &ProjectRow,
+    env_versions: &[(String, i64)],
+    pool_branch: Option<&str>,
+    pool_commands: Option<&[SetupCommand]>,
+) -> String {
+    use sha2::{Digest, Sha256};
+    let mut env: Vec<&(String, i64)> = env_versions.iter().collect();
+    env.sort();
+    let doc = json!({
+        "repos": project.repos,
+        "devbox": project.devbox,
+        "poolBranch": pool_branch,
+        "poolCommands": pool_commands.unwrap_or(&[]),
+        "env": env,
+    });
+    hex::encode(Sha256::digest(doc.to_string().as_bytes()))[..32].to_string()
 }
 
 /// One step of a concrete pipeline (repo steps carry the repo's index).
@@ -79,12 +121,20 @@ enum Stop {
     Cancelled,
 }
 
-/// Runs the pipeline of `inst` to its end and settles the instance: `ready`, or `failed` with its
-/// VM destroyed, or — when the instance was destroyed meanwhile — just the VM destroyed.
-pub async fn run(app: Arc<App>, inst: InstanceRow, plan: BootPlan, cancel: CancellationToken) {
+/// Runs the pipeline of `inst` to its end and settles the instance: `ready` (or `claimed`, for an
+/// instance booted for a claim), or `failed` with its VM destroyed, or — when the instance was
+/// destroyed meanwhile — just the VM destroyed. Then tells the pool and the event stream.
+pub async fn run(
+    app: Arc<App>,
+    inst: InstanceRow,
+    plan: BootPlan,
+    cancel: CancellationToken,
+    live: Arc<LiveRun>,
+) {
     let redactor = Arc::new(Redactor::new(
         plan.env.iter().map(|v| (v.name.as_str(), v.value.as_str())),
     ));
+    let config = plan.config_hash();
     let mut p = Pipeline {
         app: app.clone(),
         inst: inst.clone(),
@@ -92,41 +142,65 @@ pub async fn run(app: Arc<App>, inst: InstanceRow, plan: BootPlan, cancel: Cance
         redactor,
         agent: None,
         seq: 0,
+        live,
+        commits: BTreeMap::new(),
     };
     let outcome = tokio::select! {
         r = p.run_steps() => r,
         _ = cancel.cancelled() => Err(Stop::Cancelled),
     };
+    let kind = inst.kind.as_str();
     match outcome {
-        Ok(()) => match app.store.mark_ready(&inst.id, now_ms()).await {
-            Ok(true) => tracing::info!(instance = %inst.id, vm = %inst.vm_id, "instance ready"),
-            // Destroyed while its last step ran.
-            Ok(false) => destroy_vm(&app, &inst).await,
-            Err(e) => {
-                tracing::error!(instance = %inst.id, "cannot mark the instance ready: {e}");
-                destroy_vm(&app, &inst).await;
-                let _ = app
-                    .store
-                    .mark_failed(
-                        &inst.id,
-                        None,
-                        "internal error: could not record readiness",
-                        now_ms(),
-                    )
-                    .await;
+        Ok(()) => {
+            let claimed = inst.kind == InstanceKind::Cold;
+            match app
+                .store
+                .mark_ready(&inst.id, app.now(), &p.commits, claimed)
+                .await
+            {
+                Ok(true) => {
+                    tracing::info!(instance = %inst.id, vm = %inst.vm_id, claimed, "instance ready");
+                    metrics::counter!(m::BOOTS, "kind" => kind, "result" => "ready").increment(1);
+                    if matches!(inst.kind, InstanceKind::Pool | InstanceKind::Test) {
+                        app.pool_boot_succeeded(&inst.project_id).await;
+                    }
+                }
+                // Destroyed while its last step ran.
+                Ok(false) => destroy_vm(&app, &inst).await,
+                Err(e) => {
+                    tracing::error!(instance = %inst.id, "cannot mark the instance ready: {e}");
+                    destroy_vm(&app, &inst).await;
+                    let _ = app
+                        .store
+                        .mark_failed(
+                            &inst.id,
+                            None,
+                            "internal error: could not record readiness",
+                            app.now(),
+                        )
+                        .await;
+                }
             }
-        },
+        }
         Err(Stop::Failed { step, error }) => {
             tracing::info!(instance = %inst.id, %step, %error, "instance failed");
+            metrics::counter!(m::BOOTS, "kind" => kind, "result" => "failed").increment(1);
             // VM first: once the record says failed, the VM is gone. A crash in between leaves the
             // instance provisioning, which the next start fails.
             destroy_vm(&app, &inst).await;
-            if let Err(e) = app
+            match app
                 .store
-                .mark_failed(&inst.id, Some(step.as_str()), &error, now_ms())
+                .mark_failed(&inst.id, Some(step.as_str()), &error, app.now())
                 .await
             {
-                tracing::error!(instance = %inst.id, "cannot mark the instance failed: {e}");
+                Ok(true) if inst.kind == InstanceKind::Pool => {
+                    app.pool_boot_failed(&inst.project_id, step.as_str(), &config, &error)
+                        .await
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::error!(instance = %inst.id, "cannot mark the instance failed: {e}")
+                }
             }
         }
         Err(Stop::Cancelled) => {
@@ -134,6 +208,9 @@ pub async fn run(app: Arc<App>, inst: InstanceRow, plan: BootPlan, cancel: Cance
             destroy_vm(&app, &inst).await;
         }
     }
+    p.publish_done().await;
+    app.events.finish(&inst.id);
+    app.nudge();
 }
 
 async fn destroy_vm(app: &App, inst: &InstanceRow) {
@@ -149,6 +226,9 @@ struct Pipeline {
     redactor: Arc<Redactor>,
     agent: Option<Arc<dyn Agent>>,
     seq: u32,
+    live: Arc<LiveRun>,
+    /// What each repo was cloned at, recorded with the instance when it is ready.
+    commits: BTreeMap<String, RepoCommit>,
 }
 
 /// One line, at most `max` characters (an ellipsis marks a cut).
@@ -198,37 +278,81 @@ fn log_name(name: &str, index: usize) -> String {
 }
 
 impl Pipeline {
+    fn step_event(
+        &self,
+        name: StepName,
+        status: &str,
+        meta: Map<String, Value>,
+        duration_ms: Option<u64>,
+        error: Option<String>,
+    ) {
+        self.live.publish(Event::Step(StepEvent {
+            instance_id: self.inst.id.clone(),
+            name: name.as_str().to_string(),
+            status: status.to_string(),
+            metadata: meta,
+            duration_ms,
+            error,
+        }));
+    }
+
+    /// The final event, with the summary as the store now has it.
+    async fn publish_done(&self) {
+        let store = &self.app.store;
+        let (Ok(Some(inst)), Ok(steps)) = (
+            store.get_instance(&self.inst.id).await,
+            store.list_steps(&self.inst.id).await,
+        ) else {
+            return;
+        };
+        self.live.publish(Event::Done(DoneEvent {
+            instance_id: inst.id.clone(),
+            status: inst.status.as_str().to_string(),
+            summary: crate::app::summary(&inst, &steps),
+        }));
+    }
+
     async fn run_steps(&mut self) -> Result<(), Stop> {
         for step in steps_for(self.plan.project.repos.len()) {
+            let name = step.name();
             let started = Instant::now();
-            let mut log = StepLog::new(self.redactor.clone());
+            self.step_event(name, "running", Map::new(), None, None);
+            let sink = OutputSink {
+                live: self.live.clone(),
+                instance_id: self.inst.id.clone(),
+                step: name.as_str(),
+            };
+            let mut log = StepLog::new(self.redactor.clone(), Some(sink));
             let mut meta = Map::new();
             let res = self.run_step(step, &mut log, &mut meta).await;
             let error = res.err().map(|e| one_line(&log.redact(&e), 500));
+            let duration_ms = started.elapsed().as_millis() as u64;
             let record = StepRow {
                 instance_id: self.inst.id.clone(),
                 seq: self.seq,
-                name: step.name().as_str().to_string(),
+                name: name.as_str().to_string(),
                 success: error.is_none(),
                 output: Some(log.finish()),
                 error: error.clone(),
-                duration_ms: started.elapsed().as_millis() as u64,
-                finished_at: now_ms(),
-                metadata: Some(meta),
+                duration_ms,
+                finished_at: self.app.now(),
+                metadata: Some(meta.clone()),
             };
             self.seq += 1;
+            let result = if error.is_none() { "success" } else { "error" };
+            metrics::histogram!(m::STEP_SECONDS, "step" => name.as_str(), "result" => result)
+                .record(duration_ms as f64 / 1000.0);
             if let Err(e) = self.app.store.insert_step(&record).await {
                 tracing::error!(instance = %self.inst.id, "cannot record step {}: {e}", record.name);
                 return Err(Stop::Failed {
-                    step: step.name(),
+                    step: name,
                     error: "internal error: could not record the step".into(),
                 });
             }
+            self.step_event(name, result, meta, Some(duration_ms), error.clone());
             if let Some(error) = error {
-                return Err(Stop::Failed {
-                    step: step.name(),
-                    error,
-                });
+                metrics::counter!(m::STEP_FAILURES, "step" => name.as_str()).increment(1);
+                return Err(Stop::Failed { step: name, error });
             }
         }
         Ok(())
@@ -427,7 +551,7 @@ impl Pipeline {
             let _ = self
                 .app
                 .store
-                .set_default_branch(&repo.url, d, now_ms())
+                .set_default_branch(&repo.url, d, self.app.now())
                 .await;
         }
         let branch = self
@@ -492,6 +616,13 @@ impl Pipeline {
         }
         drop(grant);
         meta.insert("commit".into(), json!(commit));
+        self.commits.insert(
+            full.clone(),
+            RepoCommit {
+                branch: branch.clone(),
+                commit: commit.clone(),
+            },
+        );
         log.line(&format!(
             "cloned {full} into {dir} at {branch} ({commit}); origin is {}",
             repo.url

@@ -6,6 +6,14 @@ use std::sync::Arc;
 use warmpool_types::output::CappedOutput;
 
 use super::redact::Redactor;
+use crate::app::events::{Event, LiveRun, OutputEvent};
+
+/// Where a step's redacted output also goes as it arrives: its instance's live event stream.
+pub struct OutputSink {
+    pub live: Arc<LiveRun>,
+    pub instance_id: String,
+    pub step: &'static str,
+}
 
 /// Longest stretch without a newline held back for redaction before it is flushed anyway.
 const MAX_PENDING: usize = 256 * 1024;
@@ -14,14 +22,16 @@ pub struct StepLog {
     redactor: Arc<Redactor>,
     pending: String,
     out: CappedOutput,
+    sink: Option<OutputSink>,
 }
 
 impl StepLog {
-    pub fn new(redactor: Arc<Redactor>) -> Self {
+    pub fn new(redactor: Arc<Redactor>, sink: Option<OutputSink>) -> Self {
         Self {
             redactor,
             pending: String::new(),
             out: CappedOutput::default(),
+            sink,
         }
     }
 
@@ -64,6 +74,13 @@ impl StepLog {
     fn emit(&mut self, text: &str) {
         let red = self.redactor.redact(text);
         self.out.push(&red);
+        if let Some(s) = &self.sink {
+            s.live.publish(Event::Output(OutputEvent {
+                instance_id: s.instance_id.clone(),
+                step: s.step.to_string(),
+                data: red.into_owned(),
+            }));
+        }
     }
 
     /// Redacts a text of our own (an error line) with the same secrets.
@@ -84,7 +101,7 @@ mod tests {
     #[test]
     fn secret_split_across_pushes_is_redacted() {
         let r = Arc::new(Redactor::new([("TOKEN", "hunter2-secret")]));
-        let mut log = StepLog::new(r);
+        let mut log = StepLog::new(r, None);
         log.line("$ show");
         log.push("value is hunter");
         log.push("2-secret and ");

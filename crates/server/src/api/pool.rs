@@ -1,0 +1,134 @@
+//! Handlers of the pool extensions: claiming VMs, reaching them, stats, live events.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::{Extension, Json};
+use futures_util::stream::{BoxStream, StreamExt};
+use warmpool_types::api::{ClaimBody, ClaimResponse, ErrorResponse, PoolStats, VmAccess};
+
+use super::extract::{ApiJson, ApiPath};
+use super::{ApiResult, StdErrors};
+use crate::app::events::Sequenced;
+use crate::app::{App, Caller};
+
+#[utoipa::path(
+    post, path = "/v1/projects/{projectId}/warm-pool/claim", tag = "instances", operation_id = "claimWarmPoolInstance",
+    summary = "Claim a VM for a task: a ready one at once, else one booted for the claim",
+    params(("projectId" = String, Path, description = "Project ID.")),
+    request_body = ClaimBody,
+    responses(
+        (status = 200, description = "The VM is yours", body = ClaimResponse),
+        (status = 202, description = "None was ready; the VM booted for this claim is not ready yet (or failed): poll the instance", body = ClaimResponse),
+        StdErrors
+    ),
+    security(("bearerAuth" = []))
+)]
+pub async fn claim(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    ApiPath(project_id): ApiPath<String>,
+    ApiJson(body): ApiJson<ClaimBody>,
+) -> ApiResult<(StatusCode, Json<ClaimResponse>)> {
+    let (done, r) = app.claim(&caller, &project_id, body).await?;
+    Ok((
+        if done {
+            StatusCode::OK
+        } else {
+            StatusCode::ACCEPTED
+        },
+        Json(r),
+    ))
+}
+
+#[utoipa::path(
+    get, path = "/v1/projects/{projectId}/warm-pool/instances/{id}/vm", tag = "instances", operation_id = "getWarmPoolInstanceVm",
+    summary = "How to reach a claimed VM's server directly",
+    params(
+        ("projectId" = String, Path, description = "Project ID."),
+        ("id" = String, Path, description = "Warm pool instance ID (wpi_...)."),
+    ),
+    responses(
+        (status = 200, description = "Success", body = VmAccess),
+        (status = 409, description = "The instance is not claimed", body = ErrorResponse),
+        StdErrors
+    ),
+    security(("bearerAuth" = []))
+)]
+pub async fn vm(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    ApiPath((project_id, id)): ApiPath<(String, String)>,
+) -> ApiResult<Json<VmAccess>> {
+    app.vm_access(&caller, &project_id, &id).await.map(Json)
+}
+
+#[utoipa::path(
+    get, path = "/v1/projects/{projectId}/warm-pool/stats", tag = "warm-pool", operation_id = "getWarmPoolStats",
+    summary = "The pool in numbers: counts, staleness, degradation, claims, boot times",
+    params(("projectId" = String, Path, description = "Project ID.")),
+    responses((status = 200, description = "Success", body = PoolStats), StdErrors),
+    security(("bearerAuth" = []))
+)]
+pub async fn stats(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    ApiPath(project_id): ApiPath<String>,
+) -> ApiResult<Json<PoolStats>> {
+    app.pool_stats(&caller, &project_id).await.map(Json)
+}
+
+type EventStream =
+    Sse<axum::response::sse::KeepAliveStream<BoxStream<'static, Result<SseEvent, Infallible>>>>;
+
+fn sse(events: BoxStream<'static, Arc<Sequenced>>) -> EventStream {
+    let stream = events
+        .map(|e| {
+            let ev = SseEvent::default()
+                .event(e.event.kind())
+                .id(e.seq.to_string())
+                .json_data(&e.event)
+                .unwrap_or_else(|_| SseEvent::default().comment("unserializable event"));
+            Ok(ev)
+        })
+        .boxed();
+    Sse::new(stream).keep_alive(KeepAlive::default())
+}
+
+#[utoipa::path(
+    get, path = "/v1/projects/{projectId}/warm-pool/instances/{id}/events", tag = "instances",
+    operation_id = "streamWarmPoolInstanceEvents",
+    summary = "Server-sent events of a boot: `step` (start and end), `output`, then `done`; late clients get everything so far first",
+    params(
+        ("projectId" = String, Path, description = "Project ID."),
+        ("id" = String, Path, description = "Warm pool instance ID (wpi_...)."),
+    ),
+    responses((status = 200, description = "text/event-stream", content_type = "text/event-stream", body = String), StdErrors),
+    security(("bearerAuth" = []))
+)]
+pub async fn instance_events(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    ApiPath((project_id, id)): ApiPath<(String, String)>,
+) -> ApiResult<EventStream> {
+    Ok(sse(app.instance_events(&caller, &project_id, &id).await?))
+}
+
+#[utoipa::path(
+    get, path = "/v1/projects/{projectId}/warm-pool/events", tag = "warm-pool",
+    operation_id = "streamWarmPoolEvents",
+    summary = "Server-sent events of every boot of the project, from now on (each carries its instanceId)",
+    params(("projectId" = String, Path, description = "Project ID.")),
+    responses((status = 200, description = "text/event-stream", content_type = "text/event-stream", body = String), StdErrors),
+    security(("bearerAuth" = []))
+)]
+pub async fn project_events(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    ApiPath(project_id): ApiPath<String>,
+) -> ApiResult<EventStream> {
+    Ok(sse(app.project_events(&caller, &project_id).await?))
+}

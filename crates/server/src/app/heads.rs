@@ -1,0 +1,71 @@
+//! Where each remote branch points, learned with `git ls-remote` at most once per interval per
+//! (url, branch), in the background: the reconciler reads the cache and never waits on a remote.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::git;
+
+#[derive(Default)]
+struct Entry {
+    commit: Option<String>,
+    checked: Option<Instant>,
+    in_flight: bool,
+}
+
+pub struct Heads {
+    interval: Duration,
+    entries: Mutex<HashMap<(String, String), Entry>>,
+}
+
+impl Heads {
+    pub fn new(interval: Duration) -> Arc<Self> {
+        Arc::new(Self {
+            interval,
+            entries: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The last known head of `branch` at `url`; starts a refresh when the value is older than the
+    /// interval. `None` until first learned.
+    pub fn get(self: &Arc<Self>, url: &str, branch: &str) -> Option<String> {
+        let key = (url.to_string(), branch.to_string());
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let e = entries.entry(key.clone()).or_default();
+        let due = e.checked.is_none_or(|t| t.elapsed() >= self.interval);
+        if due && !e.in_flight {
+            e.in_flight = true;
+            let me = self.clone();
+            tokio::spawn(async move { me.refresh(key).await });
+        }
+        e.commit.clone()
+    }
+
+    async fn refresh(&self, key: (String, String)) {
+        let (url, branch) = &key;
+        let reference = format!("refs/heads/{branch}");
+        let out = git::git(
+            None,
+            ["ls-remote", "--", url.as_str(), reference.as_str()],
+            Duration::from_secs(30),
+        )
+        .await;
+        let commit = match out {
+            Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .find(|l| l.ends_with(&reference))
+                .and_then(|l| l.split_whitespace().next())
+                .map(str::to_string),
+            _ => None,
+        };
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let e = entries.entry(key).or_default();
+        e.in_flight = false;
+        e.checked = Some(Instant::now());
+        // A remote that cannot be reached says nothing about staleness: keep what we knew.
+        if commit.is_some() {
+            e.commit = commit;
+        }
+    }
+}

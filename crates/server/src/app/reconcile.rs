@@ -1,0 +1,425 @@
+//! The reconciler: keeps every enabled pool at its target size with fresh instances. A pass takes
+//! no input — it reads the store, decides, acts — and is idempotent: running it twice in a row does
+//! nothing the second time. It runs on a timer and whenever something is nudged (a config change,
+//! a claim, a boot ending); tests call [`App::reconcile`] directly.
+//!
+//! Rules (`PROVISIONING.md`, "Pool behaviour"):
+//! - a ready instance is *stale* when the configuration it was built from changed, a repo's branch
+//!   moved past its commit, or it is older than `maxAgeMinutes`;
+//! - stale instances stay claimable until fresh replacements are ready (replace-before-destroy);
+//! - failures back off exponentially with jitter (5 s … 10 min), and after 3 identical failures (same
+//!   step, same configuration) the pool stops — *degraded* — until the configuration changes or a
+//!   test boot succeeds;
+//! - claimed instances are never touched.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use warmpool_store::{InstanceRow, PoolConfigRow, PoolState, ProjectRow};
+use warmpool_types::state::{InstanceKind, InstanceStatus};
+
+use super::App;
+use crate::error::AppResult;
+use crate::metrics as m;
+use crate::provision::config_hash;
+
+/// Failures before a pool with the same failing step and configuration stops trying.
+pub const DEGRADED_AFTER: u32 = 3;
+pub const BACKOFF_MIN: Duration = Duration::from_secs(5);
+pub const BACKOFF_MAX: Duration = Duration::from_secs(600);
+/// Failed pool instances are kept (and counted) this long, then hidden.
+pub const FAILED_RETENTION: Duration = Duration::from_secs(24 * 3600);
+
+/// What one pass did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ReconcileReport {
+    pub launched: usize,
+    pub destroyed: usize,
+    pub marked_stale: usize,
+    pub expired: usize,
+}
+
+/// The delay before the next attempt after `failures` consecutive failures: 5 s doubling up to
+/// 10 min, ±20 % jitter so pools that failed together do not retry together.
+pub fn backoff(failures: u32, jitter: f64) -> Duration {
+    let base = BACKOFF_MIN.as_secs_f64() * 2f64.powi(failures.saturating_sub(1).min(16) as i32);
+    let capped = base.min(BACKOFF_MAX.as_secs_f64());
+    Duration::from_secs_f64((capped * jitter).min(BACKOFF_MAX.as_secs_f64() * 1.2))
+}
+
+struct PoolView<'a> {
+    cfg: &'a PoolConfigRow,
+    project: &'a ProjectRow,
+    hash: String,
+    state: PoolState,
+}
+
+impl App {
+    /// Wakes the reconciler (it runs once more soon, however often it is nudged meanwhile).
+    pub fn nudge(&self) {
+        self.nudge.notify_one();
+    }
+
+    /// Runs passes forever: every `interval` and whenever nudged.
+    pub fn spawn_reconciler(self: &Arc<Self>, interval: Duration) {
+        let app = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(interval) => {},
+                    _ = app.nudge.notified() => {},
+                }
+                if let Err(e) = app.reconcile().await {
+                    metrics::counter!(m::RECONCILE_ERRORS).increment(1);
+                    tracing::warn!("reconciler pass failed: {e}");
+                }
+            }
+        });
+    }
+
+    /// One pass over every pool.
+    pub async fn reconcile(self: &Arc<Self>) -> AppResult<ReconcileReport> {
+        let started = Instant::now();
+        let now = self.now();
+        let mut report = ReconcileReport::default();
+        let configs = self.store.list_pool_configs().await?;
+        let projects: HashMap<String, ProjectRow> = self
+            .store
+            .list_projects(None, u32::MAX, None)
+            .await?
+            .into_iter()
+            .map(|p| (p.id.clone(), p))
+            .collect();
+        let mut env: HashMap<String, Vec<(String, i64)>> = HashMap::new();
+        for (project, name, version) in self.store.all_env_versions().await? {
+            env.entry(project).or_default().push((name, version));
+        }
+        let mut by_project: HashMap<String, Vec<InstanceRow>> = HashMap::new();
+        for i in self
+            .store
+            .instances_in(&[
+                InstanceStatus::Provisioning,
+                InstanceStatus::Ready,
+                InstanceStatus::Failed,
+                InstanceStatus::Claimed,
+            ])
+            .await?
+        {
+            by_project.entry(i.project_id.clone()).or_default().push(i);
+        }
+        report.expired += self.expire(&by_project, now).await?;
+        let mut provisioning_here = by_project
+            .values()
+            .flatten()
+            .filter(|i| i.status == InstanceStatus::Provisioning)
+            .count();
+        let empty = Vec::new();
+        for cfg in &configs {
+            let Some(project) = projects.get(&cfg.project_id) else {
+                continue;
+            };
+            let versions = env.get(&cfg.project_id).map(Vec::as_slice).unwrap_or(&[]);
+            let view = PoolView {
+                cfg,
+                project,
+                hash: config_hash(
+                    project,
+                    versions,
+                    cfg.branch.as_deref(),
+                    cfg.setup_commands.as_deref(),
+                ),
+                state: self.store.get_pool_state(&cfg.project_id).await?,
+            };
+            let instances = by_project.get(&cfg.project_id).unwrap_or(&empty);
+            self.reconcile_pool(&view, instances, now, &mut provisioning_here, &mut report)
+                .await?;
+        }
+        metrics::counter!(m::RECONCILE_RUNS).increment(1);
+        metrics::histogram!(m::RECONCILE_SECONDS).record(started.elapsed().as_secs_f64());
+        if report != ReconcileReport::default() {
+            tracing::debug!(?report, "reconciler pass");
+        }
+        Ok(report)
+    }
+
+    /// Test instances past their TTL and failed pool instances past retention are destroyed.
+    async fn expire(
+        &self,
+        by_project: &HashMap<String, Vec<InstanceRow>>,
+        now: i64,
+    ) -> AppResult<usize> {
+        let ttl = self.cfg.test_instance_ttl.as_millis() as i64;
+        let retention = FAILED_RETENTION.as_millis() as i64;
+        let mut n = 0;
+        for inst in by_project.values().flatten() {
+            let finished = inst.finished_at.unwrap_or(inst.created_at);
+            let due = match (inst.kind, inst.status) {
+                (InstanceKind::Test, InstanceStatus::Ready | InstanceStatus::Failed) => {
+                    finished + ttl <= now
+                }
+                (_, InstanceStatus::Failed) => finished + retention <= now,
+                _ => false,
+            };
+            if due
+                && self
+                    .destroy_instance(inst, &[InstanceStatus::Ready, InstanceStatus::Failed])
+                    .await?
+            {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Whether a ready instance no longer matches its pool.
+    fn is_stale(&self, view: &PoolView<'_>, inst: &InstanceRow, now: i64) -> bool {
+        if inst.config_hash.as_deref() != Some(view.hash.as_str()) {
+            return true;
+        }
+        let max_age = view.cfg.max_age_minutes as i64 * 60_000;
+        if inst.provisioned_at.is_some_and(|t| t + max_age <= now) {
+            return true;
+        }
+        view.project
+            .repos
+            .iter()
+            .any(|r| match inst.commits.get(&r.full_name) {
+                Some(c) => self
+                    .heads
+                    .get(&r.url, &c.branch)
+                    .is_some_and(|head| head != c.commit),
+                None => true,
+            })
+    }
+
+    async fn reconcile_pool(
+        self: &Arc<Self>,
+        view: &PoolView<'_>,
+        instances: &[InstanceRow],
+        now: i64,
+        provisioning_here: &mut usize,
+        report: &mut ReconcileReport,
+    ) -> AppResult<()> {
+        let project_id = &view.cfg.project_id;
+        let pool: Vec<&InstanceRow> = instances
+            .iter()
+            .filter(|i| i.kind == InstanceKind::Pool)
+            .collect();
+        self.publish_gauges(project_id, instances);
+        if !view.cfg.enabled || !self.cfg.warm_pool_allowed {
+            for inst in pool.iter().filter(|i| {
+                matches!(
+                    i.status,
+                    InstanceStatus::Ready | InstanceStatus::Provisioning
+                )
+            }) {
+                if self
+                    .destroy_instance(inst, &[InstanceStatus::Ready, InstanceStatus::Provisioning])
+                    .await?
+                {
+                    report.destroyed += 1;
+                }
+            }
+            return Ok(());
+        }
+        let target = view.cfg.target_size as usize;
+
+        // Which ready instances are fresh, which stale.
+        let mut fresh = Vec::new();
+        let mut stale = Vec::new();
+        for inst in pool.iter().filter(|i| i.status == InstanceStatus::Ready) {
+            if inst.stale_at.is_some() {
+                stale.push(*inst);
+            } else if self.is_stale(view, inst, now) {
+                if self.store.set_stale(&inst.id, now).await? {
+                    report.marked_stale += 1;
+                    tracing::info!(instance = %inst.id, "instance is stale; it stays claimable until replaced");
+                }
+                stale.push(*inst);
+            } else {
+                fresh.push(*inst);
+            }
+        }
+        // A boot of an outdated configuration would only come up stale: stop it now.
+        let mut booting = 0;
+        for inst in pool
+            .iter()
+            .filter(|i| i.status == InstanceStatus::Provisioning)
+        {
+            if inst.config_hash.as_deref() == Some(view.hash.as_str()) {
+                booting += 1;
+            } else if self
+                .destroy_instance(inst, &[InstanceStatus::Provisioning])
+                .await?
+            {
+                report.destroyed += 1;
+                *provisioning_here = provisioning_here.saturating_sub(1);
+            }
+        }
+
+        // Boot what is missing, unless backing off or degraded.
+        let mut state = view.state.clone();
+        if state.degraded_since.is_some()
+            && state.last_failed_config.as_deref() != Some(view.hash.as_str())
+        {
+            // The configuration changed since the pool degraded: try again.
+            state = self
+                .store
+                .update_pool_state(
+                    project_id,
+                    now,
+                    Box::new(|s: &mut PoolState| *s = PoolState::default()),
+                )
+                .await?;
+            tracing::info!(project = %project_id, "the pool's configuration changed; it is no longer degraded");
+        }
+        let waiting = state.next_attempt_at.is_some_and(|t| now < t);
+        let missing = target.saturating_sub(fresh.len() + booting);
+        if missing > 0 && state.degraded_since.is_none() && !waiting {
+            // After a failure, probe with one boot at a time instead of a burst.
+            let mut n = if state.consecutive_failures > 0 {
+                usize::from(booting == 0)
+            } else {
+                missing
+            };
+            n = n.min(
+                self.cfg
+                    .max_parallel_boots
+                    .saturating_sub(*provisioning_here),
+            );
+            for _ in 0..n {
+                let inst = self.launch(project_id, InstanceKind::Pool, None).await?;
+                tracing::info!(project = %project_id, instance = %inst.id, "booting a pool instance");
+                report.launched += 1;
+                *provisioning_here += 1;
+            }
+        }
+
+        // Replace before destroy: stale instances go once fresh ones can take their place.
+        stale.sort_by_key(|i| std::cmp::Reverse(i.provisioned_at));
+        let keep = target.saturating_sub(fresh.len());
+        for inst in stale.iter().skip(keep) {
+            if self
+                .destroy_instance(inst, &[InstanceStatus::Ready])
+                .await?
+            {
+                report.destroyed += 1;
+            }
+        }
+        // Scale down: the oldest fresh instances beyond the target.
+        if fresh.len() > target {
+            fresh.sort_by_key(|i| i.provisioned_at);
+            for inst in &fresh[..fresh.len() - target] {
+                if self
+                    .destroy_instance(inst, &[InstanceStatus::Ready])
+                    .await?
+                {
+                    report.destroyed += 1;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn publish_gauges(&self, project_id: &str, instances: &[InstanceRow]) {
+        let count =
+            |f: &dyn Fn(&InstanceRow) -> bool| instances.iter().filter(|i| f(i)).count() as f64;
+        let pool = |i: &InstanceRow, s| i.kind == InstanceKind::Pool && i.status == s;
+        for (state, n) in [
+            ("ready", count(&|i| pool(i, InstanceStatus::Ready))),
+            (
+                "provisioning",
+                count(&|i| pool(i, InstanceStatus::Provisioning)),
+            ),
+            ("failed", count(&|i| pool(i, InstanceStatus::Failed))),
+            (
+                "stale",
+                count(&|i| pool(i, InstanceStatus::Ready) && i.stale_at.is_some()),
+            ),
+            ("claimed", count(&|i| i.status == InstanceStatus::Claimed)),
+        ] {
+            metrics::gauge!(m::POOL_INSTANCES, "project" => project_id.to_string(), "state" => state).set(n);
+        }
+    }
+
+    /// Bookkeeping when a pool boot fails: back off, and degrade after repeated identical failures.
+    pub(crate) async fn pool_boot_failed(
+        &self,
+        project_id: &str,
+        step: &str,
+        config: &str,
+        error: &str,
+    ) {
+        let now = self.now();
+        let jitter = rand::thread_rng().gen_range(0.8..1.2);
+        let (step, config, error) = (step.to_string(), config.to_string(), error.to_string());
+        let res = self
+            .store
+            .update_pool_state(
+                project_id,
+                now,
+                Box::new(move |s: &mut PoolState| {
+                    let same = s.last_failed_step.as_deref() == Some(step.as_str())
+                        && s.last_failed_config.as_deref() == Some(config.as_str());
+                    s.consecutive_failures += 1;
+                    s.identical_failures = if same { s.identical_failures + 1 } else { 1 };
+                    s.last_failed_step = Some(step);
+                    s.last_failed_config = Some(config);
+                    s.last_error = Some(error);
+                    s.next_attempt_at =
+                        Some(now + backoff(s.consecutive_failures, jitter).as_millis() as i64);
+                    if s.identical_failures >= DEGRADED_AFTER && s.degraded_since.is_none() {
+                        s.degraded_since = Some(now);
+                    }
+                }),
+            )
+            .await;
+        match res {
+            Ok(s) if s.degraded_since == Some(now) => tracing::warn!(
+                project = %project_id,
+                "the pool is degraded: {} identical failures; it stops booting until its configuration changes or a test boot succeeds",
+                s.identical_failures
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::error!(project = %project_id, "cannot record a pool failure: {e}"),
+        }
+    }
+
+    /// A pool boot or a test boot succeeded: the pool is healthy again.
+    pub(crate) async fn pool_boot_succeeded(&self, project_id: &str) {
+        let Ok(state) = self.store.get_pool_state(project_id).await else {
+            return;
+        };
+        if state == PoolState::default() {
+            return;
+        }
+        let now = self.now();
+        if let Err(e) = self
+            .store
+            .update_pool_state(
+                project_id,
+                now,
+                Box::new(|s: &mut PoolState| *s = PoolState::default()),
+            )
+            .await
+        {
+            tracing::error!(project = %project_id, "cannot reset the pool's failure state: {e}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        assert_eq!(backoff(1, 1.0), Duration::from_secs(5));
+        assert_eq!(backoff(2, 1.0), Duration::from_secs(10));
+        assert_eq!(backoff(4, 1.0), Duration::from_secs(40));
+        assert_eq!(backoff(30, 1.0), Duration::from_secs(600));
+        assert!(backoff(1, 1.2) > backoff(1, 0.8));
+    }
+}

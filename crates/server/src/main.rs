@@ -10,6 +10,17 @@ fn main() {
         warmpool_backend::sandbox::init::main(&args[2..]);
     }
     let cli = warmpool::cli::Cli::parse();
+    if !matches!(cli.command, warmpool::cli::Command::Serve(_)) {
+        // A client printing into `| head` should end quietly when the reader goes, like any
+        // Unix tool. (The server keeps the default: a closed socket is an error, not a signal.)
+        // SAFETY: setting a signal disposition before any thread exists.
+        unsafe {
+            let _ = nix::sys::signal::signal(
+                nix::sys::signal::Signal::SIGPIPE,
+                nix::sys::signal::SigHandler::SigDfl,
+            );
+        }
+    }
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(

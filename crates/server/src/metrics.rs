@@ -44,7 +44,14 @@ pub fn handle() -> &'static PrometheusHandle {
     })
 }
 
-pub fn describe() {
+/// Installs the recorder (if not yet) and describes the metrics. Metrics recorded before this are
+/// lost, so the app calls it first thing.
+pub fn init() {
+    handle();
+    describe();
+}
+
+fn describe() {
     metrics::describe_gauge!(
         POOL_INSTANCES,
         "Pool instances by project and state (ready, provisioning, failed, stale, claimed)"

@@ -116,3 +116,66 @@ async fn a_failing_test_boot_exits_non_zero_and_says_why() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no project is named `no-such-project`"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pool_watch_follows_every_boot_live() {
+    use std::io::{BufRead, BufReader};
+    let s = TestServer::start(&[]);
+    let pid = s.create_project("watched", json!([])).await;
+    s.ok(
+        "PATCH",
+        &format!("/v1/projects/{pid}/warm-pool"),
+        Some(json!({"enabled": false})),
+    )
+    .await;
+    let home = tempfile::tempdir().unwrap();
+    let mut watch = cli(&s, home.path())
+        .arg("-c")
+        .arg("exec warmpool pool watch watched")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = watch.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    // The watcher is connected once it has printed its first line.
+    let first = rx.recv_timeout(std::time::Duration::from_secs(30)).unwrap();
+    assert!(first.starts_with(&format!("watching {pid}")), "{first}");
+    let v = s
+        .ok(
+            "POST",
+            &format!("/v1/projects/{pid}/warm-pool/test"),
+            Some(json!({"setupCommands": [{"name": "hello", "command": "echo hello from the boot"}]})),
+        )
+        .await;
+    let id = v["id"].as_str().unwrap().to_string();
+    let mut seen = Vec::new();
+    loop {
+        let line = rx
+            .recv_timeout(std::time::Duration::from_secs(120))
+            .unwrap_or_else(|_| panic!("pool watch stopped short: {seen:#?}"));
+        let done = line.starts_with(&format!("[{id}] ready"));
+        seen.push(line);
+        if done {
+            break;
+        }
+    }
+    let _ = watch.kill();
+    let _ = watch.wait();
+    let text = seen.join("\n");
+    assert!(text.contains(&format!("[{id}]   ok  create_vm")), "{text}");
+    assert!(
+        text.contains(&format!("[{id}]       hello from the boot")),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("[{id}]   ok  warm_pool_setup")),
+        "{text}"
+    );
+}

@@ -46,6 +46,10 @@ impl IntoResponse for AppError {
             },
         });
         match self {
+            // The rest of the body was never read: the connection cannot carry another request.
+            AppError::PayloadTooLarge(_) => {
+                (status, [(header::CONNECTION, "close")], body).into_response()
+            }
             AppError::RateLimited {
                 retry_after_secs, ..
             } => (

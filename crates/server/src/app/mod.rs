@@ -132,7 +132,7 @@ pub struct App {
 
 impl App {
     pub fn new(parts: AppParts) -> Arc<Self> {
-        crate::metrics::describe();
+        crate::metrics::init();
         Arc::new(Self {
             admin_token_hash: hash_token(&parts.admin_token),
             heads: Heads::new(parts.cfg.head_check_interval),

@@ -29,6 +29,47 @@ impl Client {
         path: &str,
         body: Option<&Value>,
     ) -> anyhow::Result<Value> {
+        Ok(self.call_status(method, path, body).await?.1)
+    }
+
+    /// Server-sent events from `path`, as they come.
+    pub async fn events(
+        &self,
+        path: &str,
+    ) -> anyhow::Result<impl futures_util::Stream<Item = anyhow::Result<eventsource_stream::Event>>>
+    {
+        use eventsource_stream::Eventsource;
+        use futures_util::StreamExt;
+        let url = format!("{}{}", self.base, path);
+        let resp = self
+            .http
+            .get(&url)
+            .bearer_auth(&self.token)
+            .header("accept", "text/event-stream")
+            .send()
+            .await
+            .map_err(|e| anyhow!("cannot reach the warmpool server at {}: {e}", self.base))?;
+        if !resp.status().is_success() {
+            let status = resp.status();
+            let text = resp.text().await.unwrap_or_default();
+            return Err(match serde_json::from_str::<ErrorResponse>(&text) {
+                Ok(e) => anyhow!("{} ({})", e.error.message, e.error.code),
+                Err(_) => anyhow!("the server answered {status}: {text}"),
+            });
+        }
+        Ok(resp
+            .bytes_stream()
+            .eventsource()
+            .map(|r| r.map_err(|e| anyhow!("the event stream broke: {e}"))))
+    }
+
+    /// Like [`Client::call`], also answering the status.
+    pub async fn call_status(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> anyhow::Result<(StatusCode, Value)> {
         let url = format!("{}{}", self.base, path);
         let mut req = self.http.request(method, &url).bearer_auth(&self.token);
         if let Some(b) = body {
@@ -48,9 +89,12 @@ impl Client {
         let text = resp.text().await.context("cannot read the answer")?;
         if status.is_success() {
             if status == StatusCode::NO_CONTENT || text.is_empty() {
-                return Ok(Value::Null);
+                return Ok((status, Value::Null));
             }
-            return serde_json::from_str(&text).context("the server's answer is not JSON");
+            return Ok((
+                status,
+                serde_json::from_str(&text).context("the server's answer is not JSON")?,
+            ));
         }
         match serde_json::from_str::<ErrorResponse>(&text) {
             Ok(e) => {

@@ -8,8 +8,8 @@ use anyhow::{bail, Context};
 use reqwest::Method;
 use serde_json::{json, Value};
 use warmpool_types::api::{
-    EnvVarsResponse, ExecResponse, GetWarmPoolResponse, ListProjectsResponse,
-    ListWarmPoolInstancesResponse, Project, StepRecord, TestWarmPoolBootResponse,
+    ClaimResponse, EnvVarsResponse, ExecResponse, GetWarmPoolResponse, ListProjectsResponse,
+    ListWarmPoolInstancesResponse, PoolStats, Project, StepRecord, TestWarmPoolBootResponse,
     WarmPoolInstanceDetail,
 };
 
@@ -149,49 +149,267 @@ fn output_tail(s: &StepRecord, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
-/// Follows an instance until it is ready or failed, printing each step as it finishes.
-async fn follow(c: &Client, pid: &str, id: &str, json_out: bool) -> anyhow::Result<bool> {
-    let mut shown = 0;
-    loop {
+/// Prints a boot's events as they come: output (indented, under its step) and each step as it
+/// ends. Returns at the `done` event.
+struct LivePrinter {
+    /// Prefix for every line (the instance, when following several).
+    prefix: String,
+    step: String,
+    header_shown: bool,
+    at_line_start: bool,
+}
+
+impl LivePrinter {
+    fn new(prefix: String) -> Self {
+        Self {
+            prefix,
+            step: String::new(),
+            header_shown: false,
+            at_line_start: true,
+        }
+    }
+
+    fn end_line(&mut self) {
+        if !self.at_line_start {
+            println!();
+            self.at_line_start = true;
+        }
+    }
+
+    /// Handles one event; true when it was the last (`done`).
+    fn event(&mut self, kind: &str, data: &Value) -> bool {
+        use std::io::Write;
+        match kind {
+            "step" if data["status"] == "running" => {
+                self.step = data["name"].as_str().unwrap_or("").to_string();
+                self.header_shown = false;
+            }
+            "step" => {
+                self.end_line();
+                let rec = StepRecord {
+                    name: data["name"].as_str().unwrap_or("").to_string(),
+                    status: data["status"].as_str().unwrap_or("").to_string(),
+                    error: data["error"].as_str().map(str::to_string),
+                    output: None,
+                    duration_ms: data["durationMs"].as_u64(),
+                    timestamp: String::new(),
+                    metadata: data["metadata"].as_object().cloned(),
+                };
+                println!("{}{}", self.prefix, step_line(&rec));
+            }
+            "output" => {
+                if !self.header_shown {
+                    self.end_line();
+                    println!("{}  ..  {}", self.prefix, self.step);
+                    self.header_shown = true;
+                }
+                let text = data["data"].as_str().unwrap_or("");
+                let mut out = String::new();
+                for piece in text.split_inclusive('\n') {
+                    if self.at_line_start {
+                        out.push_str(&self.prefix);
+                        out.push_str("      ");
+                    }
+                    out.push_str(piece);
+                    self.at_line_start = piece.ends_with('\n');
+                }
+                print!("{out}");
+                let _ = std::io::stdout().flush();
+            }
+            "done" => {
+                self.end_line();
+                return true;
+            }
+            _ => {}
+        }
+        false
+    }
+}
+
+/// How `follow` shows what happens.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Show {
+    /// Steps and output as they come, then a report.
+    Live,
+    /// The final instance detail as JSON.
+    Json,
+    /// Nothing.
+    Quiet,
+}
+
+/// Follows an instance live until it is ready or failed, then reports; answers whether it is
+/// ready (or claimed).
+async fn follow(c: &Client, pid: &str, id: &str, show: Show) -> anyhow::Result<bool> {
+    let json_out = show != Show::Live;
+    use futures_util::StreamExt;
+    let events = c
+        .events(&format!(
+            "/v1/projects/{pid}/warm-pool/instances/{id}/events"
+        ))
+        .await?;
+    futures_util::pin_mut!(events);
+    let mut printer = LivePrinter::new(String::new());
+    while let Some(ev) = events.next().await {
+        let ev = ev?;
+        let data: Value = serde_json::from_str(&ev.data).unwrap_or(Value::Null);
+        if json_out {
+            if ev.event == "done" {
+                break;
+            }
+            continue;
+        }
+        if printer.event(&ev.event, &data) {
+            break;
+        }
+    }
+    let d: WarmPoolInstanceDetail = c
+        .get(&format!("/v1/projects/{pid}/warm-pool/instances/{id}"))
+        .await?;
+    if json_out {
+        if show == Show::Json {
+            print_json(&d);
+        }
+        return Ok(d.summary.success);
+    }
+    if d.summary.success {
+        println!(
+            "ready: {} ({}/{} steps, {:.1} s). Run commands in it with:\n  warmpool exec {pid} {id} -- <command>",
+            d.instance_id,
+            d.summary.completed_steps,
+            d.summary.total_steps,
+            d.summary.total_duration_ms as f64 / 1000.0
+        );
+        return Ok(true);
+    }
+    println!(
+        "failed at {}: {}",
+        d.summary.failed_step.as_deref().unwrap_or("(no step)"),
+        d.summary.error.as_deref().unwrap_or("unknown error")
+    );
+    if let Some(s) = d.steps.iter().find(|s| s.status == "error") {
+        let tail = output_tail(s, 25);
+        if !tail.is_empty() {
+            println!("--- the end of {}'s output ---\n{tail}", s.name);
+        }
+    }
+    Ok(false)
+}
+
+/// Prints every boot of a project as it happens, until interrupted.
+async fn watch(c: &Client, pid: &str) -> anyhow::Result<()> {
+    use futures_util::StreamExt;
+    let w: GetWarmPoolResponse = c.get(&format!("/v1/projects/{pid}/warm-pool")).await?;
+    println!(
+        "watching {pid}: ready {}, provisioning {}, failed {} (Ctrl-C to stop)",
+        w.status.ready, w.status.provisioning, w.status.failed
+    );
+    let events = c
+        .events(&format!("/v1/projects/{pid}/warm-pool/events"))
+        .await?;
+    futures_util::pin_mut!(events);
+    let mut printers: std::collections::HashMap<String, LivePrinter> = Default::default();
+    while let Some(ev) = events.next().await {
+        let ev = ev?;
+        let data: Value = serde_json::from_str(&ev.data).unwrap_or(Value::Null);
+        let id = data["instanceId"].as_str().unwrap_or("?").to_string();
+        let printer = printers
+            .entry(id.clone())
+            .or_insert_with(|| LivePrinter::new(format!("[{id}] ")));
+        if printer.event(&ev.event, &data) {
+            printers.remove(&id);
+            let w: GetWarmPoolResponse = c.get(&format!("/v1/projects/{pid}/warm-pool")).await?;
+            println!(
+                "[{id}] {} — pool: ready {}, provisioning {}, failed {}",
+                data["status"].as_str().unwrap_or("?"),
+                w.status.ready,
+                w.status.provisioning,
+                w.status.failed
+            );
+        }
+    }
+    Ok(())
+}
+
+fn print_access(pid: &str, r: &ClaimResponse) {
+    let i = &r.instance;
+    println!(
+        "claimed {} ({}), {}",
+        i.id,
+        i.instance_id,
+        if r.warm {
+            "warm: ready from the pool"
+        } else {
+            "cold: booted for this claim"
+        }
+    );
+    if let Some(vm) = &r.vm {
+        println!("  agent:   {} (token {})", vm.agent_url, vm.agent_token);
+        println!("  run:     warmpool exec {pid} {} -- <command>", i.id);
+        println!(
+            "  direct:  curl -H 'Authorization: Bearer {}' -H 'content-type: application/json' -d '{{\"command\": \"hostname\"}}' {}/v1/exec",
+            vm.agent_token, vm.agent_url
+        );
+        println!("  release: warmpool release {pid} {}", i.id);
+    }
+}
+
+async fn claim(
+    c: &Client,
+    pid: &str,
+    task_id: Option<String>,
+    wait: u32,
+    json_out: bool,
+    quiet: bool,
+) -> anyhow::Result<i32> {
+    let mut body = json!({"waitSeconds": wait});
+    if let Some(t) = task_id {
+        body["taskId"] = json!(t);
+    }
+    let (status, v) = c
+        .call_status(
+            Method::POST,
+            &format!("/v1/projects/{pid}/warm-pool/claim"),
+            Some(&body),
+        )
+        .await?;
+    let mut r: ClaimResponse = serde_json::from_value(v)?;
+    if status == reqwest::StatusCode::ACCEPTED {
+        let id = r.instance.id.clone();
+        if r.instance.status == "provisioning" {
+            if !json_out && !quiet {
+                println!("no VM was ready; {id} is booting for this claim:");
+            }
+            let show = if quiet || json_out {
+                Show::Quiet
+            } else {
+                Show::Live
+            };
+            follow(c, pid, &id, show).await?;
+        }
         let d: WarmPoolInstanceDetail = c
             .get(&format!("/v1/projects/{pid}/warm-pool/instances/{id}"))
             .await?;
-        if !json_out {
-            for s in &d.steps[shown..] {
-                println!("{}", step_line(s));
-            }
-        }
-        shown = d.steps.len();
-        if d.status != "provisioning" {
-            if json_out {
-                print_json(&d);
-                return Ok(d.summary.success);
-            }
-            if d.summary.success {
-                println!(
-                    "ready: {} ({}/{} steps, {:.1} s). Run commands in it with:\n  warmpool exec {pid} {id} -- <command>",
-                    d.instance_id,
-                    d.summary.completed_steps,
-                    d.summary.total_steps,
-                    d.summary.total_duration_ms as f64 / 1000.0
-                );
-                return Ok(true);
-            }
-            println!(
-                "failed at {}: {}",
+        if d.status != "claimed" {
+            bail!(
+                "the VM booted for this claim failed at {}: {}",
                 d.summary.failed_step.as_deref().unwrap_or("(no step)"),
                 d.summary.error.as_deref().unwrap_or("unknown error")
             );
-            if let Some(s) = d.steps.iter().find(|s| s.status == "error") {
-                let tail = output_tail(s, 25);
-                if !tail.is_empty() {
-                    println!("--- the end of {}'s output ---\n{tail}", s.name);
-                }
-            }
-            return Ok(false);
         }
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        r.instance.status = d.status;
+        r.vm = Some(
+            c.get(&format!("/v1/projects/{pid}/warm-pool/instances/{id}/vm"))
+                .await?,
+        );
     }
+    if quiet {
+        println!("{}", r.instance.id);
+    } else if json_out {
+        print_json(&r);
+    } else {
+        print_access(pid, &r);
+    }
+    Ok(0)
 }
 
 fn build_image(
@@ -415,6 +633,50 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                     );
                 }
             }
+            PoolCmd::Stats { project } => {
+                let pid = project_id(&c, &project).await?;
+                let st: PoolStats = c
+                    .get(&format!("/v1/projects/{pid}/warm-pool/stats"))
+                    .await?;
+                if json_out {
+                    print_json(&st);
+                } else {
+                    let ms = |v: Option<u64>| {
+                        v.map(|m| format!("{:.1} s", m as f64 / 1000.0))
+                            .unwrap_or("-".into())
+                    };
+                    println!(
+                        "target {}  ready {}  provisioning {}  failed {}  claimed {}  stale {}",
+                        st.target_size.map(|t| t.to_string()).unwrap_or("-".into()),
+                        st.ready,
+                        st.provisioning,
+                        st.failed,
+                        st.claimed,
+                        st.stale
+                    );
+                    println!(
+                        "claims: {} warm, {} cold; boot time p50 {}, p95 {}",
+                        st.warm_claims,
+                        st.cold_claims,
+                        ms(st.provisioning_p50_ms),
+                        ms(st.provisioning_p95_ms)
+                    );
+                    if let Some(d) = &st.degraded {
+                        println!(
+                            "DEGRADED since {}: {} failed: {} — fix the setup (or run a test boot that succeeds) to resume",
+                            d.since,
+                            d.failed_step.as_deref().unwrap_or("?"),
+                            d.error.as_deref().unwrap_or("?")
+                        );
+                    } else if let Some(t) = &st.next_attempt_at {
+                        println!("backing off after failures; next boot at {t}");
+                    }
+                }
+            }
+            PoolCmd::Watch { project } => {
+                let pid = project_id(&c, &project).await?;
+                watch(&c, &pid).await?;
+            }
             PoolCmd::Set {
                 project,
                 size,
@@ -488,11 +750,20 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                 if !json_out {
                     println!("test boot {} started", r.id);
                 }
-                return Ok(if follow(&c, &pid, &r.id, json_out).await? {
-                    0
-                } else {
-                    1
-                });
+                return Ok(
+                    if follow(
+                        &c,
+                        &pid,
+                        &r.id,
+                        if json_out { Show::Json } else { Show::Live },
+                    )
+                    .await?
+                    {
+                        0
+                    } else {
+                        1
+                    },
+                );
             }
             PoolCmd::Clear { project, replenish } => {
                 let pid = project_id(&c, &project).await?;
@@ -551,7 +822,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             } => {
                 let pid = project_id(&c, &project).await?;
                 if wait {
-                    let ok = follow(&c, &pid, &instance, json_out).await?;
+                    let ok = follow(
+                        &c,
+                        &pid,
+                        &instance,
+                        if json_out { Show::Json } else { Show::Live },
+                    )
+                    .await?;
                     if json_out || !output {
                         return Ok(if ok { 0 } else { 1 });
                     }
@@ -601,6 +878,25 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                 println!("destroyed {instance}");
             }
         },
+        Command::Claim {
+            project,
+            task_id,
+            wait_seconds,
+            quiet,
+        } => {
+            let pid = project_id(&c, &project).await?;
+            return claim(&c, &pid, task_id, wait_seconds, json_out, quiet).await;
+        }
+        Command::Release { project, instance } => {
+            let pid = project_id(&c, &project).await?;
+            c.call(
+                Method::DELETE,
+                &format!("/v1/projects/{pid}/warm-pool/instances/{instance}"),
+                None,
+            )
+            .await?;
+            println!("released {instance}: its VM is destroyed");
+        }
         Command::Exec {
             project,
             instance,

@@ -58,6 +58,21 @@ pub enum Command {
     /// Instances.
     #[command(subcommand)]
     Instance(InstanceCmd),
+    /// Claim a VM for a task: a ready one from the pool at once, else one booted for you.
+    Claim {
+        project: String,
+        /// Your id for the task (kept with the instance).
+        #[arg(long)]
+        task_id: Option<String>,
+        /// How long to wait for a VM booted for this claim.
+        #[arg(long, default_value_t = 600)]
+        wait_seconds: u32,
+        /// Print only the instance id.
+        #[arg(long, short)]
+        quiet: bool,
+    },
+    /// Release a claimed VM (it is destroyed).
+    Release { project: String, instance: String },
     /// Run a command in an instance (a ready test instance or a claimed one).
     Exec {
         project: String,
@@ -148,6 +163,10 @@ pub enum DevboxCmd {
 pub enum PoolCmd {
     /// Pool configuration and counts.
     Status { project: String },
+    /// The pool in numbers: counts, staleness, degradation, claims, boot times.
+    Stats { project: String },
+    /// Follow every boot of the pool live, until interrupted.
+    Watch { project: String },
     /// Change the pool configuration (only what is given).
     Set {
         project: String,

@@ -1,0 +1,618 @@
+//! The pool end to end on the real binary and real sandboxes: filling, instant claims under
+//! concurrency, staleness, live events, metrics, and crashes.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use common::*;
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+
+async fn wait_for(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn pool_status(s: &TestServer, pid: &str) -> Value {
+    let v = s
+        .ok("GET", &format!("/v1/projects/{pid}/warm-pool"), None)
+        .await;
+    assert_valid("GetWarmPoolResponse", &v);
+    v["status"].clone()
+}
+
+async fn ready_ids(s: &TestServer, pid: &str) -> Vec<String> {
+    let v = s
+        .ok(
+            "GET",
+            &format!("/v1/projects/{pid}/warm-pool/instances?status=ready&limit=50"),
+            None,
+        )
+        .await;
+    assert_valid("ListWarmPoolInstancesResponse", &v);
+    v["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["isTest"] == false)
+        .map(|i| i["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+async fn stats(s: &TestServer, pid: &str) -> Value {
+    s.ok("GET", &format!("/v1/projects/{pid}/warm-pool/stats"), None)
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pool_fills_and_hands_out_each_vm_once() {
+    let s = TestServer::start(&[]);
+    let repo = TestRepo::new(&[("README", "v1\n")]);
+    let pid = s
+        .create_project(
+            "claims",
+            json!([{"repoFullName": "acme/app", "url": repo.url()}]),
+        )
+        .await;
+    s.ok(
+        "PATCH",
+        &format!("/v1/projects/{pid}/warm-pool"),
+        Some(json!({"targetSize": 3})),
+    )
+    .await;
+    wait_for("3 ready", async || {
+        pool_status(&s, &pid).await["ready"] == 3
+    })
+    .await;
+    let warm_ids: HashSet<String> = ready_ids(&s, &pid).await.into_iter().collect();
+
+    // 20 claims at once: the 3 ready VMs go to 3 of them, each once; 17 get a VM booted for them.
+    let claims = (0..20).map(|n| {
+        let s = &s;
+        let pid = pid.clone();
+        async move {
+            s.call(
+                "POST",
+                &format!("/v1/projects/{pid}/warm-pool/claim"),
+                Some(json!({"taskId": format!("task {n}"), "waitSeconds": 300})),
+            )
+            .await
+        }
+    });
+    let answers: Vec<(u16, Value)> = futures_util::future::join_all(claims).await;
+    let mut ids = HashSet::new();
+    let mut warm = 0;
+    for (status, v) in &answers {
+        assert_eq!(*status, 200, "{v}");
+        assert_valid(
+            "ListWarmPoolInstancesResponse",
+            &json!({"items": [v["instance"]]}),
+        );
+        assert_eq!(v["instance"]["status"], "claimed");
+        assert!(
+            ids.insert(v["instance"]["id"].as_str().unwrap().to_string()),
+            "an instance was handed out twice"
+        );
+        assert!(v["vm"]["agentUrl"].is_string() && v["vm"]["agentToken"].is_string());
+        if v["warm"] == true {
+            warm += 1;
+            assert!(warm_ids.contains(v["instance"]["id"].as_str().unwrap()));
+        }
+    }
+    assert_eq!((warm, ids.len()), (3, 20));
+
+    // The pool refills by itself.
+    wait_for("the pool refilled", async || {
+        pool_status(&s, &pid).await["ready"] == 3
+    })
+    .await;
+    let st = stats(&s, &pid).await;
+    assert_eq!(
+        (
+            st["warmClaims"].as_u64(),
+            st["coldClaims"].as_u64(),
+            st["claimed"].as_u64()
+        ),
+        (Some(3), Some(17), Some(20))
+    );
+    assert!(st["provisioningP50Ms"].as_u64().unwrap() <= st["provisioningP95Ms"].as_u64().unwrap());
+    let pool = s
+        .ok("GET", &format!("/v1/projects/{pid}/warm-pool"), None)
+        .await;
+    assert!(
+        pool["metadata"]["lastClaimedAt"].is_string()
+            && pool["metadata"]["lastProvisionedAt"].is_string()
+    );
+
+    // A warm claim gets a VM at the branch head; exec works through warmpool and directly.
+    let (st, v) = s
+        .call(
+            "POST",
+            &format!("/v1/projects/{pid}/warm-pool/claim"),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(st, 200);
+    assert_eq!(v["warm"], true);
+    let id = v["instance"]["id"].as_str().unwrap().to_string();
+    let out = s
+        .exec(
+            &pid,
+            &id,
+            "cat /home/app/README; git -C /home/app rev-parse HEAD; hostname",
+        )
+        .await;
+    assert_eq!(
+        out["output"],
+        format!(
+            "v1\n{}\n{}\n",
+            repo.head(),
+            v["vm"]["instanceId"].as_str().unwrap()
+        )
+    );
+    let agent = format!("{}/v1/exec", v["vm"]["agentUrl"].as_str().unwrap());
+    let direct: Value = s
+        .http
+        .post(&agent)
+        .bearer_auth(v["vm"]["agentToken"].as_str().unwrap())
+        .json(&json!({"command": "git -C /home/app log --format=%s -1"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(direct["output"], "initial\n");
+    let refused = s
+        .http
+        .post(&agent)
+        .bearer_auth("wrong-token")
+        .json(&json!({"command": "true"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 401);
+    let access = s
+        .ok(
+            "GET",
+            &format!("/v1/projects/{pid}/warm-pool/instances/{id}/vm"),
+            None,
+        )
+        .await;
+    assert_eq!(access, v["vm"]);
+
+    // Release destroys it.
+    let vm = v["vm"]["instanceId"].as_str().unwrap().to_string();
+    let (st, _) = s
+        .call(
+            "DELETE",
+            &format!("/v1/projects/{pid}/warm-pool/instances/{id}"),
+            None,
+        )
+        .await;
+    assert_eq!(st, 204);
+    assert!(!s.vm_dirs().contains(&vm));
+    let (st, _) = s
+        .call(
+            "POST",
+            &format!("/v1/projects/{pid}/warm-pool/instances/{id}/exec"),
+            Some(json!({"command": "true"})),
+        )
+        .await;
+    assert_eq!(st, 409);
+    let (st, _) = s
+        .call(
+            "GET",
+            &format!("/v1/projects/{pid}/warm-pool/instances/{id}/vm"),
+            None,
+        )
+        .await;
+    assert_eq!(st, 409);
+    // Bad claims.
+    for body in [
+        json!({"waitSeconds": 601}),
+        json!({"waitSeconds": -1}),
+        json!({"waitSeconds": "x"}),
+        json!({"bogus": 1}),
+    ] {
+        let (st, v) = s
+            .call(
+                "POST",
+                &format!("/v1/projects/{pid}/warm-pool/claim"),
+                Some(body.clone()),
+            )
+            .await;
+        assert_eq!(st, 422, "{body}: {v}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stale_vms_stay_claimable_until_replaced() {
+    let s = TestServer::start(&["--head-check-interval-secs", "1"]);
+    let repo = TestRepo::new(&[("README", "v1\n")]);
+    let pid = s
+        .create_project(
+            "stale",
+            json!([{"repoFullName": "acme/app", "url": repo.url()}]),
+        )
+        .await;
+    let pool = format!("/v1/projects/{pid}/warm-pool");
+    s.ok("PATCH", &pool, Some(json!({"targetSize": 2, "setupCommands": [{"name": "v1", "command": "echo v1 > /home/version"}]}))).await;
+    wait_for("2 ready", async || {
+        pool_status(&s, &pid).await["ready"] == 2
+    })
+    .await;
+    let old: HashSet<String> = ready_ids(&s, &pid).await.into_iter().collect();
+
+    // New setup commands, slow to run: the old VMs are stale but stay ready and claimable.
+    s.ok("PATCH", &pool, Some(json!({"setupCommands": [{"name": "v2", "command": "sleep 3; echo v2 > /home/version"}]}))).await;
+    wait_for("2 stale", async || stats(&s, &pid).await["stale"] == 2).await;
+    assert_eq!(pool_status(&s, &pid).await["ready"], 2);
+    let (st, v) = s
+        .call("POST", &format!("{pool}/claim"), Some(json!({})))
+        .await;
+    assert_eq!((st, v["warm"].as_bool()), (200, Some(true)));
+    let claimed = v["instance"]["id"].as_str().unwrap().to_string();
+    assert!(old.contains(&claimed));
+    assert_eq!(
+        s.exec(&pid, &claimed, "cat /home/version").await["output"],
+        "v1\n"
+    );
+    // Once the replacements are ready, the remaining stale VM goes; the claimed one stays.
+    wait_for("2 fresh", async || {
+        let ids = ready_ids(&s, &pid).await;
+        ids.len() == 2 && ids.iter().all(|i| !old.contains(i))
+    })
+    .await;
+    assert_eq!(stats(&s, &pid).await["stale"], 0);
+    let fresh = ready_ids(&s, &pid).await;
+    let (st, v) = s
+        .call("POST", &format!("{pool}/claim"), Some(json!({})))
+        .await;
+    assert_eq!(st, 200);
+    assert!(fresh.contains(&v["instance"]["id"].as_str().unwrap().to_string()));
+    assert_eq!(
+        s.exec(
+            &pid,
+            v["instance"]["id"].as_str().unwrap(),
+            "cat /home/version"
+        )
+        .await["output"],
+        "v2\n"
+    );
+    let c = s
+        .ok("GET", &format!("{pool}/instances/{claimed}"), None)
+        .await;
+    assert_eq!(c["status"], "claimed");
+
+    // A new commit on the branch makes the pool's VMs stale too; replacements carry the commit.
+    wait_for("refilled", async || ready_ids(&s, &pid).await.len() == 2).await;
+    let before: HashSet<String> = ready_ids(&s, &pid).await.into_iter().collect();
+    let head = repo.commit(&[("README", "v3\n")], "v3");
+    wait_for("VMs at the new commit", async || {
+        let ids = ready_ids(&s, &pid).await;
+        ids.len() == 2 && ids.iter().all(|i| !before.contains(i))
+    })
+    .await;
+    for id in ready_ids(&s, &pid).await {
+        let d = s.ok("GET", &format!("{pool}/instances/{id}"), None).await;
+        assert_eq!(step(&d, "clone_repo")["metadata"]["commit"], head);
+    }
+}
+
+/// Reads server-sent events until `done` (or the stream ends).
+async fn read_events(s: &TestServer, path: &str) -> Vec<(String, Value)> {
+    use eventsource_stream::Eventsource;
+    let resp = s
+        .http
+        .get(format!("{}{}", s.url, path))
+        .bearer_auth(&s.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(resp.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/event-stream"));
+    let mut stream = resp.bytes_stream().eventsource();
+    let mut out = Vec::new();
+    while let Some(ev) = stream.next().await {
+        let ev = ev.unwrap();
+        let data: Value = serde_json::from_str(&ev.data).unwrap();
+        let done = ev.event == "done";
+        out.push((ev.event, data));
+        if done {
+            break;
+        }
+    }
+    out
+}
+
+fn check_event_log(events: &[(String, Value)], id: &str) {
+    let steps: Vec<(String, String)> = events
+        .iter()
+        .filter(|(k, _)| k == "step")
+        .map(|(_, d)| {
+            (
+                d["name"].as_str().unwrap().to_string(),
+                d["status"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let names = [
+        "create_vm",
+        "ensure_server",
+        "set_env_vars",
+        "project_setup",
+        "warm_pool_setup",
+    ];
+    let expected: Vec<(String, String)> = names
+        .iter()
+        .flat_map(|n| {
+            [
+                (n.to_string(), "running".to_string()),
+                (n.to_string(), "success".to_string()),
+            ]
+        })
+        .collect();
+    assert_eq!(steps, expected);
+    let output: String = events
+        .iter()
+        .filter(|(k, d)| k == "output" && d["step"] == "warm_pool_setup")
+        .map(|(_, d)| d["data"].as_str().unwrap())
+        .collect();
+    assert_eq!(output, "$ talk\none\nsecret=[REDACTED:SECRET]\ntwo\n");
+    let (kind, done) = events.last().unwrap();
+    assert_eq!(kind, "done");
+    assert_eq!(done["status"], "ready");
+    assert_eq!(done["instanceId"], id);
+    assert_eq!(done["summary"]["completedSteps"], 5);
+    let end = events
+        .iter()
+        .find(|(k, d)| k == "step" && d["name"] == "warm_pool_setup" && d["status"] == "success")
+        .unwrap();
+    assert_eq!(end.1["metadata"], json!({"commands": 1}));
+    assert!(end.1["durationMs"].as_u64().unwrap() >= 1000);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn events_replay_then_follow() {
+    let s = TestServer::start(&[]);
+    let pid = s.create_project("events", json!([])).await;
+    s.ok(
+        "PUT",
+        &format!("/v1/projects/{pid}/environment-variables"),
+        Some(json!({"variables": [{"name": "SECRET", "value": "very-secret-value"}]})),
+    )
+    .await;
+    s.ok(
+        "PATCH",
+        &format!("/v1/projects/{pid}/warm-pool"),
+        Some(json!({"enabled": false})),
+    )
+    .await;
+    let v = s
+        .ok(
+            "POST",
+            &format!("/v1/projects/{pid}/warm-pool/test"),
+            Some(json!({"setupCommands": [{"name": "talk", "command": "echo one; echo secret=$SECRET; sleep 1.5; echo two"}]})),
+        )
+        .await;
+    let id = v["id"].as_str().unwrap().to_string();
+    let path = format!("/v1/projects/{pid}/warm-pool/instances/{id}/events");
+    // One client from the start, one that joins mid-boot, one after the end: all see it all.
+    let early = read_events(&s, &path);
+    let late = async {
+        wait_for("the boot is in its last step", async || {
+            let d = s
+                .ok(
+                    "GET",
+                    &format!("/v1/projects/{pid}/warm-pool/instances/{id}"),
+                    None,
+                )
+                .await;
+            d["steps"].as_array().unwrap().len() == 4
+        })
+        .await;
+        read_events(&s, &path).await
+    };
+    let (early, late) = tokio::join!(early, late);
+    check_event_log(&early, &id);
+    check_event_log(&late, &id);
+    // After the end, from the store (once the run has left memory it is replayed the same way).
+    check_event_log(&read_events(&s, &path).await, &id);
+    let (st, _) = s
+        .call(
+            "GET",
+            &format!("/v1/projects/{pid}/warm-pool/instances/wpi_0000000000000000/events"),
+            None,
+        )
+        .await;
+    assert_eq!(st, 404);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_show_the_pool() {
+    let s = TestServer::start(&[]);
+    let pid = s.create_project("metrics", json!([])).await;
+    s.ok(
+        "PATCH",
+        &format!("/v1/projects/{pid}/warm-pool"),
+        Some(json!({"targetSize": 2})),
+    )
+    .await;
+    wait_for("2 ready", async || {
+        pool_status(&s, &pid).await["ready"] == 2
+    })
+    .await;
+    let metrics = async || {
+        s.http
+            .get(format!("{}/metrics", s.url))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    s.ok(
+        "POST",
+        &format!("/v1/projects/{pid}/warm-pool/claim"),
+        Some(json!({})),
+    )
+    .await;
+    wait_for("gauges updated", async || {
+        metrics().await.contains(&format!(
+            "warmpool_pool_instances{{project=\"{pid}\",state=\"claimed\"}} 1"
+        ))
+    })
+    .await;
+    let text = metrics().await;
+    for needle in [
+        format!("warmpool_claims_total{{project=\"{pid}\",kind=\"warm\"}} 1"),
+        "warmpool_claim_duration_seconds_bucket{kind=\"warm\"".to_string(),
+        "warmpool_step_duration_seconds_bucket{step=\"create_vm\",result=\"success\"".to_string(),
+        "warmpool_boots_total{kind=\"pool\",result=\"ready\"}".to_string(),
+        "warmpool_reconcile_runs_total".to_string(),
+        "# TYPE warmpool_pool_instances gauge".to_string(),
+    ] {
+        assert!(
+            text.contains(&needle),
+            "{needle} missing from /metrics:\n{text}"
+        );
+    }
+    let (st, _) = s
+        .call("GET", &format!("/v1/projects/{pid}/warm-pool/stats"), None)
+        .await;
+    assert_eq!(st, 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_loses_and_leaks_nothing() {
+    let mut s = TestServer::start(&[]);
+    let pid = s.create_project("crash", json!([])).await;
+    let pool = format!("/v1/projects/{pid}/warm-pool");
+    // Boots that never finish, and a claim waiting for one of its own.
+    s.ok(
+        "PATCH",
+        &pool,
+        Some(json!({"targetSize": 2, "setupCommands": [{"name": "hang", "command": "sleep 600"}]})),
+    )
+    .await;
+    let (st, cold) = s
+        .call(
+            "POST",
+            &format!("{pool}/claim"),
+            Some(json!({"waitSeconds": 1})),
+        )
+        .await;
+    assert_eq!(
+        (st, cold["instance"]["status"].as_str()),
+        (202, Some("provisioning"))
+    );
+    assert_eq!(cold["vm"], Value::Null);
+    wait_for("3 boots in their setup", async || {
+        let v = s
+            .ok(
+                "GET",
+                &format!("{pool}/instances?status=provisioning"),
+                None,
+            )
+            .await;
+        let items = v["items"].as_array().unwrap().clone();
+        let mut in_setup = 0;
+        for i in &items {
+            let d = s
+                .ok(
+                    "GET",
+                    &format!("{pool}/instances/{}", i["id"].as_str().unwrap()),
+                    None,
+                )
+                .await;
+            in_setup += (d["steps"].as_array().unwrap().len() >= 4) as usize;
+        }
+        in_setup == 3
+    })
+    .await;
+    let hung: Vec<Value> = s
+        .ok(
+            "GET",
+            &format!("{pool}/instances?status=provisioning"),
+            None,
+        )
+        .await["items"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let procs: Vec<(i32, u64)> = hung
+        .iter()
+        .flat_map(|i| vm_processes(s.vm_init_pid(i["instanceId"].as_str().unwrap()).unwrap()))
+        .collect();
+    s.kill9();
+    s.restart();
+    // Every boot the crash interrupted is failed with a clear error, and its VM is gone.
+    for i in &hung {
+        let d = s
+            .ok(
+                "GET",
+                &format!("{pool}/instances/{}", i["id"].as_str().unwrap()),
+                None,
+            )
+            .await;
+        assert_eq!(d["status"], "failed");
+        assert_eq!(d["failureReason"], "server restarted during provisioning");
+        assert!(!s
+            .vm_dirs()
+            .contains(&i["instanceId"].as_str().unwrap().to_string()));
+    }
+    assert!(!any_alive(&procs), "a VM of an interrupted boot still runs");
+
+    // Fix the setup: the pool refills; ready VMs survive the next kill -9 and are adopted again.
+    s.ok(
+        "PATCH",
+        &pool,
+        Some(json!({"setupCommands": [{"name": "ok", "command": "true"}]})),
+    )
+    .await;
+    wait_for("2 ready", async || ready_ids(&s, &pid).await.len() == 2).await;
+    let before: HashSet<String> = ready_ids(&s, &pid).await.into_iter().collect();
+    s.kill9();
+    s.restart();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after: HashSet<String> = ready_ids(&s, &pid).await.into_iter().collect();
+    assert_eq!(before, after, "the ready VMs were adopted again");
+    let (st, v) = s
+        .call("POST", &format!("{pool}/claim"), Some(json!({})))
+        .await;
+    assert_eq!((st, v["warm"].as_bool()), (200, Some(true)));
+    let out = s
+        .exec(&pid, v["instance"]["id"].as_str().unwrap(), "echo alive")
+        .await;
+    assert_eq!(out["output"], "alive\n");
+    // Nothing on disk that no instance owns.
+    let mut live = HashSet::new();
+    for st in ["ready", "claimed", "provisioning"] {
+        let v = s
+            .ok(
+                "GET",
+                &format!("{pool}/instances?status={st}&limit=50"),
+                None,
+            )
+            .await;
+        for i in v["items"].as_array().unwrap() {
+            live.insert(i["instanceId"].as_str().unwrap().to_string());
+        }
+    }
+    for dir in s.vm_dirs() {
+        assert!(
+            live.contains(&dir),
+            "VM directory {dir} belongs to no live instance"
+        );
+    }
+}

@@ -153,6 +153,10 @@ pub async fn run(
     match outcome {
         Ok(()) => {
             let claimed = inst.kind == InstanceKind::Cold;
+            // Every step passed: the pool's setup works (recorded first, like failures).
+            if matches!(inst.kind, InstanceKind::Pool | InstanceKind::Test) {
+                app.pool_boot_succeeded(&inst.project_id).await;
+            }
             match app
                 .store
                 .mark_ready(&inst.id, app.now(), &p.commits, claimed)
@@ -161,9 +165,6 @@ pub async fn run(
                 Ok(true) => {
                     tracing::info!(instance = %inst.id, vm = %inst.vm_id, claimed, "instance ready");
                     metrics::counter!(m::BOOTS, "kind" => kind, "result" => "ready").increment(1);
-                    if matches!(inst.kind, InstanceKind::Pool | InstanceKind::Test) {
-                        app.pool_boot_succeeded(&inst.project_id).await;
-                    }
                 }
                 // Destroyed while its last step ran.
                 Ok(false) => destroy_vm(&app, &inst).await,
@@ -188,19 +189,18 @@ pub async fn run(
             // VM first: once the record says failed, the VM is gone. A crash in between leaves the
             // instance provisioning, which the next start fails.
             destroy_vm(&app, &inst).await;
-            match app
+            // The pool learns of the failure before the instance stops counting as a boot, so
+            // the reconciler never sees a free slot without the backoff that goes with it.
+            if inst.kind == InstanceKind::Pool {
+                app.pool_boot_failed(&inst.project_id, step.as_str(), &config, &error)
+                    .await;
+            }
+            if let Err(e) = app
                 .store
                 .mark_failed(&inst.id, Some(step.as_str()), &error, app.now())
                 .await
             {
-                Ok(true) if inst.kind == InstanceKind::Pool => {
-                    app.pool_boot_failed(&inst.project_id, step.as_str(), &config, &error)
-                        .await
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::error!(instance = %inst.id, "cannot mark the instance failed: {e}")
-                }
+                tracing::error!(instance = %inst.id, "cannot mark the instance failed: {e}");
             }
         }
         Err(Stop::Cancelled) => {

@@ -3,6 +3,7 @@
 //! requests that carry the VM's own token. It keeps no state beyond the processes it runs.
 
 mod exec;
+mod identity;
 mod init;
 mod utf8;
 
@@ -29,7 +30,8 @@ const MAX_FILE_BYTES: usize = 16 * 1024 * 1024;
 
 #[derive(Clone)]
 struct AgentState {
-    token: Arc<String>,
+    /// The VM's token; replaced when a cloned VM is given its own identity.
+    token: Arc<std::sync::RwLock<String>>,
 }
 
 /// Where to listen: an address, or a socket the parent already bound and handed down (the sandbox
@@ -46,8 +48,9 @@ pub struct Options {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: warmpool-agent [--init] (--listen ADDR | --listen-fd N) [--token-file PATH]\n\
-         The token comes from --token-file or the {TOKEN_ENV} environment variable."
+        "usage: warmpool-agent [--init] (--listen ADDR | --listen-fd N) [--token-file PATH | --token-cmdline]\n\
+         The token comes from --token-file, the kernel command line (warmpool.token=) or the\n\
+         {TOKEN_ENV} environment variable."
     );
     std::process::exit(2)
 }
@@ -57,6 +60,7 @@ fn usage() -> ! {
 pub fn options_from_env() -> Options {
     let mut listen = None;
     let mut token_file = None;
+    let mut from_cmdline = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -75,6 +79,7 @@ pub fn options_from_env() -> Options {
                 ))
             }
             "--token-file" => token_file = Some(args.next().unwrap_or_else(|| usage())),
+            "--token-cmdline" => from_cmdline = true,
             "--version" => {
                 println!("warmpool-agent {}", env!("CARGO_PKG_VERSION"));
                 std::process::exit(0)
@@ -83,6 +88,12 @@ pub fn options_from_env() -> Options {
         }
     }
     let token = match token_file {
+        None if from_cmdline => std::fs::read_to_string("/proc/cmdline")
+            .unwrap_or_default()
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("warmpool.token="))
+            .unwrap_or_default()
+            .to_string(),
         Some(path) => std::fs::read_to_string(&path)
             .map(|t| t.trim().to_string())
             .unwrap_or_else(|e| {
@@ -145,10 +156,11 @@ pub async fn serve(opts: Options) -> std::io::Result<()> {
 
 pub fn router(token: String) -> Router {
     let state = AgentState {
-        token: Arc::new(token),
+        token: Arc::new(std::sync::RwLock::new(token)),
     };
     Router::new()
         .route("/v1/health", get(health))
+        .route("/v1/identity", post(identity::set_identity))
         .route("/v1/exec", post(exec_handler))
         .route("/v1/files", get(read_file).put(write_file))
         .layer(middleware::from_fn_with_state(state.clone(), require_token))
@@ -166,7 +178,13 @@ async fn require_token(State(st): State<AgentState>, req: Request, next: Next) -
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
-    if bool::from(presented.as_bytes().ct_eq(st.token.as_bytes())) {
+    let ok = {
+        let token = st.token.read().unwrap_or_else(|p| p.into_inner());
+        bool::from(presented.as_bytes().ct_eq(token.as_bytes()))
+    };
+    if ok {
+        let mut req = req;
+        req.extensions_mut().insert(st.token.clone());
         next.run(req).await
     } else {
         error(StatusCode::UNAUTHORIZED, "missing or wrong token")

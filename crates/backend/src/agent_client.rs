@@ -4,7 +4,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures_util::StreamExt;
-use warmpool_types::agent::{AgentExecEvent, AgentExecRequest, AgentExecResult, AgentHealth};
+use warmpool_types::agent::{
+    AgentExecEvent, AgentExecRequest, AgentExecResult, AgentHealth, IdentityRequest,
+};
 
 use crate::{Agent, AgentCallError};
 
@@ -151,5 +153,16 @@ impl Agent for HttpAgent {
         }
         let bytes = check(resp).await?.bytes().await.map_err(transport)?;
         Ok(Some(bytes.to_vec()))
+    }
+
+    async fn set_identity(&self, identity: &IdentityRequest) -> Result<(), AgentCallError> {
+        let resp = self
+            .req(reqwest::Method::POST, "/v1/identity")
+            .json(identity)
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await
+            .map_err(transport)?;
+        check(resp).await.map(|_| ())
     }
 }

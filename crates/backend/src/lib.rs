@@ -4,21 +4,29 @@
 
 pub mod agent_client;
 pub mod image;
+pub mod process;
+pub mod qemu;
 pub mod sandbox;
 pub mod sim;
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use warmpool_types::agent::{AgentExecEvent, AgentExecRequest, AgentExecResult, AgentHealth};
+use warmpool_types::agent::{
+    AgentExecEvent, AgentExecRequest, AgentExecResult, AgentHealth, IdentityRequest,
+};
 
 /// What a backend needs to make one VM.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct VmSpec {
     /// `vm-...`: the VM's id and hostname.
     pub vm_id: String,
     /// The VM's agent token, handed in at boot, never baked into the image.
     pub agent_token: String,
+    /// Make it a copy-on-write clone of this golden (backends with goldens only).
+    pub from_golden: Option<String>,
+    /// It will be saved as a golden once set up (its memory must be kept where a golden can use it).
+    pub golden_builder: bool,
 }
 
 /// A created VM: where its agent answers, as seen from the server.
@@ -62,6 +70,29 @@ pub trait Backend: Send + Sync + 'static {
     fn agent(&self, vm_id: &str, agent_url: &str, token: &str) -> Arc<dyn Agent>;
     /// The end of a VM's console or setup log, for error reports.
     async fn log_tail(&self, vm_id: &str) -> Option<String>;
+
+    /// Whether VMs can be saved as goldens and cloned from them.
+    fn supports_goldens(&self) -> bool {
+        false
+    }
+    /// Freezes a running VM (made with `golden_builder`) into the immutable golden `golden_id`;
+    /// the VM itself is gone afterwards.
+    async fn save_golden(&self, vm_id: &str, golden_id: &str) -> Result<(), BackendError> {
+        let _ = (vm_id, golden_id);
+        Err(BackendError::new(format!(
+            "the {} backend has no goldens",
+            self.name()
+        )))
+    }
+    /// Deletes a golden; only when no VM uses it any more.
+    async fn delete_golden(&self, golden_id: &str) -> Result<(), BackendError> {
+        let _ = golden_id;
+        Ok(())
+    }
+    /// Ids of the goldens this backend holds.
+    async fn list_goldens(&self) -> Result<Vec<String>, BackendError> {
+        Ok(Vec::new())
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -93,6 +124,8 @@ pub trait Agent: Send + Sync {
     async fn write_file(&self, path: &str, data: Vec<u8>, mode: u32) -> Result<(), AgentCallError>;
     /// `None` when the file does not exist.
     async fn read_file(&self, path: &str) -> Result<Option<Vec<u8>>, AgentCallError>;
+    /// Gives a cloned VM its own identity (and switches the agent to the new token).
+    async fn set_identity(&self, identity: &IdentityRequest) -> Result<(), AgentCallError>;
 }
 
 /// The last `max_lines` lines of a text, for putting a log's end into an error report.

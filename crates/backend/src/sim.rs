@@ -8,7 +8,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use warmpool_types::agent::{AgentExecEvent, AgentExecRequest, AgentExecResult, AgentHealth};
+use warmpool_types::agent::{
+    AgentExecEvent, AgentExecRequest, AgentExecResult, AgentHealth, IdentityRequest,
+};
 
 use crate::{Agent, AgentCallError, Backend, BackendError, VmHandle, VmSpec};
 
@@ -217,5 +219,10 @@ impl Agent for SimAgent {
             .unwrap_or_else(|p| p.into_inner())
             .get(path)
             .cloned())
+    }
+
+    async fn set_identity(&self, _identity: &IdentityRequest) -> Result<(), AgentCallError> {
+        self.vm()?;
+        Ok(())
     }
 }

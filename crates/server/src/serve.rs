@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use warmpool_backend::image::{self, GuestImage};
+use warmpool_backend::qemu::{Accel, QemuBackend, QemuOptions};
 use warmpool_backend::sandbox::{SandboxBackend, SandboxOptions};
 use warmpool_backend::sim::{SimBackend, SimOptions};
 use warmpool_backend::Backend;
@@ -25,8 +26,18 @@ use crate::git::serve::GitServer;
 pub enum BackendKind {
     /// Linux-namespace sandboxes over the guest image (needs root; not a tenant boundary).
     Sandbox,
+    /// Real virtual machines under QEMU (KVM when it works, TCG otherwise).
+    Qemu,
     /// In-process fake VMs, for tests and benchmarks of the control plane.
     Sim,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AccelArg {
+    /// Probe KVM with a short boot, fall back to TCG.
+    Auto,
+    Kvm,
+    Tcg,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -85,6 +96,18 @@ pub struct ServeArgs {
     /// Require the admin token on /metrics.
     #[arg(long, env = "WARMPOOL_METRICS_AUTH", default_value_t = false, action = clap::ArgAction::Set)]
     pub metrics_auth: bool,
+    /// QEMU: memory per VM, in MiB.
+    #[arg(long, env = "WARMPOOL_QEMU_MEMORY_MB", default_value_t = 512)]
+    pub qemu_memory_mb: u32,
+    /// QEMU: virtual CPUs per VM.
+    #[arg(long, env = "WARMPOOL_QEMU_CPUS", default_value_t = 1)]
+    pub qemu_cpus: u32,
+    /// QEMU: accelerator.
+    #[arg(long, env = "WARMPOOL_QEMU_ACCEL", value_enum, default_value = "auto")]
+    pub qemu_accel: AccelArg,
+    /// QEMU: how long one boot may take until the agent answers, in seconds (it is retried).
+    #[arg(long, env = "WARMPOOL_QEMU_BOOT_TIMEOUT_SECS", default_value_t = 90)]
+    pub qemu_boot_timeout_secs: u64,
     /// How long creating a VM takes with the sim backend, in milliseconds.
     #[arg(long, env = "WARMPOOL_SIM_CREATE_MS", default_value_t = 0)]
     pub sim_create_ms: u64,
@@ -181,9 +204,9 @@ fn make_backend(args: &ServeArgs, data_dir: &Path) -> anyhow::Result<Arc<dyn Bac
                 create_delay: Duration::from_millis(args.sim_create_ms),
             })))
         }
-        BackendKind::Sandbox => {
+        BackendKind::Sandbox | BackendKind::Qemu => {
             if !nix::unistd::geteuid().is_root() {
-                bail!("the sandbox backend needs root (it creates namespaces and mounts); run as root, or use --backend sim");
+                bail!("the {:?} backend needs root (namespaces, mounts, debootstrap); run as root, or use --backend sim", args.backend);
             }
             let agent_bin = find_agent_bin(args.agent_bin.as_deref())?;
             let cache_dir = absolute(&args.cache_dir.clone().unwrap_or_else(default_cache_dir))?;
@@ -194,7 +217,7 @@ fn make_backend(args: &ServeArgs, data_dir: &Path) -> anyhow::Result<Arc<dyn Bac
                 .flatten()
             {
                 if p.to_string_lossy().contains([',', ':']) {
-                    bail!("{} contains `,` or `:`, which the sandbox backend cannot use in a path; choose another directory", p.display());
+                    bail!("{} contains `,` or `:`, which the sandbox and qemu backends cannot use in a path; choose another directory", p.display());
                 }
             }
             if let Some(r) = &rootfs {
@@ -205,28 +228,56 @@ fn make_backend(args: &ServeArgs, data_dir: &Path) -> anyhow::Result<Arc<dyn Bac
                     );
                 }
             }
-            let agent_layer =
-                image::ensure_agent_layer(data_dir, &agent_bin).map_err(anyhow::Error::msg)?;
             let guest = Arc::new(GuestImage::new(
                 cache_dir.clone(),
                 args.debian_mirror.clone(),
-                agent_bin,
+                agent_bin.clone(),
                 rootfs.clone(),
             ));
             match &rootfs {
-                Some(r) => tracing::info!("backend: sandbox, guest root {}", r.display()),
-                None if image::is_built(&cache_dir) => tracing::info!(
-                    "backend: sandbox, guest image {}",
-                    image::image_dir(&cache_dir).display()
-                ),
+                Some(r) => tracing::info!("guest root: {}", r.display()),
+                None if image::is_built(&cache_dir) => {
+                    tracing::info!("guest image: {}", image::image_dir(&cache_dir).display())
+                }
                 None => {
                     tracing::info!(
-                        "backend: sandbox; the guest image is not built yet: building it now into {}",
+                        "the guest image is not built yet: building it now into {}",
                         image::image_dir(&cache_dir).display()
                     );
                     guest.prefetch();
                 }
             }
+            if args.backend == BackendKind::Qemu {
+                let accel = match args.qemu_accel {
+                    AccelArg::Auto => Accel::Auto,
+                    AccelArg::Kvm => Accel::Kvm,
+                    AccelArg::Tcg => Accel::Tcg,
+                };
+                let backend = QemuBackend::new(
+                    QemuOptions {
+                        vms_dir: data_dir.join("qemu-vms"),
+                        goldens_dir: data_dir.join("goldens"),
+                        cache_dir,
+                        agent_bin,
+                        memory_mb: args.qemu_memory_mb.max(128),
+                        cpus: args.qemu_cpus.max(1),
+                        accel,
+                        boot_timeout: Duration::from_secs(args.qemu_boot_timeout_secs.max(5)),
+                        boot_attempts: 3,
+                    },
+                    guest,
+                )
+                .map_err(anyhow::Error::msg)?;
+                tracing::info!(
+                    "backend: qemu ({} MiB, {} vCPU, accel {:?})",
+                    args.qemu_memory_mb,
+                    args.qemu_cpus,
+                    args.qemu_accel
+                );
+                return Ok(Arc::new(backend));
+            }
+            let agent_layer =
+                image::ensure_agent_layer(data_dir, &agent_bin).map_err(anyhow::Error::msg)?;
             let backend = SandboxBackend::new(
                 SandboxOptions {
                     vms_dir: data_dir.join("vms"),
@@ -237,6 +288,7 @@ fn make_backend(args: &ServeArgs, data_dir: &Path) -> anyhow::Result<Arc<dyn Bac
                 guest,
             )
             .map_err(anyhow::Error::msg)?;
+            tracing::info!("backend: sandbox");
             Ok(Arc::new(backend))
         }
     }

@@ -151,4 +151,11 @@ pub trait Store: Send + Sync + 'static {
     // Steps ------------------------------------------------------------------------------------
     async fn insert_step(&self, s: &StepRow) -> Result<()>;
     async fn list_steps(&self, instance_id: &str) -> Result<Vec<StepRow>>;
+
+    // Goldens -----------------------------------------------------------------------------------
+    async fn insert_golden(&self, g: &GoldenRow) -> Result<()>;
+    /// Every golden that is ready (not deleted).
+    async fn ready_goldens(&self) -> Result<Vec<GoldenRow>>;
+    async fn get_golden(&self, id: &str) -> Result<Option<GoldenRow>>;
+    async fn mark_golden_deleted(&self, id: &str, now: i64) -> Result<bool>;
 }

@@ -91,6 +91,21 @@ pub struct InstanceRow {
     pub stale_at: Option<i64>,
     /// What each repo was cloned at, by `owner/name`.
     pub commits: BTreeMap<String, RepoCommit>,
+    /// The golden it was cloned from, if any.
+    pub golden_id: Option<String>,
+}
+
+/// A prepared VM saved by the backend, from which a pool's VMs are cloned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GoldenRow {
+    /// The id of the instance that built it, whose step log tells how.
+    pub id: String,
+    pub project_id: String,
+    pub config_hash: String,
+    pub backend: String,
+    pub commits: BTreeMap<String, RepoCommit>,
+    pub ready: bool,
+    pub created_at: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

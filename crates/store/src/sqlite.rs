@@ -13,14 +13,15 @@ use warmpool_types::api::PoolStatus;
 use warmpool_types::state::InstanceStatus;
 
 use crate::{
-    EnvVarRow, InstanceRow, PoolConfigRow, PoolCounts, PoolState, PoolStateChange, ProjectRow,
-    RepoCommit, Result, StepRow, Store, StoreError,
+    EnvVarRow, GoldenRow, InstanceRow, PoolConfigRow, PoolCounts, PoolState, PoolStateChange,
+    ProjectRow, RepoCommit, Result, StepRow, Store, StoreError,
 };
 use std::collections::BTreeMap;
 
 const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../migrations/sqlite/0001_init.sql")),
     (2, include_str!("../migrations/sqlite/0002_pool.sql")),
+    (3, include_str!("../migrations/sqlite/0003_goldens.sql")),
 ];
 const READERS: usize = 4;
 
@@ -194,7 +195,7 @@ fn pool_row(r: &Row) -> rusqlite::Result<PoolConfigRow> {
 
 const INSTANCE_COLS: &str = "seq, id, vm_id, project_id, kind, status, total_steps, failed_step, \
      failure_reason, backend, agent_url, agent_token, config_hash, task_id, created_at, \
-     provisioned_at, finished_at, claimed_at, destroyed_at, stale_at, commits_json";
+     provisioned_at, finished_at, claimed_at, destroyed_at, stale_at, commits_json, golden_id";
 
 fn instance_row(r: &Row) -> rusqlite::Result<InstanceRow> {
     Ok(InstanceRow {
@@ -223,6 +224,21 @@ fn instance_row(r: &Row) -> rusqlite::Result<InstanceRow> {
             .map(|c| from_json(20, &c))
             .transpose()?
             .unwrap_or_default(),
+        golden_id: r.get(21)?,
+    })
+}
+
+const GOLDEN_COLS: &str = "id, project_id, config_hash, backend, commits_json, status, created_at";
+
+fn golden_row(r: &Row) -> rusqlite::Result<GoldenRow> {
+    Ok(GoldenRow {
+        id: r.get(0)?,
+        project_id: r.get(1)?,
+        config_hash: r.get(2)?,
+        backend: r.get(3)?,
+        commits: from_json(4, &r.get::<_, String>(4)?)?,
+        ready: r.get::<_, String>(5)? == "ready",
+        created_at: r.get(6)?,
     })
 }
 
@@ -522,9 +538,9 @@ impl Store for SqliteStore {
                 "INSERT INTO instances (id, vm_id, project_id, kind, status, total_steps,
                     failed_step, failure_reason, backend, agent_url, agent_token, config_hash,
                     task_id, created_at, provisioned_at, finished_at, claimed_at, destroyed_at,
-                    stale_at, commits_json)
+                    stale_at, commits_json, golden_id)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
-                    ?17, ?18, ?19, ?20)",
+                    ?17, ?18, ?19, ?20, ?21)",
                 params![
                     i.id,
                     i.vm_id,
@@ -545,7 +561,8 @@ impl Store for SqliteStore {
                     i.claimed_at,
                     i.destroyed_at,
                     i.stale_at,
-                    serde_json::to_string(&i.commits).map_err(json_err)?
+                    serde_json::to_string(&i.commits).map_err(json_err)?,
+                    i.golden_id
                 ],
             )?;
             Ok(())
@@ -576,7 +593,8 @@ impl Store for SqliteStore {
         self.read(move |c| {
             let mut stmt = c.prepare_cached(&format!(
                 "SELECT {INSTANCE_COLS} FROM instances
-                 WHERE project_id = ?1 AND status != 'destroyed' AND (?2 IS NULL OR status = ?2)
+                 WHERE project_id = ?1 AND status != 'destroyed' AND kind != 'golden'
+                   AND (?2 IS NULL OR status = ?2)
                  ORDER BY seq DESC LIMIT ?3"
             ))?;
             let rows = stmt.query_map(
@@ -725,8 +743,9 @@ impl Store for SqliteStore {
         self.read(move |c| {
             let mut stmt = c.prepare_cached(
                 "SELECT status, COUNT(*) FROM instances
-                 WHERE project_id = ?1 AND kind = 'pool'
-                   AND status IN ('ready', 'provisioning', 'failed')
+                 WHERE project_id = ?1
+                   AND ((kind = 'pool' AND status IN ('ready', 'provisioning', 'failed'))
+                     OR (kind = 'golden' AND status IN ('provisioning', 'failed')))
                  GROUP BY status",
             )?;
             let mut st = PoolStatus::default();
@@ -766,8 +785,8 @@ impl Store for SqliteStore {
             c.query_row(
                 "SELECT
                     COUNT(*) FILTER (WHERE kind = 'pool' AND status = 'ready'),
-                    COUNT(*) FILTER (WHERE kind = 'pool' AND status = 'provisioning'),
-                    COUNT(*) FILTER (WHERE kind = 'pool' AND status = 'failed'),
+                    COUNT(*) FILTER (WHERE kind IN ('pool', 'golden') AND status = 'provisioning'),
+                    COUNT(*) FILTER (WHERE kind IN ('pool', 'golden') AND status = 'failed'),
                     COUNT(*) FILTER (WHERE status = 'claimed'),
                     COUNT(*) FILTER (WHERE kind = 'pool' AND status = 'ready' AND stale_at IS NOT NULL),
                     COUNT(*) FILTER (WHERE kind = 'pool' AND claimed_at IS NOT NULL),
@@ -908,6 +927,63 @@ impl Store for SqliteStore {
             )?;
             let rows = stmt.query_map([instance_id], step_row)?;
             rows.collect()
+        })
+        .await
+    }
+
+    async fn insert_golden(&self, g: &GoldenRow) -> Result<()> {
+        let g = g.clone();
+        self.write(move |c| {
+            c.execute(
+                "INSERT INTO goldens (id, project_id, config_hash, backend, commits_json, status,
+                    created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, 'ready', ?6)",
+                params![
+                    g.id,
+                    g.project_id,
+                    g.config_hash,
+                    g.backend,
+                    serde_json::to_string(&g.commits).map_err(json_err)?,
+                    g.created_at
+                ],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn ready_goldens(&self) -> Result<Vec<GoldenRow>> {
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {GOLDEN_COLS} FROM goldens WHERE status = 'ready' ORDER BY created_at"
+            ))?;
+            let rows = stmt.query_map([], golden_row)?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn get_golden(&self, id: &str) -> Result<Option<GoldenRow>> {
+        let id = id.to_string();
+        self.read(move |c| {
+            c.query_row(
+                &format!("SELECT {GOLDEN_COLS} FROM goldens WHERE id = ?1"),
+                [id],
+                golden_row,
+            )
+            .optional()
+        })
+        .await
+    }
+
+    async fn mark_golden_deleted(&self, id: &str, now: i64) -> Result<bool> {
+        let id = id.to_string();
+        self.write(move |c| {
+            Ok(c.execute(
+                "UPDATE goldens SET status = 'deleted', deleted_at = ?2
+                 WHERE id = ?1 AND status = 'ready'",
+                params![id, now],
+            )? == 1)
         })
         .await
     }

@@ -55,6 +55,7 @@ fn instance(id: &str, project: &str, kind: InstanceKind, status: InstanceStatus)
         destroyed_at: None,
         stale_at: None,
         commits: Default::default(),
+        golden_id: None,
     }
 }
 
@@ -439,4 +440,37 @@ async fn pool_state_changes_are_atomic() {
         s.all_env_versions().await.unwrap(),
         vec![("p".to_string(), "X".to_string(), 2)]
     );
+}
+
+#[tokio::test]
+async fn goldens_are_recorded_and_forgotten() {
+    let (_d, s) = sqlite();
+    s.insert_project(&project("p")).await.unwrap();
+    let g = GoldenRow {
+        id: "wpi_golden".into(),
+        project_id: "p".into(),
+        config_hash: "h1".into(),
+        backend: "qemu".into(),
+        commits: Default::default(),
+        ready: true,
+        created_at: 5,
+    };
+    s.insert_golden(&g).await.unwrap();
+    assert_eq!(s.ready_goldens().await.unwrap(), vec![g.clone()]);
+    assert_eq!(s.get_golden("wpi_golden").await.unwrap(), Some(g));
+    assert!(s.mark_golden_deleted("wpi_golden", 6).await.unwrap());
+    assert!(!s.mark_golden_deleted("wpi_golden", 7).await.unwrap());
+    assert!(s.ready_goldens().await.unwrap().is_empty());
+    // A golden's own instance is never listed nor claimed; its builds count as the pool's boots.
+    let mut b = instance(
+        "gb",
+        "p",
+        InstanceKind::Golden,
+        InstanceStatus::Provisioning,
+    );
+    b.golden_id = None;
+    s.insert_instance(&b).await.unwrap();
+    assert!(s.list_instances("p", None, 50).await.unwrap().is_empty());
+    assert_eq!(s.pool_status("p").await.unwrap().provisioning, 1);
+    assert!(s.claim_ready("p", None, 1).await.unwrap().is_none());
 }

@@ -85,3 +85,18 @@ pub struct AgentExecResult {
 pub struct AgentError {
     pub error: String,
 }
+
+/// `POST /v1/identity`: what makes a cloned VM its own.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct IdentityRequest {
+    /// The VM's new token; the old one stops working.
+    pub token: String,
+    pub hostname: String,
+    /// 32 hex digits.
+    pub machine_id: String,
+    /// The host's clock, epoch milliseconds.
+    pub time_ms: i64,
+    /// Random bytes (hex) to mix into the guest's RNG.
+    pub entropy: String,
+}

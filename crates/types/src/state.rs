@@ -50,12 +50,14 @@ impl FromStr for InstanceStatus {
     }
 }
 
-/// Why an instance exists: to sit in the pool, to test the setup, or for one claim when the pool was empty.
+/// Why an instance exists: to sit in the pool, to test the setup, for one claim when the pool was
+/// empty, or to become the golden a pool's VMs are cloned from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum InstanceKind {
     Pool,
     Test,
     Cold,
+    Golden,
 }
 
 impl InstanceKind {
@@ -64,6 +66,7 @@ impl InstanceKind {
             Self::Pool => "pool",
             Self::Test => "test",
             Self::Cold => "cold",
+            Self::Golden => "golden",
         }
     }
 }
@@ -75,6 +78,7 @@ impl FromStr for InstanceKind {
             "pool" => Self::Pool,
             "test" => Self::Test,
             "cold" => Self::Cold,
+            "golden" => Self::Golden,
             other => return Err(format!("unknown instance kind `{other}`")),
         })
     }

@@ -56,13 +56,6 @@ fn parse(args: &[String]) -> Result<Args, String> {
     })
 }
 
-/// Start time of a process (clock ticks since boot), to tell a pid from a later reuse of it.
-pub fn proc_start_time(pid: i32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after = &stat[stat.rfind(')')? + 1..];
-    after.split_whitespace().nth(19)?.parse().ok()
-}
-
 fn fail(msg: &str) -> ! {
     println!("error {msg}");
     let _ = std::io::stdout().flush();
@@ -103,9 +96,8 @@ pub fn main(args: &[String]) -> ! {
             // Only the VM's agent may hold the listening socket.
             // SAFETY: fd 3 was handed to us by the server and nothing else uses it here.
             drop(unsafe { OwnedFd::from_raw_fd(AGENT_FD) });
-            let start = proc_start_time(child.as_raw()).unwrap_or(0);
             if let Err(e) =
-                std::fs::write(args.vm_dir.join("init.pid"), format!("{child} {start}\n"))
+                crate::process::write_pid_file(&args.vm_dir.join("init.pid"), child.as_raw())
             {
                 let _ = nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL);
                 fail(&format!("cannot write init.pid: {e}"));

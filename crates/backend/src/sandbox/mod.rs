@@ -14,8 +14,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use warmpool_types::agent::TOKEN_ENV;
 use warmpool_types::ids;
@@ -151,31 +149,9 @@ impl SandboxBackend {
     }
 }
 
-/// Kills the VM's PID 1 (which takes every process of its pid namespace with it) and waits until it
-/// is gone.
+/// Kills the VM's PID 1, which takes every process of its pid namespace with it.
 async fn kill_vm(dir: &Path) {
-    let Ok(text) = tokio::fs::read_to_string(dir.join("init.pid")).await else {
-        return;
-    };
-    let mut parts = text.split_whitespace();
-    let (Some(pid), Some(start)) = (
-        parts.next().and_then(|p| p.parse::<i32>().ok()),
-        parts.next().and_then(|s| s.parse::<u64>().ok()),
-    ) else {
-        return;
-    };
-    // A pid alone could have been reused by an unrelated process since; the start time cannot.
-    if pid <= 1 || init::proc_start_time(pid) != Some(start) {
-        return;
-    }
-    let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-    for _ in 0..2000 {
-        if init::proc_start_time(pid) != Some(start) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    tracing::warn!(pid, "a sandbox init did not exit within 10 s of SIGKILL");
+    crate::process::kill_from_pid_file(&dir.join("init.pid")).await;
 }
 
 #[async_trait]

@@ -187,6 +187,7 @@ impl App {
             env,
             pool_branch: pool.as_ref().and_then(|p| p.branch.clone()),
             pool_commands: pool.and_then(|p| p.setup_commands).unwrap_or_default(),
+            golden: None,
         })
     }
 
@@ -197,7 +198,18 @@ impl App {
         kind: InstanceKind,
         task_id: Option<String>,
     ) -> AppResult<InstanceRow> {
-        let plan = self.plan(project_id).await?;
+        let mut plan = self.plan(project_id).await?;
+        let config_hash = plan.config_hash();
+        // Pool VMs — and VMs for claims — are clones of the pool's golden when the backend has
+        // goldens and one was built from this very configuration.
+        if matches!(kind, InstanceKind::Pool | InstanceKind::Cold)
+            && self.backend.supports_goldens()
+        {
+            if let Some(g) = self.golden_for(project_id, &config_hash).await? {
+                let steps = self.store.list_steps(&g.id).await?;
+                plan.golden = Some(provision::GoldenPlan { golden: g, steps });
+            }
+        }
         let inst = InstanceRow {
             seq: 0,
             id: ids::new_instance_id(),
@@ -211,7 +223,8 @@ impl App {
             backend: self.backend.name().to_string(),
             agent_url: None,
             agent_token: None,
-            config_hash: Some(plan.config_hash()),
+            golden_id: plan.golden.as_ref().map(|g| g.golden.id.clone()),
+            config_hash: Some(config_hash),
             task_id,
             created_at: self.now(),
             provisioned_at: None,
@@ -238,6 +251,25 @@ impl App {
                 .remove(&row.id);
         });
         Ok(inst)
+    }
+
+    /// The ready golden built from `config_hash` for the project, if any.
+    pub(crate) async fn golden_for(
+        &self,
+        project_id: &str,
+        config_hash: &str,
+    ) -> AppResult<Option<warmpool_store::GoldenRow>> {
+        Ok(self
+            .store
+            .ready_goldens()
+            .await?
+            .into_iter()
+            .rev()
+            .find(|g| {
+                g.project_id == project_id
+                    && g.config_hash == config_hash
+                    && g.backend == self.backend.name()
+            }))
     }
 
     /// Ends an instance: marks it destroyed (if it is in one of `from`), then stops its pipeline —
@@ -320,12 +352,47 @@ impl App {
                 }
             }
         }
+        // A golden's instance is ready while its golden exists, but its VM became the golden.
         let ready: Vec<InstanceRow> = live
             .into_iter()
-            .filter(|i| i.status == InstanceStatus::Ready)
+            .filter(|i| i.status == InstanceStatus::Ready && i.kind != InstanceKind::Golden)
             .collect();
+        self.recover_goldens().await?;
         let app = self.clone();
         tokio::spawn(async move { app.readopt(ready).await });
+        Ok(())
+    }
+
+    /// Goldens the store and the backend disagree about: the backend's without a record are
+    /// deleted, records without a backend golden are marked deleted.
+    async fn recover_goldens(&self) -> AppResult<()> {
+        let in_backend = self
+            .backend
+            .list_goldens()
+            .await
+            .map_err(|e| AppError::Unavailable(format!("cannot list goldens: {e}")))?;
+        let known = self.store.ready_goldens().await?;
+        for g in &in_backend {
+            if !known.iter().any(|k| &k.id == g) {
+                tracing::warn!(golden = %g, "deleting a golden no record owns");
+                let _ = self.backend.delete_golden(g).await;
+            }
+        }
+        for k in known.iter().filter(|k| k.backend == self.backend.name()) {
+            if !in_backend.contains(&k.id) {
+                tracing::warn!(golden = %k.id, "a golden is missing from the backend; forgetting it");
+                self.forget_golden(k).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Marks a golden deleted, and its instance (its step log stays readable) destroyed.
+    pub(crate) async fn forget_golden(&self, g: &warmpool_store::GoldenRow) -> AppResult<()> {
+        self.store.mark_golden_deleted(&g.id, self.now()).await?;
+        self.store
+            .mark_destroyed(&g.id, &[InstanceStatus::Ready], self.now())
+            .await?;
         Ok(())
     }
 

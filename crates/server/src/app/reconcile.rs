@@ -54,6 +54,8 @@ struct PoolView<'a> {
     project: &'a ProjectRow,
     hash: String,
     state: PoolState,
+    /// Whether a golden of this configuration is ready to clone (backends with goldens only).
+    golden_ready: bool,
 }
 
 impl App {
@@ -115,25 +117,43 @@ impl App {
             .flatten()
             .filter(|i| i.status == InstanceStatus::Provisioning)
             .count();
+        let goldens = if self.backend.supports_goldens() {
+            self.store.ready_goldens().await?
+        } else {
+            Vec::new()
+        };
+        let mut current: HashMap<String, String> = HashMap::new();
         let empty = Vec::new();
         for cfg in &configs {
             let Some(project) = projects.get(&cfg.project_id) else {
                 continue;
             };
             let versions = env.get(&cfg.project_id).map(Vec::as_slice).unwrap_or(&[]);
+            let hash = config_hash(
+                project,
+                versions,
+                cfg.branch.as_deref(),
+                cfg.setup_commands.as_deref(),
+            );
+            if cfg.enabled {
+                current.insert(cfg.project_id.clone(), hash.clone());
+            }
             let view = PoolView {
                 cfg,
                 project,
-                hash: config_hash(
-                    project,
-                    versions,
-                    cfg.branch.as_deref(),
-                    cfg.setup_commands.as_deref(),
-                ),
+                golden_ready: goldens
+                    .iter()
+                    .any(|g| g.project_id == cfg.project_id && g.config_hash == hash),
+                hash,
                 state: self.store.get_pool_state(&cfg.project_id).await?,
             };
             let instances = by_project.get(&cfg.project_id).unwrap_or(&empty);
             self.reconcile_pool(&view, instances, now, &mut provisioning_here, &mut report)
+                .await?;
+        }
+        if !goldens.is_empty() {
+            report.destroyed += self
+                .collect_goldens(&goldens, &current, &by_project)
                 .await?;
         }
         metrics::counter!(m::RECONCILE_RUNS).increment(1);
@@ -244,6 +264,21 @@ impl App {
         }
         // A boot of an outdated configuration would only come up stale: stop it now.
         let mut booting = 0;
+        let mut building_golden = false;
+        for inst in instances
+            .iter()
+            .filter(|i| i.kind == InstanceKind::Golden && i.status == InstanceStatus::Provisioning)
+        {
+            if inst.config_hash.as_deref() == Some(view.hash.as_str()) {
+                building_golden = true;
+            } else if self
+                .destroy_instance(inst, &[InstanceStatus::Provisioning])
+                .await?
+            {
+                report.destroyed += 1;
+                *provisioning_here = provisioning_here.saturating_sub(1);
+            }
+        }
         for inst in pool
             .iter()
             .filter(|i| i.status == InstanceStatus::Provisioning)
@@ -289,11 +324,22 @@ impl App {
                     .max_parallel_boots
                     .saturating_sub(*provisioning_here),
             );
-            for _ in 0..n {
-                let inst = self.launch(project_id, InstanceKind::Pool, None).await?;
-                tracing::info!(project = %project_id, instance = %inst.id, "booting a pool instance");
-                report.launched += 1;
-                *provisioning_here += 1;
+            let golden_first = self.backend.supports_goldens() && !view.golden_ready;
+            if golden_first {
+                // Set up one VM fully and save it as the golden; the pool's VMs are its clones.
+                if !building_golden && n > 0 {
+                    let inst = self.launch(project_id, InstanceKind::Golden, None).await?;
+                    tracing::info!(project = %project_id, instance = %inst.id, "building the pool's golden");
+                    report.launched += 1;
+                    *provisioning_here += 1;
+                }
+            } else {
+                for _ in 0..n {
+                    let inst = self.launch(project_id, InstanceKind::Pool, None).await?;
+                    tracing::info!(project = %project_id, instance = %inst.id, "booting a pool instance");
+                    report.launched += 1;
+                    *provisioning_here += 1;
+                }
             }
         }
 
@@ -321,6 +367,46 @@ impl App {
             }
         }
         Ok(())
+    }
+
+    /// Deletes goldens no pool wants any more (its configuration moved on, or it was disabled) and
+    /// no VM uses (clones read their golden's files for as long as they live). Of several goldens
+    /// of one configuration, the newest is kept.
+    async fn collect_goldens(
+        &self,
+        goldens: &[warmpool_store::GoldenRow],
+        current: &HashMap<String, String>,
+        by_project: &HashMap<String, Vec<InstanceRow>>,
+    ) -> AppResult<usize> {
+        let in_use: std::collections::HashSet<&str> = by_project
+            .values()
+            .flatten()
+            .filter(|i| {
+                matches!(
+                    i.status,
+                    InstanceStatus::Provisioning | InstanceStatus::Ready | InstanceStatus::Claimed
+                )
+            })
+            .filter_map(|i| i.golden_id.as_deref())
+            .collect();
+        let mut n = 0;
+        for (idx, g) in goldens.iter().enumerate() {
+            let wanted = current.get(&g.project_id) == Some(&g.config_hash);
+            let newest = !goldens[idx + 1..]
+                .iter()
+                .any(|h| h.project_id == g.project_id && h.config_hash == g.config_hash);
+            if (wanted && newest) || in_use.contains(g.id.as_str()) {
+                continue;
+            }
+            if let Err(e) = self.backend.delete_golden(&g.id).await {
+                tracing::warn!(golden = %g.id, "cannot delete a golden: {e}");
+                continue;
+            }
+            self.forget_golden(g).await?;
+            tracing::info!(golden = %g.id, "deleted a golden no pool or VM uses");
+            n += 1;
+        }
+        Ok(n)
     }
 
     fn publish_gauges(&self, project_id: &str, instances: &[InstanceRow]) {

@@ -16,7 +16,9 @@ use std::collections::BTreeMap;
 use tokio_util::sync::CancellationToken;
 use warmpool_backend::{Agent, AgentCallError, VmSpec};
 
-use warmpool_store::{EnvVarRow, InstanceRow, ProjectRow, RepoCommit, RepoSpec, StepRow};
+use warmpool_store::{
+    EnvVarRow, GoldenRow, InstanceRow, ProjectRow, RepoCommit, RepoSpec, StepRow,
+};
 use warmpool_types::agent::{AgentExecEvent, AgentExecRequest};
 use warmpool_types::api::SetupCommand;
 use warmpool_types::ids;
@@ -37,6 +39,15 @@ pub struct BootPlan {
     pub env: Vec<EnvVarRow>,
     pub pool_branch: Option<String>,
     pub pool_commands: Vec<SetupCommand>,
+    /// Clone this golden instead of setting the VM up from scratch.
+    pub golden: Option<GoldenPlan>,
+}
+
+/// A golden to clone, with the step log of the boot that built it.
+#[derive(Debug, Clone)]
+pub struct GoldenPlan {
+    pub golden: GoldenRow,
+    pub steps: Vec<StepRow>,
 }
 
 impl BootPlan {
@@ -75,6 +86,14 @@ pub fn config_hash(
         "env": env,
     });
     hex::encode(Sha256::digest(doc.to_string().as_bytes()))[..32].to_string()
+}
+
+/// Where a repo's branch is, with the mirror held still.
+struct RepoHead {
+    mirror: String,
+    branch: String,
+    commit: String,
+    _still: tokio::sync::OwnedRwLockReadGuard<()>,
 }
 
 /// One step of a concrete pipeline (repo steps carry the repo's index).
@@ -150,11 +169,21 @@ pub async fn run(
         _ = cancel.cancelled() => Err(Stop::Cancelled),
     };
     let kind = inst.kind.as_str();
+    // A golden's boot ends by saving its VM as the golden.
+    let outcome = match outcome {
+        Ok(()) if inst.kind == InstanceKind::Golden => {
+            save_golden(&app, &inst, &config, &p.commits).await
+        }
+        other => other,
+    };
     match outcome {
         Ok(()) => {
             let claimed = inst.kind == InstanceKind::Cold;
             // Every step passed: the pool's setup works (recorded first, like failures).
-            if matches!(inst.kind, InstanceKind::Pool | InstanceKind::Test) {
+            if matches!(
+                inst.kind,
+                InstanceKind::Pool | InstanceKind::Test | InstanceKind::Golden
+            ) {
                 app.pool_boot_succeeded(&inst.project_id).await;
             }
             match app
@@ -191,7 +220,7 @@ pub async fn run(
             destroy_vm(&app, &inst).await;
             // The pool learns of the failure before the instance stops counting as a boot, so
             // the reconciler never sees a free slot without the backoff that goes with it.
-            if inst.kind == InstanceKind::Pool {
+            if matches!(inst.kind, InstanceKind::Pool | InstanceKind::Golden) {
                 app.pool_boot_failed(&inst.project_id, step.as_str(), &config, &error)
                     .await;
             }
@@ -211,6 +240,40 @@ pub async fn run(
     p.publish_done().await;
     app.events.finish(&inst.id);
     app.nudge();
+}
+
+/// Saves a golden boot's VM as the golden its pool's VMs will be cloned from.
+async fn save_golden(
+    app: &App,
+    inst: &InstanceRow,
+    config: &str,
+    commits: &BTreeMap<String, RepoCommit>,
+) -> Result<(), Stop> {
+    let started = Instant::now();
+    if let Err(e) = app.backend.save_golden(&inst.vm_id, &inst.id).await {
+        return Err(Stop::Failed {
+            step: StepName::WarmPoolSetup,
+            error: format!("could not save the VM as the pool's golden: {}", e.message),
+        });
+    }
+    let row = GoldenRow {
+        id: inst.id.clone(),
+        project_id: inst.project_id.clone(),
+        config_hash: config.to_string(),
+        backend: app.backend.name().to_string(),
+        commits: commits.clone(),
+        ready: true,
+        created_at: app.now(),
+    };
+    if let Err(e) = app.store.insert_golden(&row).await {
+        let _ = app.backend.delete_golden(&inst.id).await;
+        return Err(Stop::Failed {
+            step: StepName::WarmPoolSetup,
+            error: format!("internal error: could not record the golden: {e}"),
+        });
+    }
+    tracing::info!(golden = %inst.id, ms = started.elapsed().as_millis() as u64, "saved the pool's golden");
+    Ok(())
 }
 
 async fn destroy_vm(app: &App, inst: &InstanceRow) {
@@ -364,6 +427,17 @@ impl Pipeline {
         log: &mut StepLog,
         meta: &mut Map<String, Value>,
     ) -> Result<(), String> {
+        if let Some(g) = self.plan.golden.clone() {
+            match step {
+                // Done for real: a clone is a VM of its own.
+                Step::CreateVm | Step::EnsureServer => {}
+                Step::CloneRepo(i) => return self.refresh_repo(i, &g, log, meta).await,
+                _ => {
+                    self.record_golden_step(&g, log, meta);
+                    return Ok(());
+                }
+            }
+        }
         match step {
             Step::CreateVm => self.create_vm(log, meta).await,
             Step::EnsureServer => self.ensure_server(log, meta).await,
@@ -416,6 +490,116 @@ impl Pipeline {
             .ok_or_else(|| "the VM's server is not available".to_string())
     }
 
+    /// Records a step the golden already did: its metadata, marked `fromGolden`.
+    fn record_golden_step(&self, g: &GoldenPlan, log: &mut StepLog, meta: &mut Map<String, Value>) {
+        if let Some(done) = g.steps.get(self.seq as usize) {
+            if let Some(m) = &done.metadata {
+                meta.extend(m.clone());
+            }
+        }
+        meta.insert("fromGolden".into(), json!(g.golden.id));
+        log.line(&format!(
+            "done in golden {} (its own step log has the details); this configuration has not changed since",
+            g.golden.id
+        ));
+    }
+
+    /// A clone's repo: as the golden left it if that is still the branch head, else fetched and
+    /// checked out at the head.
+    async fn refresh_repo(
+        &mut self,
+        i: usize,
+        g: &GoldenPlan,
+        log: &mut StepLog,
+        meta: &mut Map<String, Value>,
+    ) -> Result<(), String> {
+        let repo = self.repo(i);
+        let full = repo.full_name.clone();
+        meta.insert("repo".into(), json!(full));
+        meta.insert("fromGolden".into(), json!(g.golden.id));
+        let fail = |reason: &str| format!("git fetch of {full} failed: {reason}");
+        let head = self.resolve_repo(&repo, log).await.map_err(|r| fail(&r))?;
+        meta.insert("branch".into(), json!(head.branch));
+        meta.insert("commit".into(), json!(head.commit));
+        let had = g.golden.commits.get(&full);
+        self.commits.insert(
+            full.clone(),
+            RepoCommit {
+                branch: head.branch.clone(),
+                commit: head.commit.clone(),
+            },
+        );
+        if had.is_some_and(|c| c.commit == head.commit && c.branch == head.branch) {
+            log.line(&format!(
+                "cloned by golden {} at {}; still the head of {}",
+                g.golden.id, head.commit, head.branch
+            ));
+            return Ok(());
+        }
+        if let Some(c) = had {
+            meta.insert("goldenCommit".into(), json!(c.commit));
+        }
+        let dir = format!("/home/{}", repo.dir_name());
+        let grant = self.app.git.grant([head.mirror.clone()]);
+        let source = grant.url(self.app.backend.host_address_for_vm(), &head.mirror);
+        let refspec = format!("refs/heads/{}", head.branch);
+        let cmds: [Vec<String>; 3] = [
+            vec![
+                "git".into(),
+                "-C".into(),
+                dir.clone(),
+                "fetch".into(),
+                "--quiet".into(),
+                "--".into(),
+                source,
+                refspec.clone(),
+            ],
+            vec![
+                "git".into(),
+                "-C".into(),
+                dir.clone(),
+                "checkout".into(),
+                "-q".into(),
+                "-B".into(),
+                head.branch.clone(),
+                "FETCH_HEAD".into(),
+            ],
+            vec![
+                "git".into(),
+                "-C".into(),
+                dir.clone(),
+                "update-ref".into(),
+                format!("refs/remotes/origin/{}", head.branch),
+                "FETCH_HEAD".into(),
+            ],
+        ];
+        log.line(&format!(
+            "$ git fetch {} {} (through the server's mirror)",
+            repo.url, head.branch
+        ));
+        for argv in cmds {
+            let req = AgentExecRequest {
+                argv: Some(argv),
+                cwd: Some("/home".into()),
+                timeout_ms: Some(self.app.cfg.command_timeout.as_millis() as u64),
+                ..Default::default()
+            };
+            let (code, timed_out) = self.exec_logged(log, req, "git").await?;
+            if timed_out || code != 0 {
+                return Err(fail(&format!("git exited with status {code}")));
+            }
+        }
+        drop(grant);
+        log.line(&format!(
+            "{full} was at {} in golden {}; now at {} ({})",
+            had.map(|c| c.commit.as_str()).unwrap_or("?"),
+            g.golden.id,
+            head.commit,
+            head.branch
+        ));
+        Ok(())
+    }
+
     async fn create_vm(
         &mut self,
         log: &mut StepLog,
@@ -424,15 +608,28 @@ impl Pipeline {
         let backend = self.app.backend.clone();
         meta.insert("backend".into(), json!(backend.name()));
         meta.insert("instanceId".into(), json!(self.inst.vm_id));
-        log.line(&format!(
-            "creating a {} VM named {}",
-            backend.name(),
-            self.inst.vm_id
-        ));
+        let golden = self.plan.golden.as_ref().map(|g| g.golden.id.clone());
+        match &golden {
+            Some(g) => {
+                meta.insert("fromGolden".into(), json!(g));
+                log.line(&format!(
+                    "cloning golden {g} into a {} VM named {} (memory shared copy-on-write)",
+                    backend.name(),
+                    self.inst.vm_id
+                ));
+            }
+            None => log.line(&format!(
+                "creating a {} VM named {}",
+                backend.name(),
+                self.inst.vm_id
+            )),
+        }
         let token = ids::random_secret(40);
         let spec = VmSpec {
             vm_id: self.inst.vm_id.clone(),
             agent_token: token.clone(),
+            from_golden: golden.clone(),
+            golden_builder: self.inst.kind == InstanceKind::Golden,
         };
         let handle = backend.create(&spec).await.map_err(|e| {
             if let Some(tail) = &e.log_tail {
@@ -448,7 +645,13 @@ impl Pipeline {
             .await
             .map_err(|e| format!("internal error: could not record the VM: {e}"))?;
         self.agent = Some(backend.agent(&self.inst.vm_id, &handle.agent_url, &token));
-        log.line("the VM is running");
+        if golden.is_some() {
+            log.line(
+                "the VM is running with its own token, hostname, machine id, clock and entropy",
+            );
+        } else {
+            log.line("the VM is running");
+        }
         Ok(())
     }
 
@@ -527,6 +730,45 @@ impl Pipeline {
         Ok(())
     }
 
+    /// Brings the server's mirror of `repo` up to date and finds the branch to use — the pool's,
+    /// else the repo's, else the remote's default — and its head. The mirror stays still (no
+    /// fetch moves it) while the answer is held.
+    async fn resolve_repo(&self, repo: &RepoSpec, log: &mut StepLog) -> Result<RepoHead, String> {
+        let synced = self
+            .app
+            .mirrors
+            .sync(&repo.url, &mut |l| log.line(l))
+            .await?;
+        if let Some(d) = &synced.default_branch {
+            let _ = self
+                .app
+                .store
+                .set_default_branch(&repo.url, d, self.app.now())
+                .await;
+        }
+        let branch = self
+            .plan
+            .pool_branch
+            .clone()
+            .or(repo.branch.clone())
+            .or(synced.default_branch.clone())
+            .ok_or("the repository has no default branch (is it empty?); set a branch")?;
+        let still = self.app.mirrors.read(&synced.id).await;
+        let commit = match self.app.mirrors.resolve(&synced.id, &branch).await {
+            Some(c) => c,
+            None if Some(&branch) == synced.default_branch.as_ref() => {
+                return Err("the repository has no commits".into())
+            }
+            None => return Err(format!("branch `{branch}` not found")),
+        };
+        Ok(RepoHead {
+            mirror: synced.id,
+            branch,
+            commit,
+            _still: still,
+        })
+    }
+
     async fn clone_repo(
         &mut self,
         i: usize,
@@ -541,40 +783,11 @@ impl Pipeline {
             "$ git clone {} (through the server's mirror)",
             repo.url
         ));
-        let synced = self
-            .app
-            .mirrors
-            .sync(&repo.url, &mut |l| log.line(l))
-            .await
-            .map_err(|r| fail(&r))?;
-        if let Some(d) = &synced.default_branch {
-            let _ = self
-                .app
-                .store
-                .set_default_branch(&repo.url, d, self.app.now())
-                .await;
-        }
-        let branch = self
-            .plan
-            .pool_branch
-            .clone()
-            .or(repo.branch.clone())
-            .or(synced.default_branch.clone())
-            .ok_or_else(|| {
-                fail("the repository has no default branch (is it empty?); set a branch")
-            })?;
-        meta.insert("branch".into(), json!(branch));
-        // Hold the mirror still while the VM clones it, so the commit we report is what it gets.
-        let _still = self.app.mirrors.read(&synced.id).await;
-        let commit = match self.app.mirrors.resolve(&synced.id, &branch).await {
-            Some(c) => c,
-            None if Some(&branch) == synced.default_branch.as_ref() => {
-                return Err(fail("the repository has no commits"))
-            }
-            None => return Err(fail(&format!("branch `{branch}` not found"))),
-        };
-        let grant = self.app.git.grant([synced.id.clone()]);
-        let source = grant.url(self.app.backend.host_address_for_vm(), &synced.id);
+        let head = self.resolve_repo(&repo, log).await.map_err(|r| fail(&r))?;
+        meta.insert("branch".into(), json!(head.branch));
+        let (branch, commit) = (head.branch.clone(), head.commit.clone());
+        let grant = self.app.git.grant([head.mirror.clone()]);
+        let source = grant.url(self.app.backend.host_address_for_vm(), &head.mirror);
         let dir = format!("/home/{}", repo.dir_name());
         let steps: [Vec<String>; 2] = [
             vec![

@@ -5,31 +5,35 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use super::clock::Clock;
 use crate::git;
 
 #[derive(Default)]
 struct Entry {
-    commit: Option<String>,
+    /// The head, and when (by the app's clock) it was seen.
+    head: Option<(String, i64)>,
     checked: Option<Instant>,
     in_flight: bool,
 }
 
 pub struct Heads {
     interval: Duration,
+    clock: Arc<dyn Clock>,
     entries: Mutex<HashMap<(String, String), Entry>>,
 }
 
 impl Heads {
-    pub fn new(interval: Duration) -> Arc<Self> {
+    pub fn new(interval: Duration, clock: Arc<dyn Clock>) -> Arc<Self> {
         Arc::new(Self {
             interval,
+            clock,
             entries: Mutex::new(HashMap::new()),
         })
     }
 
-    /// The last known head of `branch` at `url`; starts a refresh when the value is older than the
-    /// interval. `None` until first learned.
-    pub fn get(self: &Arc<Self>, url: &str, branch: &str) -> Option<String> {
+    /// The last known head of `branch` at `url` and when it was seen; starts a refresh when the
+    /// value is older than the interval. `None` until first learned.
+    pub fn get(self: &Arc<Self>, url: &str, branch: &str) -> Option<(String, i64)> {
         let key = (url.to_string(), branch.to_string());
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         let e = entries.entry(key.clone()).or_default();
@@ -39,7 +43,7 @@ impl Heads {
             let me = self.clone();
             tokio::spawn(async move { me.refresh(key).await });
         }
-        e.commit.clone()
+        e.head.clone()
     }
 
     async fn refresh(&self, key: (String, String)) {
@@ -64,8 +68,8 @@ impl Heads {
         e.in_flight = false;
         e.checked = Some(Instant::now());
         // A remote that cannot be reached says nothing about staleness: keep what we knew.
-        if commit.is_some() {
-            e.commit = commit;
+        if let Some(c) = commit {
+            e.head = Some((c, self.clock.now_ms()));
         }
     }
 }

@@ -135,7 +135,7 @@ impl App {
         crate::metrics::init();
         Arc::new(Self {
             admin_token_hash: hash_token(&parts.admin_token),
-            heads: Heads::new(parts.cfg.head_check_interval),
+            heads: Heads::new(parts.cfg.head_check_interval, parts.clock.clone()),
             store: parts.store,
             backend: parts.backend,
             cfg: parts.cfg,

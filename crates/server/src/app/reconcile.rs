@@ -202,6 +202,9 @@ impl App {
         if inst.provisioned_at.is_some_and(|t| t + max_age <= now) {
             return true;
         }
+        // Only a head seen after the instance was set up says it moved past the instance's commit
+        // (one seen before may simply be older than it).
+        let set_up = inst.provisioned_at.unwrap_or(i64::MAX);
         view.project
             .repos
             .iter()
@@ -209,7 +212,7 @@ impl App {
                 Some(c) => self
                     .heads
                     .get(&r.url, &c.branch)
-                    .is_some_and(|head| head != c.commit),
+                    .is_some_and(|(head, seen)| seen > set_up && head != c.commit),
                 None => true,
             })
     }

@@ -416,17 +416,32 @@ fn build_image(
     cache_dir: Option<PathBuf>,
     mirror: &str,
     agent_bin: Option<PathBuf>,
+    qemu: bool,
 ) -> anyhow::Result<()> {
     use indicatif::{ProgressBar, ProgressStyle};
     use warmpool_backend::image::{self, Progress};
     let cache = crate::serve::absolute(&cache_dir.unwrap_or_else(crate::serve::default_cache_dir))?;
     let agent = crate::serve::find_agent_bin(agent_bin.as_deref())?;
+    let qemu_files = |rootfs: &std::path::Path| -> anyhow::Result<()> {
+        if qemu {
+            println!("building the qemu guest: kernel, initramfs, base disk");
+            let files = warmpool_backend::qemu::guest::ensure(&cache, rootfs, &agent)
+                .map_err(anyhow::Error::msg)?;
+            println!(
+                "qemu guest: {}, {}, {}",
+                files.kernel.display(),
+                files.initrd.display(),
+                files.base_disk.display()
+            );
+        }
+        Ok(())
+    };
     if image::is_built(&cache) {
         println!(
             "the guest image is already built: {}",
             image::image_dir(&cache).display()
         );
-        return Ok(());
+        return qemu_files(&image::rootfs_dir(&cache));
     }
     let bar = ProgressBar::new(0);
     bar.set_style(
@@ -446,7 +461,7 @@ fn build_image(
     .map_err(anyhow::Error::msg)?;
     bar.finish_and_clear();
     println!("built the guest image: {}", rootfs.display());
-    Ok(())
+    qemu_files(&rootfs)
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<i32> {
@@ -465,9 +480,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             cache_dir,
             debian_mirror,
             agent_bin,
+            qemu,
         }) => {
-            tokio::task::spawn_blocking(move || build_image(cache_dir, &debian_mirror, agent_bin))
-                .await??;
+            tokio::task::spawn_blocking(move || {
+                build_image(cache_dir, &debian_mirror, agent_bin, qemu)
+            })
+            .await??;
             return Ok(0);
         }
         other => other,

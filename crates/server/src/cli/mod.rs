@@ -99,6 +99,10 @@ pub enum ImageCmd {
         debian_mirror: String,
         #[arg(long, env = "WARMPOOL_AGENT_BIN")]
         agent_bin: Option<PathBuf>,
+        /// Also build what the qemu backend boots: the Debian cloud kernel, the initramfs and the
+        /// ext4 base disk.
+        #[arg(long)]
+        qemu: bool,
     },
 }
 

@@ -1,0 +1,359 @@
+//! The `qemu` backend under TCG: real VMs, a pool whose VMs are copy-on-write clones of a golden,
+//! clones that are provably distinct, and nothing left behind.
+
+mod common;
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::json;
+
+const QEMU: &[&str] = &[
+    "--backend",
+    "qemu",
+    "--qemu-accel",
+    "tcg",
+    "--qemu-memory-mb",
+    "384",
+];
+
+async fn wait_for(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(900);
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// QEMU processes whose command line mentions this server's data dir.
+fn qemu_processes(data: &Path) -> Vec<i32> {
+    let needle = data.display().to_string();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<i32>().ok())
+        .filter(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let zombie = stat
+                .rsplit(')')
+                .next()
+                .is_some_and(|r| r.trim_start().starts_with('Z'));
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let cmd = String::from_utf8_lossy(&cmd);
+            !zombie && cmd.starts_with("qemu-system") && cmd.contains(&needle)
+        })
+        .collect()
+}
+
+fn host_kernel() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn test_boots_run_every_step_in_a_real_vm() {
+    let s = TestServer::start(QEMU);
+    let repo = TestRepo::new(&[("README", "from the host\n")]);
+    let pid = s
+        .create_project(
+            "qemu",
+            json!([{"repoFullName": "acme/app", "url": repo.url()}]),
+        )
+        .await;
+    s.ok(
+        "PATCH",
+        &format!("/v1/projects/{pid}/warm-pool"),
+        Some(json!({"enabled": false})),
+    )
+    .await;
+    let d = s
+        .test_boot(&pid, json!({"setupCommands": [{"name": "build", "command": "cat /home/app/README > /home/built"}]}))
+        .await;
+    assert_eq!(d["status"], "ready", "{d:#}");
+    assert_eq!(step_names(&d).len(), 8);
+    assert_eq!(step(&d, "create_vm")["metadata"]["backend"], "qemu");
+    assert_eq!(step(&d, "clone_repo")["metadata"]["commit"], repo.head());
+    let id = d["id"].as_str().unwrap();
+    let out = s
+        .exec(&pid, id, "uname -r; cat /sys/class/dmi/id/sys_vendor; hostname; cat /home/built; git -C /home/app remote get-url origin")
+        .await;
+    let text = out["output"].as_str().unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_ne!(lines[0], host_kernel(), "the VM runs its own kernel");
+    assert_eq!(lines[1], "QEMU");
+    assert_eq!(lines[2], d["instanceId"]);
+    assert_eq!(lines[3], "from the host");
+    assert_eq!(lines[4], repo.url());
+
+    // A failing setup command names its step.
+    let f = s
+        .test_boot(
+            &pid,
+            json!({"setupCommands": [{"name": "broken", "command": "echo about to fail; exit 9"}]}),
+        )
+        .await;
+    assert_eq!(f["status"], "failed", "{f:#}");
+    assert_eq!(f["summary"]["failedStep"], "warm_pool_setup");
+    assert_eq!(
+        f["summary"]["error"],
+        "command `broken` exited with status 9"
+    );
+    assert!(step(&f, "warm_pool_setup")["output"]
+        .as_str()
+        .unwrap()
+        .contains("about to fail"));
+
+    // Destroying the VMs leaves no QEMU process.
+    let (st, _) = s
+        .call(
+            "DELETE",
+            &format!("/v1/projects/{pid}/warm-pool/instances/{id}"),
+            None,
+        )
+        .await;
+    assert_eq!(st, 204);
+    wait_for("no QEMU process", async || {
+        qemu_processes(&s.data_dir()).is_empty()
+    })
+    .await;
+}
+
+fn sha256_file(p: &Path) -> String {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    let mut f = std::fs::File::open(p).unwrap();
+    std::io::copy(&mut f, &mut h).unwrap();
+    hex::encode(h.finalize())
+}
+
+fn golden_files(data: &Path) -> Vec<(PathBuf, String)> {
+    let mut out = Vec::new();
+    for g in std::fs::read_dir(data.join("goldens")).unwrap().flatten() {
+        for f in ["ram", "state", "disk.qcow2"] {
+            let p = g.path().join(f);
+            out.push((p.clone(), sha256_file(&p)));
+        }
+    }
+    out.sort();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pool_vms_are_distinct_copy_on_write_clones_of_a_golden() {
+    let mut s = TestServer::start(QEMU);
+    let repo = TestRepo::new(&[("README", "v1\n")]);
+    let pid = s
+        .create_project(
+            "clones",
+            json!([{"repoFullName": "acme/app", "url": repo.url()}]),
+        )
+        .await;
+    let pool = format!("/v1/projects/{pid}/warm-pool");
+    s.ok("PATCH", &pool, Some(json!({"targetSize": 2, "setupCommands": [{"name": "prepare", "command": "echo prepared > /home/prepared"}]})))
+        .await;
+    wait_for("2 ready clones", async || {
+        s.ok("GET", &pool, None).await["status"]["ready"] == 2
+    })
+    .await;
+    let before = golden_files(&s.data_dir());
+    assert_eq!(before.len(), 3, "one golden: {before:?}");
+
+    // Both pool VMs are clones of the golden, with the golden's steps recorded as such.
+    let mut claimed = Vec::new();
+    for _ in 0..2 {
+        let (st, v) = s
+            .call("POST", &format!("{pool}/claim"), Some(json!({})))
+            .await;
+        assert_eq!((st, v["warm"].as_bool()), (200, Some(true)), "{v}");
+        let id = v["instance"]["id"].as_str().unwrap().to_string();
+        let d = s.ok("GET", &format!("{pool}/instances/{id}"), None).await;
+        assert_valid("WarmPoolInstanceDetail", &d);
+        assert_eq!(step_names(&d).len(), 8);
+        let golden = step(&d, "create_vm")["metadata"]["fromGolden"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        for name in [
+            "set_env_vars",
+            "init_repo",
+            "project_setup",
+            "warm_pool_setup",
+        ] {
+            assert_eq!(
+                step(&d, name)["metadata"]["fromGolden"],
+                golden.as_str(),
+                "{name}"
+            );
+        }
+        assert_eq!(step(&d, "warm_pool_setup")["metadata"]["commands"], 1);
+        // The golden's own step log is reachable through its id.
+        let g = s
+            .ok("GET", &format!("{pool}/instances/{golden}"), None)
+            .await;
+        assert_eq!(step(&g, "warm_pool_setup")["output"], "$ prepare\n");
+        claimed.push((id, v["vm"].clone()));
+    }
+    let (a, b) = (&claimed[0], &claimed[1]);
+    assert_ne!(a.1["agentToken"], b.1["agentToken"]);
+
+    // Distinct identities, entropy and a correct clock.
+    let probe = "hostname; cat /etc/machine-id; head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \\n'; echo; date +%s; cat /home/prepared";
+    let out_a = s.exec(&pid, &a.0, probe).await["output"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let out_b = s.exec(&pid, &b.0, probe).await["output"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (la, lb): (Vec<&str>, Vec<&str>) = (out_a.lines().collect(), out_b.lines().collect());
+    assert_eq!(la[0], a.1["instanceId"]);
+    assert_eq!(lb[0], b.1["instanceId"]);
+    for i in 0..3 {
+        assert_ne!(
+            la[i], lb[i],
+            "line {i} is the same in both clones:\n{out_a}\n{out_b}"
+        );
+    }
+    let now = warmpool_types::time::now_ms() / 1000;
+    for clock in [la[3], lb[3]] {
+        let t: i64 = clock.parse().unwrap();
+        assert!(
+            (t - now).abs() <= 30,
+            "a clone's clock is off: {t} vs {now}"
+        );
+    }
+    assert_eq!((la[4], lb[4]), ("prepared", "prepared"));
+
+    // Each sees only its own disk and memory writes.
+    s.exec(
+        &pid,
+        &a.0,
+        "echo a > /home/disk-a; echo a > /dev/shm/mem-a; sync",
+    )
+    .await;
+    s.exec(
+        &pid,
+        &b.0,
+        "echo b > /home/disk-b; echo b > /dev/shm/mem-b; sync",
+    )
+    .await;
+    let seen = |id: String| {
+        let s = &s;
+        let pid = pid.clone();
+        async move {
+            s.exec(&pid, &id, "ls /home/disk-* /dev/shm/mem-* 2>/dev/null")
+                .await["output"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        }
+    };
+    assert_eq!(seen(a.0.clone()).await, "/dev/shm/mem-a\n/home/disk-a\n");
+    assert_eq!(seen(b.0.clone()).await, "/dev/shm/mem-b\n/home/disk-b\n");
+
+    // A VM's agent refuses another VM's token; the agents are not reachable on the host's
+    // 127.0.0.1, which every guest can reach.
+    let url_a = a.1["agentUrl"].as_str().unwrap();
+    assert!(url_a.starts_with("http://127.0.0.2:"));
+    let refused = s
+        .http
+        .post(format!("{url_a}/v1/exec"))
+        .bearer_auth(b.1["agentToken"].as_str().unwrap())
+        .json(&json!({"command": "true"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 401);
+
+    // The golden's files are byte-identical after all that.
+    assert_eq!(golden_files(&s.data_dir()), before);
+
+    // Release both; the pool refills with clones; kill -9 leaves nothing behind.
+    for (id, _) in &claimed {
+        let (st, _) = s
+            .call("DELETE", &format!("{pool}/instances/{id}"), None)
+            .await;
+        assert_eq!(st, 204);
+    }
+    wait_for("refilled", async || {
+        s.ok("GET", &pool, None).await["status"]["ready"] == 2
+    })
+    .await;
+    let ready_before: HashSet<String> = s
+        .ok("GET", &format!("{pool}/instances?status=ready"), None)
+        .await["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["id"].as_str().unwrap().to_string())
+        .collect();
+    s.kill9();
+    s.restart();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let ready_after: HashSet<String> = s
+        .ok("GET", &format!("{pool}/instances?status=ready"), None)
+        .await["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        ready_before, ready_after,
+        "the running VMs were adopted again"
+    );
+    assert_eq!(qemu_processes(&s.data_dir()).len(), 2);
+    // Disabling the pool destroys its VMs: no QEMU process remains.
+    s.ok("PATCH", &pool, Some(json!({"enabled": false}))).await;
+    wait_for("no QEMU process", async || {
+        qemu_processes(&s.data_dir()).is_empty()
+    })
+    .await;
+    let vms = std::fs::read_dir(s.data_dir().join("qemu-vms"))
+        .unwrap()
+        .count();
+    assert_eq!(vms, 0, "VM directories were left behind");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_during_a_boot_leaves_no_qemu_behind() {
+    let mut s = TestServer::start(QEMU);
+    let pid = s.create_project("crash", json!([])).await;
+    let pool = format!("/v1/projects/{pid}/warm-pool");
+    s.ok(
+        "PATCH",
+        &pool,
+        Some(json!({"targetSize": 1, "setupCommands": [{"name": "hang", "command": "sleep 600"}]})),
+    )
+    .await;
+    // The golden's boot gets to its setup command; then the server dies.
+    wait_for("the golden's boot is in its setup", async || {
+        let st = s.ok("GET", &format!("{pool}/stats"), None).await;
+        st["provisioning"] == 1 && qemu_processes(&s.data_dir()).len() == 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = qemu_processes(&s.data_dir());
+    assert_eq!(before.len(), 1);
+    s.kill9();
+    s.restart();
+    // The interrupted boot's VM is gone; the pool tries again (and would hang again): disable it.
+    s.ok("PATCH", &pool, Some(json!({"enabled": false}))).await;
+    wait_for("no QEMU process", async || {
+        qemu_processes(&s.data_dir()).is_empty()
+    })
+    .await;
+    let st = s.ok("GET", &format!("{pool}/stats"), None).await;
+    assert!(st["failed"].as_u64().unwrap() >= 1, "{st}");
+    assert_eq!(
+        std::fs::read_dir(s.data_dir().join("qemu-vms"))
+            .unwrap()
+            .count(),
+        0
+    );
+}

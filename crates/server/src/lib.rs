@@ -9,4 +9,5 @@ pub mod error;
 pub mod git;
 pub mod metrics;
 pub mod provision;
+pub mod sealed;
 pub mod serve;

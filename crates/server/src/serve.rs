@@ -21,6 +21,7 @@ use crate::app::clock::SystemClock;
 use crate::app::{App, AppConfig, AppParts};
 use crate::git::mirror::Mirrors;
 use crate::git::serve::GitServer;
+use crate::sealed::Sealer;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum BackendKind {
@@ -93,6 +94,24 @@ pub struct ServeArgs {
     /// Pool boots this server runs at once, at most (boots for claims are not held back).
     #[arg(long, env = "WARMPOOL_MAX_PARALLEL_BOOTS", default_value_t = 8)]
     pub max_parallel_boots: usize,
+    /// Requests per second allowed per token (0: unlimited).
+    #[arg(long, env = "WARMPOOL_RATE_LIMIT_PER_SEC", default_value_t = 100)]
+    pub rate_limit_per_sec: u32,
+    /// Requests a token may send at once above its rate.
+    #[arg(long, env = "WARMPOOL_RATE_LIMIT_BURST", default_value_t = 200)]
+    pub rate_limit_burst: u32,
+    /// VMs booted for claims of one project at once, at most; more claims get 429.
+    #[arg(long, env = "WARMPOOL_MAX_COLD_CLAIMS", default_value_t = 20)]
+    pub max_cold_claims: usize,
+    /// How long an ordinary request may take, in seconds (claims, exec and events are exempt).
+    #[arg(long, env = "WARMPOOL_REQUEST_TIMEOUT_SECS", default_value_t = 60)]
+    pub request_timeout_secs: u64,
+    /// Serve HTTPS with this certificate chain (PEM); needs --tls-key.
+    #[arg(long, env = "WARMPOOL_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, env = "WARMPOOL_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
     /// Require the admin token on /metrics.
     #[arg(long, env = "WARMPOOL_METRICS_AUTH", default_value_t = false, action = clap::ArgAction::Set)]
     pub metrics_auth: bool,
@@ -317,6 +336,9 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         server_wait: Duration::from_secs(args.server_wait_secs.max(1)),
         head_check_interval: Duration::from_secs(args.head_check_interval_secs.max(1)),
         max_parallel_boots: args.max_parallel_boots.max(1),
+        rate_per_sec: args.rate_limit_per_sec,
+        rate_burst: args.rate_limit_burst,
+        max_cold_claims: args.max_cold_claims.max(1),
         ..AppConfig::default()
     };
     let app = App::new(AppParts {
@@ -327,20 +349,63 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         mirrors,
         git,
         clock: Arc::new(SystemClock),
+        sealer: Arc::new(Sealer::load_or_create(&data_dir.join("secret.key"))?),
     });
     app.recover().await.context("recovery after start failed")?;
     app.spawn_reconciler(Duration::from_millis(args.reconcile_interval_ms.max(10)));
     app.nudge();
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
+    let router = crate::api::router(
+        app,
+        crate::api::HttpOptions {
+            max_body_bytes: args.max_body_bytes,
+            metrics_auth: args.metrics_auth,
+            request_timeout: Duration::from_secs(args.request_timeout_secs.max(1)),
+        },
+    );
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => {
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            Some(
+                axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
+                    .await
+                    .with_context(|| {
+                        format!(
+                            "cannot load the TLS certificate {} and key {}",
+                            cert.display(),
+                            key.display()
+                        )
+                    })?,
+            )
+        }
+        _ => None,
+    };
+    let listener = std::net::TcpListener::bind(args.listen)
         .with_context(|| format!("cannot listen on {}", args.listen))?;
+    listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?;
-    let router = crate::api::router(app, args.max_body_bytes, args.metrics_auth);
-    tracing::info!("listening on http://{addr}");
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .context("the HTTP server failed")?;
+    match tls {
+        None => {
+            tracing::info!("listening on http://{addr}");
+            axum::serve(tokio::net::TcpListener::from_std(listener)?, router)
+                .with_graceful_shutdown(shutdown_signal())
+                .await
+                .context("the HTTP server failed")?;
+        }
+        Some(config) => {
+            tracing::info!("listening on https://{addr}");
+            let handle = axum_server::Handle::new();
+            let stopper = handle.clone();
+            tokio::spawn(async move {
+                shutdown_signal().await;
+                stopper.graceful_shutdown(Some(Duration::from_secs(10)));
+            });
+            axum_server::from_tcp_rustls(listener, config)
+                .handle(handle)
+                .serve(router.into_make_service())
+                .await
+                .context("the HTTPS server failed")?;
+        }
+    }
     tracing::info!("stopped");
     Ok(())
 }

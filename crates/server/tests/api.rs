@@ -228,6 +228,8 @@ async fn warm_pool_config_follows_the_published_contract() {
         (Some("text/plain"), b"{\"enabled\": true}".to_vec()),
         (None, b"{\"enabled\": true}".to_vec()),
         (Some("application/json"), vec![b'"', 0xff, b'"']),
+        (Some("application/json"), b"".to_vec()),
+        (None, b"".to_vec()),
     ] {
         let (st, v) = s.raw("PATCH", &path, ct, body.clone()).await;
         assert_eq!(st, 422, "{ct:?} {}: {v}", String::from_utf8_lossy(&body));
@@ -312,6 +314,20 @@ async fn projects_env_vars_and_devbox() {
         (json!({"repos": []}), "name"),
         (json!({"name": ""}), "name"),
         (json!({"name": "x\ny"}), "name"),
+        (json!({"name": "x\u{0}y"}), "name"),
+        (json!({"name": "n".repeat(10_000)}), "name"),
+        (
+            json!({"name": "x", "description": "d".repeat(100_000)}),
+            "description",
+        ),
+        (
+            json!({"name": "x", "repos": [{"repoFullName": "a/b", "url": format!("/{}", "p".repeat(5000))}]}),
+            "repos[0].url",
+        ),
+        (
+            json!({"name": "x", "repos": [{"repoFullName": "a/b", "url": "/ok\u{0}"}]}),
+            "repos[0].url",
+        ),
         (
             json!({"name": "x", "repos": [{"repoFullName": "../x", "url": repo.url()}]}),
             "repos[0].repoFullName",

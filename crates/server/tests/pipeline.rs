@@ -364,10 +364,11 @@ async fn each_failure_names_its_step_and_says_why() {
         .await;
     let d = failed_boot(&s, &bp, json!({})).await;
     assert_eq!(d["summary"]["failedStep"], "init_repo", "{d:#}");
-    assert!(d["summary"]["error"]
-        .as_str()
-        .unwrap()
-        .starts_with(".capy/settings.json of acme/broken is not valid JSON"));
+    let e = d["summary"]["error"].as_str().unwrap();
+    assert!(
+        e.starts_with("invalid JSON (") && e.ends_with(") in .capy/settings.json of acme/broken"),
+        "{e}"
+    );
 
     // A failing command in each of the three setup steps.
     let pid = s

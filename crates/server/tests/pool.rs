@@ -51,7 +51,7 @@ async fn stats(s: &TestServer, pid: &str) -> Value {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_pool_fills_and_hands_out_each_vm_once() {
-    let s = TestServer::start(&[]);
+    let s = TestServer::start(&["--max-cold-claims", "20"]);
     let repo = TestRepo::new(&[("README", "v1\n")]);
     let pid = s
         .create_project(

@@ -40,6 +40,7 @@ async fn harness(create_delay: Duration, repos: serde_json::Value) -> Harness {
         mirrors,
         git,
         clock: clock.clone(),
+        sealer: Arc::new(warmpool::sealed::Sealer::from_key(&[1u8; 32])),
     });
     let body: CreateProjectBody =
         serde_json::from_value(json!({"name": "p", "repos": repos})).unwrap();

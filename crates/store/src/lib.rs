@@ -158,4 +158,11 @@ pub trait Store: Send + Sync + 'static {
     async fn ready_goldens(&self) -> Result<Vec<GoldenRow>>;
     async fn get_golden(&self, id: &str) -> Result<Option<GoldenRow>>;
     async fn mark_golden_deleted(&self, id: &str, now: i64) -> Result<bool>;
+
+    // Project tokens -----------------------------------------------------------------------------
+    async fn insert_token(&self, t: &TokenRow) -> Result<()>;
+    async fn token_by_hash(&self, hash: &str) -> Result<Option<TokenRow>>;
+    async fn list_tokens(&self, project_id: &str) -> Result<Vec<TokenRow>>;
+    async fn delete_token(&self, project_id: &str, id: &str) -> Result<bool>;
+    async fn touch_token(&self, id: &str, now: i64) -> Result<()>;
 }

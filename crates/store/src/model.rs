@@ -155,3 +155,13 @@ pub struct StepRow {
     pub finished_at: i64,
     pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
 }
+
+/// A project token: only the SHA-256 (hex) of the secret is kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenRow {
+    pub id: String,
+    pub project_id: String,
+    pub hash: String,
+    pub created_at: i64,
+    pub last_used_at: Option<i64>,
+}

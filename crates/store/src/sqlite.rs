@@ -14,7 +14,7 @@ use warmpool_types::state::InstanceStatus;
 
 use crate::{
     EnvVarRow, GoldenRow, InstanceRow, PoolConfigRow, PoolCounts, PoolState, PoolStateChange,
-    ProjectRow, RepoCommit, Result, StepRow, Store, StoreError,
+    ProjectRow, RepoCommit, Result, StepRow, Store, StoreError, TokenRow,
 };
 use std::collections::BTreeMap;
 
@@ -22,6 +22,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../migrations/sqlite/0001_init.sql")),
     (2, include_str!("../migrations/sqlite/0002_pool.sql")),
     (3, include_str!("../migrations/sqlite/0003_goldens.sql")),
+    (4, include_str!("../migrations/sqlite/0004_tokens.sql")),
 ];
 const READERS: usize = 4;
 
@@ -987,4 +988,76 @@ impl Store for SqliteStore {
         })
         .await
     }
+
+    async fn insert_token(&self, t: &TokenRow) -> Result<()> {
+        let t = t.clone();
+        self.write(move |c| {
+            c.execute(
+                "INSERT INTO tokens (id, project_id, hash, created_at, last_used_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![t.id, t.project_id, t.hash, t.created_at, t.last_used_at],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn token_by_hash(&self, hash: &str) -> Result<Option<TokenRow>> {
+        let hash = hash.to_string();
+        self.read(move |c| {
+            c.query_row(
+                "SELECT id, project_id, hash, created_at, last_used_at FROM tokens WHERE hash = ?1",
+                [hash],
+                token_row,
+            )
+            .optional()
+        })
+        .await
+    }
+
+    async fn list_tokens(&self, project_id: &str) -> Result<Vec<TokenRow>> {
+        let project_id = project_id.to_string();
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT id, project_id, hash, created_at, last_used_at FROM tokens
+                 WHERE project_id = ?1 ORDER BY created_at, id",
+            )?;
+            let rows = stmt.query_map([project_id], token_row)?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn delete_token(&self, project_id: &str, id: &str) -> Result<bool> {
+        let (project_id, id) = (project_id.to_string(), id.to_string());
+        self.write(move |c| {
+            Ok(c.execute(
+                "DELETE FROM tokens WHERE project_id = ?1 AND id = ?2",
+                params![project_id, id],
+            )? == 1)
+        })
+        .await
+    }
+
+    async fn touch_token(&self, id: &str, now: i64) -> Result<()> {
+        let id = id.to_string();
+        self.write(move |c| {
+            c.execute(
+                "UPDATE tokens SET last_used_at = ?2 WHERE id = ?1",
+                params![id, now],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+fn token_row(r: &Row) -> rusqlite::Result<TokenRow> {
+    Ok(TokenRow {
+        id: r.get(0)?,
+        project_id: r.get(1)?,
+        hash: r.get(2)?,
+        created_at: r.get(3)?,
+        last_used_at: r.get(4)?,
+    })
 }

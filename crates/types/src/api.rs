@@ -65,7 +65,9 @@ pub struct FieldError {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SetupCommand {
+    #[schema(min_length = 1, max_length = 200)]
     pub name: String,
+    #[schema(min_length = 1, max_length = 100000)]
     pub command: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub background: Option<bool>,
@@ -268,19 +270,24 @@ pub struct ClearWarmPoolResponse {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RepoInput {
     /// `owner/name`; cloned to `/home/<name>`.
+    #[schema(pattern = r"^[A-Za-z0-9_.][A-Za-z0-9._-]{0,99}/[A-Za-z0-9_.][A-Za-z0-9._-]{0,99}$")]
     pub repo_full_name: String,
     /// Anything `git clone` accepts: https://, ssh://, git://, file://, or an absolute path on the server.
+    #[schema(min_length = 1, max_length = 2048, pattern = r"^[^-]")]
     pub url: String,
     /// Defaults to the remote's default branch.
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 255, pattern = r"^[^-./]")]
     pub branch: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateProjectBody {
+    #[schema(min_length = 1, max_length = 200)]
     pub name: String,
     #[serde(default)]
+    #[schema(max_length = 2000)]
     pub description: Option<String>,
     #[serde(default)]
     pub repos: Vec<RepoInput>,
@@ -357,7 +364,14 @@ pub struct ListReposResponse {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EnvVarInput {
+    /// A shell identifier.
+    #[schema(
+        pattern = r"^[A-Za-z_][A-Za-z0-9_]*$",
+        min_length = 1,
+        max_length = 191
+    )]
     pub name: String,
+    #[schema(max_length = 100000)]
     pub value: String,
 }
 
@@ -365,6 +379,7 @@ pub struct EnvVarInput {
 #[serde(deny_unknown_fields)]
 pub struct PutEnvVarsBody {
     /// 1 to 100 variables; names not given are kept.
+    #[schema(min_items = 1, max_items = 100)]
     pub variables: Vec<EnvVarInput>,
 }
 
@@ -427,15 +442,18 @@ pub struct UpdateDevboxBody {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ExecBody {
     /// Run with `bash -c` as root, `/home/.env` loaded.
+    #[schema(min_length = 1, max_length = 100000)]
     pub command: String,
     /// Working directory (absolute); defaults to `/home`.
     #[serde(default)]
+    #[schema(pattern = "^/")]
     pub cwd: Option<String>,
     /// Extra environment, applied over `/home/.env`.
     #[serde(default)]
     pub env: Option<BTreeMap<String, String>>,
     /// 1 to 3600; defaults to 600.
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 3600)]
     pub timeout_seconds: Option<f64>,
 }
 
@@ -532,3 +550,36 @@ pub struct PoolStats {
     pub provisioning_p50_ms: Option<u64>,
     pub provisioning_p95_ms: Option<u64>,
 }
+
+// ---------------------------------------------------------------------------------------------
+// Extensions: project tokens
+// ---------------------------------------------------------------------------------------------
+
+/// A new project token; the secret is shown here only.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CreatedToken {
+    pub id: String,
+    /// `wp_...`: send it as `Authorization: Bearer <token>`. It acts on this project only.
+    pub token: String,
+    pub created_at: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TokenItem {
+    pub id: String,
+    pub created_at: String,
+    pub last_used_at: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ListTokensResponse {
+    pub items: Vec<TokenItem>,
+}
+
+/// Creating a token takes no parameters.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateTokenBody {}

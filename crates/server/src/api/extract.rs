@@ -10,8 +10,7 @@ use serde::de::DeserializeOwned;
 
 use crate::error::AppError;
 
-/// A JSON body. An empty body counts as `{}` (every body of this API may be empty or has required
-/// fields that then get named in the error).
+/// A JSON body: required, a JSON object, `Content-Type: application/json`.
 pub struct ApiJson<T>(pub T);
 
 fn is_json(content_type: &str) -> bool {
@@ -75,12 +74,13 @@ fn nested_array(v: &serde_json::Value, path: &str) -> Option<String> {
 }
 
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, AppError> {
-    let text: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
-        b"{}"
-    } else {
-        bytes
-    };
-    let value: serde_json::Value = serde_json::from_slice(text)
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(AppError::invalid(
+            "body",
+            "a JSON object is required (send {} when there is nothing to set)",
+        ));
+    }
+    let value: serde_json::Value = serde_json::from_slice(bytes)
         .map_err(|e| AppError::invalid("body", format!("not valid JSON: {e}")))?;
     if !value.is_object() {
         return Err(AppError::invalid("body", "must be a JSON object"));
@@ -120,7 +120,7 @@ where
         })?;
         let empty = bytes.iter().all(u8::is_ascii_whitespace);
         match content_type.as_deref() {
-            Some(ct) if !is_json(ct) && !empty => {
+            Some(ct) if !is_json(ct) => {
                 return Err(AppError::invalid(
                     "body",
                     format!("Content-Type must be application/json, not `{ct}`"),
@@ -211,9 +211,11 @@ mod tests {
     }
 
     #[test]
-    fn empty_body_is_an_empty_object() {
-        let b: UpdateWarmPoolBody = parse_json(b"").unwrap();
-        assert!(b.enabled.is_none());
+    fn a_body_is_required_and_null_is_kept_apart_from_absent() {
+        assert_eq!(field(""), "body");
+        assert_eq!(field("  "), "body");
+        let b: UpdateWarmPoolBody = parse_json(b"{}").unwrap();
+        assert!(b.enabled.is_none() && b.branch.is_none());
         let b: UpdateWarmPoolBody = parse_json(br#"{"branch": null}"#).unwrap();
         assert_eq!(b.branch, Some(None));
     }

@@ -90,7 +90,7 @@ async fn authenticate(State(app): State<Arc<App>>, mut req: Request, next: Next)
             let (scheme, rest) = v.split_once(' ')?;
             scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
         });
-    match app.authenticate(token) {
+    match app.authenticate(token).await {
         Ok(caller) => {
             req.extensions_mut().insert(caller);
             next.run(req).await
@@ -134,7 +134,11 @@ async fn metrics_text(
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
-        if let Err(e) = app.authenticate(token).and_then(|c| c.require_admin()) {
+        if let Err(e) = app
+            .authenticate(token)
+            .await
+            .and_then(|c| c.require_admin())
+        {
             return e.into_response();
         }
     }
@@ -145,8 +149,34 @@ async fn metrics_text(
         .into_response()
 }
 
-pub fn router(app: Arc<App>, max_body_bytes: usize, metrics_auth: bool) -> Router {
-    let (v1, mut doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+/// Settings of the HTTP layer.
+#[derive(Debug, Clone)]
+pub struct HttpOptions {
+    pub max_body_bytes: usize,
+    pub metrics_auth: bool,
+    /// How long an ordinary request may take; claims, exec and event streams are exempt (they
+    /// wait or stream by design, bounded by their own parameters).
+    pub request_timeout: std::time::Duration,
+}
+
+/// Answers 503 `unavailable` when a request takes longer than its limit.
+async fn time_limit(
+    State(limit): State<std::time::Duration>,
+    req: Request,
+    next: Next,
+) -> Response {
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(r) => r,
+        Err(_) => AppError::Unavailable(format!(
+            "the request did not finish within {} s; retry",
+            limit.as_secs()
+        ))
+        .into_response(),
+    }
+}
+
+pub fn router(app: Arc<App>, opts: HttpOptions) -> Router {
+    let quick = OpenApiRouter::new()
         .routes(routes!(
             warm_pool::get_warm_pool,
             warm_pool::update_warm_pool
@@ -154,13 +184,9 @@ pub fn router(app: Arc<App>, max_body_bytes: usize, metrics_auth: bool) -> Route
         .routes(routes!(warm_pool::test_boot))
         .routes(routes!(warm_pool::list_instances))
         .routes(routes!(warm_pool::get_instance, warm_pool::delete_instance))
-        .routes(routes!(warm_pool::exec))
         .routes(routes!(warm_pool::clear))
-        .routes(routes!(pool::claim))
         .routes(routes!(pool::vm))
         .routes(routes!(pool::stats))
-        .routes(routes!(pool::instance_events))
-        .routes(routes!(pool::project_events))
         .routes(routes!(projects::create_project, projects::list_projects))
         .routes(routes!(
             projects::get_project,
@@ -171,6 +197,20 @@ pub fn router(app: Arc<App>, max_body_bytes: usize, metrics_auth: bool) -> Route
         .routes(routes!(projects::list_env_vars, projects::put_env_vars))
         .routes(routes!(projects::delete_env_var))
         .routes(routes!(projects::get_devbox, projects::update_devbox))
+        .routes(routes!(projects::create_token, projects::list_tokens))
+        .routes(routes!(projects::delete_token))
+        .layer(middleware::from_fn_with_state(
+            opts.request_timeout,
+            time_limit,
+        ));
+    let long = OpenApiRouter::new()
+        .routes(routes!(warm_pool::exec))
+        .routes(routes!(pool::claim))
+        .routes(routes!(pool::instance_events))
+        .routes(routes!(pool::project_events));
+    let (v1, mut doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(quick)
+        .merge(long)
         .layer(middleware::from_fn_with_state(app.clone(), authenticate))
         .split_for_parts();
     let (open, open_doc) = OpenApiRouter::new()
@@ -191,7 +231,9 @@ pub fn router(app: Arc<App>, max_body_bytes: usize, metrics_auth: bool) -> Route
         )
         .route(
             "/metrics",
-            axum::routing::get(move |state, headers| metrics_text(state, headers, metrics_auth)),
+            axum::routing::get(move |state, headers| {
+                metrics_text(state, headers, opts.metrics_auth)
+            }),
         )
         .fallback(|| async { AppError::not_found("no such endpoint") })
         .method_not_allowed_fallback(|| async {
@@ -204,7 +246,54 @@ pub fn router(app: Arc<App>, max_body_bytes: usize, metrics_auth: bool) -> Route
             });
             (StatusCode::METHOD_NOT_ALLOWED, body)
         })
-        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(DefaultBodyLimit::max(opts.max_body_bytes))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(app)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tower::ServiceExt;
+
+    #[tokio::test]
+    async fn slow_requests_get_503_in_the_error_shape() {
+        let app: Router = Router::new()
+            .route(
+                "/slow",
+                axum::routing::get(|| async {
+                    tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+                    "late"
+                }),
+            )
+            .route("/fast", axum::routing::get(|| async { "ok" }))
+            .layer(middleware::from_fn_with_state(
+                std::time::Duration::from_millis(50),
+                time_limit,
+            ));
+        let slow = app
+            .clone()
+            .oneshot(
+                Request::get("/slow")
+                    .body(axum::body::Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(slow.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let body = axum::body::to_bytes(slow.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["error"]["code"], "unavailable");
+        let fast = app
+            .oneshot(
+                Request::get("/fast")
+                    .body(axum::body::Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(fast.status(), StatusCode::OK);
+    }
 }

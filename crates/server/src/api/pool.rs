@@ -81,6 +81,19 @@ pub async fn stats(
     app.pool_stats(&caller, &project_id).await.map(Json)
 }
 
+/// One server-sent event as it arrives: `event` is `step`, `output` or `done`; `data` is its JSON.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct ServerSentEvent {
+    /// `step` (a step started or ended), `output` (new output of the running step) or `done`.
+    event: String,
+    /// Position in the instance's stream.
+    id: String,
+    /// The event as JSON: `{instanceId, name, status, metadata, durationMs?, error?}` for `step`,
+    /// `{instanceId, step, data}` for `output`, `{instanceId, status, summary}` for `done`.
+    data: String,
+}
+
 type EventStream =
     Sse<axum::response::sse::KeepAliveStream<BoxStream<'static, Result<SseEvent, Infallible>>>>;
 
@@ -106,7 +119,7 @@ fn sse(events: BoxStream<'static, Arc<Sequenced>>) -> EventStream {
         ("projectId" = String, Path, description = "Project ID."),
         ("id" = String, Path, description = "Warm pool instance ID (wpi_...)."),
     ),
-    responses((status = 200, description = "text/event-stream", content_type = "text/event-stream", body = String), StdErrors),
+    responses((status = 200, description = "A stream of server-sent events", content_type = "text/event-stream", body = ServerSentEvent), StdErrors),
     security(("bearerAuth" = []))
 )]
 pub async fn instance_events(
@@ -122,7 +135,7 @@ pub async fn instance_events(
     operation_id = "streamWarmPoolEvents",
     summary = "Server-sent events of every boot of the project, from now on (each carries its instanceId)",
     params(("projectId" = String, Path, description = "Project ID.")),
-    responses((status = 200, description = "text/event-stream", content_type = "text/event-stream", body = String), StdErrors),
+    responses((status = 200, description = "A stream of server-sent events", content_type = "text/event-stream", body = ServerSentEvent), StdErrors),
     security(("bearerAuth" = []))
 )]
 pub async fn project_events(

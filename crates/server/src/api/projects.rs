@@ -8,8 +8,9 @@ use axum::{Extension, Json};
 use serde::Deserialize;
 use utoipa::IntoParams;
 use warmpool_types::api::{
-    CreateProjectBody, DeleteEnvVarResponse, Devbox, EnvVarsResponse, ListProjectsResponse,
-    ListReposResponse, Project, PutEnvVarsBody, UpdateDevboxBody, UpdateProjectBody,
+    CreateProjectBody, CreateTokenBody, CreatedToken, DeleteEnvVarResponse, Devbox,
+    EnvVarsResponse, ListProjectsResponse, ListReposResponse, ListTokensResponse, Project,
+    PutEnvVarsBody, UpdateDevboxBody, UpdateProjectBody,
 };
 
 use super::extract::{ApiJson, ApiPath, ApiQuery};
@@ -214,4 +215,56 @@ pub async fn update_devbox(
     app.update_devbox(&caller, &project_id, body)
         .await
         .map(Json)
+}
+
+#[utoipa::path(
+    post, path = "/v1/projects/{projectId}/tokens", tag = "projects", operation_id = "createProjectToken",
+    summary = "Create a token that acts on this project only (admin); its secret is shown once",
+    params(("projectId" = String, Path, description = "Project ID.")),
+    request_body = CreateTokenBody,
+    responses((status = 201, description = "Created", body = CreatedToken), StdErrors),
+    security(("bearerAuth" = []))
+)]
+pub async fn create_token(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    ApiPath(project_id): ApiPath<String>,
+    ApiJson(_body): ApiJson<CreateTokenBody>,
+) -> ApiResult<(StatusCode, Json<CreatedToken>)> {
+    let t = app.create_token(&caller, &project_id).await?;
+    Ok((StatusCode::CREATED, Json(t)))
+}
+
+#[utoipa::path(
+    get, path = "/v1/projects/{projectId}/tokens", tag = "projects", operation_id = "listProjectTokens",
+    summary = "The project's tokens, without their secrets (admin)",
+    params(("projectId" = String, Path, description = "Project ID.")),
+    responses((status = 200, description = "Success", body = ListTokensResponse), StdErrors),
+    security(("bearerAuth" = []))
+)]
+pub async fn list_tokens(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    ApiPath(project_id): ApiPath<String>,
+) -> ApiResult<Json<ListTokensResponse>> {
+    app.list_tokens(&caller, &project_id).await.map(Json)
+}
+
+#[utoipa::path(
+    delete, path = "/v1/projects/{projectId}/tokens/{tokenId}", tag = "projects", operation_id = "deleteProjectToken",
+    summary = "Revoke a project token (admin)",
+    params(
+        ("projectId" = String, Path, description = "Project ID."),
+        ("tokenId" = String, Path, description = "Token ID (tok_...)."),
+    ),
+    responses((status = 204, description = "Revoked"), StdErrors),
+    security(("bearerAuth" = []))
+)]
+pub async fn delete_token(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    ApiPath((project_id, token_id)): ApiPath<(String, String)>,
+) -> ApiResult<StatusCode> {
+    app.delete_token(&caller, &project_id, &token_id).await?;
+    Ok(StatusCode::NO_CONTENT)
 }

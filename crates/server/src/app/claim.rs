@@ -16,12 +16,14 @@ use crate::metrics as m;
 
 const DEFAULT_WAIT: Duration = Duration::from_secs(60);
 
-fn vm_access(i: &InstanceRow) -> Option<VmAccess> {
-    Some(VmAccess {
-        instance_id: i.vm_id.clone(),
-        agent_url: i.agent_url.clone()?,
-        agent_token: i.agent_token.clone()?,
-    })
+impl App {
+    fn vm_access_of(&self, i: &InstanceRow) -> Option<VmAccess> {
+        Some(VmAccess {
+            instance_id: i.vm_id.clone(),
+            agent_url: i.agent_url.clone()?,
+            agent_token: self.agent_token(i)?,
+        })
+    }
 }
 
 /// The `q`-quantile of sorted values (nearest rank).
@@ -69,15 +71,34 @@ impl App {
             return Ok((
                 true,
                 ClaimResponse {
-                    vm: vm_access(&inst),
+                    vm: self.vm_access_of(&inst),
                     instance: list_item(&inst),
                     warm: true,
                 },
             ));
         }
-        let inst = self
-            .launch(project_id, InstanceKind::Cold, body.task_id.clone())
-            .await?;
+        let inst = {
+            // Check and boot under one lock, so concurrent claims cannot overshoot the cap.
+            let lock = self.limits.cold_lock(project_id);
+            let _held = lock.lock().await;
+            let booting = self
+                .store
+                .list_instances(project_id, Some(InstanceStatus::Provisioning), 200)
+                .await?
+                .iter()
+                .filter(|i| i.kind == InstanceKind::Cold)
+                .count();
+            if booting >= self.cfg.max_cold_claims {
+                return Err(AppError::RateLimited {
+                    message: format!(
+                        "{booting} VMs are already booting for claims of this project (the most at once); retry shortly"
+                    ),
+                    retry_after_secs: super::limits::COLD_CAP_RETRY.as_secs(),
+                });
+            }
+            self.launch(project_id, InstanceKind::Cold, body.task_id.clone())
+                .await?
+        };
         metrics::counter!(m::CLAIMS, "project" => project_id.to_string(), "kind" => "cold")
             .increment(1);
         tracing::info!(project = %project_id, instance = %inst.id, "no ready VM: booting one for the claim");
@@ -88,7 +109,7 @@ impl App {
         Ok((
             done,
             ClaimResponse {
-                vm: if done { vm_access(&inst) } else { None },
+                vm: if done { self.vm_access_of(&inst) } else { None },
                 instance: list_item(&inst),
                 warm: false,
             },
@@ -135,7 +156,7 @@ impl App {
         let i = self.instance_for(caller, project_id, id).await?;
         let usable = i.status == InstanceStatus::Claimed
             || (i.status == InstanceStatus::Ready && i.kind == InstanceKind::Test);
-        match (usable, vm_access(&i)) {
+        match (usable, self.vm_access_of(&i)) {
             (true, Some(v)) => Ok(v),
             _ => Err(AppError::Conflict(format!(
                 "the instance is {}: only claimed instances (and ready test instances) can be reached",

@@ -67,10 +67,11 @@ impl App {
             }
         }
         p.into_result()?;
+        // Sealed before they reach the store; the plain values live only in memory.
         let vars: Vec<(String, String)> = body
             .variables
             .into_iter()
-            .map(|v| (v.name, v.value))
+            .map(|v| (v.name, self.seal(&v.value)))
             .collect();
         self.store
             .upsert_env_vars(project_id, &vars, self.now())

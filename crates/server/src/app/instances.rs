@@ -190,7 +190,7 @@ impl App {
             InstanceStatus::Ready => i.kind == InstanceKind::Test,
             _ => false,
         };
-        let (Some(url), Some(token), true) = (&i.agent_url, &i.agent_token, usable) else {
+        let (Some(url), Some(token), true) = (&i.agent_url, &self.agent_token(&i), usable) else {
             return Err(AppError::Conflict(format!(
                 "cannot run commands on a {} instance: only ready test instances and claimed instances accept commands",
                 if i.status == InstanceStatus::Ready { "pool (unclaimed)" } else { i.status.as_str() }
@@ -209,7 +209,7 @@ impl App {
             .await
             .map_err(|_| AppError::Unavailable("the VM stopped answering".into()))?
             .map_err(|e| AppError::Unavailable(format!("cannot reach the VM: {e}")))?;
-        let vars = self.store.list_env_vars(project_id).await?;
+        let vars = self.env_vars(project_id).await?;
         let redactor = Redactor::new(vars.iter().map(|v| (v.name.as_str(), v.value.as_str())));
         Ok(ExecResponse {
             exit_code: res.exit_code,

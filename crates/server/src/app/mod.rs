@@ -9,8 +9,10 @@ mod env;
 pub mod events;
 pub mod heads;
 mod instances;
+pub mod limits;
 mod projects;
 pub mod reconcile;
+mod tokens;
 mod validation;
 mod warm_pool;
 
@@ -29,6 +31,7 @@ use crate::error::{AppError, AppResult};
 use crate::git::mirror::Mirrors;
 use crate::git::serve::GitServer;
 use crate::provision::{self, BootPlan};
+use crate::sealed::Sealer;
 use clock::Clock;
 use events::EventHub;
 use heads::Heads;
@@ -87,6 +90,11 @@ pub struct AppConfig {
     pub head_check_interval: Duration,
     /// Pool boots this server runs at once, at most (claims are not held back by it).
     pub max_parallel_boots: usize,
+    /// Requests per second per token (0: no limit), and the burst allowed.
+    pub rate_per_sec: u32,
+    pub rate_burst: u32,
+    /// VMs booted for claims of one project at once, at most.
+    pub max_cold_claims: usize,
 }
 
 impl Default for AppConfig {
@@ -99,6 +107,9 @@ impl Default for AppConfig {
             exec_default_timeout: Duration::from_secs(600),
             head_check_interval: Duration::from_secs(60),
             max_parallel_boots: 8,
+            rate_per_sec: 100,
+            rate_burst: 200,
+            max_cold_claims: 20,
         }
     }
 }
@@ -112,6 +123,8 @@ pub struct AppParts {
     pub mirrors: Arc<Mirrors>,
     pub git: Arc<GitServer>,
     pub clock: Arc<dyn Clock>,
+    /// Seals secrets before they reach the store.
+    pub sealer: Arc<Sealer>,
 }
 
 pub struct App {
@@ -124,6 +137,8 @@ pub struct App {
     pub git: Arc<GitServer>,
     pub events: Arc<EventHub>,
     clock: Arc<dyn Clock>,
+    sealer: Arc<Sealer>,
+    pub limits: limits::Limits,
     heads: Arc<Heads>,
     nudge: Notify,
     /// Pipelines running in this process, by instance id, to stop them when their instance goes.
@@ -136,6 +151,7 @@ impl App {
         Arc::new(Self {
             admin_token_hash: hash_token(&parts.admin_token),
             heads: Heads::new(parts.cfg.head_check_interval, parts.clock.clone()),
+            limits: limits::Limits::new(parts.cfg.rate_per_sec, parts.cfg.rate_burst),
             store: parts.store,
             backend: parts.backend,
             cfg: parts.cfg,
@@ -143,6 +159,7 @@ impl App {
             git: parts.git,
             events: Arc::new(EventHub::default()),
             clock: parts.clock,
+            sealer: parts.sealer,
             nudge: Notify::new(),
             running: Mutex::new(HashMap::new()),
         })
@@ -160,17 +177,53 @@ impl App {
             .contains_key(instance_id)
     }
 
-    /// Who a bearer token belongs to.
-    pub fn authenticate(&self, token: Option<&str>) -> AppResult<Caller> {
+    /// Who a bearer token belongs to: the admin (compared in constant time) or a project (found
+    /// by the token's hash).
+    pub async fn authenticate(&self, token: Option<&str>) -> AppResult<Caller> {
         let Some(token) = token.filter(|t| !t.is_empty()) else {
             return Err(AppError::Unauthorized(
                 "missing token: send `Authorization: Bearer <token>`".into(),
             ));
         };
-        if bool::from(hash_token(token).ct_eq(&self.admin_token_hash)) {
-            return Ok(Caller::Admin);
+        let hash = hash_token(token);
+        let caller = if bool::from(hash.ct_eq(&self.admin_token_hash)) {
+            Caller::Admin
+        } else if let Some(caller) = self.project_caller(token).await? {
+            caller
+        } else {
+            return Err(AppError::Unauthorized("unknown or revoked token".into()));
+        };
+        self.limits.check_rate(&hash)?;
+        Ok(caller)
+    }
+
+    /// Seals a secret for the store.
+    pub(crate) fn seal(&self, plain: &str) -> String {
+        self.sealer.seal(plain)
+    }
+
+    /// The project's environment variables with their values opened.
+    pub(crate) async fn env_vars(
+        &self,
+        project_id: &str,
+    ) -> AppResult<Vec<warmpool_store::EnvVarRow>> {
+        let mut vars = self.store.list_env_vars(project_id).await?;
+        for v in &mut vars {
+            v.value = self.sealer.open(&v.value).map_err(AppError::internal)?;
         }
-        Err(AppError::Unauthorized("unknown or revoked token".into()))
+        Ok(vars)
+    }
+
+    /// A VM's agent token, opened.
+    pub(crate) fn agent_token(&self, inst: &InstanceRow) -> Option<String> {
+        let sealed = inst.agent_token.as_deref()?;
+        match self.sealer.open(sealed) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                tracing::error!(instance = %inst.id, "cannot open the agent token: {e:#}");
+                None
+            }
+        }
     }
 
     /// Loads what a boot of `project_id` needs, as it is right now.
@@ -180,7 +233,7 @@ impl App {
             .get_project(project_id)
             .await?
             .ok_or_else(|| AppError::not_found("project not found"))?;
-        let env = self.store.list_env_vars(project_id).await?;
+        let env = self.env_vars(project_id).await?;
         let pool = self.store.get_pool_config(project_id).await?;
         Ok(BootPlan {
             project,
@@ -402,7 +455,7 @@ impl App {
         let checks = futures_util::stream::iter(ready).map(|inst| {
             let app = self.clone();
             async move {
-                let healthy = match (&inst.agent_url, &inst.agent_token) {
+                let healthy = match (&inst.agent_url, &app.agent_token(&inst)) {
                     (Some(url), Some(token)) => app
                         .backend
                         .agent(&inst.vm_id, url, token)

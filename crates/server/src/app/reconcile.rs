@@ -73,6 +73,7 @@ impl App {
                     _ = tokio::time::sleep(interval) => {},
                     _ = app.nudge.notified() => {},
                 }
+                app.limits.tidy();
                 if let Err(e) = app.reconcile().await {
                     metrics::counter!(m::RECONCILE_ERRORS).increment(1);
                     tracing::warn!("reconciler pass failed: {e}");

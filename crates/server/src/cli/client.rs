@@ -13,13 +13,21 @@ pub struct Client {
 }
 
 impl Client {
-    pub fn new(base: &str, token: &str) -> anyhow::Result<Self> {
+    pub fn new(base: &str, token: &str, ca_cert: Option<&std::path::Path>) -> anyhow::Result<Self> {
+        let mut http =
+            reqwest::Client::builder().connect_timeout(std::time::Duration::from_secs(5));
+        if let Some(path) = ca_cert {
+            let pem =
+                std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+            http = http.add_root_certificate(
+                reqwest::Certificate::from_pem(&pem)
+                    .with_context(|| format!("{} is not a PEM certificate", path.display()))?,
+            );
+        }
         Ok(Self {
             base: base.trim_end_matches('/').to_string(),
             token: token.to_string(),
-            http: reqwest::Client::builder()
-                .connect_timeout(std::time::Duration::from_secs(5))
-                .build()?,
+            http: http.build()?,
         })
     }
 

@@ -8,13 +8,15 @@ use anyhow::{bail, Context};
 use reqwest::Method;
 use serde_json::{json, Value};
 use warmpool_types::api::{
-    ClaimResponse, EnvVarsResponse, ExecResponse, GetWarmPoolResponse, ListProjectsResponse,
-    ListWarmPoolInstancesResponse, PoolStats, Project, StepRecord, TestWarmPoolBootResponse,
-    WarmPoolInstanceDetail,
+    ClaimResponse, CreatedToken, EnvVarsResponse, ExecResponse, GetWarmPoolResponse,
+    ListProjectsResponse, ListTokensResponse, ListWarmPoolInstancesResponse, PoolStats, Project,
+    StepRecord, TestWarmPoolBootResponse, WarmPoolInstanceDetail,
 };
 
 use super::client::Client;
-use super::{Cli, Command, DevboxCmd, EnvCmd, ImageCmd, InstanceCmd, PoolCmd, ProjectCmd};
+use super::{
+    Cli, Command, DevboxCmd, EnvCmd, ImageCmd, InstanceCmd, PoolCmd, ProjectCmd, TokenCmd,
+};
 use crate::provision::envfile::shell_quote;
 
 /// The admin token of the local data dir, for when none is given.
@@ -469,6 +471,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         url,
         token,
         json: json_out,
+        ca_cert,
         command,
     } = cli;
     let command = match command {
@@ -494,7 +497,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Some(t) => t,
         None => local_token()?,
     };
-    let c = Client::new(&url, &token)?;
+    let c = Client::new(&url, &token, ca_cert.as_deref())?;
     match command {
         Command::Serve(_) | Command::Image(_) => unreachable!("handled above"),
         Command::Project(cmd) => match cmd {
@@ -905,6 +908,49 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             let pid = project_id(&c, &project).await?;
             return claim(&c, &pid, task_id, wait_seconds, json_out, quiet).await;
         }
+        Command::Token(cmd) => match cmd {
+            TokenCmd::Create { project } => {
+                let pid = project_id(&c, &project).await?;
+                let t: CreatedToken = c
+                    .send(
+                        Method::POST,
+                        &format!("/v1/projects/{pid}/tokens"),
+                        &json!({}),
+                    )
+                    .await?;
+                if json_out {
+                    print_json(&t);
+                } else {
+                    println!("{}  (id {}; shown once: store it now)", t.token, t.id);
+                }
+            }
+            TokenCmd::List { project } => {
+                let pid = project_id(&c, &project).await?;
+                let r: ListTokensResponse = c.get(&format!("/v1/projects/{pid}/tokens")).await?;
+                if json_out {
+                    print_json(&r);
+                } else {
+                    for t in r.items {
+                        println!(
+                            "{}  created {}  last used {}",
+                            t.id,
+                            t.created_at,
+                            t.last_used_at.as_deref().unwrap_or("never")
+                        );
+                    }
+                }
+            }
+            TokenCmd::Rm { project, token_id } => {
+                let pid = project_id(&c, &project).await?;
+                c.call(
+                    Method::DELETE,
+                    &format!("/v1/projects/{pid}/tokens/{token_id}"),
+                    None,
+                )
+                .await?;
+                println!("revoked {token_id}");
+            }
+        },
         Command::Release { project, instance } => {
             let pid = project_id(&c, &project).await?;
             c.call(

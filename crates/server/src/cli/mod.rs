@@ -32,6 +32,9 @@ pub struct Cli {
     /// Print the server's JSON answers as they are.
     #[arg(long, global = true)]
     pub json: bool,
+    /// Trust this CA certificate (PEM) for an HTTPS server with a certificate of its own.
+    #[arg(long, global = true, env = "WARMPOOL_CA_CERT")]
+    pub ca_cert: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -71,6 +74,9 @@ pub enum Command {
         #[arg(long, short)]
         quiet: bool,
     },
+    /// Project tokens: act on one project only.
+    #[command(subcommand)]
+    Token(TokenCmd),
     /// Release a claimed VM (it is destroyed).
     Release { project: String, instance: String },
     /// Run a command in an instance (a ready test instance or a claimed one).
@@ -123,6 +129,22 @@ pub enum ProjectCmd {
     },
     Delete {
         project: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCmd {
+    /// Create a token for a project; its secret is printed once.
+    Create {
+        project: String,
+    },
+    List {
+        project: String,
+    },
+    /// Revoke a token.
+    Rm {
+        project: String,
+        token_id: String,
     },
 }
 

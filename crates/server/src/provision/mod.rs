@@ -6,6 +6,7 @@
 
 pub mod envfile;
 pub mod redact;
+pub mod settings;
 pub mod steplog;
 
 use std::sync::Arc;
@@ -641,7 +642,7 @@ impl Pipeline {
         })?;
         self.app
             .store
-            .set_instance_agent(&self.inst.id, &handle.agent_url, &token)
+            .set_instance_agent(&self.inst.id, &handle.agent_url, &self.app.seal(&token))
             .await
             .map_err(|e| format!("internal error: could not record the VM: {e}"))?;
         self.agent = Some(backend.agent(&self.inst.vm_id, &handle.agent_url, &token));
@@ -805,6 +806,7 @@ impl Pipeline {
                 dir.clone(),
                 "remote".into(),
                 "set-url".into(),
+                "--".into(),
                 "origin".into(),
                 repo.url.clone(),
             ],
@@ -866,29 +868,15 @@ impl Pipeline {
             ));
             return Ok(());
         };
-        let settings: Value = serde_json::from_slice(&bytes)
-            .map_err(|e| format!(".capy/settings.json of {full} is not valid JSON: {e}"))?;
-        let hooks = match settings.get("hooks").and_then(|h| h.get("setup")) {
-            None | Some(Value::Null) => {
+        let hooks = match settings::setup_hooks(&bytes) {
+            Ok(Some(h)) => h,
+            Ok(None) => {
                 log.line(&format!(
                     "the .capy/settings.json of {full} has no hooks.setup; no hooks to run"
                 ));
                 return Ok(());
             }
-            Some(Value::Array(items)) => items
-                .iter()
-                .map(|v| v.as_str().map(str::to_string))
-                .collect::<Option<Vec<String>>>()
-                .ok_or_else(|| {
-                    format!(
-                        "hooks.setup in .capy/settings.json of {full} must be an array of strings"
-                    )
-                })?,
-            Some(_) => {
-                return Err(format!(
-                    "hooks.setup in .capy/settings.json of {full} must be an array of strings"
-                ))
-            }
+            Err(e) => return Err(format!("{e} in .capy/settings.json of {full}")),
         };
         meta.insert("hooks".into(), json!(hooks.len()));
         let cmds: Vec<SetupCommand> = hooks

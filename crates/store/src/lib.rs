@@ -15,7 +15,7 @@ use warmpool_types::state::InstanceStatus;
 pub use model::*;
 pub use sqlite::SqliteStore;
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// The database cannot be reached or is locked for too long; safe to retry.
     #[error("store unavailable: {0}")]

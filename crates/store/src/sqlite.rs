@@ -1,7 +1,9 @@
 //! The SQLite engine: one file in the data dir, WAL, `synchronous=FULL` so an acknowledged change
-//! survives a power cut. All writes go through one connection (SQLite allows one writer at a time
-//! anyway, and queueing in-process avoids the busy-retry sleeps that wreck tail latency); reads use
-//! a few connections of their own. Blocking calls run on tokio's blocking pool.
+//! survives a power cut. All writes go to one writer thread (SQLite allows one writer at a time
+//! anyway, and queueing in-process avoids the busy-retry sleeps that wreck tail latency), which
+//! commits whatever has queued up *together*: each write runs in a savepoint of its own (it
+//! succeeds or fails alone), and the batch shares one transaction and one fsync — group commit.
+//! Reads use a few connections of their own on tokio's blocking pool.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -25,13 +27,6 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (4, include_str!("../migrations/sqlite/0004_tokens.sql")),
 ];
 const READERS: usize = 4;
-
-pub struct SqliteStore {
-    path: PathBuf,
-    writer: Arc<Mutex<Connection>>,
-    readers: Vec<Arc<Mutex<Connection>>>,
-    next_reader: AtomicUsize,
-}
 
 fn map_err(e: rusqlite::Error) -> StoreError {
     use rusqlite::ErrorCode as C;
@@ -105,6 +100,107 @@ fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
     Ok(())
 }
 
+/// A write waiting for the writer thread.
+trait WriteJob: Send {
+    /// Runs inside the job's own savepoint; answers whether it succeeded, and what to tell its
+    /// caller once the batch's commit is known.
+    fn run(self: Box<Self>, c: &Connection) -> (bool, Reply);
+    /// Tells the caller that the write could not even be tried.
+    fn fail(self: Box<Self>, e: StoreError);
+}
+
+type Reply = Box<dyn FnOnce(Option<StoreError>) + Send>;
+
+struct Pending<F, R> {
+    f: F,
+    tx: tokio::sync::oneshot::Sender<Result<R>>,
+}
+
+impl<F, R> WriteJob for Pending<F, R>
+where
+    F: FnOnce(&Connection) -> rusqlite::Result<R> + Send + 'static,
+    R: Send + 'static,
+{
+    fn run(self: Box<Self>, c: &Connection) -> (bool, Reply) {
+        let Pending { f, tx } = *self;
+        let res = f(c);
+        let ok = res.is_ok();
+        let reply: Reply = Box::new(move |commit: Option<StoreError>| {
+            let out = match (res, commit) {
+                (Err(e), _) => Err(map_err(e)),
+                (Ok(_), Some(e)) => Err(e),
+                (Ok(v), None) => Ok(v),
+            };
+            let _ = tx.send(out);
+        });
+        (ok, reply)
+    }
+
+    fn fail(self: Box<Self>, e: StoreError) {
+        let _ = self.tx.send(Err(e));
+    }
+}
+
+type Job = Box<dyn WriteJob>;
+
+/// The most writes committed together.
+const MAX_BATCH: usize = 256;
+
+pub struct SqliteStore {
+    path: PathBuf,
+    jobs: std::sync::mpsc::Sender<Job>,
+    readers: Vec<Arc<Mutex<Connection>>>,
+    next_reader: AtomicUsize,
+}
+
+/// The writer thread: takes every write that is waiting, runs each in a savepoint, commits once.
+fn writer_loop(mut conn: Connection, jobs: std::sync::mpsc::Receiver<Job>) {
+    while let Ok(first) = jobs.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match jobs.try_recv() {
+                Ok(j) => batch.push(j),
+                Err(_) => break,
+            }
+        }
+        let mut tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
+            Ok(tx) => tx,
+            Err(e) => {
+                let err = map_err(e);
+                for job in batch {
+                    job.fail(err.clone());
+                }
+                continue;
+            }
+        };
+        let mut replies = Vec::with_capacity(batch.len());
+        for job in batch {
+            let mut sp = match tx.savepoint() {
+                Ok(sp) => sp,
+                Err(e) => {
+                    job.fail(map_err(e));
+                    continue;
+                }
+            };
+            let (ok, reply) = job.run(&sp);
+            // A failed write takes back only its own changes.
+            let settled = if ok {
+                sp.commit()
+            } else {
+                sp.rollback().and_then(|()| sp.commit())
+            };
+            if let Err(e) = settled {
+                tracing::error!("a store savepoint could not be settled: {e}");
+            }
+            replies.push(reply);
+        }
+        let err = tx.commit().err().map(map_err);
+        for reply in replies {
+            reply(err.clone());
+        }
+    }
+}
+
 impl SqliteStore {
     /// Opens (creating if needed) the database file and brings its schema up to date.
     pub fn open(path: &Path) -> Result<Self> {
@@ -114,9 +210,14 @@ impl SqliteStore {
             .map(|_| open_conn(path).map(|c| Arc::new(Mutex::new(c))))
             .collect::<rusqlite::Result<Vec<_>>>()
             .map_err(map_err)?;
+        let (jobs, rx) = std::sync::mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("sqlite-writer".into())
+            .spawn(move || writer_loop(writer, rx))
+            .map_err(|e| StoreError::Internal(format!("cannot start the store writer: {e}")))?;
         Ok(Self {
             path: path.to_path_buf(),
-            writer: Arc::new(Mutex::new(writer)),
+            jobs,
             readers,
             next_reader: AtomicUsize::new(0),
         })
@@ -140,12 +241,19 @@ impl SqliteStore {
         .map_err(|e| StoreError::Internal(format!("store task failed: {e}")))?
     }
 
+    /// Runs `f` as one atomic write; it is durable when this returns `Ok`.
     async fn write<R, F>(&self, f: F) -> Result<R>
     where
         R: Send + 'static,
-        F: FnOnce(&mut Connection) -> rusqlite::Result<R> + Send + 'static,
+        F: FnOnce(&Connection) -> rusqlite::Result<R> + Send + 'static,
     {
-        Self::on(self.writer.clone(), f).await
+        let (tx, rx) = tokio::sync::oneshot::channel::<Result<R>>();
+        let job: Job = Box::new(Pending { f, tx });
+        self.jobs
+            .send(job)
+            .map_err(|_| StoreError::Internal("the store writer stopped".into()))?;
+        rx.await
+            .map_err(|_| StoreError::Internal("the store writer dropped a write".into()))?
     }
 
     async fn read<R, F>(&self, f: F) -> Result<R>
@@ -419,19 +527,16 @@ impl Store for SqliteStore {
         let project_id = project_id.to_string();
         let vars = vars.to_vec();
         self.write(move |c| {
-            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            {
-                let mut stmt = tx.prepare_cached(
-                    "INSERT INTO env_vars (project_id, name, value, version, updated_at)
-                     VALUES (?1, ?2, ?3, 1, ?4)
-                     ON CONFLICT (project_id, name) DO UPDATE
-                        SET value = ?3, version = version + 1, updated_at = ?4",
-                )?;
-                for (name, value) in &vars {
-                    stmt.execute(params![project_id, name, value, now])?;
-                }
+            let mut stmt = c.prepare_cached(
+                "INSERT INTO env_vars (project_id, name, value, version, updated_at)
+                 VALUES (?1, ?2, ?3, 1, ?4)
+                 ON CONFLICT (project_id, name) DO UPDATE
+                    SET value = ?3, version = version + 1, updated_at = ?4",
+            )?;
+            for (name, value) in &vars {
+                stmt.execute(params![project_id, name, value, now])?;
             }
-            tx.commit()
+            Ok(())
         })
         .await
     }
@@ -858,10 +963,9 @@ impl Store for SqliteStore {
     ) -> Result<PoolState> {
         let project_id = project_id.to_string();
         self.write(move |c| {
-            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let mut st = read_pool_state(&tx, &project_id)?;
+            let mut st = read_pool_state(c, &project_id)?;
             change(&mut st);
-            tx.execute(
+            c.execute(
                 "INSERT INTO pool_state (project_id, consecutive_failures, identical_failures,
                     last_failed_step, last_failed_config, last_error, degraded_since,
                     next_attempt_at, updated_at)
@@ -882,7 +986,6 @@ impl Store for SqliteStore {
                     now
                 ],
             )?;
-            tx.commit()?;
             Ok(st)
         })
         .await

@@ -474,3 +474,28 @@ async fn goldens_are_recorded_and_forgotten() {
     assert_eq!(s.pool_status("p").await.unwrap().provisioning, 1);
     assert!(s.claim_ready("p", None, 1).await.unwrap().is_none());
 }
+
+#[tokio::test]
+async fn concurrent_writes_commit_together_and_fail_alone() {
+    let (_d, s) = sqlite();
+    s.insert_project(&project("dup")).await.unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..64 {
+        let s = s.clone();
+        // Every 8th write breaks a uniqueness rule; the others, committed in the same batches,
+        // must not be affected.
+        let id = if i % 8 == 0 { "dup".to_string() } else { format!("p{i}") };
+        tasks.push(tokio::spawn(async move { s.insert_project(&project(&id)).await }));
+    }
+    let mut ok = 0;
+    let mut dup = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(()) => ok += 1,
+            Err(StoreError::Duplicate(_)) => dup += 1,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!((ok, dup), (56, 8));
+    assert_eq!(s.list_projects(None, 1000, None).await.unwrap().len(), 57);
+}

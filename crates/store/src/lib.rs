@@ -13,7 +13,7 @@ use warmpool_types::api::PoolStatus;
 use warmpool_types::state::InstanceStatus;
 
 pub use model::*;
-pub use sqlite::SqliteStore;
+pub use sqlite::{durable_commit_times, SqliteStore};
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
@@ -133,10 +133,12 @@ pub trait Store: Send + Sync + 'static {
     async fn pool_counts(&self, project_id: &str) -> Result<PoolCounts>;
     /// Boot durations (ready time minus creation) of the project's latest `limit` boots.
     async fn provisioning_durations(&self, project_id: &str, limit: u32) -> Result<Vec<i64>>;
-    /// Every pool configuration.
-    async fn list_pool_configs(&self) -> Result<Vec<PoolConfigRow>>;
-    /// `(project, name, version)` of every environment variable.
-    async fn all_env_versions(&self) -> Result<Vec<(String, String, i64)>>;
+    /// Everything a reconciler pass reads, from one consistent snapshot (separate reads could
+    /// disagree). With `changed_since: None` its instances are every live one (provisioning,
+    /// ready, failed, claimed); with `Some(rev)` they are the ones changed after that revision, in
+    /// any status — what a reader that keeps the rows between passes needs (at 10,000 VMs,
+    /// re-reading every row was most of a pass).
+    async fn pool_snapshot(&self, changed_since: Option<i64>) -> Result<PoolSnapshot>;
 
     // Pool failure state ---------------------------------------------------------------------
     async fn get_pool_state(&self, project_id: &str) -> Result<PoolState>;

@@ -127,6 +127,26 @@ pub struct PoolState {
     pub next_attempt_at: Option<i64>,
 }
 
+/// What a reconciler pass works from.
+#[derive(Debug, Clone, Default)]
+pub struct PoolSnapshot {
+    /// Every pool configuration.
+    pub configs: Vec<PoolConfigRow>,
+    /// Every project.
+    pub projects: Vec<ProjectRow>,
+    /// `(project, name, version)` of every environment variable.
+    pub env_versions: Vec<(String, String, i64)>,
+    /// Failure bookkeeping of the pools that have any (others are at the default).
+    pub states: std::collections::HashMap<String, PoolState>,
+    /// The instance revision this snapshot is at: every change to an instance row moves it on.
+    pub rev: i64,
+    /// Live instances oldest first, or those changed since the asked revision (see
+    /// [`crate::Store::pool_snapshot`]).
+    pub instances: Vec<InstanceRow>,
+    /// Ready goldens, oldest first.
+    pub goldens: Vec<GoldenRow>,
+}
+
 /// Instance counts of one project, for the pool's stats.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PoolCounts {

@@ -15,8 +15,8 @@ use warmpool_types::api::PoolStatus;
 use warmpool_types::state::InstanceStatus;
 
 use crate::{
-    EnvVarRow, GoldenRow, InstanceRow, PoolConfigRow, PoolCounts, PoolState, PoolStateChange,
-    ProjectRow, RepoCommit, Result, StepRow, Store, StoreError, TokenRow,
+    EnvVarRow, GoldenRow, InstanceRow, PoolConfigRow, PoolCounts, PoolSnapshot, PoolState,
+    PoolStateChange, ProjectRow, RepoCommit, Result, StepRow, Store, StoreError, TokenRow,
 };
 use std::collections::BTreeMap;
 
@@ -25,6 +25,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (2, include_str!("../migrations/sqlite/0002_pool.sql")),
     (3, include_str!("../migrations/sqlite/0003_goldens.sql")),
     (4, include_str!("../migrations/sqlite/0004_tokens.sql")),
+    (
+        5,
+        include_str!("../migrations/sqlite/0005_instance_rev.sql"),
+    ),
 ];
 const READERS: usize = 4;
 
@@ -67,7 +71,8 @@ fn open_conn(path: &Path) -> rusqlite::Result<Connection> {
     conn.execute_batch(
         "PRAGMA journal_mode = WAL;
          PRAGMA synchronous = FULL;
-         PRAGMA foreign_keys = ON;",
+         PRAGMA foreign_keys = ON;
+         PRAGMA temp_store = MEMORY;",
     )?;
     Ok(conn)
 }
@@ -151,6 +156,9 @@ pub struct SqliteStore {
     jobs: std::sync::mpsc::Sender<Job>,
     readers: Vec<Arc<Mutex<Connection>>>,
     next_reader: AtomicUsize,
+    /// The reconciler's own connection, so that a pass neither waits behind the API's reads nor
+    /// holds one of their connections.
+    snapshot_reader: Arc<Mutex<Connection>>,
 }
 
 /// The writer thread: takes every write that is waiting, runs each in a savepoint, commits once.
@@ -201,6 +209,25 @@ fn writer_loop(mut conn: Connection, jobs: std::sync::mpsc::Receiver<Job>) {
     }
 }
 
+/// The floor of any durable write: `n` single-row write transactions on a fresh database at
+/// `path`, with the same settings as the store (WAL, `synchronous=FULL`). For benchmarks.
+pub fn durable_commit_times(path: &Path, n: usize) -> Result<Vec<std::time::Duration>> {
+    let conn = open_conn(path).map_err(map_err)?;
+    conn.execute_batch("CREATE TABLE IF NOT EXISTS floor (id INTEGER PRIMARY KEY, v INTEGER)")
+        .map_err(map_err)?;
+    let mut times = Vec::with_capacity(n);
+    for i in 0..n {
+        let t = std::time::Instant::now();
+        conn.execute_batch(&format!(
+            "BEGIN IMMEDIATE; INSERT OR REPLACE INTO floor (id, v) VALUES ({}, {i}); COMMIT;",
+            i % 64
+        ))
+        .map_err(map_err)?;
+        times.push(t.elapsed());
+    }
+    Ok(times)
+}
+
 impl SqliteStore {
     /// Opens (creating if needed) the database file and brings its schema up to date.
     pub fn open(path: &Path) -> Result<Self> {
@@ -210,6 +237,7 @@ impl SqliteStore {
             .map(|_| open_conn(path).map(|c| Arc::new(Mutex::new(c))))
             .collect::<rusqlite::Result<Vec<_>>>()
             .map_err(map_err)?;
+        let snapshot_reader = Arc::new(Mutex::new(open_conn(path).map_err(map_err)?));
         let (jobs, rx) = std::sync::mpsc::channel::<Job>();
         std::thread::Builder::new()
             .name("sqlite-writer".into())
@@ -220,6 +248,7 @@ impl SqliteStore {
             jobs,
             readers,
             next_reader: AtomicUsize::new(0),
+            snapshot_reader,
         })
     }
 
@@ -366,24 +395,26 @@ fn step_row(r: &Row) -> rusqlite::Result<StepRow> {
     })
 }
 
+const POOL_STATE_COLS: &str = "consecutive_failures, identical_failures, last_failed_step, \
+     last_failed_config, last_error, degraded_since, next_attempt_at";
+
+fn pool_state_row(r: &Row, first: usize) -> rusqlite::Result<PoolState> {
+    Ok(PoolState {
+        consecutive_failures: r.get(first)?,
+        identical_failures: r.get(first + 1)?,
+        last_failed_step: r.get(first + 2)?,
+        last_failed_config: r.get(first + 3)?,
+        last_error: r.get(first + 4)?,
+        degraded_since: r.get(first + 5)?,
+        next_attempt_at: r.get(first + 6)?,
+    })
+}
+
 fn read_pool_state(c: &Connection, project_id: &str) -> rusqlite::Result<PoolState> {
-    Ok(c.query_row(
-        "SELECT consecutive_failures, identical_failures, last_failed_step, last_failed_config,
-                last_error, degraded_since, next_attempt_at
-             FROM pool_state WHERE project_id = ?1",
-        [project_id],
-        |r| {
-            Ok(PoolState {
-                consecutive_failures: r.get(0)?,
-                identical_failures: r.get(1)?,
-                last_failed_step: r.get(2)?,
-                last_failed_config: r.get(3)?,
-                last_error: r.get(4)?,
-                degraded_since: r.get(5)?,
-                next_attempt_at: r.get(6)?,
-            })
-        },
-    )
+    Ok(c.prepare_cached(&format!(
+        "SELECT {POOL_STATE_COLS} FROM pool_state WHERE project_id = ?1"
+    ))?
+    .query_row([project_id], |r| pool_state_row(r, 0))
     .optional()?
     .unwrap_or_default())
 }
@@ -930,22 +961,64 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn list_pool_configs(&self) -> Result<Vec<PoolConfigRow>> {
-        self.read(move |c| {
-            let mut stmt = c.prepare_cached(&format!("SELECT {POOL_COLS} FROM warm_pools"))?;
-            let rows = stmt.query_map([], pool_row)?;
-            rows.collect()
-        })
-        .await
-    }
-
-    async fn all_env_versions(&self) -> Result<Vec<(String, String, i64)>> {
-        self.read(move |c| {
-            let mut stmt = c.prepare_cached(
-                "SELECT project_id, name, version FROM env_vars ORDER BY project_id, name",
-            )?;
-            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
-            rows.collect()
+    async fn pool_snapshot(&self, changed_since: Option<i64>) -> Result<PoolSnapshot> {
+        Self::on(self.snapshot_reader.clone(), move |c| {
+            let tx = c.transaction()?;
+            let configs = tx
+                .prepare_cached(&format!("SELECT {POOL_COLS} FROM warm_pools"))?
+                .query_map([], pool_row)?
+                .collect::<rusqlite::Result<_>>()?;
+            let projects = tx
+                .prepare_cached(&format!("SELECT {PROJECT_COLS} FROM projects ORDER BY seq"))?
+                .query_map([], project_row)?
+                .collect::<rusqlite::Result<_>>()?;
+            let env_versions = tx
+                .prepare_cached(
+                    "SELECT project_id, name, version FROM env_vars ORDER BY project_id, name",
+                )?
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                .collect::<rusqlite::Result<_>>()?;
+            let states = tx
+                .prepare_cached(&format!(
+                    "SELECT project_id, {POOL_STATE_COLS} FROM pool_state"
+                ))?
+                .query_map([], |r| Ok((r.get(0)?, pool_state_row(r, 1)?)))?
+                .collect::<rusqlite::Result<_>>()?;
+            let rev: i64 = tx
+                .prepare_cached("SELECT n FROM instance_rev WHERE id = 1")?
+                .query_row([], |r| r.get(0))?;
+            let instances = match changed_since {
+                Some(since) => tx
+                    .prepare_cached(&format!(
+                        "SELECT {INSTANCE_COLS} FROM instances WHERE rev > ?1 ORDER BY rev"
+                    ))?
+                    .query_map([since], instance_row)?
+                    .collect::<rusqlite::Result<_>>()?,
+                None => tx
+                    .prepare_cached(&format!(
+                        "SELECT {INSTANCE_COLS} FROM instances
+                         WHERE status IN ('provisioning', 'ready', 'failed', 'claimed')
+                         ORDER BY seq"
+                    ))?
+                    .query_map([], instance_row)?
+                    .collect::<rusqlite::Result<_>>()?,
+            };
+            let goldens = tx
+                .prepare_cached(&format!(
+                    "SELECT {GOLDEN_COLS} FROM goldens WHERE status = 'ready' ORDER BY created_at"
+                ))?
+                .query_map([], golden_row)?
+                .collect::<rusqlite::Result<_>>()?;
+            tx.finish()?;
+            Ok(PoolSnapshot {
+                configs,
+                projects,
+                env_versions,
+                states,
+                rev,
+                instances,
+                goldens,
+            })
         })
         .await
     }

@@ -429,7 +429,7 @@ async fn pool_state_changes_are_atomic() {
         .unwrap();
     assert_eq!(st.consecutive_failures, 10);
     assert_eq!(s.get_pool_state("p").await.unwrap(), st);
-    assert_eq!(s.list_pool_configs().await.unwrap().len(), 0);
+    assert_eq!(s.pool_snapshot(None).await.unwrap().configs.len(), 0);
     s.upsert_env_vars("p", &[("X".into(), "1".into())], 1)
         .await
         .unwrap();
@@ -437,9 +437,68 @@ async fn pool_state_changes_are_atomic() {
         .await
         .unwrap();
     assert_eq!(
-        s.all_env_versions().await.unwrap(),
+        s.pool_snapshot(None).await.unwrap().env_versions,
         vec![("p".to_string(), "X".to_string(), 2)]
     );
+}
+
+#[tokio::test]
+async fn pool_snapshot_reports_changes_since_a_revision() {
+    let (_d, s) = sqlite();
+    s.insert_project(&project("p")).await.unwrap();
+    let st = InstanceStatus::Provisioning;
+    for id in ["a", "b", "c"] {
+        s.insert_instance(&instance(id, "p", InstanceKind::Pool, st))
+            .await
+            .unwrap();
+    }
+    let full = s.pool_snapshot(None).await.unwrap();
+    let ids: Vec<_> = full.instances.iter().map(|i| i.id.as_str()).collect();
+    assert_eq!(ids, ["a", "b", "c"], "every live instance, oldest first");
+    assert_eq!(full.projects.len(), 1);
+    let rev = full.rev;
+
+    // Nothing changed: nothing comes back, and the revision stays.
+    let same = s.pool_snapshot(Some(rev)).await.unwrap();
+    assert!(same.instances.is_empty());
+    assert_eq!(same.rev, rev);
+
+    // One goes ready, one is destroyed: exactly those two come back, destroyed ones included so a
+    // reader can forget them.
+    assert!(s.mark_ready("a", 20, &no_commits(), false).await.unwrap());
+    assert!(s.mark_destroyed("b", &[st], 21).await.unwrap());
+    let changed = s.pool_snapshot(Some(rev)).await.unwrap();
+    let mut got: Vec<_> = changed
+        .instances
+        .iter()
+        .map(|i| (i.id.as_str(), i.status))
+        .collect();
+    got.sort_by_key(|g| g.0);
+    assert_eq!(
+        got,
+        [
+            ("a", InstanceStatus::Ready),
+            ("b", InstanceStatus::Destroyed)
+        ]
+    );
+    assert!(changed.rev > rev);
+    // And after that revision, nothing again.
+    assert!(s
+        .pool_snapshot(Some(changed.rev))
+        .await
+        .unwrap()
+        .instances
+        .is_empty());
+    // The full read no longer has the destroyed one.
+    let ids: Vec<_> = s
+        .pool_snapshot(None)
+        .await
+        .unwrap()
+        .instances
+        .into_iter()
+        .map(|i| i.id)
+        .collect();
+    assert_eq!(ids, ["a", "c"]);
 }
 
 #[tokio::test]
@@ -484,8 +543,14 @@ async fn concurrent_writes_commit_together_and_fail_alone() {
         let s = s.clone();
         // Every 8th write breaks a uniqueness rule; the others, committed in the same batches,
         // must not be affected.
-        let id = if i % 8 == 0 { "dup".to_string() } else { format!("p{i}") };
-        tasks.push(tokio::spawn(async move { s.insert_project(&project(&id)).await }));
+        let id = if i % 8 == 0 {
+            "dup".to_string()
+        } else {
+            format!("p{i}")
+        };
+        tasks.push(tokio::spawn(async move {
+            s.insert_project(&project(&id)).await
+        }));
     }
     let mut ok = 0;
     let mut dup = 0;

@@ -646,6 +646,26 @@ impl QemuBackend {
         Ok(VmHandle { agent_url: url })
     }
 
+    /// Boots a VM from the kernel, never from a golden (what clones are measured against).
+    pub async fn create_cold(&self, spec: &VmSpec) -> Result<VmHandle, BackendError> {
+        let res = self.cold_boot(spec, false).await;
+        if res.is_err() {
+            let _ = self.destroy(&spec.vm_id).await;
+        }
+        res
+    }
+
+    /// Makes sure the base golden exists (building it if needed); its id.
+    pub async fn prepare_base_golden(&self) -> Option<String> {
+        self.base_golden().await
+    }
+
+    /// The host pid of a VM's QEMU process.
+    pub fn qemu_pid(&self, vm_id: &str) -> Option<i32> {
+        let dir = self.vm_dir(vm_id).ok()?;
+        process::read_pid_file(&dir.join("qemu.pid")).map(|(pid, _)| pid)
+    }
+
     /// The golden every new VM is cloned from: a booted guest, built once per guest build.
     async fn base_golden(&self) -> Option<String> {
         let mut g = self.base_golden.lock().await;

@@ -74,18 +74,44 @@ pub struct Sequenced {
     pub event: Event,
 }
 
+/// How many events a slow subscriber may fall behind before it misses some.
+const CHANNEL_CAPACITY: usize = 1024;
+
+/// A broadcast channel that exists only while someone listens: a channel preallocates all its
+/// slots (~40 KiB at this capacity), and with thousands of instances booting and nobody watching,
+/// eager channels were most of the server's memory.
+#[derive(Default)]
+struct LazyChannel(Option<broadcast::Sender<Arc<Sequenced>>>);
+
+impl LazyChannel {
+    fn send(&mut self, ev: &Arc<Sequenced>) {
+        if let Some(tx) = &self.0 {
+            if tx.send(ev.clone()).is_err() {
+                // Every receiver is gone: free the slots until the next subscriber.
+                self.0 = None;
+            }
+        }
+    }
+
+    fn subscribe(&mut self) -> broadcast::Receiver<Arc<Sequenced>> {
+        self.0
+            .get_or_insert_with(|| broadcast::channel(CHANNEL_CAPACITY).0)
+            .subscribe()
+    }
+}
+
 #[derive(Default)]
 struct RunState {
     history: Vec<Arc<Sequenced>>,
     next_seq: u64,
     step_output: usize,
+    tx: LazyChannel,
 }
 
 /// The live stream of one running instance.
 pub struct LiveRun {
     state: Mutex<RunState>,
-    tx: broadcast::Sender<Arc<Sequenced>>,
-    project_tx: broadcast::Sender<Arc<Sequenced>>,
+    project: Arc<Mutex<LazyChannel>>,
 }
 
 impl LiveRun {
@@ -111,24 +137,27 @@ impl LiveRun {
             st.history.push(ev.clone());
         }
         // Sent under the lock so a subscriber's snapshot and its live events never overlap or gap.
-        let _ = self.tx.send(ev.clone());
-        let _ = self.project_tx.send(ev);
+        st.tx.send(&ev);
+        self.project
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .send(&ev);
     }
 }
 
 #[derive(Default)]
 pub struct EventHub {
     runs: Mutex<HashMap<String, Arc<LiveRun>>>,
-    projects: Mutex<HashMap<String, broadcast::Sender<Arc<Sequenced>>>>,
+    projects: Mutex<HashMap<String, Arc<Mutex<LazyChannel>>>>,
 }
 
 impl EventHub {
-    fn project_tx(&self, project_id: &str) -> broadcast::Sender<Arc<Sequenced>> {
+    fn project_channel(&self, project_id: &str) -> Arc<Mutex<LazyChannel>> {
         self.projects
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .entry(project_id.to_string())
-            .or_insert_with(|| broadcast::channel(1024).0)
+            .or_default()
             .clone()
     }
 
@@ -136,8 +165,7 @@ impl EventHub {
     pub fn begin(&self, project_id: &str, instance_id: &str) -> Arc<LiveRun> {
         let run = Arc::new(LiveRun {
             state: Mutex::new(RunState::default()),
-            tx: broadcast::channel(1024).0,
-            project_tx: self.project_tx(project_id),
+            project: self.project_channel(project_id),
         });
         self.runs
             .lock()
@@ -167,13 +195,17 @@ impl EventHub {
             .unwrap_or_else(|p| p.into_inner())
             .get(instance_id)
             .cloned()?;
-        let st = run.state.lock().unwrap_or_else(|p| p.into_inner());
-        Some((st.history.clone(), run.tx.subscribe()))
+        let mut st = run.state.lock().unwrap_or_else(|p| p.into_inner());
+        let rx = st.tx.subscribe();
+        Some((st.history.clone(), rx))
     }
 
     /// Live events of every instance of a project, from now on.
     pub fn subscribe_project(&self, project_id: &str) -> broadcast::Receiver<Arc<Sequenced>> {
-        self.project_tx(project_id).subscribe()
+        self.project_channel(project_id)
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .subscribe()
     }
 }
 

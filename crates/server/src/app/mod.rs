@@ -141,6 +141,7 @@ pub struct App {
     pub limits: limits::Limits,
     heads: Arc<Heads>,
     nudge: Notify,
+    instance_cache: tokio::sync::Mutex<reconcile::InstanceCache>,
     /// Pipelines running in this process, by instance id, to stop them when their instance goes.
     running: Mutex<HashMap<String, CancellationToken>>,
 }
@@ -161,6 +162,7 @@ impl App {
             clock: parts.clock,
             sealer: parts.sealer,
             nudge: Notify::new(),
+            instance_cache: Default::default(),
             running: Mutex::new(HashMap::new()),
         })
     }

@@ -32,6 +32,19 @@ pub const BACKOFF_MAX: Duration = Duration::from_secs(600);
 /// Failed pool instances are kept (and counted) this long, then hidden.
 pub const FAILED_RETENTION: Duration = Duration::from_secs(24 * 3600);
 
+/// How often a pass reads every live instance again instead of only what changed: a safety net,
+/// so that nothing a change feed could miss stays wrong for long.
+const FULL_RELOAD_EVERY: Duration = Duration::from_secs(300);
+
+/// The live instances as the last pass saw them (by id), kept between passes and brought up to
+/// date from the rows changed since: at 10,000 VMs, reading every row each pass was most of it.
+#[derive(Default)]
+pub(crate) struct InstanceCache {
+    rev: i64,
+    rows: HashMap<String, InstanceRow>,
+    loaded_at: Option<Instant>,
+}
+
 /// What one pass did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct ReconcileReport {
@@ -87,49 +100,69 @@ impl App {
         let started = Instant::now();
         let now = self.now();
         let mut report = ReconcileReport::default();
-        let configs = self.store.list_pool_configs().await?;
-        let projects: HashMap<String, ProjectRow> = self
+        // Passes run one at a time: each brings the instances it keeps up to date.
+        let mut cache = self.instance_cache.lock().await;
+        let full = cache
+            .loaded_at
+            .is_none_or(|t| t.elapsed() >= FULL_RELOAD_EVERY);
+        let snap = self
             .store
-            .list_projects(None, u32::MAX, None)
-            .await?
-            .into_iter()
-            .map(|p| (p.id.clone(), p))
-            .collect();
-        let mut env: HashMap<String, Vec<(String, i64)>> = HashMap::new();
-        for (project, name, version) in self.store.all_env_versions().await? {
-            env.entry(project).or_default().push((name, version));
+            .pool_snapshot((!full).then_some(cache.rev))
+            .await?;
+        if full {
+            cache.rows.clear();
+            cache.loaded_at = Some(Instant::now());
+        } else if snap.rev < cache.rev {
+            // The store went back in time (restored from a backup): start over next pass.
+            cache.loaded_at = None;
         }
-        let mut by_project: HashMap<String, Vec<InstanceRow>> = HashMap::new();
-        for i in self
-            .store
-            .instances_in(&[
-                InstanceStatus::Provisioning,
-                InstanceStatus::Ready,
-                InstanceStatus::Failed,
-                InstanceStatus::Claimed,
-            ])
-            .await?
-        {
-            by_project.entry(i.project_id.clone()).or_default().push(i);
+        cache.rev = snap.rev;
+        for inst in snap.instances {
+            if inst.status == InstanceStatus::Destroyed {
+                cache.rows.remove(&inst.id);
+            } else {
+                cache.rows.insert(inst.id.clone(), inst);
+            }
         }
-        report.expired += self.expire(&by_project, now).await?;
-        let mut provisioning_here = by_project
-            .values()
-            .flatten()
+        let projects: HashMap<&str, &ProjectRow> =
+            snap.projects.iter().map(|p| (p.id.as_str(), p)).collect();
+        // A deleted project's instances go with it, without a revision to say so.
+        cache
+            .rows
+            .retain(|_, i| projects.contains_key(i.project_id.as_str()));
+        let mut env: HashMap<&str, Vec<(String, i64)>> = HashMap::new();
+        for (project, name, version) in &snap.env_versions {
+            env.entry(project)
+                .or_default()
+                .push((name.clone(), *version));
+        }
+        let mut all: Vec<&InstanceRow> = cache.rows.values().collect();
+        all.sort_unstable_by_key(|i| i.seq);
+        let mut by_project: HashMap<&str, Vec<&InstanceRow>> =
+            HashMap::with_capacity(snap.configs.len());
+        for i in &all {
+            by_project.entry(&i.project_id).or_default().push(i);
+        }
+        report.expired += self.expire(&all, now).await?;
+        let mut provisioning_here = all
+            .iter()
             .filter(|i| i.status == InstanceStatus::Provisioning)
             .count();
+        // Goldens are only the concern of backends that have them.
         let goldens = if self.backend.supports_goldens() {
-            self.store.ready_goldens().await?
+            snap.goldens
         } else {
             Vec::new()
         };
         let mut current: HashMap<String, String> = HashMap::new();
-        let empty = Vec::new();
-        for cfg in &configs {
-            let Some(project) = projects.get(&cfg.project_id) else {
+        for cfg in &snap.configs {
+            let Some(project) = projects.get(cfg.project_id.as_str()).copied() else {
                 continue;
             };
-            let versions = env.get(&cfg.project_id).map(Vec::as_slice).unwrap_or(&[]);
+            let versions = env
+                .get(cfg.project_id.as_str())
+                .map(Vec::as_slice)
+                .unwrap_or(&[]);
             let hash = config_hash(
                 project,
                 versions,
@@ -146,16 +179,21 @@ impl App {
                     .iter()
                     .any(|g| g.project_id == cfg.project_id && g.config_hash == hash),
                 hash,
-                state: self.store.get_pool_state(&cfg.project_id).await?,
+                state: snap
+                    .states
+                    .get(&cfg.project_id)
+                    .cloned()
+                    .unwrap_or_default(),
             };
-            let instances = by_project.get(&cfg.project_id).unwrap_or(&empty);
+            let instances = by_project
+                .get(cfg.project_id.as_str())
+                .map(Vec::as_slice)
+                .unwrap_or(&[]);
             self.reconcile_pool(&view, instances, now, &mut provisioning_here, &mut report)
                 .await?;
         }
         if !goldens.is_empty() {
-            report.destroyed += self
-                .collect_goldens(&goldens, &current, &by_project)
-                .await?;
+            report.destroyed += self.collect_goldens(&goldens, &current, &all).await?;
         }
         metrics::counter!(m::RECONCILE_RUNS).increment(1);
         metrics::histogram!(m::RECONCILE_SECONDS).record(started.elapsed().as_secs_f64());
@@ -166,15 +204,11 @@ impl App {
     }
 
     /// Test instances past their TTL and failed pool instances past retention are destroyed.
-    async fn expire(
-        &self,
-        by_project: &HashMap<String, Vec<InstanceRow>>,
-        now: i64,
-    ) -> AppResult<usize> {
+    async fn expire(&self, instances: &[&InstanceRow], now: i64) -> AppResult<usize> {
         let ttl = self.cfg.test_instance_ttl.as_millis() as i64;
         let retention = FAILED_RETENTION.as_millis() as i64;
         let mut n = 0;
-        for inst in by_project.values().flatten() {
+        for inst in instances {
             let finished = inst.finished_at.unwrap_or(inst.created_at);
             let due = match (inst.kind, inst.status) {
                 (InstanceKind::Test, InstanceStatus::Ready | InstanceStatus::Failed) => {
@@ -221,7 +255,7 @@ impl App {
     async fn reconcile_pool(
         self: &Arc<Self>,
         view: &PoolView<'_>,
-        instances: &[InstanceRow],
+        instances: &[&InstanceRow],
         now: i64,
         provisioning_here: &mut usize,
         report: &mut ReconcileReport,
@@ -229,6 +263,7 @@ impl App {
         let project_id = &view.cfg.project_id;
         let pool: Vec<&InstanceRow> = instances
             .iter()
+            .copied()
             .filter(|i| i.kind == InstanceKind::Pool)
             .collect();
         self.publish_gauges(project_id, instances);
@@ -380,11 +415,10 @@ impl App {
         &self,
         goldens: &[warmpool_store::GoldenRow],
         current: &HashMap<String, String>,
-        by_project: &HashMap<String, Vec<InstanceRow>>,
+        instances: &[&InstanceRow],
     ) -> AppResult<usize> {
-        let in_use: std::collections::HashSet<&str> = by_project
-            .values()
-            .flatten()
+        let in_use: std::collections::HashSet<&str> = instances
+            .iter()
             .filter(|i| {
                 matches!(
                     i.status,
@@ -413,7 +447,7 @@ impl App {
         Ok(n)
     }
 
-    fn publish_gauges(&self, project_id: &str, instances: &[InstanceRow]) {
+    fn publish_gauges(&self, project_id: &str, instances: &[&InstanceRow]) {
         let count =
             |f: &dyn Fn(&InstanceRow) -> bool| instances.iter().filter(|i| f(i)).count() as f64;
         let pool = |i: &InstanceRow, s| i.kind == InstanceKind::Pool && i.status == s;

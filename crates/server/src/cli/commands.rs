@@ -479,6 +479,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             crate::serve::serve(*args).await?;
             return Ok(0);
         }
+        Command::Bench(args) => {
+            crate::bench::run(args).await?;
+            return Ok(0);
+        }
         Command::Image(ImageCmd::Build {
             cache_dir,
             debian_mirror,
@@ -499,7 +503,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
     };
     let c = Client::new(&url, &token, ca_cert.as_deref())?;
     match command {
-        Command::Serve(_) | Command::Image(_) => unreachable!("handled above"),
+        Command::Serve(_) | Command::Bench(_) | Command::Image(_) => unreachable!("handled above"),
         Command::Project(cmd) => match cmd {
             ProjectCmd::Create {
                 name,

@@ -1,4 +1,4 @@
-//! The command line: `warmpool serve` and `warmpool image build` run here; every other command is a
+//! The command line: `warmpool serve`, `warmpool bench` and `warmpool image build` run here; every other command is a
 //! client of a running server (`--url`, `--token`, defaulting to the local data dir's admin token).
 
 mod client;
@@ -43,6 +43,9 @@ pub struct Cli {
 pub enum Command {
     /// Run the server.
     Serve(Box<ServeArgs>),
+    /// Measure how fast this machine runs warmpool, each figure next to a baseline measured in
+    /// the same run (starts servers and VMs of its own; the VM rows need root).
+    Bench(crate::bench::BenchArgs),
     /// The guest image.
     #[command(subcommand)]
     Image(ImageCmd),

@@ -1,0 +1,263 @@
+//! VM start-up, measured on the backends themselves (in this process, no HTTP in between): a
+//! sandbox's start against a bare `unshare`, and a QEMU cold boot against a copy-on-write clone.
+//! Each pair is interleaved so that both sides see the same machine load.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use serde_json::json;
+use warmpool_backend::image::{self, GuestImage};
+use warmpool_backend::qemu::{Accel, QemuBackend, QemuOptions};
+use warmpool_backend::sandbox::{SandboxBackend, SandboxOptions};
+use warmpool_backend::{Backend, VmSpec};
+use warmpool_types::ids;
+
+use super::{percentile, Report, Row};
+
+fn spec() -> VmSpec {
+    VmSpec {
+        vm_id: ids::new_vm_id(),
+        agent_token: ids::random_secret(40),
+        ..VmSpec::default()
+    }
+}
+
+/// Creates a VM and waits until its agent answers `health`: the moment it can take a command.
+async fn start_until_ready<F, Fut>(
+    backend: &dyn Backend,
+    spec: &VmSpec,
+    create: F,
+) -> anyhow::Result<Duration>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<
+        Output = Result<warmpool_backend::VmHandle, warmpool_backend::BackendError>,
+    >,
+{
+    let t = Instant::now();
+    let handle = create().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let agent = backend.agent(&spec.vm_id, &handle.agent_url, &spec.agent_token);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        match agent.health().await {
+            Ok(_) => return Ok(t.elapsed()),
+            Err(e) if Instant::now() > deadline => bail!("the agent never answered: {e}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(1)).await,
+        }
+    }
+}
+
+/// `unshare` with the sandbox's namespaces, running a trivial program: the kernel's own floor.
+fn bare_unshare() -> anyhow::Result<Duration> {
+    let t = Instant::now();
+    let status = std::process::Command::new("unshare")
+        .args(["--mount", "--pid", "--fork", "--uts", "--ipc", "/bin/true"])
+        .status()
+        .context("cannot run unshare")?;
+    if !status.success() {
+        bail!("unshare failed: {status}");
+    }
+    Ok(t.elapsed())
+}
+
+fn guest(cache: &Path, agent_bin: &Path) -> Arc<GuestImage> {
+    Arc::new(GuestImage::new(
+        cache.to_path_buf(),
+        image::DEFAULT_MIRROR.to_string(),
+        agent_bin.to_path_buf(),
+        None,
+    ))
+}
+
+/// Sandbox create → agent ready, against `unshare` + exec of `/bin/true`.
+pub async fn sandbox_start(report: &mut Report, quick: bool, cache: &Path) -> anyhow::Result<()> {
+    let dir = tempfile::Builder::new()
+        .prefix("warmpool-bench-")
+        .tempdir()?;
+    let agent_bin = crate::serve::find_agent_bin(None)?;
+    let image = guest(cache, &agent_bin);
+    // The image is built once; its build is not what this row measures.
+    image.rootfs().await.map_err(anyhow::Error::msg)?;
+    let backend = SandboxBackend::new(
+        SandboxOptions {
+            vms_dir: dir.path().join("vms"),
+            agent_layer: image::ensure_agent_layer(dir.path(), &agent_bin)
+                .map_err(anyhow::Error::msg)?,
+            init_exe: std::env::current_exe()?,
+            start_timeout: Duration::from_secs(30),
+        },
+        image,
+    )
+    .map_err(anyhow::Error::msg)?;
+    let rounds = if quick { 20 } else { 100 };
+    let (mut starts, mut floors) = (Vec::new(), Vec::new());
+    // One unmeasured round warms the page cache for both.
+    for round in 0..=rounds {
+        let floor = tokio::task::spawn_blocking(bare_unshare).await??;
+        let s = spec();
+        let took = start_until_ready(&backend, &s, || backend.create(&s)).await;
+        backend
+            .destroy(&s.vm_id)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let took = took?;
+        if round > 0 {
+            floors.push(floor);
+            starts.push(took);
+        }
+    }
+    let (p50, floor) = (percentile(&starts, 0.5), percentile(&floors, 0.5));
+    report.figure("sandbox_start_ms", p50);
+    report.figure("unshare_floor_ms", floor);
+    report.rows.push(Row {
+        what: format!("sandbox create → agent ready (median of {rounds})"),
+        value: p50,
+        unit: "ms",
+        baseline: floor.map(|f| ("bare unshare".to_string(), f)),
+        target: "≤ 50 ms".into(),
+        met: p50.map(|v| v <= 50.0),
+    });
+    report.details.insert(
+        "sandboxStart".into(),
+        json!({"p90Ms": percentile(&starts, 0.9), "unshareP90Ms": percentile(&floors, 0.9)}),
+    );
+    Ok(())
+}
+
+/// Why the QEMU row cannot run here, if it cannot.
+pub fn qemu_missing(root: bool) -> Option<String> {
+    if !root {
+        return Some("needs root (the qemu backend)".into());
+    }
+    for p in ["qemu-system-x86_64", "qemu-img"] {
+        if image::find_program(p).is_none() {
+            return Some(format!(
+                "{p} is not installed (apt-get install -y qemu-system-x86 qemu-utils)"
+            ));
+        }
+    }
+    None
+}
+
+/// (RSS, PSS) of a process in MiB, from `smaps_rollup`.
+fn rss_pss_mb(pid: i32) -> Option<(f64, f64)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+    let field = |name: &str| -> Option<f64> {
+        let kb: f64 = text
+            .lines()
+            .find(|l| l.starts_with(name))?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()?;
+        Some(kb / 1024.0)
+    };
+    Some((field("Rss:")?, field("Pss:")?))
+}
+
+/// QEMU cold boot → agent ready vs a clone of the booted base golden → agent ready, then the
+/// idle memory of the clones while they all run side by side.
+pub async fn qemu(report: &mut Report, quick: bool, cache: &Path) -> anyhow::Result<()> {
+    let dir = tempfile::Builder::new()
+        .prefix("warmpool-bench-")
+        .tempdir()?;
+    let agent_bin = crate::serve::find_agent_bin(None)?;
+    let image = guest(cache, &agent_bin);
+    image.rootfs().await.map_err(anyhow::Error::msg)?;
+    let backend = QemuBackend::new(
+        QemuOptions {
+            vms_dir: dir.path().join("qemu-vms"),
+            goldens_dir: dir.path().join("goldens"),
+            cache_dir: cache.to_path_buf(),
+            agent_bin,
+            memory_mb: 512,
+            cpus: 1,
+            accel: Accel::Auto,
+            boot_timeout: Duration::from_secs(90),
+            boot_attempts: 3,
+        },
+        image,
+    )
+    .map_err(anyhow::Error::msg)?;
+    // Building the base golden is a one-off per guest build: outside the measurement.
+    let golden = backend
+        .prepare_base_golden()
+        .await
+        .context("the base golden could not be built (see the log above)")?;
+    let rounds = if quick { 3 } else { 8 };
+    let (mut boots, mut clones, mut kept) = (Vec::new(), Vec::new(), Vec::new());
+    let result: anyhow::Result<()> = async {
+        for _ in 0..rounds {
+            let s = spec();
+            let took = start_until_ready(&backend, &s, || backend.create_cold(&s)).await;
+            let _ = backend.destroy(&s.vm_id).await;
+            boots.push(took?);
+            let s = spec();
+            kept.push(s.vm_id.clone());
+            clones.push(start_until_ready(&backend, &s, || backend.create(&s)).await?);
+        }
+        Ok(())
+    }
+    .await;
+    // Idle memory: every clone made above, running side by side, after they settle.
+    let mut mem = Vec::new();
+    if result.is_ok() {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        for id in &kept {
+            if let Some(m) = backend.qemu_pid(id).and_then(rss_pss_mb) {
+                mem.push(m);
+            }
+        }
+    }
+    for id in &kept {
+        let _ = backend.destroy(id).await;
+    }
+    let _ = backend.delete_golden(&golden).await;
+    result?;
+    let (boot, clone) = (percentile(&boots, 0.5), percentile(&clones, 0.5));
+    let n = mem.len().max(1) as f64;
+    let rss = mem.iter().map(|m| m.0).sum::<f64>() / n;
+    let pss = mem.iter().map(|m| m.1).sum::<f64>() / n;
+    report.figure("qemu_boot_ms", boot);
+    report.figure("qemu_restore_ms", clone);
+    report.figure("qemu_idle_rss_mb", (!mem.is_empty()).then_some(rss));
+    report.rows.push(Row {
+        what: format!("QEMU cold boot → agent ready (median of {rounds})"),
+        value: boot,
+        unit: "ms",
+        baseline: clone.map(|c| ("clone".to_string(), c)),
+        target: "≥ 10x the clone".into(),
+        met: match (boot, clone) {
+            (Some(b), Some(c)) if c > 0.0 => Some(b / c >= 10.0),
+            _ => None,
+        },
+    });
+    report.rows.push(Row {
+        what: "QEMU clone (copy-on-write restore) → agent ready".into(),
+        value: clone,
+        unit: "ms",
+        baseline: None,
+        target: String::new(),
+        met: None,
+    });
+    report.rows.push(Row {
+        what: format!(
+            "QEMU idle RSS per clone ({} side by side; PSS {pss:.1} MiB)",
+            mem.len()
+        ),
+        value: (!mem.is_empty()).then_some(rss),
+        unit: "MiB",
+        baseline: None,
+        target: String::new(),
+        met: None,
+    });
+    report.details.insert(
+        "qemu".into(),
+        json!({"bootMs": boots.iter().map(|d| d.as_secs_f64() * 1000.0).collect::<Vec<_>>(),
+               "cloneMs": clones.iter().map(|d| d.as_secs_f64() * 1000.0).collect::<Vec<_>>(),
+               "idlePssMb": (!mem.is_empty()).then_some(pss), "guestMemoryMb": 512}),
+    );
+    Ok(())
+}

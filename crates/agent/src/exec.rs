@@ -24,10 +24,14 @@ use warmpool_types::validate;
 use crate::utf8::Utf8Decoder;
 
 /// Loads `/home/.env`, then applies the request's own variables (given as `NAME=value` arguments,
-/// never pasted into the script) and runs the user's command, also given as an argument.
+/// never pasted into the script) and runs the user's command, also given as an argument, in the
+/// same shell: `eval` runs it as `bash -c` would. (Handing it on to `env` and a second `bash -c`
+/// took three program starts, ~4 ms of every command's time to first output; one takes ~2.)
+/// It uses no variables of its own, which a user's could clash with.
 const PRELUDE: &str = r#"if [ -f /home/.env ]; then set -a; . /home/.env; set +a; fi
-cmd=$1; shift
-exec env -- "$@" bash -c "$cmd""#;
+while [ $# -gt 1 ]; do export "$2"; set -- "$1" "${@:3}"; done
+eval "set --
+$1""#;
 
 /// After a command exits, how long to keep reading output that its leftover children still write to
 /// the shared pipe before giving up on them.
@@ -61,7 +65,8 @@ fn build(req: &AgentExecRequest) -> Result<Command, String> {
     let mut cmd = match (&req.command, &req.argv) {
         (Some(command), None) => {
             let mut c = Command::new("bash");
-            c.arg("-c").arg(PRELUDE).arg("warmpool-exec").arg(command);
+            // `$0` is `bash`, so the shell's own messages read as they would from `bash -c`.
+            c.arg("-c").arg(PRELUDE).arg("bash").arg(command);
             c.args(req.env.iter().map(|(k, v)| format!("{k}={v}")));
             c
         }

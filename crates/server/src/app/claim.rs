@@ -7,7 +7,7 @@ use warmpool_store::InstanceRow;
 use warmpool_types::api::{ClaimBody, ClaimResponse, DegradedInfo, PoolStats, VmAccess};
 use warmpool_types::state::{InstanceKind, InstanceStatus};
 use warmpool_types::time::fmt_ms;
-use warmpool_types::validate;
+use warmpool_types::{ids, validate};
 
 use super::events::{Event, Sequenced};
 use super::{list_item, whole_in_range, App, Caller};
@@ -45,7 +45,13 @@ impl App {
         body: ClaimBody,
     ) -> AppResult<(bool, ClaimResponse)> {
         let started = Instant::now();
-        self.project_for(caller, project_id).await?;
+        // The warm path reads nothing before its one conditional write: an instance of the
+        // project can only be claimed if the project exists, so the project is looked up only
+        // when none was ready (a read on every claim was a visible share of its time).
+        caller.check_project(project_id)?;
+        if !ids::is_project_id(project_id) {
+            return Err(AppError::not_found("project not found"));
+        }
         let mut p = Problems::default();
         let wait = body
             .wait_seconds
@@ -77,6 +83,7 @@ impl App {
                 },
             ));
         }
+        self.project_for(caller, project_id).await?;
         let inst = {
             // Check and boot under one lock, so concurrent claims cannot overshoot the cap.
             let lock = self.limits.cold_lock(project_id);

@@ -35,6 +35,8 @@ pub const FAILED_RETENTION: Duration = Duration::from_secs(24 * 3600);
 /// How often a pass reads every live instance again instead of only what changed: a safety net,
 /// so that nothing a change feed could miss stays wrong for long.
 const FULL_RELOAD_EVERY: Duration = Duration::from_secs(300);
+/// How long a nudged reconciler waits for more nudges before its pass.
+const NUDGE_COALESCE: Duration = Duration::from_millis(10);
 
 /// The live instances as the last pass saw them (by id), kept between passes and brought up to
 /// date from the rows changed since: at 10,000 VMs, reading every row each pass was most of it.
@@ -84,7 +86,12 @@ impl App {
             loop {
                 tokio::select! {
                     _ = tokio::time::sleep(interval) => {},
-                    _ = app.nudge.notified() => {},
+                    _ = app.nudge.notified() => {
+                        // A burst of claims and finished boots nudges many times: one pass a
+                        // moment later serves them all, instead of a pass (and its reads) each,
+                        // which competed with the claims themselves for the CPU.
+                        tokio::time::sleep(NUDGE_COALESCE).await;
+                    },
                 }
                 app.limits.tidy();
                 if let Err(e) = app.reconcile().await {

@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 
 use super::{percentile, Report, Row, Server};
 
-const PROJECTS: usize = 12;
+const PROJECTS: usize = 30;
 const PER_POOL: usize = 20;
 
 async fn wait_ready(s: &Server, n: f64, limit: Duration) -> anyhow::Result<()> {
@@ -73,7 +73,7 @@ pub async fn claim_latency(report: &mut Report, quick: bool) -> anyhow::Result<(
     let mut levels = serde_json::Map::new();
     for concurrency in [1usize, 16, 64] {
         wait_ready(&s, full, Duration::from_secs(300)).await?;
-        let total = if quick { 200 } else { 1000 };
+        let total = if quick { 200 } else { 600 };
         let next = Arc::new(AtomicUsize::new(0));
         let samples: Arc<Mutex<Vec<(Duration, bool)>>> = Arc::default();
         let mut workers = Vec::new();

@@ -223,24 +223,38 @@ pub async fn scale(report: &mut Report, quick: bool) -> anyhow::Result<()> {
             met: None,
         });
     }
-    // Growth per VM: 10x the VMs should cost at most about 10x (a little slack for noise).
+    // Growth per VM: the cost per VM must not grow from 1,000 to 10,000 VMs (a little slack for
+    // noise). A `GET /warm-pool` reads one project, so its latency itself must stay flat; its
+    // p99 (a few slowest samples on a busy 2-core machine) gets more slack than its median.
     let grows = [
         (
             "reconcile ms per 1,000 VMs",
             reconcile_per_1k(small),
             reconcile_per_1k(big),
+            1.5,
         ),
-        ("server KiB per VM", per_vm(small), per_vm(big)),
-        ("GET /warm-pool p99 ms", small.get_p99_ms, big.get_p99_ms),
+        ("server KiB per VM", per_vm(small), per_vm(big), 1.5),
+        (
+            "GET /warm-pool p50 ms",
+            small.get_p50_ms,
+            big.get_p50_ms,
+            1.5,
+        ),
+        (
+            "GET /warm-pool p99 ms",
+            small.get_p99_ms,
+            big.get_p99_ms,
+            2.0,
+        ),
     ];
-    for (what, a, b) in grows {
+    for (what, a, b, slack) in grows {
         report.rows.push(Row {
             what: format!("{what} at 10,000 VMs, vs 1,000"),
             value: Some(b),
             unit: "",
             baseline: Some(("1,000 VMs".into(), a)),
-            target: "no growth (≤ 1.5x)".into(),
-            met: Some(a <= 0.0 || b <= a * 1.5),
+            target: format!("no growth (≤ {slack}x)"),
+            met: Some(a <= 0.0 || b <= a * slack),
         });
     }
     report.details.insert(

@@ -1,0 +1,87 @@
+//! `warmpool bench` as a user runs it: the real binary measures real claims over HTTP and real
+//! sandboxes, prints its table and writes every documented key to its JSON file.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+use serde_json::Value;
+
+const KEYS: &[&str] = &[
+    "claim_p50_ms",
+    "claim_p99_ms",
+    "commit_floor_p50_ms",
+    "warm_first_output_ms",
+    "cold_first_output_ms",
+    "sandbox_start_ms",
+    "unshare_floor_ms",
+    "qemu_boot_ms",
+    "qemu_restore_ms",
+    "qemu_idle_rss_mb",
+    "scale_rss_mb_10k",
+    "reconcile_ms_1k",
+    "reconcile_ms_10k",
+    "nodes_claims_per_s",
+];
+
+#[test]
+fn bench_measures_the_selected_rows_and_explains_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("bench.json");
+    let run = Command::new(BIN)
+        .current_dir(dir.path())
+        .args(["bench", "--quick", "--only", "claims,sandbox", "--out"])
+        .arg(&out)
+        .arg("--cache-dir")
+        .arg(cache_dir())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success(),
+        "bench failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    // The table names each baseline next to its figure.
+    assert!(stdout.contains("SQLite commit p50"), "{stdout}");
+    assert!(stdout.contains("bare unshare"), "{stdout}");
+
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    for k in KEYS {
+        assert!(v.get(*k).is_some(), "{k} is missing from {v}");
+    }
+    let measured = [
+        "claim_p50_ms",
+        "claim_p99_ms",
+        "commit_floor_p50_ms",
+        "sandbox_start_ms",
+        "unshare_floor_ms",
+    ];
+    for k in measured {
+        let x = v[k].as_f64().unwrap_or_else(|| panic!("{k} is not a number: {v}"));
+        assert!(x > 0.0, "{k} = {x}");
+    }
+    assert!(v["claim_p50_ms"].as_f64() <= v["claim_p99_ms"].as_f64());
+    // Every other row is null, with the reason it was skipped.
+    for k in KEYS.iter().filter(|k| !measured.contains(k)) {
+        assert!(v[*k].is_null(), "{k} should be null: {v}");
+        let why = v["skipped"][*k].as_str().unwrap_or_default();
+        assert!(!why.is_empty(), "no reason for skipping {k}: {v}");
+    }
+    assert_eq!(v["quick"], true);
+    assert!(v["machine"]["cpus"].as_u64().unwrap() >= 1);
+    // The raw samples behind the figures are there to check them against.
+    assert!(v["details"]["claims"]["c16"]["warm"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn bench_rejects_an_unknown_row() {
+    let run = Command::new(BIN)
+        .args(["bench", "--only", "claims,warp-drive"])
+        .output()
+        .unwrap();
+    assert!(!run.status.success());
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(err.contains("warp-drive"), "{err}");
+}

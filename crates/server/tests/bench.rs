@@ -59,7 +59,9 @@ fn bench_measures_the_selected_rows_and_explains_the_others() {
         "unshare_floor_ms",
     ];
     for k in measured {
-        let x = v[k].as_f64().unwrap_or_else(|| panic!("{k} is not a number: {v}"));
+        let x = v[k]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{k} is not a number: {v}"));
         assert!(x > 0.0, "{k} = {x}");
     }
     assert!(v["claim_p50_ms"].as_f64() <= v["claim_p99_ms"].as_f64());

@@ -294,7 +294,9 @@ impl SqliteStore {
         std::thread::Builder::new()
             .name("sqlite-checkpoint".into())
             .spawn(move || checkpoint_loop(checkpointer, stopped))
-            .map_err(|e| StoreError::Internal(format!("cannot start the store checkpointer: {e}")))?;
+            .map_err(|e| {
+                StoreError::Internal(format!("cannot start the store checkpointer: {e}"))
+            })?;
         let (jobs, rx) = std::sync::mpsc::channel::<Job>();
         std::thread::Builder::new()
             .name("sqlite-writer".into())

@@ -15,7 +15,7 @@ use warmpool_backend::qemu::{Accel, QemuBackend, QemuOptions};
 use warmpool_backend::sandbox::{SandboxBackend, SandboxOptions};
 use warmpool_backend::sim::{SimBackend, SimOptions};
 use warmpool_backend::Backend;
-use warmpool_store::{SqliteStore, Store};
+use warmpool_store::{PgStore, SqliteStore, Store};
 
 use crate::app::clock::SystemClock;
 use crate::app::{App, AppConfig, AppParts};
@@ -52,7 +52,8 @@ pub struct ServeArgs {
     /// Where VMs run.
     #[arg(long, env = "WARMPOOL_BACKEND", value_enum, default_value = "sandbox")]
     pub backend: BackendKind,
-    /// The store: a SQLite file path (or sqlite://PATH). Default: <data-dir>/warmpool.db.
+    /// The store: a SQLite file path (or sqlite://PATH), or a PostgreSQL URL
+    /// (postgres://USER[:PASSWORD]@HOST[:PORT]/DB). Default: <data-dir>/warmpool.db.
     #[arg(long, env = "WARMPOOL_STORE")]
     pub store: Option<String>,
     /// Where guest images are cached. Default: $XDG_CACHE_HOME/warmpool or ~/.cache/warmpool.
@@ -201,11 +202,21 @@ fn admin_token(data_dir: &Path, given: Option<&str>) -> anyhow::Result<String> {
     Ok(token)
 }
 
-fn open_store(args: &ServeArgs, data_dir: &Path) -> anyhow::Result<Arc<dyn Store>> {
+async fn open_store(args: &ServeArgs, data_dir: &Path) -> anyhow::Result<Arc<dyn Store>> {
     let path = match args.store.as_deref() {
         None => data_dir.join("warmpool.db"),
-        Some(s) if s.starts_with("postgres://") || s.starts_with("postgresql://") => {
-            bail!("PostgreSQL stores are not supported by this build yet; use a SQLite file")
+        Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+            let store = PgStore::connect(url)
+                .await
+                .context("cannot open the PostgreSQL store")?;
+            if !store.take_sole_node_lock().await? {
+                bail!(
+                    "another warmpool server already uses this PostgreSQL database; several \
+                     servers on one database are not supported yet: give each its own database"
+                );
+            }
+            tracing::info!("store: PostgreSQL {}", redact_url(url));
+            return Ok(Arc::new(store));
         }
         Some(s) => absolute(Path::new(s.strip_prefix("sqlite://").unwrap_or(s)))?,
     };
@@ -213,6 +224,20 @@ fn open_store(args: &ServeArgs, data_dir: &Path) -> anyhow::Result<Arc<dyn Store
         .with_context(|| format!("cannot open the SQLite store {}", path.display()))?;
     tracing::info!("store: SQLite {}", path.display());
     Ok(Arc::new(store))
+}
+
+/// A database URL fit for the log: without its password.
+fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let creds = &url[scheme + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
 }
 
 fn make_backend(args: &ServeArgs, data_dir: &Path) -> anyhow::Result<Arc<dyn Backend>> {
@@ -320,7 +345,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot create the data dir {}", data_dir.display()))?;
     tracing::info!("data dir: {}", data_dir.display());
     let admin = admin_token(&data_dir, args.admin_token.as_deref())?;
-    let store = open_store(&args, &data_dir)?;
+    let store = open_store(&args, &data_dir).await?;
     let backend = make_backend(&args, &data_dir)?;
     let mirrors = Arc::new(
         Mirrors::new(data_dir.join("mirrors"), Duration::from_secs(600))

@@ -1,9 +1,11 @@
 //! The store: every piece of warmpool state, behind one [`Store`] API that engines implement
-//! (SQLite now, embedded and zero-setup; PostgreSQL for many nodes later). Every state change is a
+//! (SQLite, embedded and zero-setup; PostgreSQL, shared by many nodes). Every state change is a
 //! conditional update — on the current status or a generation number — so two actors can never
 //! both win, and a crash at any point leaves rows another run can reason about.
 
 mod model;
+pub mod pg_cluster;
+mod postgres;
 mod sqlite;
 
 use std::collections::BTreeMap;
@@ -13,6 +15,8 @@ use warmpool_types::api::PoolStatus;
 use warmpool_types::state::InstanceStatus;
 
 pub use model::*;
+pub use pg_cluster::PgCluster;
+pub use postgres::PgStore;
 pub use sqlite::{durable_commit_times, SqliteStore};
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -135,9 +139,12 @@ pub trait Store: Send + Sync + 'static {
     async fn provisioning_durations(&self, project_id: &str, limit: u32) -> Result<Vec<i64>>;
     /// Everything a reconciler pass reads, from one consistent snapshot (separate reads could
     /// disagree). With `changed_since: None` its instances are every live one (provisioning,
-    /// ready, failed, claimed); with `Some(rev)` they are the ones changed after that revision, in
-    /// any status — what a reader that keeps the rows between passes needs (at 10,000 VMs,
-    /// re-reading every row was most of a pass).
+    /// ready, failed, claimed), oldest first; with `Some(rev)` (a `rev` of an earlier snapshot)
+    /// they are every one changed since that snapshot, in any status — what a reader that keeps
+    /// the rows between passes needs (at 10,000 VMs, re-reading every row was most of a pass).
+    /// An engine may also return rows that had not changed (PostgreSQL's revision is a cursor
+    /// over transaction ids, not an exact counter), never miss a changed one, and its `rev`
+    /// never goes back.
     async fn pool_snapshot(&self, changed_since: Option<i64>) -> Result<PoolSnapshot>;
 
     // Pool failure state ---------------------------------------------------------------------

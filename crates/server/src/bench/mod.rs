@@ -233,7 +233,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     eprintln!("[6/6] claims per second on several nodes");
     report.skip(
         &["nodes_claims_per_s"],
-        "several nodes need the PostgreSQL store, which this build does not have yet",
+        "several nodes on one PostgreSQL (leases, placement, forwarding) are not built yet: one server per database",
     );
 
     report.print();

@@ -1,0 +1,188 @@
+//! The real binary on a real PostgreSQL (a throwaway cluster the test starts): the pool fills,
+//! claims hand each VM out once, a `kill -9` loses nothing, a second server on the same database
+//! is refused, and a database outage answers 503 `unavailable` and heals by itself.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{json, Value};
+use warmpool_store::pg_cluster::PgCluster;
+
+async fn wait_for(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn ready_count(s: &TestServer, pid: &str) -> u64 {
+    let v = s
+        .ok("GET", &format!("/v1/projects/{pid}/warm-pool"), None)
+        .await;
+    assert_valid("GetWarmPoolResponse", &v);
+    v["status"]["ready"].as_u64().unwrap()
+}
+
+async fn instance_ids(s: &TestServer, pid: &str, status: &str) -> Vec<String> {
+    let v = s
+        .ok(
+            "GET",
+            &format!("/v1/projects/{pid}/warm-pool/instances?status={status}&limit=50"),
+            None,
+        )
+        .await;
+    assert_valid("ListWarmPoolInstancesResponse", &v);
+    v["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_pool_on_postgres_fills_claims_once_and_survives_kill_9() {
+    let pg = PgCluster::new().unwrap();
+    let url = pg.create_database("wp_e2e").unwrap();
+    let mut s = TestServer::start(&["--store", &url]);
+    assert!(
+        s.log_text().contains("store: PostgreSQL"),
+        "{}",
+        s.log_text()
+    );
+
+    let repo = TestRepo::new(&[("README.md", "on postgres\n")]);
+    let pid = s
+        .create_project(
+            "pg ünïcode 'app'",
+            json!([{"repoFullName": "acme/app", "url": repo.url()}]),
+        )
+        .await;
+    s.ok(
+        "PATCH",
+        &format!("/v1/projects/{pid}/warm-pool"),
+        Some(json!({"targetSize": 2, "setupCommands": [
+            {"name": "mark", "command": "echo \"it's $((6*7))\" > /home/marker"}
+        ]})),
+    )
+    .await;
+    wait_for("2 ready VMs", async || ready_count(&s, &pid).await == 2).await;
+
+    // Concurrent claims: the two ready VMs go to two different callers, once each.
+    let mut claims = Vec::new();
+    for _ in 0..6 {
+        let (http, url, token, pid) = (s.http.clone(), s.url.clone(), s.token.clone(), pid.clone());
+        claims.push(tokio::spawn(async move {
+            let v: Value = http
+                .post(format!("{url}/v1/projects/{pid}/warm-pool/claim"))
+                .bearer_auth(token)
+                .json(&json!({"waitSeconds": 0}))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            v
+        }));
+    }
+    let mut warm = Vec::new();
+    for c in claims {
+        let v = c.await.unwrap();
+        if v["warm"] == true {
+            warm.push(v["instance"]["id"].as_str().unwrap().to_string());
+        }
+    }
+    assert_eq!(warm.len(), 2, "{warm:?}");
+    assert_eq!(warm.iter().collect::<HashSet<_>>().len(), 2);
+    let out = s.exec(&pid, &warm[0], "cat /home/marker").await;
+    assert_eq!(out["output"], "it's 42\n", "{out}");
+
+    // The pool refills; a crash and a restart keep its ready VMs and add none.
+    wait_for("the pool refilled", async || {
+        ready_count(&s, &pid).await == 2
+    })
+    .await;
+    let before: HashSet<String> = instance_ids(&s, &pid, "ready").await.into_iter().collect();
+    s.kill9();
+    s.restart();
+    let after: HashSet<String> = instance_ids(&s, &pid, "ready").await.into_iter().collect();
+    assert_eq!(before, after, "the restarted server kept its ready VMs");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(ready_count(&s, &pid).await, 2);
+    assert!(instance_ids(&s, &pid, "provisioning").await.is_empty());
+
+    // A second server on the same database would fight the first over its VMs: refused.
+    let other = tempfile::tempdir().unwrap();
+    let refused = std::process::Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--backend", "sim"])
+        .arg("--data-dir")
+        .arg(other.path())
+        .args(["--store", &url])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        err.contains("another warmpool server already uses this PostgreSQL database"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_database_outage_answers_503_and_heals() {
+    let pg = PgCluster::new().unwrap();
+    let url = pg.create_database("wp_outage").unwrap();
+    let s = TestServer::start(&["--store", &url, "--backend", "sim"]);
+    let pid = s.create_project("outage", json!([])).await;
+    let pool = format!("/v1/projects/{pid}/warm-pool");
+    s.ok("PATCH", &pool, Some(json!({"targetSize": 3}))).await;
+    wait_for("3 ready VMs", async || ready_count(&s, &pid).await == 3).await;
+
+    pg.stop_immediately().unwrap();
+    for (method, path, body) in [
+        ("GET", pool.clone(), None),
+        (
+            "POST",
+            format!("{pool}/claim"),
+            Some(json!({"waitSeconds": 0})),
+        ),
+        ("GET", "/v1/projects".to_string(), None),
+    ] {
+        let (st, v) = s.call(method, &path, body).await;
+        assert_eq!(st, 503, "{method} {path}: {v}");
+        assert_eq!(v["error"]["code"], "unavailable", "{v}");
+    }
+    let (st, _) = s.call("GET", "/readyz", None).await;
+    assert_eq!(st, 503);
+
+    pg.start().unwrap();
+    wait_for("the store is back", async || {
+        s.call("GET", "/readyz", None).await.0 == 200
+    })
+    .await;
+    // Nothing was lost and nothing claimed twice: the three VMs are still there, and three claims
+    // get three different ones.
+    wait_for("3 ready VMs again", async || {
+        s.call("GET", &pool, None).await.1["status"]["ready"] == 3
+    })
+    .await;
+    let mut got = HashSet::new();
+    for _ in 0..3 {
+        let v = s
+            .ok(
+                "POST",
+                &format!("{pool}/claim"),
+                Some(json!({"waitSeconds": 0})),
+            )
+            .await;
+        assert_eq!(v["warm"], true, "{v}");
+        assert!(got.insert(v["instance"]["id"].as_str().unwrap().to_string()));
+    }
+    assert!(s.log_text().contains("store unavailable"));
+    assert!(!s.log_text().contains("panicked"));
+}

@@ -113,6 +113,24 @@ pub struct ServeArgs {
     /// The private key (PEM) of --tls-cert.
     #[arg(long, env = "WARMPOOL_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// The key that seals secrets in the store (default: <data-dir>/secret.key, created on first
+    /// start). Servers sharing a database need the same key.
+    #[arg(long, env = "WARMPOOL_SECRET_KEY_FILE")]
+    pub secret_key_file: Option<PathBuf>,
+    /// This node's name among the servers sharing a PostgreSQL store (default: the host name).
+    #[arg(long, env = "WARMPOOL_NODE_NAME")]
+    pub node_name: Option<String>,
+    /// Where the other nodes reach this node's API, to forward `exec` and events of its VMs
+    /// (default: the address it listens on).
+    #[arg(long, env = "WARMPOOL_ADVERTISE_URL")]
+    pub advertise_url: Option<String>,
+    /// The most VMs (booting, ready or claimed) this node hosts; pool boots go to nodes with room.
+    #[arg(long, env = "WARMPOOL_CAPACITY", default_value_t = 1000)]
+    pub capacity: u32,
+    /// Seconds a node's lease lasts without renewal; a node silent for longer is lost and its
+    /// VMs are replaced by the others.
+    #[arg(long, env = "WARMPOOL_LEASE_SECS", default_value_t = 10)]
+    pub lease_secs: u64,
     /// Require the admin token on /metrics.
     #[arg(long, env = "WARMPOOL_METRICS_AUTH", default_value_t = false, action = clap::ArgAction::Set)]
     pub metrics_auth: bool,
@@ -178,6 +196,10 @@ fn admin_token(data_dir: &Path, given: Option<&str>) -> anyhow::Result<String> {
         if t.len() < 16 {
             bail!("the admin token must be at least 16 characters");
         }
+        // It travels in an HTTP header, where only visible ASCII is sure to arrive intact.
+        if !t.bytes().all(|b| b.is_ascii_graphic()) {
+            bail!("the admin token must be visible ASCII characters only (no spaces or accents)");
+        }
         tracing::info!("admin token: taken from the configuration");
         return Ok(t.to_string());
     }
@@ -209,12 +231,6 @@ async fn open_store(args: &ServeArgs, data_dir: &Path) -> anyhow::Result<Arc<dyn
             let store = PgStore::connect(url)
                 .await
                 .context("cannot open the PostgreSQL store")?;
-            if !store.take_sole_node_lock().await? {
-                bail!(
-                    "another warmpool server already uses this PostgreSQL database; several \
-                     servers on one database are not supported yet: give each its own database"
-                );
-            }
             tracing::info!("store: PostgreSQL {}", redact_url(url));
             return Ok(Arc::new(store));
         }
@@ -354,6 +370,17 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let git = GitServer::start(mirrors.clone())
         .await
         .context("cannot start the git server for VMs")?;
+    // Bound before anything else: the node's advertised address defaults to it.
+    let listener = std::net::TcpListener::bind(args.listen)
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    listener.set_nonblocking(true)?;
+    let addr = listener.local_addr()?;
+    let scheme = if args.tls_cert.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let node = node_config(&args, &data_dir, &format!("{scheme}://{addr}"))?;
     let cfg = AppConfig {
         warm_pool_allowed: args.warm_pool_allowed,
         test_instance_ttl: Duration::from_secs(args.test_instance_ttl_secs),
@@ -364,8 +391,15 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         rate_per_sec: args.rate_limit_per_sec,
         rate_burst: args.rate_limit_burst,
         max_cold_claims: args.max_cold_claims.max(1),
+        node,
         ..AppConfig::default()
     };
+    let key_file = match &args.secret_key_file {
+        Some(f) => absolute(f)?,
+        None => data_dir.join("secret.key"),
+    };
+    let sealer = Arc::new(Sealer::load_or_create(&key_file)?);
+    check_shared_secrets(store.as_ref(), &sealer, &admin).await?;
     let app = App::new(AppParts {
         admin_token: admin,
         store,
@@ -374,8 +408,22 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         mirrors,
         git,
         clock: Arc::new(SystemClock),
-        sealer: Arc::new(Sealer::load_or_create(&data_dir.join("secret.key"))?),
+        sealer,
     });
+    if !app
+        .register_node()
+        .await
+        .context("cannot register this node")?
+    {
+        bail!(
+            "the node name `{}` is held by another live node (another data dir): give this one its \
+             own --node-name, or wait until that node's lease ({} s) runs out",
+            app.cfg.node.name,
+            app.cfg.node.lease.as_secs()
+        );
+    }
+    tracing::info!(node = %app.cfg.node.name, url = %app.cfg.node.url, capacity = app.cfg.node.capacity, "node registered");
+    let lease_lost = tokio::spawn(app.clone().keep_lease());
     app.recover().await.context("recovery after start failed")?;
     app.spawn_reconciler(Duration::from_millis(args.reconcile_interval_ms.max(10)));
     app.nudge();
@@ -404,15 +452,22 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
         _ => None,
     };
-    let listener = std::net::TcpListener::bind(args.listen)
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
-    listener.set_nonblocking(true)?;
-    let addr = listener.local_addr()?;
+    // A node whose name was taken over stops: its VMs were failed and replaced elsewhere.
+    let lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop = {
+        let lost = lost.clone();
+        async move {
+            tokio::select! {
+                _ = shutdown_signal() => {},
+                _ = lease_lost => lost.store(true, std::sync::atomic::Ordering::SeqCst),
+            }
+        }
+    };
     match tls {
         None => {
             tracing::info!("listening on http://{addr}");
             axum::serve(tokio::net::TcpListener::from_std(listener)?, router)
-                .with_graceful_shutdown(shutdown_signal())
+                .with_graceful_shutdown(stop)
                 .await
                 .context("the HTTP server failed")?;
         }
@@ -421,7 +476,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             let handle = axum_server::Handle::new();
             let stopper = handle.clone();
             tokio::spawn(async move {
-                shutdown_signal().await;
+                stop.await;
                 stopper.graceful_shutdown(Some(Duration::from_secs(10)));
             });
             axum_server::from_tcp_rustls(listener, config)
@@ -431,8 +486,100 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 .context("the HTTPS server failed")?;
         }
     }
+    if lost.load(std::sync::atomic::Ordering::SeqCst) {
+        bail!("stopped: this node's lease was taken over by another node");
+    }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Servers sharing a database must seal secrets with one key (else one cannot read what another
+/// sealed), and — on PostgreSQL, where any node forwards a caller's request to another — answer
+/// one admin token. Both are compared as digests recorded in the store by the first server.
+async fn check_shared_secrets(
+    store: &dyn Store,
+    sealer: &Sealer,
+    admin_token: &str,
+) -> anyhow::Result<()> {
+    let recorded = store
+        .setting("secrets_key_check", sealer.key_check())
+        .await
+        .context("cannot check the secrets key against the store")?;
+    if recorded != sealer.key_check() {
+        bail!(
+            "this secrets key is not the one the store's secrets were sealed with: start every \
+             server on this database with the same --secret-key-file (restore the original key)"
+        );
+    }
+    if store.engine() == "postgres" {
+        let hash = hex::encode(crate::app::hash_token(admin_token));
+        let recorded = store
+            .setting("admin_token_sha256", &hash)
+            .await
+            .context("cannot check the admin token against the store")?;
+        if recorded != hash {
+            bail!(
+                "this admin token is not the one of the other servers on this database: give \
+                 every node the same --admin-token"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// This node's identity: its name, its data dir's id (created on first start), its address.
+fn node_config(
+    args: &ServeArgs,
+    data_dir: &Path,
+    listening: &str,
+) -> anyhow::Result<crate::app::nodes::NodeConfig> {
+    let name = match &args.node_name {
+        Some(n) => n.clone(),
+        None => nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "local".into()),
+    };
+    if name.is_empty()
+        || name.len() > 100
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+    {
+        bail!(
+            "--node-name must be 1-100 characters of A-Z, a-z, 0-9, '.', '-' and '_'; got {name:?}"
+        );
+    }
+    let url = args
+        .advertise_url
+        .clone()
+        .unwrap_or_else(|| listening.to_string())
+        .trim_end_matches('/')
+        .to_string();
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        bail!("--advertise-url must be an http:// or https:// URL; got {url:?}");
+    }
+    if args.capacity == 0 {
+        bail!("--capacity must be at least 1");
+    }
+    let id_file = data_dir.join("node-id");
+    let node_id = match std::fs::read_to_string(&id_file) {
+        Ok(id) if !id.trim().is_empty() => id.trim().to_string(),
+        _ => {
+            let id = warmpool_types::ids::new_vm_id();
+            std::fs::write(&id_file, &id)
+                .with_context(|| format!("cannot write {}", id_file.display()))?;
+            id
+        }
+    };
+    Ok(crate::app::nodes::NodeConfig {
+        name,
+        node_id,
+        url,
+        capacity: args.capacity,
+        lease: Duration::from_secs(args.lease_secs.max(1)),
+    })
 }
 
 async fn shutdown_signal() {

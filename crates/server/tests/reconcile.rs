@@ -107,6 +107,7 @@ fn report(launched: usize, destroyed: usize, marked_stale: usize) -> ReconcileRe
         destroyed,
         marked_stale,
         expired: 0,
+        lost: 0,
     }
 }
 

@@ -147,6 +147,48 @@ pub trait Store: Send + Sync + 'static {
     /// never goes back.
     async fn pool_snapshot(&self, changed_since: Option<i64>) -> Result<PoolSnapshot>;
 
+    /// Inserts as many of `rows` (pool instances of one project, provisioning, all with the same
+    /// config hash and node) as fit, in order, and says how many: the project's instances that
+    /// count toward its pool target — pool instances with that config hash, provisioning or
+    /// ready and not stale, on any node — stay at most `target`, and the node's live instances
+    /// (provisioning, ready, claimed, any kind) at most `capacity`. Atomic per project across
+    /// servers: on PostgreSQL the pool's row is taken `FOR UPDATE SKIP LOCKED`, and when another
+    /// node is placing boots for the same pool at that moment, nothing is inserted (its next pass
+    /// tries again).
+    async fn place_pool_boots(
+        &self,
+        rows: &[InstanceRow],
+        target: u32,
+        capacity: u32,
+    ) -> Result<usize>;
+
+    // Nodes ------------------------------------------------------------------------------------
+    /// The value of setting `name`, recording `value` first if it has none (atomically: of
+    /// servers starting together, the first one's value is everyone's).
+    async fn setting(&self, name: &str, value: &str) -> Result<String>;
+    /// Registers `n`, or takes its row over when the row is the same node's (same `node_id`) or
+    /// its lease has expired by `now`; false while another live node holds the name.
+    async fn register_node(&self, n: &NodeRow, now: i64) -> Result<bool>;
+    /// Extends the lease of node `name` if its row is still `node_id`'s; false otherwise.
+    async fn renew_node(
+        &self,
+        name: &str,
+        node_id: &str,
+        lease_until: i64,
+        now: i64,
+    ) -> Result<bool>;
+    /// Every node, by name.
+    async fn list_nodes(&self) -> Result<Vec<NodeRow>>;
+    /// Fails the live instances (provisioning, ready, claimed) on `node` with `reason` — only if
+    /// its lease has expired by `now`, checked in the same statement, so a node that renewed in
+    /// time keeps them. The ids of the instances failed.
+    async fn fail_instances_of_lost_node(
+        &self,
+        node: &str,
+        now: i64,
+        reason: &str,
+    ) -> Result<Vec<String>>;
+
     // Pool failure state ---------------------------------------------------------------------
     async fn get_pool_state(&self, project_id: &str) -> Result<PoolState>;
     /// Reads, changes and writes a pool's state atomically (concurrent failures all count).

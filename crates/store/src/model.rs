@@ -93,6 +93,8 @@ pub struct InstanceRow {
     pub commits: BTreeMap<String, RepoCommit>,
     /// The golden it was cloned from, if any.
     pub golden_id: Option<String>,
+    /// The node whose backend hosts its VM (`None`: rows from before nodes, the only node's).
+    pub node: Option<String>,
 }
 
 /// A prepared VM saved by the backend, from which a pool's VMs are cloned.
@@ -106,6 +108,26 @@ pub struct GoldenRow {
     pub commits: BTreeMap<String, RepoCommit>,
     pub ready: bool,
     pub created_at: i64,
+    /// The node whose backend keeps it (`None`: from before nodes); clones come from a golden
+    /// on their own node.
+    pub node: Option<String>,
+}
+
+/// A server node, as its lease row says. Nodes share one database and nothing else.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeRow {
+    pub name: String,
+    /// The node's data dir's own random id: a restart on the same data dir is the same node and
+    /// takes its row over at once; another process claiming the name must wait for the lease.
+    pub node_id: String,
+    /// Where other nodes reach this node's API (to forward `exec` and events of its VMs).
+    pub url: String,
+    /// The most VMs (provisioning, ready or claimed) this node hosts.
+    pub capacity: u32,
+    /// The node is dead once this passes without a renewal.
+    pub lease_until: i64,
+    pub started_at: i64,
+    pub renewed_at: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

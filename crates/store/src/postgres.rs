@@ -1,15 +1,18 @@
 //! The PostgreSQL engine, for many nodes sharing one database: the same [`Store`] semantics as the
 //! SQLite engine, but every guarantee has to hold across processes, so each state change is one
 //! conditional statement (or one transaction holding row locks), claims skip rows another node has
-//! locked, and migrations run under an advisory lock. Statements are prepared once per pooled
-//! connection and reused.
+//! locked, and migrations run under an advisory lock. Nodes hold leases on rows of their own;
+//! placing pool boots locks the pool's row (skipping a pool another node is filling) and then the
+//! node's row (its capacity spans pools), so neither a pool's target nor a node's capacity is
+//! overshot by nodes placing at once. Statements are prepared once per pooled connection and
+//! reused.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use deadpool_postgres::{
-    Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime,
+    GenericClient, Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime,
 };
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{FromSql, ToSql};
@@ -18,11 +21,14 @@ use warmpool_types::api::PoolStatus;
 use warmpool_types::state::InstanceStatus;
 
 use crate::{
-    EnvVarRow, GoldenRow, InstanceRow, PoolConfigRow, PoolCounts, PoolSnapshot, PoolState,
+    EnvVarRow, GoldenRow, InstanceRow, NodeRow, PoolConfigRow, PoolCounts, PoolSnapshot, PoolState,
     PoolStateChange, ProjectRow, RepoCommit, Result, StepRow, Store, StoreError, TokenRow,
 };
 
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../migrations/postgres/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../migrations/postgres/0001_init.sql")),
+    (2, include_str!("../migrations/postgres/0002_nodes.sql")),
+];
 
 /// The advisory lock every node takes to migrate, so that nodes starting together apply each
 /// migration once ("warmpool" in ASCII).
@@ -179,7 +185,7 @@ macro_rules! instance_cols {
     () => {
         "seq, id, vm_id, project_id, kind, status, total_steps, failed_step, failure_reason, \
          backend, agent_url, agent_token, config_hash, task_id, created_at, provisioned_at, \
-         finished_at, claimed_at, destroyed_at, stale_at, commits_json, golden_id"
+         finished_at, claimed_at, destroyed_at, stale_at, commits_json, golden_id, node"
     };
 }
 
@@ -211,12 +217,13 @@ fn instance_row(r: &Row) -> Result<InstanceRow> {
             .transpose()?
             .unwrap_or_default(),
         golden_id: get(r, 21)?,
+        node: get(r, 22)?,
     })
 }
 
 macro_rules! golden_cols {
     () => {
-        "id, project_id, config_hash, backend, commits_json, status, created_at"
+        "id, project_id, config_hash, backend, commits_json, status, created_at, node"
     };
 }
 
@@ -229,6 +236,25 @@ fn golden_row(r: &Row) -> Result<GoldenRow> {
         commits: get_json(r, 4)?,
         ready: get::<&str>(r, 5)? == "ready",
         created_at: get(r, 6)?,
+        node: get(r, 7)?,
+    })
+}
+
+macro_rules! node_cols {
+    () => {
+        "name, node_id, url, capacity, lease_until, started_at, renewed_at"
+    };
+}
+
+fn node_row(r: &Row) -> Result<NodeRow> {
+    Ok(NodeRow {
+        name: get(r, 0)?,
+        node_id: get(r, 1)?,
+        url: get(r, 2)?,
+        capacity: get_u32(r, 3)?,
+        lease_until: get(r, 4)?,
+        started_at: get(r, 5)?,
+        renewed_at: get(r, 6)?,
     })
 }
 
@@ -291,13 +317,7 @@ fn rows<T>(rows: Vec<Row>, f: impl Fn(&Row) -> Result<T>) -> Result<Vec<T>> {
 
 pub struct PgStore {
     pool: Pool,
-    /// The connection holding [`SOLE_NODE_LOCK`], once taken: the lock lasts as long as it does.
-    sole_node: tokio::sync::Mutex<Option<Object>>,
 }
-
-/// Session advisory lock held by the one server using a database, while several servers on one
-/// database (nodes with leases, placement and forwarding) are not supported.
-const SOLE_NODE_LOCK: i64 = 0x7770_6e6f_6465_0001;
 
 impl PgStore {
     /// Connects to the database at `url` (`postgres://user[:password]@host:port/db`, or the
@@ -338,10 +358,7 @@ impl PgStore {
             .recycle_timeout(Some(WAIT))
             .build()
             .map_err(|e| StoreError::Internal(format!("cannot build the connection pool: {e}")))?;
-        let store = Self {
-            pool,
-            sole_node: tokio::sync::Mutex::new(None),
-        };
+        let store = Self { pool };
         store.migrate().await?;
         Ok(store)
     }
@@ -383,27 +400,6 @@ impl PgStore {
         tx.commit().await.map_err(map_err)
     }
 
-    /// Takes the database for this server alone: false if another server already has it. Two
-    /// servers on one database would each fill every pool and each destroy the other's VMs as
-    /// unknown, so the second one must not start.
-    pub async fn take_sole_node_lock(&self) -> Result<bool> {
-        let mut held = self.sole_node.lock().await;
-        if held.is_some() {
-            return Ok(true);
-        }
-        let c = self.conn().await?;
-        let got: bool = c
-            .query_one("SELECT pg_try_advisory_lock($1)", &[&SOLE_NODE_LOCK])
-            .await
-            .map_err(map_err)?
-            .get(0);
-        if got {
-            // Kept out of the pool for good: the lock is this connection's.
-            *held = Some(c);
-        }
-        Ok(got)
-    }
-
     async fn conn(&self) -> Result<Object> {
         self.pool.get().await.map_err(pool_err)
     }
@@ -441,6 +437,53 @@ async fn tx_query(
 ) -> Result<Vec<Row>> {
     let st = tx.prepare_cached(sql).await.map_err(map_err)?;
     tx.query(&st, params).await.map_err(map_err)
+}
+
+/// Inserts one instance, on a connection or in a transaction (placement inserts its boots in the
+/// transaction holding its locks).
+async fn insert_instance_in(c: &impl GenericClient, i: &InstanceRow) -> Result<()> {
+    let commits = json(&i.commits)?;
+    let st = c
+        .prepare_cached(
+            "INSERT INTO instances (id, vm_id, project_id, kind, status, total_steps,
+                failed_step, failure_reason, backend, agent_url, agent_token, config_hash,
+                task_id, created_at, provisioned_at, finished_at, claimed_at, destroyed_at,
+                stale_at, commits_json, golden_id, node)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16,
+                $17, $18, $19, $20, $21, $22)",
+        )
+        .await
+        .map_err(map_err)?;
+    c.execute(
+        &st,
+        &[
+            &i.id,
+            &i.vm_id,
+            &i.project_id,
+            &i.kind.as_str(),
+            &i.status.as_str(),
+            &i64::from(i.total_steps),
+            &i.failed_step,
+            &i.failure_reason,
+            &i.backend,
+            &i.agent_url,
+            &i.agent_token,
+            &i.config_hash,
+            &i.task_id,
+            &i.created_at,
+            &i.provisioned_at,
+            &i.finished_at,
+            &i.claimed_at,
+            &i.destroyed_at,
+            &i.stale_at,
+            &commits,
+            &i.golden_id,
+            &i.node,
+        ],
+    )
+    .await
+    .map(drop)
+    .map_err(map_err)
 }
 
 #[async_trait]
@@ -680,40 +723,7 @@ impl Store for PgStore {
     }
 
     async fn insert_instance(&self, i: &InstanceRow) -> Result<()> {
-        let commits = json(&i.commits)?;
-        self.exec(
-            "INSERT INTO instances (id, vm_id, project_id, kind, status, total_steps,
-                failed_step, failure_reason, backend, agent_url, agent_token, config_hash,
-                task_id, created_at, provisioned_at, finished_at, claimed_at, destroyed_at,
-                stale_at, commits_json, golden_id)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16,
-                $17, $18, $19, $20, $21)",
-            &[
-                &i.id,
-                &i.vm_id,
-                &i.project_id,
-                &i.kind.as_str(),
-                &i.status.as_str(),
-                &i64::from(i.total_steps),
-                &i.failed_step,
-                &i.failure_reason,
-                &i.backend,
-                &i.agent_url,
-                &i.agent_token,
-                &i.config_hash,
-                &i.task_id,
-                &i.created_at,
-                &i.provisioned_at,
-                &i.finished_at,
-                &i.claimed_at,
-                &i.destroyed_at,
-                &i.stale_at,
-                &commits,
-                &i.golden_id,
-            ],
-        )
-        .await
-        .map(drop)
+        insert_instance_in(&self.conn().await?, i).await
     }
 
     async fn get_instance(&self, id: &str) -> Result<Option<InstanceRow>> {
@@ -1062,6 +1072,182 @@ impl Store for PgStore {
         })
     }
 
+    async fn place_pool_boots(
+        &self,
+        rows: &[InstanceRow],
+        target: u32,
+        capacity: u32,
+    ) -> Result<usize> {
+        let Some(first) = rows.first() else {
+            return Ok(0);
+        };
+        let mut c = self.conn().await?;
+        let tx = c.transaction().await.map_err(map_err)?;
+        // Placements for one pool, from any node, queue on its row: the count below then sees
+        // every boot placed before. A placement finding the row taken gives up rather than wait:
+        // the node holding it is filling this pool right now, and waiting would only stall this
+        // node's pass on a placement that will most likely find the pool full.
+        let pool = tx_query(
+            &tx,
+            "SELECT 1 FROM warm_pools WHERE project_id = $1 FOR UPDATE SKIP LOCKED",
+            &[&first.project_id],
+        )
+        .await?;
+        if pool.is_empty() {
+            return Ok(0);
+        }
+        // A node's capacity spans projects, so placements of different pools on one node queue on
+        // the node's row too (waiting this time: they are for other pools). Always after the pool's
+        // row, and only one of each, so two placements never wait on each other in a cycle.
+        if let Some(node) = &first.node {
+            tx_query(
+                &tx,
+                "SELECT 1 FROM nodes WHERE name = $1 FOR UPDATE",
+                &[node],
+            )
+            .await?;
+        }
+        // Read committed: each statement sees what placements committed before the locks were ours.
+        let counted: i64 = get(
+            &one(tx_query(
+                &tx,
+                "SELECT COUNT(*) FROM instances
+                 WHERE project_id = $1 AND kind = 'pool'
+                   AND config_hash IS NOT DISTINCT FROM $2
+                   AND (status = 'provisioning' OR (status = 'ready' AND stale_at IS NULL))",
+                &[&first.project_id, &first.config_hash],
+            )
+            .await?)?,
+            0,
+        )?;
+        // Two statements rather than `IS NOT DISTINCT FROM`, which no index serves.
+        let live = match &first.node {
+            Some(node) => {
+                tx_query(
+                    &tx,
+                    "SELECT COUNT(*) FROM instances
+                     WHERE node = $1 AND status IN ('provisioning', 'ready', 'claimed')",
+                    &[node],
+                )
+                .await?
+            }
+            None => {
+                tx_query(
+                    &tx,
+                    "SELECT COUNT(*) FROM instances
+                     WHERE node IS NULL AND status IN ('provisioning', 'ready', 'claimed')",
+                    &[],
+                )
+                .await?
+            }
+        };
+        let live: i64 = get(&one(live)?, 0)?;
+        let room = |limit: u32, used: i64| {
+            usize::try_from((i64::from(limit) - used).max(0)).unwrap_or(usize::MAX)
+        };
+        let k = rows
+            .len()
+            .min(room(target, counted))
+            .min(room(capacity, live));
+        for i in &rows[..k] {
+            insert_instance_in(&tx, i).await?;
+        }
+        tx.commit().await.map_err(map_err)?;
+        Ok(k)
+    }
+
+    async fn setting(&self, name: &str, value: &str) -> Result<String> {
+        // One statement: the row as it is after this insert-or-keep.
+        let row = self
+            .query_one(
+                "WITH ins AS (
+                    INSERT INTO settings (name, value) VALUES ($1, $2)
+                    ON CONFLICT (name) DO NOTHING RETURNING value)
+                 SELECT value FROM ins
+                 UNION ALL SELECT value FROM settings WHERE name = $1
+                 LIMIT 1",
+                &[&name, &value],
+            )
+            .await?;
+        Ok(row.get(0))
+    }
+
+    async fn register_node(&self, n: &NodeRow, now: i64) -> Result<bool> {
+        // One statement: the check that the name is free (or already ours) and the write cannot
+        // be told apart by another node registering at the same moment.
+        Ok(self
+            .exec(
+                "INSERT INTO nodes (name, node_id, url, capacity, lease_until, started_at,
+                    renewed_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)
+                 ON CONFLICT (name) DO UPDATE SET node_id = EXCLUDED.node_id,
+                    url = EXCLUDED.url, capacity = EXCLUDED.capacity,
+                    lease_until = EXCLUDED.lease_until, started_at = EXCLUDED.started_at,
+                    renewed_at = EXCLUDED.renewed_at
+                 WHERE nodes.node_id = EXCLUDED.node_id OR nodes.lease_until < $8",
+                &[
+                    &n.name,
+                    &n.node_id,
+                    &n.url,
+                    &i64::from(n.capacity),
+                    &n.lease_until,
+                    &n.started_at,
+                    &n.renewed_at,
+                    &now,
+                ],
+            )
+            .await?
+            == 1)
+    }
+
+    async fn renew_node(
+        &self,
+        name: &str,
+        node_id: &str,
+        lease_until: i64,
+        now: i64,
+    ) -> Result<bool> {
+        Ok(self
+            .exec(
+                "UPDATE nodes SET lease_until = $3, renewed_at = $4
+                 WHERE name = $1 AND node_id = $2",
+                &[&name, &node_id, &lease_until, &now],
+            )
+            .await?
+            == 1)
+    }
+
+    async fn list_nodes(&self) -> Result<Vec<NodeRow>> {
+        let rs = self
+            .query(
+                concat!("SELECT ", node_cols!(), " FROM nodes ORDER BY name"),
+                &[],
+            )
+            .await?;
+        rows(rs, node_row)
+    }
+
+    async fn fail_instances_of_lost_node(
+        &self,
+        node: &str,
+        now: i64,
+        reason: &str,
+    ) -> Result<Vec<String>> {
+        // The lease is checked by the statement itself: a node renewing meanwhile either renewed
+        // first (nothing is failed) or after (its instances were already lost).
+        let rs = self
+            .query(
+                "UPDATE instances SET status = 'failed', failure_reason = $3,
+                    finished_at = COALESCE(finished_at, $2)
+                 WHERE node = $1 AND status IN ('provisioning', 'ready', 'claimed')
+                   AND EXISTS (SELECT 1 FROM nodes WHERE name = $1 AND lease_until < $2)
+                 RETURNING id",
+                &[&node, &now, &reason],
+            )
+            .await?;
+        rows(rs, |r| get(r, 0))
+    }
+
     async fn get_pool_state(&self, project_id: &str) -> Result<PoolState> {
         Ok(self
             .query_opt(
@@ -1173,8 +1359,8 @@ impl Store for PgStore {
         let commits = json(&g.commits)?;
         self.exec(
             "INSERT INTO goldens (id, project_id, config_hash, backend, commits_json, status,
-                created_at)
-             VALUES ($1, $2, $3, $4, $5, 'ready', $6)",
+                created_at, node)
+             VALUES ($1, $2, $3, $4, $5, 'ready', $6, $7)",
             &[
                 &g.id,
                 &g.project_id,
@@ -1182,6 +1368,7 @@ impl Store for PgStore {
                 &g.backend,
                 &commits,
                 &g.created_at,
+                &g.node,
             ],
         )
         .await

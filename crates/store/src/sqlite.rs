@@ -15,7 +15,7 @@ use warmpool_types::api::PoolStatus;
 use warmpool_types::state::InstanceStatus;
 
 use crate::{
-    EnvVarRow, GoldenRow, InstanceRow, PoolConfigRow, PoolCounts, PoolSnapshot, PoolState,
+    EnvVarRow, GoldenRow, InstanceRow, NodeRow, PoolConfigRow, PoolCounts, PoolSnapshot, PoolState,
     PoolStateChange, ProjectRow, RepoCommit, Result, StepRow, Store, StoreError, TokenRow,
 };
 use std::collections::BTreeMap;
@@ -29,6 +29,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
         5,
         include_str!("../migrations/sqlite/0005_instance_rev.sql"),
     ),
+    (6, include_str!("../migrations/sqlite/0006_nodes.sql")),
 ];
 const READERS: usize = 4;
 
@@ -393,7 +394,7 @@ fn pool_row(r: &Row) -> rusqlite::Result<PoolConfigRow> {
 
 const INSTANCE_COLS: &str = "seq, id, vm_id, project_id, kind, status, total_steps, failed_step, \
      failure_reason, backend, agent_url, agent_token, config_hash, task_id, created_at, \
-     provisioned_at, finished_at, claimed_at, destroyed_at, stale_at, commits_json, golden_id";
+     provisioned_at, finished_at, claimed_at, destroyed_at, stale_at, commits_json, golden_id, node";
 
 fn instance_row(r: &Row) -> rusqlite::Result<InstanceRow> {
     Ok(InstanceRow {
@@ -423,10 +424,12 @@ fn instance_row(r: &Row) -> rusqlite::Result<InstanceRow> {
             .transpose()?
             .unwrap_or_default(),
         golden_id: r.get(21)?,
+        node: r.get(22)?,
     })
 }
 
-const GOLDEN_COLS: &str = "id, project_id, config_hash, backend, commits_json, status, created_at";
+const GOLDEN_COLS: &str =
+    "id, project_id, config_hash, backend, commits_json, status, created_at, node";
 
 fn golden_row(r: &Row) -> rusqlite::Result<GoldenRow> {
     Ok(GoldenRow {
@@ -437,7 +440,59 @@ fn golden_row(r: &Row) -> rusqlite::Result<GoldenRow> {
         commits: from_json(4, &r.get::<_, String>(4)?)?,
         ready: r.get::<_, String>(5)? == "ready",
         created_at: r.get(6)?,
+        node: r.get(7)?,
     })
+}
+
+const NODE_COLS: &str = "name, node_id, url, capacity, lease_until, started_at, renewed_at";
+
+fn node_row(r: &Row) -> rusqlite::Result<NodeRow> {
+    Ok(NodeRow {
+        name: r.get(0)?,
+        node_id: r.get(1)?,
+        url: r.get(2)?,
+        capacity: r.get(3)?,
+        lease_until: r.get(4)?,
+        started_at: r.get(5)?,
+        renewed_at: r.get(6)?,
+    })
+}
+
+/// Inserts one instance row (also inside a larger write).
+fn insert_instance_row(c: &Connection, i: &InstanceRow) -> rusqlite::Result<()> {
+    c.exec(
+        "INSERT INTO instances (id, vm_id, project_id, kind, status, total_steps,
+            failed_step, failure_reason, backend, agent_url, agent_token, config_hash,
+            task_id, created_at, provisioned_at, finished_at, claimed_at, destroyed_at,
+            stale_at, commits_json, golden_id, node)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
+            ?17, ?18, ?19, ?20, ?21, ?22)",
+        params![
+            i.id,
+            i.vm_id,
+            i.project_id,
+            i.kind.as_str(),
+            i.status.as_str(),
+            i.total_steps,
+            i.failed_step,
+            i.failure_reason,
+            i.backend,
+            i.agent_url,
+            i.agent_token,
+            i.config_hash,
+            i.task_id,
+            i.created_at,
+            i.provisioned_at,
+            i.finished_at,
+            i.claimed_at,
+            i.destroyed_at,
+            i.stale_at,
+            serde_json::to_string(&i.commits).map_err(json_err)?,
+            i.golden_id,
+            i.node,
+        ],
+    )?;
+    Ok(())
 }
 
 fn step_row(r: &Row) -> rusqlite::Result<StepRow> {
@@ -730,41 +785,7 @@ impl Store for SqliteStore {
 
     async fn insert_instance(&self, i: &InstanceRow) -> Result<()> {
         let i = i.clone();
-        self.write(move |c| {
-            c.exec(
-                "INSERT INTO instances (id, vm_id, project_id, kind, status, total_steps,
-                    failed_step, failure_reason, backend, agent_url, agent_token, config_hash,
-                    task_id, created_at, provisioned_at, finished_at, claimed_at, destroyed_at,
-                    stale_at, commits_json, golden_id)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
-                    ?17, ?18, ?19, ?20, ?21)",
-                params![
-                    i.id,
-                    i.vm_id,
-                    i.project_id,
-                    i.kind.as_str(),
-                    i.status.as_str(),
-                    i.total_steps,
-                    i.failed_step,
-                    i.failure_reason,
-                    i.backend,
-                    i.agent_url,
-                    i.agent_token,
-                    i.config_hash,
-                    i.task_id,
-                    i.created_at,
-                    i.provisioned_at,
-                    i.finished_at,
-                    i.claimed_at,
-                    i.destroyed_at,
-                    i.stale_at,
-                    serde_json::to_string(&i.commits).map_err(json_err)?,
-                    i.golden_id
-                ],
-            )?;
-            Ok(())
-        })
-        .await
+        self.write(move |c| insert_instance_row(c, &i)).await
     }
 
     async fn get_instance(&self, id: &str) -> Result<Option<InstanceRow>> {
@@ -1083,6 +1104,150 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn place_pool_boots(
+        &self,
+        rows: &[InstanceRow],
+        target: u32,
+        capacity: u32,
+    ) -> Result<usize> {
+        let Some(first) = rows.first() else {
+            return Ok(0);
+        };
+        let (project, hash, node) = (
+            first.project_id.clone(),
+            first.config_hash.clone(),
+            first.node.clone(),
+        );
+        let rows = rows.to_vec();
+        // One writer: the counts and the inserts cannot interleave with another write.
+        self.write(move |c| {
+            // Like PostgreSQL, which locks the pool's row: no pool, no boots.
+            let pool: Option<i64> = c
+                .row(
+                    "SELECT 1 FROM warm_pools WHERE project_id = ?1",
+                    params![project],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if pool.is_none() {
+                return Ok(0);
+            }
+            let counted: u32 = c.row(
+                "SELECT count(*) FROM instances
+                 WHERE project_id = ?1 AND kind = 'pool' AND config_hash IS ?2
+                   AND (status = 'provisioning' OR (status = 'ready' AND stale_at IS NULL))",
+                params![project, hash],
+                |r| r.get(0),
+            )?;
+            let on_node: u32 = c.row(
+                "SELECT count(*) FROM instances
+                 WHERE node IS ?1 AND status IN ('provisioning', 'ready', 'claimed')",
+                params![node],
+                |r| r.get(0),
+            )?;
+            let k = (rows.len() as u32)
+                .min(target.saturating_sub(counted))
+                .min(capacity.saturating_sub(on_node)) as usize;
+            for r in &rows[..k] {
+                insert_instance_row(c, r)?;
+            }
+            Ok(k)
+        })
+        .await
+    }
+
+    async fn setting(&self, name: &str, value: &str) -> Result<String> {
+        let (name, value) = (name.to_string(), value.to_string());
+        self.write(move |c| {
+            c.exec(
+                "INSERT INTO settings (name, value) VALUES (?1, ?2) ON CONFLICT (name) DO NOTHING",
+                params![name, value],
+            )?;
+            c.row(
+                "SELECT value FROM settings WHERE name = ?1",
+                params![name],
+                |r| r.get(0),
+            )
+        })
+        .await
+    }
+
+    async fn register_node(&self, n: &NodeRow, now: i64) -> Result<bool> {
+        let n = n.clone();
+        self.write(move |c| {
+            Ok(c.exec(
+                "INSERT INTO nodes (name, node_id, url, capacity, lease_until, started_at,
+                    renewed_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                 ON CONFLICT (name) DO UPDATE SET node_id = excluded.node_id,
+                    url = excluded.url, capacity = excluded.capacity,
+                    lease_until = excluded.lease_until, started_at = excluded.started_at,
+                    renewed_at = excluded.renewed_at
+                 WHERE nodes.node_id = excluded.node_id OR nodes.lease_until < ?8",
+                params![
+                    n.name,
+                    n.node_id,
+                    n.url,
+                    n.capacity,
+                    n.lease_until,
+                    n.started_at,
+                    n.renewed_at,
+                    now
+                ],
+            )? == 1)
+        })
+        .await
+    }
+
+    async fn renew_node(
+        &self,
+        name: &str,
+        node_id: &str,
+        lease_until: i64,
+        now: i64,
+    ) -> Result<bool> {
+        let (name, node_id) = (name.to_string(), node_id.to_string());
+        self.write(move |c| {
+            Ok(c.exec(
+                "UPDATE nodes SET lease_until = ?3, renewed_at = ?4
+                 WHERE name = ?1 AND node_id = ?2",
+                params![name, node_id, lease_until, now],
+            )? == 1)
+        })
+        .await
+    }
+
+    async fn list_nodes(&self) -> Result<Vec<NodeRow>> {
+        self.read(|c| {
+            let mut stmt =
+                c.prepare_cached(&format!("SELECT {NODE_COLS} FROM nodes ORDER BY name"))?;
+            let rows = stmt.query_map([], node_row)?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn fail_instances_of_lost_node(
+        &self,
+        node: &str,
+        now: i64,
+        reason: &str,
+    ) -> Result<Vec<String>> {
+        let (node, reason) = (node.to_string(), reason.to_string());
+        self.write(move |c| {
+            let mut stmt = c.prepare_cached(
+                "UPDATE instances SET status = 'failed', failure_reason = ?3,
+                    finished_at = COALESCE(finished_at, ?2)
+                 WHERE node = ?1 AND status IN ('provisioning', 'ready', 'claimed')
+                   AND EXISTS (SELECT 1 FROM nodes WHERE name = ?1 AND lease_until < ?2)
+                 RETURNING id",
+            )?;
+            let ids = stmt.query_map(params![node, now, reason], |r| r.get(0))?;
+            ids.collect()
+        })
+        .await
+    }
+
     async fn get_pool_state(&self, project_id: &str) -> Result<PoolState> {
         let project_id = project_id.to_string();
         self.read(move |c| read_pool_state(c, &project_id)).await
@@ -1173,15 +1338,16 @@ impl Store for SqliteStore {
         self.write(move |c| {
             c.exec(
                 "INSERT INTO goldens (id, project_id, config_hash, backend, commits_json, status,
-                    created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, 'ready', ?6)",
+                    created_at, node)
+                 VALUES (?1, ?2, ?3, ?4, ?5, 'ready', ?6, ?7)",
                 params![
                     g.id,
                     g.project_id,
                     g.config_hash,
                     g.backend,
                     serde_json::to_string(&g.commits).map_err(json_err)?,
-                    g.created_at
+                    g.created_at,
+                    g.node,
                 ],
             )?;
             Ok(())

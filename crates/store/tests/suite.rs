@@ -70,6 +70,10 @@ on_both_engines!(
     goldens_are_recorded_and_forgotten,
     tokens_are_found_by_hash,
     concurrent_writes_commit_together_and_fail_alone,
+    pool_boots_are_placed_within_target_and_capacity,
+    nodes_hold_their_names_by_lease,
+    lost_nodes_lose_their_live_instances,
+    nodes_round_trip_on_instances_and_goldens,
 );
 
 fn project(id: &str) -> ProjectRow {
@@ -115,6 +119,7 @@ fn instance(id: &str, project: &str, kind: InstanceKind, status: InstanceStatus)
         stale_at: None,
         commits: Default::default(),
         golden_id: None,
+        node: None,
     }
 }
 
@@ -643,6 +648,7 @@ async fn goldens_are_recorded_and_forgotten(s: Arc<dyn Store>) {
         commits: Default::default(),
         ready: true,
         created_at: 5,
+        node: None,
     };
     s.insert_golden(&g).await.unwrap();
     assert_eq!(s.ready_goldens().await.unwrap(), vec![g.clone()]);
@@ -762,6 +768,399 @@ async fn concurrent_writes_commit_together_and_fail_alone(s: Arc<dyn Store>) {
     assert_eq!(s.list_projects(None, 1000, None).await.unwrap().len(), 57);
 }
 
+fn pool_config(project: &str, target: u32) -> PoolConfigRow {
+    PoolConfigRow {
+        project_id: project.into(),
+        enabled: true,
+        target_size: target,
+        max_age_minutes: 60,
+        branch: None,
+        setup_commands: None,
+        generation: 0,
+        created_at: 1,
+        updated_at: 1,
+    }
+}
+
+/// A pool instance of `project` with config `hash` on `node`, in `status`.
+fn on_node(id: &str, project: &str, hash: &str, node: &str, status: InstanceStatus) -> InstanceRow {
+    let mut i = instance(id, project, InstanceKind::Pool, status);
+    i.config_hash = Some(hash.into());
+    i.node = Some(node.into());
+    i
+}
+
+fn node(name: &str, node_id: &str, capacity: u32, lease_until: i64) -> NodeRow {
+    NodeRow {
+        name: name.into(),
+        node_id: node_id.into(),
+        url: format!("http://{name}:8080"),
+        capacity,
+        lease_until,
+        started_at: 1,
+        renewed_at: 1,
+    }
+}
+
+/// Ids of the project's instances in `status`, sorted.
+async fn ids_in(s: &Arc<dyn Store>, project: &str, status: InstanceStatus) -> Vec<String> {
+    let mut ids: Vec<_> = s
+        .list_instances(project, Some(status), 1000)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|i| i.id)
+        .collect();
+    ids.sort();
+    ids
+}
+
+async fn pool_boots_are_placed_within_target_and_capacity(s: Arc<dyn Store>) {
+    use InstanceStatus::*;
+    for p in ["p", "q"] {
+        s.insert_project(&project(p)).await.unwrap();
+        assert!(s.put_pool_config(&pool_config(p, 5), None).await.unwrap());
+    }
+    // Node `c` is registered (PostgreSQL then locks its row), `a` and `b` are not.
+    assert!(s
+        .register_node(&node("c", "id-c", 4, 1000), 0)
+        .await
+        .unwrap());
+    let mut stale = on_node("p-stale", "p", "h1", "b", Ready);
+    stale.stale_at = Some(5);
+    let mut cold = on_node("p-cold", "p", "h1", "b", Provisioning);
+    cold.kind = InstanceKind::Cold;
+    for i in [
+        // Count toward p's target, on any node: provisioning, and ready and fresh.
+        on_node("p-prov", "p", "h1", "b", Provisioning),
+        on_node("p-ready", "p", "h1", "a", Ready),
+        // Do not: stale, another config, failed, claimed, not a pool instance.
+        stale,
+        on_node("p-old", "p", "h0", "b", Provisioning),
+        on_node("p-failed", "p", "h1", "a", Failed),
+        on_node("p-claimed", "p", "h1", "a", Claimed),
+        cold,
+    ] {
+        s.insert_instance(&i).await.unwrap();
+    }
+    assert_eq!(s.place_pool_boots(&[], 5, 100).await.unwrap(), 0);
+
+    // Room for 3 of the 5 (target 5, 2 counted): the first 3, in order.
+    let boots: Vec<_> = (1..=5)
+        .map(|n| on_node(&format!("p-new{n}"), "p", "h1", "a", Provisioning))
+        .collect();
+    assert_eq!(s.place_pool_boots(&boots, 5, 100).await.unwrap(), 3);
+    let got = s
+        .list_instances("p", Some(Provisioning), 100)
+        .await
+        .unwrap();
+    let new: Vec<_> = got
+        .iter()
+        .rev()
+        .map(|i| i.id.as_str())
+        .filter(|id| id.starts_with("p-new"))
+        .collect();
+    assert_eq!(new, ["p-new1", "p-new2", "p-new3"], "the first k, in order");
+    let more: Vec<_> = (6..=7)
+        .map(|n| on_node(&format!("p-new{n}"), "p", "h1", "b", Provisioning))
+        .collect();
+    assert_eq!(
+        s.place_pool_boots(&more, 5, 100).await.unwrap(),
+        0,
+        "the pool is full, on every node"
+    );
+    // A new config counts on its own.
+    let h2: Vec<_> = (1..=3)
+        .map(|n| on_node(&format!("p-h2-{n}"), "p", "h2", "b", Provisioning))
+        .collect();
+    assert_eq!(s.place_pool_boots(&h2, 2, 100).await.unwrap(), 2);
+
+    // A node's capacity counts its live instances of every project and kind (node `a` has
+    // p-ready, p-claimed and p-new1..3: 5 live; p-failed does not count).
+    let on_a = |id: &str| on_node(id, "q", "hq", "a", Provisioning);
+    assert_eq!(
+        s.place_pool_boots(&[on_a("q-a1"), on_a("q-a2")], 5, 6)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(s.place_pool_boots(&[on_a("q-a3")], 5, 6).await.unwrap(), 0);
+    // Node `c` (capacity 4) already hosts a claimed cold VM of p and a ready one of q.
+    let mut c_cold = on_node("p-c-cold", "p", "h1", "c", Claimed);
+    c_cold.kind = InstanceKind::Cold;
+    s.insert_instance(&c_cold).await.unwrap();
+    s.insert_instance(&on_node("q-c-ready", "q", "hq", "c", Ready))
+        .await
+        .unwrap();
+    let on_c = |id: &str| on_node(id, "q", "hq", "c", Provisioning);
+    let batch = [on_c("q-c1"), on_c("q-c2"), on_c("q-c3")];
+    assert_eq!(s.place_pool_boots(&batch, 5, 4).await.unwrap(), 2);
+    assert_eq!(s.place_pool_boots(&[on_c("q-c4")], 5, 4).await.unwrap(), 0);
+    // A VM gone frees its place.
+    assert!(s.mark_failed("q-c1", None, "boom", 50).await.unwrap());
+    assert_eq!(s.place_pool_boots(&[on_c("q-c5")], 5, 4).await.unwrap(), 1);
+    assert_eq!(
+        ids_in(&s, "q", Provisioning).await,
+        ["q-a1", "q-c2", "q-c5"]
+    );
+    assert_eq!(
+        ids_in(&s, "p", Provisioning).await,
+        ["p-cold", "p-h2-1", "p-h2-2", "p-new1", "p-new2", "p-new3", "p-old", "p-prov"]
+    );
+    // A claimed instance no longer counts toward the target: claiming p-ready leaves p-prov and
+    // p-new1..3, room for one.
+    assert!(s.claim_ready("p", None, 60).await.unwrap().is_some());
+    let again: Vec<_> = (8..=10)
+        .map(|n| on_node(&format!("p-new{n}"), "p", "h1", "b", Provisioning))
+        .collect();
+    assert_eq!(s.place_pool_boots(&again, 5, 100).await.unwrap(), 1);
+}
+
+async fn nodes_hold_their_names_by_lease(s: Arc<dyn Store>) {
+    assert!(s.list_nodes().await.unwrap().is_empty());
+    let a = node("n1", "id-a", 8, 100);
+    assert!(s.register_node(&a, 0).await.unwrap());
+    // Another process cannot take a live name.
+    let b = node("n1", "id-b", 3, 1000);
+    assert!(!s.register_node(&b, 50).await.unwrap());
+    assert_eq!(s.list_nodes().await.unwrap(), vec![a.clone()]);
+    // The same node (restarted on its data dir) takes its row over at once, settings and all.
+    let mut a2 = node("n1", "id-a", 16, 120);
+    a2.url = "http://elsewhere:1".into();
+    a2.started_at = 60;
+    a2.renewed_at = 60;
+    assert!(s.register_node(&a2, 60).await.unwrap());
+    assert_eq!(s.list_nodes().await.unwrap(), vec![a2.clone()]);
+    // Renewals: only by the holder.
+    assert!(!s.renew_node("n1", "id-b", 500, 90).await.unwrap());
+    assert!(!s.renew_node("nope", "id-a", 500, 90).await.unwrap());
+    assert!(s.renew_node("n1", "id-a", 200, 90).await.unwrap());
+    let got = &s.list_nodes().await.unwrap()[0];
+    assert_eq!(
+        (
+            got.node_id.as_str(),
+            got.lease_until,
+            got.renewed_at,
+            got.started_at
+        ),
+        ("id-a", 200, 90, 60)
+    );
+    // Until the lease has passed (at its last millisecond it still holds), then anyone can.
+    assert!(!s.register_node(&b, 199).await.unwrap());
+    assert!(!s.register_node(&b, 200).await.unwrap());
+    assert!(s.register_node(&b, 201).await.unwrap());
+    assert_eq!(s.list_nodes().await.unwrap(), vec![b.clone()]);
+    // The old holder has lost it: it can neither renew nor take it back while b's lease lasts.
+    assert!(!s.renew_node("n1", "id-a", 900, 202).await.unwrap());
+    assert!(!s.register_node(&a, 202).await.unwrap());
+    assert_eq!(s.list_nodes().await.unwrap(), vec![b]);
+    // Listed by name, byte by byte.
+    for name in ["b-node", "a-node", "B"] {
+        assert!(s.register_node(&node(name, name, 1, 10), 0).await.unwrap());
+    }
+    let names: Vec<_> = s
+        .list_nodes()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|n| n.name)
+        .collect();
+    assert_eq!(names, ["B", "a-node", "b-node", "n1"]);
+}
+
+async fn lost_nodes_lose_their_live_instances(s: Arc<dyn Store>) {
+    use InstanceStatus::*;
+    s.insert_project(&project("p")).await.unwrap();
+    assert!(s
+        .register_node(&node("n1", "id-1", 10, 100), 0)
+        .await
+        .unwrap());
+    assert!(s
+        .register_node(&node("n2", "id-2", 10, 1000), 0)
+        .await
+        .unwrap());
+    let mut ready = on_node("n1-ready", "p", "h", "n1", Ready);
+    ready.finished_at = Some(20);
+    let mut failed = on_node("n1-failed", "p", "h", "n1", Failed);
+    (failed.failure_reason, failed.finished_at) = (Some("earlier".into()), Some(5));
+    let mut cold = on_node("n1-cold", "p", "h", "n1", Claimed);
+    cold.kind = InstanceKind::Cold;
+    let mut before_nodes = instance("old", "p", InstanceKind::Pool, Ready);
+    before_nodes.node = None;
+    for i in [
+        on_node("n1-prov", "p", "h", "n1", Provisioning),
+        ready,
+        on_node("n1-claimed", "p", "h", "n1", Claimed),
+        cold,
+        failed,
+        on_node("n1-gone", "p", "h", "n1", Destroyed),
+        on_node("n2-prov", "p", "h", "n2", Provisioning),
+        on_node("n2-ready", "p", "h", "n2", Ready),
+        before_nodes,
+    ] {
+        s.insert_instance(&i).await.unwrap();
+    }
+    let snap = s.pool_snapshot(None).await.unwrap();
+    // While the lease holds (through its last millisecond), nothing happens.
+    assert!(s
+        .fail_instances_of_lost_node("n1", 50, "lost")
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(s
+        .fail_instances_of_lost_node("n1", 100, "lost")
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(s
+        .fail_instances_of_lost_node("n2", 500, "lost")
+        .await
+        .unwrap()
+        .is_empty());
+    // Not a node at all: nothing either.
+    assert!(s
+        .fail_instances_of_lost_node("n3", 5000, "lost")
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(ids_in(&s, "p", Failed).await, ["n1-failed"]);
+
+    let mut failed = s
+        .fail_instances_of_lost_node("n1", 101, "node n1 lost")
+        .await
+        .unwrap();
+    failed.sort();
+    assert_eq!(failed, ["n1-claimed", "n1-cold", "n1-prov", "n1-ready"]);
+    for id in &failed {
+        let i = s.get_instance(id).await.unwrap().unwrap();
+        assert_eq!(i.status, Failed, "{id}");
+        assert_eq!(i.failure_reason.as_deref(), Some("node n1 lost"), "{id}");
+        let finished = if id == "n1-ready" { 20 } else { 101 };
+        assert_eq!(i.finished_at, Some(finished), "{id}: a finish time is kept");
+    }
+    // Others untouched: n1's failed and destroyed ones, n2's, and those of no node.
+    let earlier = s.get_instance("n1-failed").await.unwrap().unwrap();
+    assert_eq!(
+        (earlier.failure_reason.as_deref(), earlier.finished_at),
+        (Some("earlier"), Some(5))
+    );
+    assert_eq!(
+        s.get_instance("n1-gone").await.unwrap().unwrap().status,
+        Destroyed
+    );
+    assert_eq!(ids_in(&s, "p", Provisioning).await, ["n2-prov"]);
+    assert_eq!(ids_in(&s, "p", Ready).await, ["n2-ready", "old"]);
+    // The reconciler hears of them.
+    let changed = s.pool_snapshot(Some(snap.rev)).await.unwrap();
+    for id in &failed {
+        assert!(
+            changed
+                .instances
+                .iter()
+                .any(|i| &i.id == id && i.status == Failed),
+            "{id} missing from the changes"
+        );
+    }
+    // Once done, again is nothing.
+    assert!(s
+        .fail_instances_of_lost_node("n1", 102, "again")
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+async fn nodes_round_trip_on_instances_and_goldens(s: Arc<dyn Store>) {
+    s.insert_project(&project("p")).await.unwrap();
+    let mut with = instance(
+        "with",
+        "p",
+        InstanceKind::Pool,
+        InstanceStatus::Provisioning,
+    );
+    with.node = Some("node-ü 1".into());
+    with.config_hash = Some("h".into());
+    let without = instance(
+        "without",
+        "p",
+        InstanceKind::Pool,
+        InstanceStatus::Provisioning,
+    );
+    s.insert_instance(&with).await.unwrap();
+    s.insert_instance(&without).await.unwrap();
+    let mut placed = with.clone();
+    placed.id = "placed".into();
+    placed.vm_id = "vm-placed".into();
+    assert!(s.put_pool_config(&pool_config("p", 5), None).await.unwrap());
+    assert_eq!(
+        s.place_pool_boots(std::slice::from_ref(&placed), 5, 5)
+            .await
+            .unwrap(),
+        1
+    );
+    for (id, node) in [
+        ("with", Some("node-ü 1")),
+        ("without", None),
+        ("placed", Some("node-ü 1")),
+    ] {
+        let got = s.get_instance(id).await.unwrap().unwrap();
+        assert_eq!(got.node.as_deref(), node, "{id}");
+    }
+    let listed = s.list_instances("p", None, 10).await.unwrap();
+    assert!(listed.iter().any(|i| i.id == "with" && i.node == with.node));
+    let snap = s.pool_snapshot(None).await.unwrap();
+    assert!(snap
+        .instances
+        .iter()
+        .any(|i| i.id == "placed" && i.node == with.node));
+    assert!(s
+        .mark_ready("with", 20, &no_commits(), false)
+        .await
+        .unwrap());
+    let claimed = s.claim_ready("p", None, 30).await.unwrap().unwrap();
+    assert_eq!(
+        (claimed.id.as_str(), claimed.node),
+        ("with", with.node.clone())
+    );
+
+    let mut g = GoldenRow {
+        id: "g1".into(),
+        project_id: "p".into(),
+        config_hash: "h".into(),
+        backend: "qemu".into(),
+        commits: Default::default(),
+        ready: true,
+        created_at: 5,
+        node: Some("node-a".into()),
+    };
+    s.insert_golden(&g).await.unwrap();
+    g.id = "g2".into();
+    g.created_at = 6;
+    g.node = None;
+    s.insert_golden(&g).await.unwrap();
+    assert_eq!(
+        s.get_golden("g1").await.unwrap().unwrap().node.as_deref(),
+        Some("node-a")
+    );
+    assert_eq!(s.get_golden("g2").await.unwrap().unwrap().node, None);
+    let nodes: Vec<_> = s
+        .ready_goldens()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|g| g.node)
+        .collect();
+    assert_eq!(nodes, [Some("node-a".to_string()), None]);
+    let nodes: Vec<_> = s
+        .pool_snapshot(None)
+        .await
+        .unwrap()
+        .goldens
+        .into_iter()
+        .map(|g| g.node)
+        .collect();
+    assert_eq!(nodes, [Some("node-a".to_string()), None]);
+}
+
 // SQLite only ---------------------------------------------------------------------------------
 
 #[tokio::test]
@@ -820,7 +1219,7 @@ async fn postgres_migrations_run_once_across_concurrent_opens() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(versions, [1]);
+    assert_eq!(versions, [1, 2]);
 }
 
 /// Two nodes on one database: claims from both never take the same instance, and pool state
@@ -883,6 +1282,108 @@ async fn postgres_nodes_never_claim_the_same_instance() {
             .consecutive_failures,
         60
     );
+}
+
+/// Three nodes on one database placing boots at once, for several pools on two hosts: no pool ever
+/// goes over its target, no host over its capacity (which spans pools), and topping up afterwards
+/// fills the hosts exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_concurrent_placement_never_overshoots() {
+    const POOLS: usize = 4;
+    const TARGET: u32 = 6;
+    const CAPACITY: u32 = 10;
+    const HOSTS: [&str; 2] = ["h0", "h1"];
+    let url = fresh_pg_database().await;
+    let mut stores: Vec<Arc<dyn Store>> = Vec::new();
+    for _ in 0..3 {
+        // Few connections each, so that calls also queue for connections.
+        stores.push(Arc::new(PgStore::connect_with(&url, 4).await.unwrap()));
+    }
+    for p in 0..POOLS {
+        let id = format!("p{p}");
+        stores[0].insert_project(&project(&id)).await.unwrap();
+        assert!(stores[0]
+            .put_pool_config(&pool_config(&id, TARGET), None)
+            .await
+            .unwrap());
+    }
+    // Placements for different pools on one host queue on the host's row.
+    assert!(stores[0]
+        .register_node(&node("h0", "id-h0", CAPACITY, i64::MAX), 0)
+        .await
+        .unwrap());
+    assert!(stores[0]
+        .register_node(&node("h1", "id-h1", CAPACITY, i64::MAX), 0)
+        .await
+        .unwrap());
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let batch = |p: usize, host: &str, n: usize| -> Vec<InstanceRow> {
+        (0..n)
+            .map(|_| {
+                let id = format!("b{}", NEXT.fetch_add(1, Ordering::Relaxed));
+                on_node(
+                    &id,
+                    &format!("p{p}"),
+                    "h",
+                    host,
+                    InstanceStatus::Provisioning,
+                )
+            })
+            .collect()
+    };
+    let check = |s: Arc<dyn Store>| async move {
+        let live = s
+            .instances_in(&[InstanceStatus::Provisioning])
+            .await
+            .unwrap();
+        for p in 0..POOLS {
+            let n = live
+                .iter()
+                .filter(|i| i.project_id == format!("p{p}"))
+                .count();
+            assert!(n <= TARGET as usize, "pool p{p} holds {n}");
+        }
+        let mut per_host = Vec::new();
+        for h in HOSTS {
+            let n = live.iter().filter(|i| i.node.as_deref() == Some(h)).count();
+            assert!(n <= CAPACITY as usize, "host {h} holds {n}");
+            per_host.push(n);
+        }
+        per_host
+    };
+    let mut tasks = Vec::new();
+    for t in 0..120usize {
+        let s = stores[t % 3].clone();
+        let rows = batch(t % POOLS, HOSTS[(t / 3) % 2], 1 + t % 4);
+        tasks.push(tokio::spawn(async move {
+            s.place_pool_boots(&rows, TARGET, CAPACITY).await.unwrap()
+        }));
+        // Checks while placements run.
+        if t % 30 == 0 {
+            check(stores[(t + 1) % 3].clone()).await;
+        }
+    }
+    let mut placed = 0;
+    for t in tasks {
+        placed += t.await.unwrap();
+    }
+    let per_host = check(stores[0].clone()).await;
+    assert_eq!(
+        placed,
+        per_host.iter().sum::<usize>(),
+        "placements said what they placed"
+    );
+    assert!(placed > 0);
+    // Topping up, one call at a time: 4 pools want 24, the hosts hold 20 — both fill exactly.
+    for p in 0..POOLS {
+        for h in HOSTS {
+            stores[p % 3]
+                .place_pool_boots(&batch(p, h, 10), TARGET, CAPACITY)
+                .await
+                .unwrap();
+        }
+    }
+    assert_eq!(check(stores[1].clone()).await, [10, 10]);
 }
 
 /// The database going down answers Unavailable (the server's 503), never Internal, and the store

@@ -4,6 +4,7 @@
 
 mod error;
 pub mod extract;
+mod forward;
 mod pool;
 mod projects;
 mod warm_pool;

@@ -4,8 +4,9 @@ use std::convert::Infallible;
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use futures_util::stream::{BoxStream, StreamExt};
 use warmpool_types::api::{ClaimBody, ClaimResponse, ErrorResponse, PoolStats, VmAccess};
@@ -126,8 +127,16 @@ pub async fn instance_events(
     State(app): State<Arc<App>>,
     Extension(caller): Extension<Caller>,
     ApiPath((project_id, id)): ApiPath<(String, String)>,
-) -> ApiResult<EventStream> {
-    Ok(sse(app.instance_events(&caller, &project_id, &id).await?))
+    headers: HeaderMap,
+    uri: Uri,
+) -> ApiResult<Response> {
+    // A boot's live events are held by the node running it.
+    if let Some(r) =
+        super::forward::if_remote(&app, &caller, &project_id, &id, &headers, &uri, None).await?
+    {
+        return Ok(r);
+    }
+    Ok(sse(app.instance_events(&caller, &project_id, &id).await?).into_response())
 }
 
 #[utoipa::path(

@@ -3,7 +3,8 @@
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use serde::Deserialize;
 use utoipa::IntoParams;
@@ -16,6 +17,7 @@ use warmpool_types::api::{
 use super::extract::{ApiJson, ApiPath, ApiQuery};
 use super::{ApiResult, StdErrors};
 use crate::app::{App, Caller};
+use crate::error::AppError;
 
 #[utoipa::path(
     get, path = "/v1/projects/{projectId}/warm-pool", tag = "warm-pool", operation_id = "getWarmPool",
@@ -152,9 +154,18 @@ pub async fn exec(
     State(app): State<Arc<App>>,
     Extension(caller): Extension<Caller>,
     ApiPath((project_id, id)): ApiPath<(String, String)>,
+    headers: HeaderMap,
+    uri: Uri,
     ApiJson(body): ApiJson<ExecBody>,
-) -> ApiResult<Json<ExecResponse>> {
-    app.exec(&caller, &project_id, &id, body).await.map(Json)
+) -> ApiResult<Response> {
+    let json = serde_json::to_vec(&body).map_err(AppError::internal)?;
+    if let Some(r) =
+        super::forward::if_remote(&app, &caller, &project_id, &id, &headers, &uri, Some(json))
+            .await?
+    {
+        return Ok(r);
+    }
+    Ok(Json(app.exec(&caller, &project_id, &id, body).await?).into_response())
 }
 
 #[utoipa::path(

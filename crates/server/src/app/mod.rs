@@ -10,6 +10,7 @@ pub mod events;
 pub mod heads;
 mod instances;
 pub mod limits;
+pub mod nodes;
 mod projects;
 pub mod reconcile;
 mod tokens;
@@ -95,6 +96,8 @@ pub struct AppConfig {
     pub rate_burst: u32,
     /// VMs booted for claims of one project at once, at most.
     pub max_cold_claims: usize,
+    /// This server as a node: its name, lease and capacity.
+    pub node: nodes::NodeConfig,
 }
 
 impl Default for AppConfig {
@@ -110,6 +113,7 @@ impl Default for AppConfig {
             rate_per_sec: 100,
             rate_burst: 200,
             max_cold_claims: 20,
+            node: nodes::NodeConfig::default(),
         }
     }
 }
@@ -144,6 +148,9 @@ pub struct App {
     instance_cache: tokio::sync::Mutex<reconcile::InstanceCache>,
     /// Pipelines running in this process, by instance id, to stop them when their instance goes.
     running: Mutex<HashMap<String, CancellationToken>>,
+    /// Since when the store has answered this node's lease renewals without a break (`None`
+    /// while it does not): a node judges others lost only after a whole lease of that.
+    pub(crate) store_up: std::sync::Mutex<Option<i64>>,
 }
 
 impl App {
@@ -163,6 +170,7 @@ impl App {
             sealer: parts.sealer,
             nudge: Notify::new(),
             instance_cache: Default::default(),
+            store_up: std::sync::Mutex::new(None),
             running: Mutex::new(HashMap::new()),
         })
     }
@@ -246,17 +254,17 @@ impl App {
         })
     }
 
-    /// Records a new instance and starts its pipeline in the background.
-    pub(crate) async fn launch(
-        self: &Arc<Self>,
+    /// A new instance's row and the plan of its boot, as the project is right now.
+    async fn prepare(
+        &self,
         project_id: &str,
         kind: InstanceKind,
         task_id: Option<String>,
-    ) -> AppResult<InstanceRow> {
+    ) -> AppResult<(InstanceRow, BootPlan)> {
         let mut plan = self.plan(project_id).await?;
         let config_hash = plan.config_hash();
         // Pool VMs — and VMs for claims — are clones of the pool's golden when the backend has
-        // goldens and one was built from this very configuration.
+        // goldens and one was built from this very configuration (on this node).
         if matches!(kind, InstanceKind::Pool | InstanceKind::Cold)
             && self.backend.supports_goldens()
         {
@@ -265,7 +273,19 @@ impl App {
                 plan.golden = Some(provision::GoldenPlan { golden: g, steps });
             }
         }
-        let inst = InstanceRow {
+        let inst = self.new_row(project_id, kind, task_id, &plan, config_hash);
+        Ok((inst, plan))
+    }
+
+    fn new_row(
+        &self,
+        project_id: &str,
+        kind: InstanceKind,
+        task_id: Option<String>,
+        plan: &BootPlan,
+        config_hash: String,
+    ) -> InstanceRow {
+        InstanceRow {
             seq: 0,
             id: ids::new_instance_id(),
             vm_id: ids::new_vm_id(),
@@ -288,24 +308,68 @@ impl App {
             destroyed_at: None,
             stale_at: None,
             commits: Default::default(),
-        };
+            node: Some(self.cfg.node.name.clone()),
+        }
+    }
+
+    /// Records a new instance and starts its pipeline in the background.
+    pub(crate) async fn launch(
+        self: &Arc<Self>,
+        project_id: &str,
+        kind: InstanceKind,
+        task_id: Option<String>,
+    ) -> AppResult<InstanceRow> {
+        let (inst, plan) = self.prepare(project_id, kind, task_id).await?;
         self.store.insert_instance(&inst).await?;
-        let live = self.events.begin(project_id, &inst.id);
+        self.start(inst.clone(), plan);
+        Ok(inst)
+    }
+
+    /// Boots up to `n` pool instances on this node — as many as the pool's target (counted over
+    /// every node) and this node's capacity still allow, decided by the store in one step so
+    /// nodes never overshoot together. Returns those started.
+    pub(crate) async fn launch_pool(
+        self: &Arc<Self>,
+        project_id: &str,
+        n: usize,
+        target: u32,
+    ) -> AppResult<Vec<InstanceRow>> {
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let (first, plan) = self.prepare(project_id, InstanceKind::Pool, None).await?;
+        let hash = first.config_hash.clone().unwrap_or_default();
+        let mut rows = vec![first];
+        for _ in 1..n {
+            rows.push(self.new_row(project_id, InstanceKind::Pool, None, &plan, hash.clone()));
+        }
+        let placed = self
+            .store
+            .place_pool_boots(&rows, target, self.cfg.node.capacity)
+            .await?;
+        rows.truncate(placed);
+        for inst in &rows {
+            self.start(inst.clone(), plan.clone());
+        }
+        Ok(rows)
+    }
+
+    /// Runs a recorded instance's pipeline in the background.
+    fn start(self: &Arc<Self>, inst: InstanceRow, plan: BootPlan) {
+        let live = self.events.begin(&inst.project_id, &inst.id);
         let cancel = CancellationToken::new();
         self.running
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(inst.id.clone(), cancel.clone());
         let app = self.clone();
-        let row = inst.clone();
         tokio::spawn(async move {
-            provision::run(app.clone(), row.clone(), plan, cancel, live).await;
+            provision::run(app.clone(), inst.clone(), plan, cancel, live).await;
             app.running
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .remove(&row.id);
+                .remove(&inst.id);
         });
-        Ok(inst)
     }
 
     /// The ready golden built from `config_hash` for the project, if any.
@@ -324,6 +388,7 @@ impl App {
                 g.project_id == project_id
                     && g.config_hash == config_hash
                     && g.backend == self.backend.name()
+                    && self.is_my_golden(g)
             }))
     }
 
@@ -340,6 +405,11 @@ impl App {
             .await?
         {
             return Ok(false);
+        }
+        if !self.is_mine(inst) {
+            // Its node destroys the VM: it finds it owned by no live instance of its own.
+            tracing::info!(instance = %inst.id, node = ?inst.node, "instance destroyed; its node removes the VM");
+            return Ok(true);
         }
         let running = self
             .running
@@ -362,9 +432,9 @@ impl App {
         Ok(true)
     }
 
-    /// After a start: fails instances a dead server left provisioning, destroys VMs that no live
-    /// instance owns, and checks that the ready VMs that survived still answer (in the
-    /// background; the ones that do not are destroyed and replaced).
+    /// After a start: fails this node's instances a dead server left provisioning, destroys VMs
+    /// that no live instance of this node owns, and checks that the ready VMs that survived
+    /// still answer (in the background; the ones that do not are destroyed and replaced).
     pub async fn recover(self: &Arc<Self>) -> AppResult<()> {
         let now = self.now();
         for inst in self
@@ -372,7 +442,8 @@ impl App {
             .instances_in(&[InstanceStatus::Provisioning])
             .await?
         {
-            if !self.is_running(&inst.id)
+            if self.is_mine(&inst)
+                && !self.is_running(&inst.id)
                 && self
                     .store
                     .mark_failed(&inst.id, None, "server restarted during provisioning", now)
@@ -380,6 +451,34 @@ impl App {
             {
                 tracing::warn!(instance = %inst.id, "failed an instance left provisioning by a previous run");
             }
+        }
+        self.sweep_orphans().await?;
+        // A golden's instance is ready while its golden exists, but its VM became the golden.
+        let ready: Vec<InstanceRow> = self
+            .store
+            .instances_in(&[InstanceStatus::Ready])
+            .await?
+            .into_iter()
+            .filter(|i| i.kind != InstanceKind::Golden && self.is_mine(i))
+            .collect();
+        self.recover_goldens().await?;
+        let app = self.clone();
+        tokio::spawn(async move { app.readopt(ready).await });
+        Ok(())
+    }
+
+    /// Destroys this node's VMs that no live instance of this node owns: left by a crash, by a
+    /// failed destroy, or ended from another node (which only marks the instance destroyed).
+    pub async fn sweep_orphans(&self) -> AppResult<usize> {
+        // VMs first, rows second: a VM created after the listing is not judged, and one listed
+        // is judged by rows at least as new as it.
+        let vms = self
+            .backend
+            .list()
+            .await
+            .map_err(|e| AppError::Unavailable(format!("cannot list VMs: {e}")))?;
+        if vms.is_empty() {
+            return Ok(0);
         }
         let live = self
             .store
@@ -391,31 +490,21 @@ impl App {
             .await?;
         let owned: std::collections::HashSet<&str> = live
             .iter()
+            .filter(|i| self.is_mine(i))
             .filter(|i| i.status != InstanceStatus::Provisioning || self.is_running(&i.id))
             .map(|i| i.vm_id.as_str())
             .collect();
-        let vms = self
-            .backend
-            .list()
-            .await
-            .map_err(|e| AppError::Unavailable(format!("cannot list VMs: {e}")))?;
+        let mut n = 0;
         for vm in vms {
             if !owned.contains(vm.as_str()) {
                 tracing::warn!(%vm, "destroying a VM no live instance owns");
                 if let Err(e) = self.backend.destroy(&vm).await {
                     tracing::warn!(%vm, "destroying an orphaned VM failed: {e}");
                 }
+                n += 1;
             }
         }
-        // A golden's instance is ready while its golden exists, but its VM became the golden.
-        let ready: Vec<InstanceRow> = live
-            .into_iter()
-            .filter(|i| i.status == InstanceStatus::Ready && i.kind != InstanceKind::Golden)
-            .collect();
-        self.recover_goldens().await?;
-        let app = self.clone();
-        tokio::spawn(async move { app.readopt(ready).await });
-        Ok(())
+        Ok(n)
     }
 
     /// Goldens the store and the backend disagree about: the backend's without a record are
@@ -433,7 +522,10 @@ impl App {
                 let _ = self.backend.delete_golden(g).await;
             }
         }
-        for k in known.iter().filter(|k| k.backend == self.backend.name()) {
+        for k in known
+            .iter()
+            .filter(|k| k.backend == self.backend.name() && self.is_my_golden(k))
+        {
             if !in_backend.contains(&k.id) {
                 tracing::warn!(golden = %k.id, "a golden is missing from the backend; forgetting it");
                 self.forget_golden(k).await?;

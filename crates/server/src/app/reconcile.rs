@@ -35,6 +35,9 @@ pub const FAILED_RETENTION: Duration = Duration::from_secs(24 * 3600);
 /// How often a pass reads every live instance again instead of only what changed: a safety net,
 /// so that nothing a change feed could miss stays wrong for long.
 const FULL_RELOAD_EVERY: Duration = Duration::from_secs(300);
+/// How often this node looks for VMs no live instance of its own owns (ended from another
+/// node, or left by a destroy that failed).
+const SWEEP_EVERY: Duration = Duration::from_secs(5);
 /// How long a nudged reconciler waits for more nudges before its pass.
 const NUDGE_COALESCE: Duration = Duration::from_millis(10);
 
@@ -54,6 +57,8 @@ pub struct ReconcileReport {
     pub destroyed: usize,
     pub marked_stale: usize,
     pub expired: usize,
+    /// Instances of lost nodes failed (to be replaced).
+    pub lost: usize,
 }
 
 /// The delay before the next attempt after `failures` consecutive failures: 5 s doubling up to
@@ -83,6 +88,7 @@ impl App {
     pub fn spawn_reconciler(self: &Arc<Self>, interval: Duration) {
         let app = self.clone();
         tokio::spawn(async move {
+            let mut last_sweep = Instant::now();
             loop {
                 tokio::select! {
                     _ = tokio::time::sleep(interval) => {},
@@ -94,6 +100,12 @@ impl App {
                     },
                 }
                 app.limits.tidy();
+                if last_sweep.elapsed() >= SWEEP_EVERY {
+                    last_sweep = Instant::now();
+                    if let Err(e) = app.sweep_orphans().await {
+                        tracing::warn!("orphan sweep failed: {e}");
+                    }
+                }
                 if let Err(e) = app.reconcile().await {
                     metrics::counter!(m::RECONCILE_ERRORS).increment(1);
                     tracing::warn!("reconciler pass failed: {e}");
@@ -109,6 +121,7 @@ impl App {
         let mut report = ReconcileReport::default();
         // Passes run one at a time: each brings the instances it keeps up to date.
         let mut cache = self.instance_cache.lock().await;
+        report.lost += self.fail_lost_nodes().await?;
         let full = cache
             .loaded_at
             .is_none_or(|t| t.elapsed() >= FULL_RELOAD_EVERY);
@@ -153,11 +166,15 @@ impl App {
         report.expired += self.expire(&all, now).await?;
         let mut provisioning_here = all
             .iter()
-            .filter(|i| i.status == InstanceStatus::Provisioning)
+            .filter(|i| i.status == InstanceStatus::Provisioning && self.is_mine(i))
             .count();
         // Goldens are only the concern of backends that have them.
         let goldens = if self.backend.supports_goldens() {
+            // A golden's files are on its own node: only this node's can be cloned or deleted here.
             snap.goldens
+                .into_iter()
+                .filter(|g| self.is_my_golden(g))
+                .collect()
         } else {
             Vec::new()
         };
@@ -380,8 +397,10 @@ impl App {
                     *provisioning_here += 1;
                 }
             } else {
-                for _ in 0..n {
-                    let inst = self.launch(project_id, InstanceKind::Pool, None).await?;
+                for inst in self
+                    .launch_pool(project_id, n, view.cfg.target_size)
+                    .await?
+                {
                     tracing::info!(project = %project_id, instance = %inst.id, "booting a pool instance");
                     report.launched += 1;
                     *provisioning_here += 1;

@@ -265,6 +265,7 @@ async fn save_golden(
         commits: commits.clone(),
         ready: true,
         created_at: app.now(),
+        node: Some(app.cfg.node.name.clone()),
     };
     if let Err(e) = app.store.insert_golden(&row).await {
         let _ = app.backend.delete_golden(&inst.id).await;

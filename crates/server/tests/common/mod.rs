@@ -109,10 +109,17 @@ impl TestServer {
                 )
             });
         self.url = url;
-        self.token = std::fs::read_to_string(data.join("admin-token"))
-            .unwrap()
-            .trim()
-            .to_string();
+        let given = self
+            .args
+            .iter()
+            .position(|a| a == "--admin-token")
+            .map(|i| self.args[i + 1].clone());
+        self.token = given.unwrap_or_else(|| {
+            std::fs::read_to_string(data.join("admin-token"))
+                .unwrap()
+                .trim()
+                .to_string()
+        });
         self.child = Some(child);
     }
 

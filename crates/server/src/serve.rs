@@ -124,9 +124,10 @@ pub struct ServeArgs {
     /// (default: the address it listens on).
     #[arg(long, env = "WARMPOOL_ADVERTISE_URL")]
     pub advertise_url: Option<String>,
-    /// The most VMs (booting, ready or claimed) this node hosts; pool boots go to nodes with room.
-    #[arg(long, env = "WARMPOOL_CAPACITY", default_value_t = 1000)]
-    pub capacity: u32,
+    /// The most VMs (booting, ready or claimed) this node hosts; pool boots go to nodes with room
+    /// (default: no limit).
+    #[arg(long, env = "WARMPOOL_CAPACITY")]
+    pub capacity: Option<u32>,
     /// Seconds a node's lease lasts without renewal; a node silent for longer is lost and its
     /// VMs are replaced by the others.
     #[arg(long, env = "WARMPOOL_LEASE_SECS", default_value_t = 10)]
@@ -560,7 +561,7 @@ fn node_config(
     if !(url.starts_with("http://") || url.starts_with("https://")) {
         bail!("--advertise-url must be an http:// or https:// URL; got {url:?}");
     }
-    if args.capacity == 0 {
+    if args.capacity == Some(0) {
         bail!("--capacity must be at least 1");
     }
     let id_file = data_dir.join("node-id");
@@ -577,7 +578,7 @@ fn node_config(
         name,
         node_id,
         url,
-        capacity: args.capacity,
+        capacity: args.capacity.unwrap_or(u32::MAX),
         lease: Duration::from_secs(args.lease_secs.max(1)),
     })
 }

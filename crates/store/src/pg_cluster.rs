@@ -113,6 +113,11 @@ impl PgCluster {
             .map_err(Clone::clone)
     }
 
+    /// Where the PostgreSQL programs are, or why there are none.
+    pub fn bin_dir() -> Result<PathBuf> {
+        find_bindir()
+    }
+
     pub fn port(&self) -> u16 {
         self.port
     }

@@ -528,6 +528,25 @@ pub struct DegradedInfo {
     pub since: String,
 }
 
+/// One sample of a pool's size (taken by the reconciler at most every 15 s, kept for an hour).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PoolSample {
+    /// When (RFC 3339).
+    pub at: String,
+    pub ready: u64,
+    pub provisioning: u64,
+    pub claimed: u64,
+    pub failed: u64,
+}
+
+/// The pool's size over the last hour, oldest first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PoolHistory {
+    pub samples: Vec<PoolSample>,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PoolStats {

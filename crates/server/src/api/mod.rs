@@ -2,6 +2,7 @@
 //! the generated OpenAPI document. Shapes are in `warmpool_types::api`; errors become HTTP in
 //! `error.rs` only.
 
+mod dashboard;
 mod error;
 pub mod extract;
 mod forward;
@@ -188,6 +189,7 @@ pub fn router(app: Arc<App>, opts: HttpOptions) -> Router {
         .routes(routes!(warm_pool::clear))
         .routes(routes!(pool::vm))
         .routes(routes!(pool::stats))
+        .routes(routes!(pool::history))
         .routes(routes!(projects::create_project, projects::list_projects))
         .routes(routes!(
             projects::get_project,
@@ -230,6 +232,7 @@ pub fn router(app: Arc<App>, opts: HttpOptions) -> Router {
                 async move { Json(doc.as_ref().clone()) }
             }),
         )
+        .merge(dashboard::routes())
         .route(
             "/metrics",
             axum::routing::get(move |state, headers| {

@@ -9,7 +9,9 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use futures_util::stream::{BoxStream, StreamExt};
-use warmpool_types::api::{ClaimBody, ClaimResponse, ErrorResponse, PoolStats, VmAccess};
+use warmpool_types::api::{
+    ClaimBody, ClaimResponse, ErrorResponse, PoolHistory, PoolStats, VmAccess,
+};
 
 use super::extract::{ApiJson, ApiPath};
 use super::{ApiResult, StdErrors};
@@ -153,4 +155,19 @@ pub async fn project_events(
     ApiPath(project_id): ApiPath<String>,
 ) -> ApiResult<EventStream> {
     Ok(sse(app.project_events(&caller, &project_id).await?))
+}
+
+#[utoipa::path(
+    get, path = "/v1/projects/{projectId}/warm-pool/history", tag = "warm-pool", operation_id = "getWarmPoolHistory",
+    summary = "The pool's size over the last hour (ready, booting, claimed, failed), sampled at most every 15 s",
+    params(("projectId" = String, Path, description = "Project ID.")),
+    responses((status = 200, description = "Success", body = PoolHistory), StdErrors),
+    security(("bearerAuth" = []))
+)]
+pub async fn history(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    ApiPath(project_id): ApiPath<String>,
+) -> ApiResult<Json<PoolHistory>> {
+    app.pool_history(&caller, &project_id).await.map(Json)
 }

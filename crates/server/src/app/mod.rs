@@ -8,6 +8,7 @@ mod devbox;
 mod env;
 pub mod events;
 pub mod heads;
+mod history;
 mod instances;
 pub mod limits;
 pub mod nodes;
@@ -151,6 +152,8 @@ pub struct App {
     /// Since when the store has answered this node's lease renewals without a break (`None`
     /// while it does not): a node judges others lost only after a whole lease of that.
     pub(crate) store_up: std::sync::Mutex<Option<i64>>,
+    /// Each pool's size over the last hour.
+    pub(crate) history: history::History,
 }
 
 impl App {
@@ -171,6 +174,7 @@ impl App {
             nudge: Notify::new(),
             instance_cache: Default::default(),
             store_up: std::sync::Mutex::new(None),
+            history: Default::default(),
             running: Mutex::new(HashMap::new()),
         })
     }

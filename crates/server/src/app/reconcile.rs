@@ -492,6 +492,16 @@ impl App {
         ] {
             metrics::gauge!(m::POOL_INSTANCES, "project" => project_id.to_string(), "state" => state).set(n);
         }
+        self.history.record(
+            project_id,
+            self.now(),
+            [
+                count(&|i| pool(i, InstanceStatus::Ready)) as u64,
+                count(&|i| pool(i, InstanceStatus::Provisioning)) as u64,
+                count(&|i| i.status == InstanceStatus::Claimed) as u64,
+                count(&|i| pool(i, InstanceStatus::Failed)) as u64,
+            ],
+        );
     }
 
     /// Bookkeeping when a pool boot fails: back off, and degrade after repeated identical failures.

@@ -5,9 +5,10 @@
 //! Rows: warm claims over HTTP (concurrency 1, 16, 64) vs a durable SQLite commit; a command's
 //! first output after a warm vs a cold claim; sandbox start vs a bare `unshare`; QEMU cold boot vs
 //! clone, and idle memory per clone; the control plane at 1,000 and 10,000 VMs (`sim`); claims per
-//! second on several nodes (skipped until PostgreSQL nodes exist).
+//! second on 1, 2 and 3 nodes sharing one PostgreSQL.
 
 mod claims;
+mod nodes;
 mod scale;
 mod server;
 mod vms;
@@ -65,6 +66,8 @@ pub struct Report {
     pub figures: Map<String, Value>,
     pub skipped: BTreeMap<String, String>,
     pub details: Map<String, Value>,
+    /// Rows that failed to measure.
+    pub failures: usize,
 }
 
 impl Report {
@@ -148,6 +151,17 @@ impl Report {
     }
 }
 
+/// Why the nodes row cannot run here, if it cannot.
+fn nodes_missing(root: bool) -> Option<String> {
+    if !root {
+        return Some("needs root (it starts its own PostgreSQL as user postgres)".into());
+    }
+    match warmpool_store::pg_cluster::PgCluster::bin_dir() {
+        Ok(_) => None,
+        Err(e) => Some(e.to_string()),
+    }
+}
+
 fn mem_total_mb() -> u64 {
     std::fs::read_to_string("/proc/meminfo")
         .ok()
@@ -182,7 +196,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 
     eprintln!("[1/6] warm claims vs a durable SQLite commit");
     if wanted("claims") {
-        claims::claim_latency(&mut report, args.quick).await?;
+        let r = claims::claim_latency(&mut report, args.quick).await;
+        failed(
+            &mut report,
+            r,
+            &["claim_p50_ms", "claim_p99_ms", "commit_floor_p50_ms"],
+        );
     } else {
         report.skip(
             &["claim_p50_ms", "claim_p99_ms", "commit_floor_p50_ms"],
@@ -197,7 +216,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     } else if !root {
         report.skip(&first_output, "needs root (the sandbox backend)");
     } else {
-        claims::first_output(&mut report, args.quick, &cache).await?;
+        let r = claims::first_output(&mut report, args.quick, &cache).await;
+        failed(&mut report, r, &first_output);
     }
 
     eprintln!("[3/6] sandbox start vs a bare unshare");
@@ -207,7 +227,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     } else if !root {
         report.skip(&sandbox, "needs root (the sandbox backend)");
     } else {
-        vms::sandbox_start(&mut report, args.quick, &cache).await?;
+        let r = vms::sandbox_start(&mut report, args.quick, &cache).await;
+        failed(&mut report, r, &sandbox);
     }
 
     eprintln!("[4/6] QEMU cold boot vs clone, idle memory");
@@ -217,12 +238,18 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     } else if let Some(why) = vms::qemu_missing(root) {
         report.skip(&qemu, &why);
     } else {
-        vms::qemu(&mut report, args.quick, &cache).await?;
+        let r = vms::qemu(&mut report, args.quick, &cache).await;
+        failed(&mut report, r, &qemu);
     }
 
     eprintln!("[5/6] the control plane at 1,000 and 10,000 VMs (sim)");
     if wanted("scale") {
-        scale::scale(&mut report, args.quick).await?;
+        let r = scale::scale(&mut report, args.quick).await;
+        failed(
+            &mut report,
+            r,
+            &["scale_rss_mb_10k", "reconcile_ms_1k", "reconcile_ms_10k"],
+        );
     } else {
         report.skip(
             &["scale_rss_mb_10k", "reconcile_ms_1k", "reconcile_ms_10k"],
@@ -230,11 +257,15 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         );
     }
 
-    eprintln!("[6/6] claims per second on several nodes");
-    report.skip(
-        &["nodes_claims_per_s"],
-        "several nodes on one PostgreSQL (leases, placement, forwarding) are not built yet: one server per database",
-    );
+    eprintln!("[6/6] claims per second on 1, 2 and 3 nodes (PostgreSQL)");
+    if !wanted("nodes") {
+        report.skip(&["nodes_claims_per_s"], not_selected);
+    } else if let Some(why) = nodes_missing(root) {
+        report.skip(&["nodes_claims_per_s"], &why);
+    } else {
+        let r = nodes::nodes(&mut report, args.quick).await;
+        failed(&mut report, r, &["nodes_claims_per_s"]);
+    }
 
     report.print();
     if let Some(out) = &args.out {
@@ -244,5 +275,17 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         )?;
         println!("\nwrote {}", out.display());
     }
+    if report.failures > 0 {
+        anyhow::bail!("{} row(s) failed (see above)", report.failures);
+    }
     Ok(())
+}
+
+/// A row that failed is reported (null, with the error as its reason) and the others still run.
+fn failed(report: &mut Report, r: anyhow::Result<()>, keys: &[&str]) {
+    if let Err(e) = r {
+        eprintln!("      failed: {e:#}");
+        report.failures += 1;
+        report.skip(keys, &format!("failed: {e:#}"));
+    }
 }

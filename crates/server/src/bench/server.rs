@@ -55,9 +55,12 @@ impl Server {
         let url = tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(60)))
             .await?
             .map_err(|_| anyhow!("the benchmark's server did not start"))?;
-        let token = std::fs::read_to_string(dir.path().join("data/admin-token"))?
-            .trim()
-            .to_string();
+        let token = match args.iter().position(|a| *a == "--admin-token") {
+            Some(i) => args[i + 1].to_string(),
+            None => std::fs::read_to_string(dir.path().join("data/admin-token"))?
+                .trim()
+                .to_string(),
+        };
         Ok(Server {
             child,
             url,

@@ -200,8 +200,20 @@ async fn a_newcomer_does_the_walkthrough_in_the_browser() {
         .await
         .unwrap();
     wait_text(&c, "h1", "the project page", |t| t.starts_with("demo")).await;
-    set_commands(&c, "build=bash /home/app/build.sh > /home/built.txt").await;
+    set_commands(
+        &c,
+        "build=echo building now; sleep 3; bash /home/app/build.sh > /home/built.txt",
+    )
+    .await;
     click(&c, "#test-boot").await;
+    // Output streams in while the boot is still running.
+    wait_text(&c, "#live-output", "live output", |t| {
+        t.contains("building now")
+    })
+    .await;
+    assert!(text_of(&c, "#instance-status")
+        .await
+        .starts_with("provisioning"));
     wait_text(&c, "#instance-status", "a ready test boot", |t| {
         t.starts_with("ready")
     })

@@ -189,22 +189,6 @@ pub struct SqliteStore {
     /// The reconciler's own connection, so that a pass neither waits behind the API's reads nor
     /// holds one of their connections.
     snapshot_reader: Arc<Mutex<Connection>>,
-    /// Dropped with the store, which ends the checkpoint thread.
-    _stop_checkpoints: std::sync::mpsc::Sender<()>,
-}
-
-/// How often the log is copied into the database file.
-const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
-
-/// The checkpoint thread: a passive checkpoint every [`CHECKPOINT_EVERY`] (it never blocks the
-/// writer or readers; what readers still use is copied by a later one), until the store is dropped.
-fn checkpoint_loop(conn: Connection, stop: std::sync::mpsc::Receiver<()>) {
-    use std::sync::mpsc::RecvTimeoutError;
-    while let Err(RecvTimeoutError::Timeout) = stop.recv_timeout(CHECKPOINT_EVERY) {
-        if let Err(e) = conn.execute_batch("PRAGMA wal_checkpoint(PASSIVE)") {
-            tracing::warn!("store checkpoint failed: {e}");
-        }
-    }
 }
 
 /// The writer thread: takes every write that is waiting, runs each in a savepoint, commits once.
@@ -284,20 +268,6 @@ impl SqliteStore {
             .collect::<rusqlite::Result<Vec<_>>>()
             .map_err(map_err)?;
         let snapshot_reader = Arc::new(Mutex::new(open_conn(path).map_err(map_err)?));
-        // Checkpoints (copying the log into the database file, with an fsync of its own) run on
-        // a thread of their own: run by the writer, as SQLite does by default, they stalled every
-        // write queued behind them for milliseconds.
-        writer
-            .execute_batch("PRAGMA wal_autocheckpoint = 0")
-            .map_err(map_err)?;
-        let checkpointer = open_conn(path).map_err(map_err)?;
-        let (stop_checkpoints, stopped) = std::sync::mpsc::channel::<()>();
-        std::thread::Builder::new()
-            .name("sqlite-checkpoint".into())
-            .spawn(move || checkpoint_loop(checkpointer, stopped))
-            .map_err(|e| {
-                StoreError::Internal(format!("cannot start the store checkpointer: {e}"))
-            })?;
         let (jobs, rx) = std::sync::mpsc::channel::<Job>();
         std::thread::Builder::new()
             .name("sqlite-writer".into())
@@ -309,7 +279,6 @@ impl SqliteStore {
             readers,
             next_reader: AtomicUsize::new(0),
             snapshot_reader,
-            _stop_checkpoints: stop_checkpoints,
         })
     }
 

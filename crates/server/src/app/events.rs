@@ -12,8 +12,10 @@ use warmpool_types::api::InstanceSummary;
 
 /// History kept per step for late subscribers; live subscribers see everything.
 const HISTORY_OUTPUT_PER_STEP: usize = 64 * 1024;
-/// How long a finished run stays in memory for clients that are about to connect.
-const LINGER: Duration = Duration::from_secs(30);
+/// How long a finished run stays in memory for clients that are about to connect (a claim
+/// waiting for its boot, a client that just started one); later ones replay it from the store.
+/// Short, because a burst of boots would otherwise hold every history at once.
+pub const LINGER: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]

@@ -53,6 +53,9 @@ struct Size {
 /// pools while `GET /warm-pool` is timed.
 async fn measure(s: &Server, projects: &[String], quick: bool) -> anyhow::Result<Size> {
     let vms = projects.len() * PER_POOL;
+    // Steady state: the boots that just filled the pools keep their live event streams for
+    // clients about to connect for a few seconds; what is measured is VMs being tracked.
+    tokio::time::sleep(crate::app::events::LINGER + Duration::from_secs(1)).await;
     let reconcile_ms = reconcile_mean_ms(s, if quick { 6.0 } else { 20.0 }).await?;
     let rss_mb = s.rss_mb().context("cannot read the server's memory")?;
     let stop = Arc::new(AtomicBool::new(false));

@@ -8,10 +8,36 @@ use clap::Parser;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// mimalloc's defaults keep memory the server no longer uses: its arena is committed eagerly and
+/// freed pages go back to the system only after a delay. After a burst of boots the server held
+/// three times what it used (2,000 `sim` VMs: 127 MiB resident, 42 MiB with these settings).
+/// mimalloc reads them when the process's first allocation creates its arena — before `main` —
+/// so the server starts itself once more with them in its environment, unless the user set them.
+fn tune_allocator(args: &[String]) {
+    const SETTINGS: [(&str, &str); 2] = [
+        ("MIMALLOC_PURGE_DELAY", "0"),
+        ("MIMALLOC_ARENA_EAGER_COMMIT", "0"),
+    ];
+    if args.get(1).map(String::as_str) != Some("serve")
+        || SETTINGS.iter().any(|(k, _)| std::env::var_os(k).is_some())
+    {
+        return;
+    }
+    use std::os::unix::process::CommandExt;
+    let err = std::process::Command::new("/proc/self/exe")
+        .arg0(&args[0])
+        .args(&args[1..])
+        .envs(SETTINGS)
+        .exec();
+    // Not fatal: the server runs as well, only with more memory.
+    eprintln!("warmpool: could not restart with the allocator's settings: {err}");
+}
+
 fn main() {
     // The sandbox's privileged helper must run before any thread exists (it unshares namespaces
     // and forks), so it is dispatched before the runtime or argument parser start.
     let args: Vec<String> = std::env::args().collect();
+    tune_allocator(&args);
     if args.get(1).map(String::as_str) == Some("__sandbox-init") {
         warmpool_backend::sandbox::init::main(&args[2..]);
     }

@@ -20,14 +20,6 @@ const LIVE: &[InstanceStatus] = &[
     InstanceStatus::Claimed,
 ];
 
-async fn wait_for(what: &str, limit: Duration, mut check: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// Nodes of one deployment share the admin token and the secrets key.
 const ADMIN: &str = "nodes-test-admin-token-$'\"-0123456789";
 
@@ -129,7 +121,7 @@ async fn three_nodes_are_one_pool_service() {
     let b = make_pool(&nodes[1], "beta 'ü'", &repo, 4).await;
 
     // Targets are global: 4 + 4 VMs over 3 nodes of 3, never more than 3 on one.
-    wait_for("both pools full", Duration::from_secs(300), async || {
+    wait_for_within("both pools full", Duration::from_secs(300), async || {
         let by_node = live_by_node(&store).await;
         assert!(
             by_node.values().all(|n| *n <= 3),
@@ -262,7 +254,7 @@ async fn three_nodes_are_one_pool_service() {
             )
             .await;
     }
-    wait_for(
+    wait_for_within(
         "the pools refilled and nodes cleaned up",
         Duration::from_secs(300),
         async || {
@@ -289,7 +281,7 @@ async fn a_lost_node_is_replaced_and_returns_clean() {
     let mut n1 = node(&url, "n1", 4);
     let repo = TestRepo::new(&[("README.md", "loss\n")]);
     let pid = make_pool(&n1, "loss", &repo, 4).await;
-    wait_for("the pool is full", Duration::from_secs(300), async || {
+    wait_for_within("the pool is full", Duration::from_secs(300), async || {
         ready(&n1, &pid).await == 4
     })
     .await;
@@ -308,7 +300,7 @@ async fn a_lost_node_is_replaced_and_returns_clean() {
     let killed_at = Instant::now();
     n1.kill9();
     // Within the lease (3 s) and a reconcile interval, n2 fails n1's VMs and replaces them.
-    wait_for(
+    wait_for_within(
         "n1's instances failed",
         Duration::from_secs(60),
         async || {
@@ -341,7 +333,7 @@ async fn a_lost_node_is_replaced_and_returns_clean() {
         lost_after < Duration::from_secs(30),
         "n1 was judged lost after {lost_after:?}"
     );
-    wait_for(
+    wait_for_within(
         "n2 refilled the pool",
         Duration::from_secs(300),
         async || ready(&n2, &pid).await == 4,
@@ -354,7 +346,7 @@ async fn a_lost_node_is_replaced_and_returns_clean() {
     let leftovers = n1.vm_dirs();
     assert!(!leftovers.is_empty(), "n1's VMs outlived its crash");
     n1.restart();
-    wait_for("n1 cleaned up", Duration::from_secs(60), async || {
+    wait_for_within("n1 cleaned up", Duration::from_secs(60), async || {
         n1.vm_dirs().is_empty()
     })
     .await;
@@ -377,7 +369,7 @@ async fn a_database_restart_during_claims_loses_and_duplicates_nothing() {
         Some(json!({"targetSize": 20})),
     )
     .await;
-    wait_for("the pool is full", Duration::from_secs(60), async || {
+    wait_for_within("the pool is full", Duration::from_secs(60), async || {
         ready(&n1, &pid).await == 20
     })
     .await;
@@ -424,7 +416,7 @@ async fn a_database_restart_during_claims_loses_and_duplicates_nothing() {
     pg.stop_immediately().unwrap();
     tokio::time::sleep(Duration::from_secs(5)).await;
     pg.start().unwrap();
-    wait_for(
+    wait_for_within(
         "both nodes are ready again",
         Duration::from_secs(60),
         async || {

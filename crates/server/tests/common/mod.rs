@@ -300,6 +300,20 @@ impl Drop for TestServer {
     }
 }
 
+/// Polls `check` until it holds, failing the test after `limit`.
+pub async fn wait_for_within(what: &str, limit: Duration, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// [`wait_for_within`] ten minutes (the first boot on a new machine builds the guest image).
+pub async fn wait_for(what: &str, check: impl AsyncFnMut() -> bool) {
+    wait_for_within(what, Duration::from_secs(600), check).await
+}
+
 pub fn strip_ansi(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     let mut chars = s.chars();

@@ -107,6 +107,11 @@ pub struct ServeArgs {
     /// How long an ordinary request may take, in seconds (claims, exec and events are exempt).
     #[arg(long, env = "WARMPOOL_REQUEST_TIMEOUT_SECS", default_value_t = 60)]
     pub request_timeout_secs: u64,
+    /// How long a client may take to send a request's headers, in seconds, counted from when
+    /// its connection opened or its previous answer ended: a slow sender is cut off, and an idle
+    /// kept-alive connection is closed after as long.
+    #[arg(long, env = "WARMPOOL_HEADER_READ_TIMEOUT_SECS", default_value_t = 30)]
+    pub header_read_timeout_secs: u64,
     /// Serve HTTPS with this certificate chain (PEM); needs --tls-key.
     #[arg(long, env = "WARMPOOL_TLS_CERT", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
@@ -188,6 +193,25 @@ pub fn find_agent_bin(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
         "cannot find the warmpool-agent binary next to {} or on PATH; build it (`cargo build --bin warmpool-agent`) or pass --agent-bin",
         exe.display()
     )
+}
+
+/// The data dir holds the database, the secrets key, the admin token, mirrors of private repos
+/// and the VMs' files: only its owner may enter it (0700), and its own secret files are 0600
+/// whatever an older version or a restore left them at.
+fn owner_only(data_dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("cannot make {} private (mode 0700)", data_dir.display()))?;
+    for f in ["admin-token", "secret.key", "node-id"] {
+        let p = data_dir.join(f);
+        match std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(e).with_context(|| format!("cannot make {} private", p.display()))
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// Reads the admin token file, or creates it (mode 0600) with a new token.
@@ -360,6 +384,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let data_dir = absolute(&args.data_dir)?;
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("cannot create the data dir {}", data_dir.display()))?;
+    owner_only(&data_dir)?;
     tracing::info!("data dir: {}", data_dir.display());
     let admin = admin_token(&data_dir, args.admin_token.as_deref())?;
     let store = open_store(&args, &data_dir).await?;
@@ -464,13 +489,17 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             }
         }
     };
+    let header_timeout = Duration::from_secs(args.header_read_timeout_secs.max(1));
     match tls {
         None => {
             tracing::info!("listening on http://{addr}");
-            axum::serve(tokio::net::TcpListener::from_std(listener)?, router)
-                .with_graceful_shutdown(stop)
-                .await
-                .context("the HTTP server failed")?;
+            serve_http(
+                tokio::net::TcpListener::from_std(listener)?,
+                router,
+                header_timeout,
+                stop,
+            )
+            .await;
         }
         Some(config) => {
             tracing::info!("listening on https://{addr}");
@@ -480,8 +509,9 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 stop.await;
                 stopper.graceful_shutdown(Some(Duration::from_secs(10)));
             });
-            axum_server::from_tcp_rustls(listener, config)
-                .handle(handle)
+            let mut server = axum_server::from_tcp_rustls(listener, config).handle(handle);
+            connection_limits(server.http_builder(), header_timeout);
+            server
                 .serve(router.into_make_service())
                 .await
                 .context("the HTTPS server failed")?;
@@ -492,6 +522,68 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// What a connection may cost the server while it sends nothing useful: its request headers
+/// must arrive within `header_timeout` of the connection opening or of the previous answer
+/// (hyper's header timer runs whenever a connection waits for a request, so it also closes idle
+/// kept-alive connections), and HTTP/2 peers that stop answering pings are dropped.
+fn connection_limits(
+    b: &mut hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>,
+    header_timeout: Duration,
+) {
+    b.http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(header_timeout);
+    b.http2()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(20));
+}
+
+/// Serves plain HTTP until `stop`, then lets the requests in flight finish (at most 10 s).
+async fn serve_http(
+    listener: tokio::net::TcpListener,
+    router: axum::Router,
+    header_timeout: Duration,
+    stop: impl std::future::Future<Output = ()>,
+) {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    connection_limits(&mut builder, header_timeout);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    tokio::pin!(stop);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors, say: back off instead of spinning.
+                    tracing::warn!("cannot accept a connection: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut stop => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        let conn = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            // A client that goes away or sends garbage ends its own connection only.
+            let _ = conn.await;
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(Duration::from_secs(10), graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("some connections were still open 10 s after the stop; closing them");
+    }
 }
 
 /// Servers sharing a database must seal secrets with one key (else one cannot read what another
@@ -569,7 +661,13 @@ fn node_config(
         Ok(id) if !id.trim().is_empty() => id.trim().to_string(),
         _ => {
             let id = warmpool_types::ids::new_vm_id();
-            std::fs::write(&id_file, &id)
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&id_file)
+                .and_then(|mut f| f.write_all(id.as_bytes()))
                 .with_context(|| format!("cannot write {}", id_file.display()))?;
             id
         }

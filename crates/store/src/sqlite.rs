@@ -258,9 +258,45 @@ pub fn durable_commit_times(path: &Path, n: usize) -> Result<Vec<std::time::Dura
     Ok(times)
 }
 
+/// Makes the database readable by its owner only (it holds sealed secrets, token hashes and every
+/// project's configuration): created 0600, and an older file, its write-ahead log and shared
+/// memory file, set to 0600. SQLite gives the files it creates next to the database the
+/// database's own mode.
+fn owner_only(path: &Path) -> Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let err = |p: &Path, e: std::io::Error| {
+        StoreError::Internal(format!("cannot restrict {} to its owner: {e}", p.display()))
+    };
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(err(path, e)),
+    }
+    let mut files = vec![path.to_path_buf()];
+    for suffix in ["-wal", "-shm", "-journal"] {
+        let mut p = path.as_os_str().to_owned();
+        p.push(suffix);
+        files.push(p.into());
+    }
+    for f in files {
+        match std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(err(&f, e)),
+        }
+    }
+    Ok(())
+}
+
 impl SqliteStore {
     /// Opens (creating if needed) the database file and brings its schema up to date.
     pub fn open(path: &Path) -> Result<Self> {
+        owner_only(path)?;
         let mut writer = open_conn(path).map_err(map_err)?;
         migrate(&mut writer).map_err(map_err)?;
         let readers = (0..READERS)

@@ -52,13 +52,21 @@ pub fn branch_name(b: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// One segment of `owner/name`: `[A-Za-z0-9._-]+`, not `.` or `..`.
+/// One segment of `owner/name`: `[A-Za-z0-9._-]+`, not only dots (`.`, `..`, `...` name no
+/// directory of their own) and not `.git` (git's own directory, in any case).
 fn repo_segment(s: &str) -> Result<(), String> {
     if s.is_empty() {
         return Err("has an empty segment".into());
     }
-    if s == "." || s == ".." {
-        return Err(format!("segment `{s}` is not allowed"));
+    if s.bytes().all(|c| c == b'.') {
+        return Err(format!(
+            "segment `{s}` is not allowed: a name made only of dots is not a directory of its own"
+        ));
+    }
+    if s.eq_ignore_ascii_case(".git") {
+        return Err(format!(
+            "segment `{s}` is not allowed: it is the name of git's own directory"
+        ));
     }
     if s.len() > 100 {
         return Err("segments must be at most 100 characters".into());
@@ -101,6 +109,35 @@ pub fn env_name(n: &str) -> Result<(), String> {
         );
     }
     Ok(())
+}
+
+/// Names an environment variable of a project may not have, because `/home/.env` is loaded by
+/// every command of the VM: each would break (or take over) every command. With why.
+pub fn reserved_env_name(n: &str) -> Option<&'static str> {
+    Some(match n {
+        "BASH_ENV" | "ENV" => "bash runs the file it names before every command",
+        "SHELLOPTS" | "BASHOPTS" => {
+            "it sets bash's options for every command (and is read-only in bash)"
+        }
+        "IFS" => "it changes how bash splits the words of every command",
+        "LD_PRELOAD" | "LD_AUDIT" => "it loads a library into every program the VM runs",
+        "BASH_XTRACEFD" => "it redirects bash's tracing of every command",
+        "UID" | "EUID" | "PPID" | "BASH_VERSINFO" | "BASHPID" => {
+            "it is read-only in bash: loading /home/.env would fail in every command"
+        }
+        _ => return None,
+    })
+}
+
+/// A project environment variable's name: a shell identifier that is not reserved.
+pub fn project_env_name(n: &str) -> Result<(), String> {
+    env_name(n)?;
+    match reserved_env_name(n) {
+        Some(why) => Err(format!(
+            "`{n}` cannot be a project variable: {why}; set it in a setup command or an exec's env instead"
+        )),
+        None => Ok(()),
+    }
 }
 
 /// A repository URL as `git clone` takes it, minus the forms that run programs or read odd places.
@@ -191,6 +228,8 @@ mod tests {
     fn repo_names() {
         assert_eq!(repo_full_name("acme/api"), Ok("api"));
         assert_eq!(repo_full_name("Acme_1/my.repo-2"), Ok("my.repo-2"));
+        assert_eq!(repo_full_name("acme/.github"), Ok(".github"));
+        assert_eq!(repo_full_name("acme/app.git"), Ok("app.git"));
         for bad in [
             "api",
             "a/b/c",
@@ -202,6 +241,10 @@ mod tests {
             "a/b c",
             "a/-oProxyCommand=x",
             "a/é",
+            "a/.git",
+            "a/.GIT",
+            ".../x",
+            "a/...",
         ] {
             assert!(repo_full_name(bad).is_err(), "{bad}");
         }
@@ -215,6 +258,20 @@ mod tests {
             assert!(env_name(bad).is_err(), "{bad}");
         }
         assert!(env_name(&"A".repeat(192)).is_err());
+        for reserved in [
+            "SHELLOPTS",
+            "BASHOPTS",
+            "BASH_ENV",
+            "IFS",
+            "LD_PRELOAD",
+            "EUID",
+        ] {
+            assert!(env_name(reserved).is_ok());
+            let e = project_env_name(reserved).unwrap_err();
+            assert!(e.contains(reserved), "{e}");
+        }
+        assert!(project_env_name("PATH").is_ok());
+        assert!(project_env_name("LD_LIBRARY_PATH").is_ok());
     }
 
     #[test]

@@ -23,6 +23,127 @@ fn is_json(content_type: &str) -> bool {
     mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
 }
 
+/// The `charset` a JSON content type names, if any (lower-cased, unquoted). JSON is UTF-8
+/// (RFC 8259): a body announced in any other charset would be read as something it is not.
+fn charset(content_type: &str) -> Option<String> {
+    content_type.split(';').skip(1).find_map(|param| {
+        let (k, v) = param.split_once('=')?;
+        k.trim()
+            .eq_ignore_ascii_case("charset")
+            .then(|| v.trim().trim_matches('"').to_ascii_lowercase())
+    })
+}
+
+/// Reads JSON into a [`serde_json::Value`] like `serde_json::from_slice`, but refuses an object
+/// that gives one key twice — which a plain parse would resolve silently, the last one winning —
+/// naming where.
+struct NoDuplicates<'a> {
+    path: String,
+    duplicate: &'a std::cell::RefCell<Option<String>>,
+}
+
+impl NoDuplicates<'_> {
+    fn at(&self, path: String) -> Self {
+        NoDuplicates {
+            path,
+            duplicate: self.duplicate,
+        }
+    }
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for NoDuplicates<'_> {
+    type Value = serde_json::Value;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for NoDuplicates<'_> {
+    type Value = serde_json::Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
+        Ok(serde_json::Number::from_f64(v).map_or(serde_json::Value::Null, Into::into))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(serde_json::Value::Null)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(v) =
+            seq.next_element_seed(self.at(format!("{}[{}]", self.path, items.len())))?
+        {
+            items.push(v);
+        }
+        Ok(serde_json::Value::Array(items))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut out = serde_json::Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            let path = if self.path.is_empty() {
+                key.clone()
+            } else {
+                format!("{}.{key}", self.path)
+            };
+            if out.contains_key(&key) {
+                *self.duplicate.borrow_mut() = Some(path);
+                return Err(serde::de::Error::custom(format!(
+                    "the key `{key}` is given twice"
+                )));
+            }
+            let v = map.next_value_seed(self.at(path))?;
+            out.insert(key, v);
+        }
+        Ok(serde_json::Value::Object(out))
+    }
+}
+
+/// Parses a JSON document, refusing duplicate keys: `Err((field, message))`.
+fn parse_value(bytes: &[u8]) -> Result<serde_json::Value, (String, String)> {
+    use serde::de::DeserializeSeed;
+    let duplicate = std::cell::RefCell::new(None);
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let seed = NoDuplicates {
+        path: String::new(),
+        duplicate: &duplicate,
+    };
+    let parsed = seed.deserialize(&mut de).and_then(|v| de.end().map(|()| v));
+    parsed.map_err(|e| match duplicate.take() {
+        Some(field) => (
+            field,
+            "is given twice in this object; give each key once".to_string(),
+        ),
+        None => ("body".to_string(), format!("not valid JSON: {e}")),
+    })
+}
+
 /// Names the field a serde error is about: its path (which for an unknown field ends with it),
 /// plus the field itself when one is missing.
 fn field_of(path: &str, message: &str) -> String {
@@ -80,8 +201,7 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, AppError> {
             "a JSON object is required (send {} when there is nothing to set)",
         ));
     }
-    let value: serde_json::Value = serde_json::from_slice(bytes)
-        .map_err(|e| AppError::invalid("body", format!("not valid JSON: {e}")))?;
+    let value = parse_value(bytes).map_err(|(field, m)| AppError::invalid(field, m))?;
     if !value.is_object() {
         return Err(AppError::invalid("body", "must be a JSON object"));
     }
@@ -131,6 +251,14 @@ where
                     "body",
                     "Content-Type must be application/json",
                 ))
+            }
+            Some(ct) => {
+                if let Some(cs) = charset(ct).filter(|c| c != "utf-8" && c != "utf8") {
+                    return Err(AppError::invalid(
+                        "body",
+                        format!("JSON bodies must be UTF-8, not charset `{cs}`: send `Content-Type: application/json` (or `; charset=utf-8`)"),
+                    ));
+                }
             }
             _ => {}
         }
@@ -208,6 +336,24 @@ mod tests {
             "setupCommands[0]"
         );
         assert_eq!(field(r#"{"targetSize": "3"}"#), "targetSize");
+        assert_eq!(field(r#"{"enabled": true, "enabled": false}"#), "enabled");
+        assert_eq!(
+            field(r#"{"setupCommands": [{"name": "a", "command": "b", "name": "c"}]}"#),
+            "setupCommands[0].name"
+        );
+    }
+
+    #[test]
+    fn charsets() {
+        assert_eq!(charset("application/json"), None);
+        assert_eq!(
+            charset("application/json; charset=UTF-8").as_deref(),
+            Some("utf-8")
+        );
+        assert_eq!(
+            charset("application/json;charset=\"utf-16\"").as_deref(),
+            Some("utf-16")
+        );
     }
 
     #[test]

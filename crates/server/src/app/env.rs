@@ -45,7 +45,7 @@ impl App {
         }
         let mut seen = HashSet::new();
         for (i, v) in body.variables.iter().enumerate() {
-            if let Err(m) = validate::env_name(&v.name) {
+            if let Err(m) = validate::project_env_name(&v.name) {
                 p.add(format!("variables[{i}].name"), m);
             } else if !seen.insert(v.name.as_str()) {
                 p.add(

@@ -19,11 +19,21 @@ pub fn check_commands(p: &mut Problems, field: &str, cmds: &[SetupCommand]) {
     if cmds.len() > MAX_COMMANDS {
         p.add(field, format!("at most {MAX_COMMANDS} commands"));
     }
+    let mut names = HashSet::new();
     for (i, c) in cmds.iter().enumerate() {
-        p.check(
-            format!("{field}[{i}].name"),
-            validate::display_text(&c.name, MAX_COMMAND_NAME_CHARS),
-        );
+        let name = format!("{field}[{i}].name");
+        match validate::display_text(&c.name, MAX_COMMAND_NAME_CHARS) {
+            Err(m) => p.add(name, m),
+            // A name says which command a log line, an error or a background log file is about.
+            Ok(()) if !names.insert(c.name.trim()) => p.add(
+                name,
+                format!(
+                    "`{}` names two commands of this list: command names must be unique",
+                    c.name.trim()
+                ),
+            ),
+            Ok(()) => {}
+        }
         let f = format!("{field}[{i}].command");
         if c.command.trim().is_empty() {
             p.add(f, "must not be empty");

@@ -67,11 +67,13 @@ impl App {
         })
     }
 
-    /// Applies a partial update, creating the configuration with defaults on first use.
+    /// Applies a partial update, creating the configuration with defaults on first use (enabled
+    /// as `enable_new` says, unless the update says).
     async fn apply_pool_update(
         &self,
         project_id: &str,
         body: &UpdateWarmPoolBody,
+        enable_new: bool,
     ) -> AppResult<PoolConfigRow> {
         let mut p = Problems::default();
         let target = body
@@ -93,7 +95,7 @@ impl App {
             let expected = current.as_ref().map(|c| c.generation);
             let mut cfg = current.unwrap_or(PoolConfigRow {
                 project_id: project_id.to_string(),
-                enabled: true,
+                enabled: enable_new,
                 target_size: DEFAULT_TARGET_SIZE,
                 max_age_minutes: DEFAULT_MAX_AGE_MINUTES,
                 branch: None,
@@ -136,7 +138,7 @@ impl App {
     ) -> AppResult<UpdateWarmPoolResponse> {
         self.project_for(caller, project_id).await?;
         self.require_allowed()?;
-        let cfg = self.apply_pool_update(project_id, &body).await?;
+        let cfg = self.apply_pool_update(project_id, &body, true).await?;
         tracing::info!(project = %project_id, "warm pool configuration updated");
         self.nudge();
         Ok(UpdateWarmPoolResponse {
@@ -158,7 +160,9 @@ impl App {
                 setup_commands: Some(cmds),
                 ..Default::default()
             };
-            self.apply_pool_update(project_id, &update).await?;
+            // Saving the commands of a test boot enables nothing: a pool configured for the first
+            // time this way is created disabled, so no VM boots before the user turns it on.
+            self.apply_pool_update(project_id, &update, false).await?;
         }
         let inst = self.launch(project_id, InstanceKind::Test, None).await?;
         tracing::info!(project = %project_id, instance = %inst.id, vm = %inst.vm_id, "test boot started");
@@ -192,7 +196,7 @@ impl App {
                 ..Default::default()
             };
             if self.store.get_pool_config(project_id).await?.is_some() {
-                self.apply_pool_update(project_id, &disable).await?;
+                self.apply_pool_update(project_id, &disable, false).await?;
             }
         }
         tracing::info!(project = %project_id, cleared, "warm pool cleared");

@@ -128,6 +128,10 @@ pub trait Store: Send + Sync + 'static {
         reason: &str,
         now: i64,
     ) -> Result<bool>;
+    /// `provisioning → failed` for a boot its server stopped running (a crash, a lost node):
+    /// records `step` — the step it was in, failed — with the instance, in one step. False (and
+    /// nothing recorded) if the instance was no longer provisioning.
+    async fn fail_interrupted(&self, step: &StepRow, reason: &str, now: i64) -> Result<bool>;
     /// `(any of from) → destroyed`.
     async fn mark_destroyed(&self, id: &str, from: &[InstanceStatus], now: i64) -> Result<bool>;
     /// Non-test, unclaimed pool instances by state.

@@ -869,6 +869,40 @@ impl Store for PgStore {
             == 1)
     }
 
+    async fn fail_interrupted(&self, s: &StepRow, reason: &str, now: i64) -> Result<bool> {
+        let meta = s.metadata.as_ref().map(json).transpose()?;
+        // One statement: the step is recorded exactly when the instance was still provisioning.
+        let row = self
+            .query_one(
+                "WITH failed AS (
+                    UPDATE instances SET status = 'failed', failed_step = $3, failure_reason = $9,
+                        finished_at = $10
+                    WHERE id = $1 AND status = 'provisioning'
+                    RETURNING id
+                 ), recorded AS (
+                    INSERT INTO steps (instance_id, seq, name, status, output, error, duration_ms,
+                        finished_at, metadata_json)
+                    SELECT id, $2, $3, 'error', $4, $5, $6, $7, $8 FROM failed
+                    ON CONFLICT (instance_id, seq) DO NOTHING
+                 )
+                 SELECT count(*) FROM failed",
+                &[
+                    &s.instance_id,
+                    &i64::from(s.seq),
+                    &s.name,
+                    &s.output,
+                    &s.error,
+                    &(s.duration_ms as i64),
+                    &s.finished_at,
+                    &meta,
+                    &reason,
+                    &now,
+                ],
+            )
+            .await?;
+        Ok(row.get::<_, i64>(0) == 1)
+    }
+
     async fn mark_destroyed(&self, id: &str, from: &[InstanceStatus], now: i64) -> Result<bool> {
         let from: Vec<&str> = from.iter().map(|s| s.as_str()).collect();
         Ok(self

@@ -945,6 +945,45 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn fail_interrupted(&self, step: &StepRow, reason: &str, now: i64) -> Result<bool> {
+        let (s, reason) = (step.clone(), reason.to_string());
+        self.write(move |c| {
+            let meta = s
+                .metadata
+                .as_ref()
+                .map(serde_json::to_string)
+                .transpose()
+                .map_err(json_err)?;
+            if c.exec(
+                "UPDATE instances SET status = 'failed', failed_step = ?2, failure_reason = ?3,
+                    finished_at = ?4
+                 WHERE id = ?1 AND status = 'provisioning'",
+                params![s.instance_id, s.name, reason, now],
+            )? != 1
+            {
+                return Ok(false);
+            }
+            c.exec(
+                "INSERT INTO steps (instance_id, seq, name, status, output, error, duration_ms,
+                    finished_at, metadata_json)
+                 VALUES (?1, ?2, ?3, 'error', ?4, ?5, ?6, ?7, ?8)
+                 ON CONFLICT (instance_id, seq) DO NOTHING",
+                params![
+                    s.instance_id,
+                    s.seq,
+                    s.name,
+                    s.output,
+                    s.error,
+                    s.duration_ms as i64,
+                    s.finished_at,
+                    meta
+                ],
+            )?;
+            Ok(true)
+        })
+        .await
+    }
+
     async fn mark_destroyed(&self, id: &str, from: &[InstanceStatus], now: i64) -> Result<bool> {
         let id = id.to_string();
         let from: Vec<&'static str> = from.iter().map(|s| s.as_str()).collect();

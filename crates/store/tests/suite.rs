@@ -74,6 +74,7 @@ on_both_engines!(
     nodes_hold_their_names_by_lease,
     lost_nodes_lose_their_live_instances,
     nodes_round_trip_on_instances_and_goldens,
+    interrupted_boots_record_the_step_they_were_in,
 );
 
 fn project(id: &str) -> ProjectRow {
@@ -277,6 +278,48 @@ async fn instance_transitions_are_conditional(s: Arc<dyn Store>) {
         wins += t.await.unwrap() as u32;
     }
     assert_eq!(wins, 1);
+}
+
+async fn interrupted_boots_record_the_step_they_were_in(s: Arc<dyn Store>) {
+    s.insert_project(&project("p")).await.unwrap();
+    s.insert_instance(&instance(
+        "i1",
+        "p",
+        InstanceKind::Pool,
+        InstanceStatus::Provisioning,
+    ))
+    .await
+    .unwrap();
+    let step = |seq: u32, name: &str| StepRow {
+        instance_id: "i1".into(),
+        seq,
+        name: name.into(),
+        success: false,
+        output: Some("stopped\n".into()),
+        error: Some("server restarted during provisioning".into()),
+        duration_ms: 40,
+        finished_at: 90,
+        metadata: None,
+    };
+    assert!(s
+        .fail_interrupted(&step(0, "create_vm"), "server restarted during provisioning", 100)
+        .await
+        .unwrap());
+    let got = s.get_instance("i1").await.unwrap().unwrap();
+    assert_eq!(got.status, InstanceStatus::Failed);
+    assert_eq!(got.failed_step.as_deref(), Some("create_vm"));
+    assert_eq!(
+        got.failure_reason.as_deref(),
+        Some("server restarted during provisioning")
+    );
+    let steps = s.list_steps("i1").await.unwrap();
+    assert_eq!(steps, vec![step(0, "create_vm")]);
+    // Once failed, nothing more is recorded.
+    assert!(!s
+        .fail_interrupted(&step(1, "ensure_server"), "again", 110)
+        .await
+        .unwrap());
+    assert_eq!(s.list_steps("i1").await.unwrap().len(), 1);
 }
 
 async fn pool_status_counts_pool_instances_only(s: Arc<dyn Store>) {

@@ -154,6 +154,9 @@ pub struct App {
     pub(crate) store_up: std::sync::Mutex<Option<i64>>,
     /// Each pool's size over the last hour.
     pub(crate) history: history::History,
+    /// When this node's previous run last renewed its lease: the last moment it was known to be
+    /// running, which is when the boots it left unfinished stopped (at the latest).
+    pub(crate) previous_run_alive: std::sync::Mutex<Option<i64>>,
 }
 
 impl App {
@@ -175,6 +178,7 @@ impl App {
             instance_cache: Default::default(),
             store_up: std::sync::Mutex::new(None),
             history: Default::default(),
+            previous_run_alive: std::sync::Mutex::new(None),
             running: Mutex::new(HashMap::new()),
         })
     }
@@ -440,7 +444,10 @@ impl App {
     /// that no live instance of this node owns, and checks that the ready VMs that survived
     /// still answer (in the background; the ones that do not are destroyed and replaced).
     pub async fn recover(self: &Arc<Self>) -> AppResult<()> {
-        let now = self.now();
+        let alive = *self
+            .previous_run_alive
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         for inst in self
             .store
             .instances_in(&[InstanceStatus::Provisioning])
@@ -449,8 +456,7 @@ impl App {
             if self.is_mine(&inst)
                 && !self.is_running(&inst.id)
                 && self
-                    .store
-                    .mark_failed(&inst.id, None, "server restarted during provisioning", now)
+                    .fail_interrupted(&inst, alive, "server restarted during provisioning")
                     .await?
             {
                 tracing::warn!(instance = %inst.id, "failed an instance left provisioning by a previous run");
@@ -469,6 +475,47 @@ impl App {
         let app = self.clone();
         tokio::spawn(async move { app.readopt(ready).await });
         Ok(())
+    }
+
+    /// Fails a boot whose server stopped running it: the step it was in — the one after those
+    /// recorded — is recorded failed, lasting until `stopped` (when its server was last known
+    /// alive; now if unknown), so the summary names it and counts the boot's real duration.
+    pub(crate) async fn fail_interrupted(
+        &self,
+        inst: &InstanceRow,
+        stopped: Option<i64>,
+        reason: &str,
+    ) -> AppResult<bool> {
+        let now = self.now();
+        let steps = self.store.list_steps(&inst.id).await?;
+        let Some(name) = provision::step_at(inst.total_steps, steps.len()) else {
+            // Every step was recorded: it stopped while being marked ready.
+            return Ok(self
+                .store
+                .mark_failed(&inst.id, None, reason, now)
+                .await?);
+        };
+        let began = steps
+            .iter()
+            .map(|s| s.finished_at)
+            .max()
+            .unwrap_or(inst.created_at);
+        let ended = stopped.unwrap_or(now).clamp(began, now.max(began));
+        let step = warmpool_store::StepRow {
+            instance_id: inst.id.clone(),
+            seq: steps.len() as u32,
+            name: name.as_str().to_string(),
+            success: false,
+            output: Some(format!(
+                "{reason}: this step was still running when its server stopped, and the boot \
+                 ended with it (the step's output up to then was not kept)\n"
+            )),
+            error: Some(reason.to_string()),
+            duration_ms: (ended - began) as u64,
+            finished_at: ended,
+            metadata: None,
+        };
+        Ok(self.store.fail_interrupted(&step, reason, now).await?)
     }
 
     /// Destroys this node's VMs that no live instance of this node owns: left by a crash, by a

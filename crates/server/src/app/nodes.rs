@@ -68,6 +68,17 @@ impl App {
     /// Takes this node's row in the store: false while another live node holds the name.
     pub async fn register_node(&self) -> AppResult<bool> {
         let now = self.now();
+        let me = &self.cfg.node;
+        let previous = self
+            .store
+            .list_nodes()
+            .await?
+            .into_iter()
+            .find(|n| n.name == me.name && n.node_id == me.node_id);
+        *self
+            .previous_run_alive
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = previous.map(|n| n.renewed_at);
         let taken = self.store.register_node(&self.node_row(), now).await?;
         if taken {
             self.store_up_since(Some(now));
@@ -124,9 +135,25 @@ impl App {
             if n.name == self.cfg.node.name || n.lease_until >= now {
                 continue;
             }
+            // Its boots first, each with the step it was in; then everything else it hosted.
+            let reason = lost_reason(&n.name);
+            for inst in self
+                .store
+                .instances_in(&[warmpool_types::state::InstanceStatus::Provisioning])
+                .await?
+                .into_iter()
+                .filter(|i| i.node.as_deref() == Some(n.name.as_str()))
+            {
+                if self
+                    .fail_interrupted(&inst, Some(n.renewed_at), &reason)
+                    .await?
+                {
+                    failed += 1;
+                }
+            }
             let ids = self
                 .store
-                .fail_instances_of_lost_node(&n.name, now, &lost_reason(&n.name))
+                .fail_instances_of_lost_node(&n.name, now, &reason)
                 .await?;
             if !ids.is_empty() {
                 tracing::warn!(node = %n.name, instances = ids.len(), "node lost: its instances are failed and replaced");

@@ -136,6 +136,13 @@ fn steps_for(repos: usize) -> Vec<Step> {
     s
 }
 
+/// The name of the step at position `seq` of a pipeline of `total_steps` steps (`5 + 3R`), to
+/// tell which step a boot was in when its server stopped.
+pub fn step_at(total_steps: u32, seq: usize) -> Option<StepName> {
+    let repos = total_steps.checked_sub(5).filter(|r| r % 3 == 0)? / 3;
+    steps_for(repos as usize).get(seq).map(|s| s.name())
+}
+
 enum Stop {
     Failed { step: StepName, error: String },
     Cancelled,
@@ -1013,6 +1020,17 @@ mod tests {
                 "warm_pool_setup"
             ]
         );
+    }
+
+    #[test]
+    fn the_step_a_boot_was_in() {
+        assert_eq!(step_at(5, 0), Some(StepName::CreateVm));
+        assert_eq!(step_at(5, 4), Some(StepName::WarmPoolSetup));
+        assert_eq!(step_at(5, 5), None);
+        assert_eq!(step_at(8, 3), Some(StepName::CloneRepo));
+        assert_eq!(step_at(8, 5), Some(StepName::ProjectSetup));
+        assert_eq!(step_at(7, 0), None);
+        assert_eq!(step_at(0, 0), None);
     }
 
     #[test]

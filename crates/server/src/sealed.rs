@@ -16,6 +16,8 @@ const NONCE_LEN: usize = 24;
 
 pub struct Sealer {
     cipher: XChaCha20Poly1305,
+    /// Keys the digests of secrets (derived from the secrets key, never the key itself).
+    digest_key: [u8; 32],
     /// A digest of the key that reveals nothing of it: servers sharing a database compare it.
     check: String,
 }
@@ -51,10 +53,29 @@ impl Sealer {
         let mut h = Sha256::new();
         h.update(b"warmpool secrets key check\0");
         h.update(key);
+        let mut d = Sha256::new();
+        d.update(b"warmpool digest key\0");
+        d.update(key);
         Self {
             cipher: XChaCha20Poly1305::new(Key::from_slice(key)),
             check: hex::encode(h.finalize()),
+            digest_key: d.finalize().into(),
         }
+    }
+
+    /// A keyed digest (HMAC-SHA256, hex) of `parts`: equal inputs give equal digests on every
+    /// server sharing the key, and a digest reveals nothing of a secret in them — not even to
+    /// someone guessing it, without the key.
+    pub fn digest(&self, parts: &[&str]) -> String {
+        use hmac::{Hmac, Mac};
+        let mut mac = <Hmac<sha2::Sha256> as Mac>::new_from_slice(&self.digest_key)
+            .expect("HMAC takes keys of any length");
+        for p in parts {
+            // Length-prefixed, so no two lists of parts read the same.
+            mac.update(&(p.len() as u64).to_le_bytes());
+            mac.update(p.as_bytes());
+        }
+        hex::encode(mac.finalize().into_bytes())
     }
 
     /// See [`Sealer::check`]'s field.
@@ -110,5 +131,8 @@ mod tests {
         assert_eq!(s.open(&a).unwrap(), "hunter2 'quoted' ünï\n");
         assert_eq!(s.open("legacy plain").unwrap(), "legacy plain");
         assert!(Sealer::from_key(&[8u8; 32]).open(&a).is_err());
+        assert_eq!(s.digest(&["a", "bc"]), s.digest(&["a", "bc"]));
+        assert_ne!(s.digest(&["a", "bc"]), s.digest(&["ab", "c"]));
+        assert_ne!(s.digest(&["a"]), Sealer::from_key(&[8u8; 32]).digest(&["a"]));
     }
 }

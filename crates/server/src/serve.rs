@@ -21,6 +21,7 @@ use crate::app::clock::SystemClock;
 use crate::app::{App, AppConfig, AppParts};
 use crate::git::mirror::Mirrors;
 use crate::git::serve::GitServer;
+use crate::git::source::LocalPolicy;
 use crate::sealed::Sealer;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -59,6 +60,11 @@ pub struct ServeArgs {
     /// Where guest images are cached. Default: $XDG_CACHE_HOME/warmpool or ~/.cache/warmpool.
     #[arg(long, env = "WARMPOOL_CACHE_DIR")]
     pub cache_dir: Option<PathBuf>,
+    /// Repositories on this server's disk (paths, file:// URLs) are taken only from under this
+    /// directory; give it several times for several. Without it, the admin token may use any
+    /// path (project tokens never may, and the data and cache dirs are never a source).
+    #[arg(long = "allow-local-repos", value_name = "DIR", env = "WARMPOOL_ALLOW_LOCAL_REPOS", value_delimiter = ':')]
+    pub allow_local_repos: Vec<PathBuf>,
     /// Use this directory as the guest root filesystem instead of building one.
     #[arg(long, env = "WARMPOOL_ROOTFS")]
     pub rootfs: Option<PathBuf>,
@@ -389,8 +395,18 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let admin = admin_token(&data_dir, args.admin_token.as_deref())?;
     let store = open_store(&args, &data_dir).await?;
     let backend = make_backend(&args, &data_dir)?;
+    let cache_dir = absolute(&args.cache_dir.clone().unwrap_or_else(default_cache_dir))?;
+    let roots = args
+        .allow_local_repos
+        .iter()
+        .map(|r| absolute(r))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let local = LocalPolicy::new(&roots, &[data_dir.clone(), cache_dir]);
+    if !roots.is_empty() {
+        tracing::info!(roots = ?local.allowed_roots, "local repositories: only from these directories");
+    }
     let mirrors = Arc::new(
-        Mirrors::new(data_dir.join("mirrors"), Duration::from_secs(600))
+        Mirrors::new(data_dir.join("mirrors"), Duration::from_secs(600), local)
             .context("cannot create the mirrors dir")?,
     );
     let git = GitServer::start(mirrors.clone())

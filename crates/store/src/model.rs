@@ -9,9 +9,35 @@ use warmpool_types::state::{InstanceKind, InstanceStatus};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RepoSpec {
     pub full_name: String,
+    /// The URL without the credentials it was given with (those are in `credentials`).
     pub url: String,
     #[serde(default)]
     pub branch: Option<String>,
+    /// The user info of the URL as given, when it held a secret: sealed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials: Option<SealedCredentials>,
+    /// Whether the admin token gave this source: only such a source may be on the server's own
+    /// disk, and only such a source is fetched with the server's own git credentials.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub admin_source: bool,
+}
+
+/// Credentials taken out of a repository URL.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SealedCredentials {
+    /// The user info (`user:password`, or a token), sealed with the server's secrets key.
+    pub sealed: String,
+    /// A keyed digest of the user info: the same credentials give the same digest, and it
+    /// reveals nothing of them (it tells configurations apart and names mirrors).
+    pub digest: String,
+}
+
+impl std::fmt::Debug for SealedCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SealedCredentials")
+            .field("digest", &self.digest)
+            .finish_non_exhaustive()
+    }
 }
 
 impl RepoSpec {

@@ -84,11 +84,25 @@ fn project(id: &str) -> ProjectRow {
         name: format!("name of {id}"),
         description: Some("ünïcode 'quotes' \"$x\"".into()),
         task_code: "P".into(),
-        repos: vec![RepoSpec {
-            full_name: "acme/api".into(),
-            url: "/srv/api".into(),
-            branch: None,
-        }],
+        repos: vec![
+            RepoSpec {
+                full_name: "acme/api".into(),
+                url: "/srv/api".into(),
+                branch: None,
+                credentials: None,
+                admin_source: true,
+            },
+            RepoSpec {
+                full_name: "acme/web".into(),
+                url: "https://example.com/web.git".into(),
+                branch: Some("main".into()),
+                credentials: Some(SealedCredentials {
+                    sealed: "sealed:v1:abc".into(),
+                    digest: "d1".into(),
+                }),
+                admin_source: false,
+            },
+        ],
         devbox: DevboxSpec::default(),
         generation: 1,
         created_at: 1,

@@ -6,6 +6,7 @@ pub mod agent;
 pub mod api;
 pub mod ids;
 pub mod output;
+pub mod repo_url;
 pub mod state;
 pub mod time;
 pub mod validate;

@@ -1,5 +1,6 @@
 //! Where each remote branch points, learned with `git ls-remote` at most once per interval per
-//! (url, branch), in the background: the reconciler reads the cache and never waits on a remote.
+//! (source, branch), in the background: the reconciler reads the cache and never waits on a
+//! remote.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -7,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use super::clock::Clock;
 use crate::git;
+use crate::git::source::RepoSource;
 
 #[derive(Default)]
 struct Entry {
@@ -31,27 +33,36 @@ impl Heads {
         })
     }
 
-    /// The last known head of `branch` at `url` and when it was seen; starts a refresh when the
-    /// value is older than the interval. `None` until first learned.
-    pub fn get(self: &Arc<Self>, url: &str, branch: &str) -> Option<(String, i64)> {
-        let key = (url.to_string(), branch.to_string());
+    /// The last known head of `branch` in the source whose key is `key` and when it was seen;
+    /// starts a refresh when the value is older than the interval (`source` opens the source
+    /// then, and only then). `None` until first learned.
+    pub fn get(
+        self: &Arc<Self>,
+        key: &str,
+        branch: &str,
+        source: impl FnOnce() -> Option<RepoSource>,
+    ) -> Option<(String, i64)> {
+        let key = (key.to_string(), branch.to_string());
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         let e = entries.entry(key.clone()).or_default();
         let due = e.checked.is_none_or(|t| t.elapsed() >= self.interval);
         if due && !e.in_flight {
-            e.in_flight = true;
-            let me = self.clone();
-            tokio::spawn(async move { me.refresh(key).await });
+            if let Some(src) = source() {
+                e.in_flight = true;
+                let me = self.clone();
+                tokio::spawn(async move { me.refresh(key, src).await });
+            }
         }
         e.head.clone()
     }
 
-    async fn refresh(&self, key: (String, String)) {
-        let (url, branch) = &key;
+    async fn refresh(&self, key: (String, String), src: RepoSource) {
+        let branch = &key.1;
         let reference = format!("refs/heads/{branch}");
-        let out = git::git(
+        let out = git::git_remote(
+            &src,
             None,
-            ["ls-remote", "--", url.as_str(), reference.as_str()],
+            ["ls-remote", "--", src.fetch_url(), reference.as_str()],
             Duration::from_secs(30),
         )
         .await;

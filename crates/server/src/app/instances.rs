@@ -210,7 +210,18 @@ impl App {
             .map_err(|_| AppError::Unavailable("the VM stopped answering".into()))?
             .map_err(|e| AppError::Unavailable(format!("cannot reach the VM: {e}")))?;
         let vars = self.env_vars(project_id).await?;
-        let redactor = Redactor::new(vars.iter().map(|v| (v.name.as_str(), v.value.as_str())));
+        let repos = self
+            .store
+            .get_project(project_id)
+            .await?
+            .map(|p| p.repos)
+            .unwrap_or_default();
+        let secrets = self.repo_secrets(&repos);
+        let redactor = Redactor::new(
+            vars.iter()
+                .map(|v| (v.name.as_str(), v.value.as_str()))
+                .chain(secrets.iter().map(|(n, s)| (n.as_str(), s.as_str()))),
+        );
         Ok(ExecResponse {
             exit_code: res.exit_code,
             output: redactor.redact(&res.output).into_owned(),

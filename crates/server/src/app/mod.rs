@@ -14,6 +14,7 @@ pub mod limits;
 pub mod nodes;
 mod projects;
 pub mod reconcile;
+mod repos;
 mod tokens;
 mod validation;
 mod warm_pool;
@@ -253,9 +254,15 @@ impl App {
             .ok_or_else(|| AppError::not_found("project not found"))?;
         let env = self.env_vars(project_id).await?;
         let pool = self.store.get_pool_config(project_id).await?;
+        let sources = project
+            .repos
+            .iter()
+            .map(|r| self.repo_source(r))
+            .collect::<AppResult<Vec<_>>>()?;
         Ok(BootPlan {
             project,
             env,
+            sources,
             pool_branch: pool.as_ref().and_then(|p| p.branch.clone()),
             pool_commands: pool.and_then(|p| p.setup_commands).unwrap_or_default(),
             golden: None,

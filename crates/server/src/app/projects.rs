@@ -6,7 +6,7 @@ use std::time::Duration;
 use warmpool_store::{DevboxSpec, ProjectRow, RepoSpec};
 use warmpool_types::api::{
     CreateProjectBody, ListProjectsResponse, ListReposResponse, Project, ProjectRepo, RepoDetail,
-    RepoInput, UpdateProjectBody,
+    UpdateProjectBody,
 };
 use warmpool_types::ids;
 use warmpool_types::state::InstanceStatus;
@@ -29,17 +29,6 @@ fn check_description(p: &mut Problems, d: &str) {
     }
 }
 
-fn to_specs(repos: Vec<RepoInput>) -> Vec<RepoSpec> {
-    repos
-        .into_iter()
-        .map(|r| RepoSpec {
-            full_name: r.repo_full_name,
-            url: r.url,
-            branch: r.branch,
-        })
-        .collect()
-}
-
 impl App {
     pub(crate) async fn project_for(&self, caller: &Caller, id: &str) -> AppResult<ProjectRow> {
         caller.check_project(id)?;
@@ -59,7 +48,7 @@ impl App {
                 Some(b) => b.clone(),
                 None => self
                     .store
-                    .get_default_branch(&r.url)
+                    .get_default_branch(&self.source_key(r))
                     .await?
                     .unwrap_or_default(),
             };
@@ -83,12 +72,20 @@ impl App {
     /// once; network remotes are asked in the background so creating a project never waits on them.
     async fn learn_default_branches(self: &Arc<Self>, repos: &[RepoSpec]) {
         for r in repos.iter().filter(|r| r.branch.is_none()) {
+            let Ok(src) = self.repo_source(r) else {
+                continue;
+            };
+            // A source on the server's disk is read only once it passes its checks.
+            if self.mirrors.check_source(&src).is_err() {
+                continue;
+            }
             let app = self.clone();
-            let url = r.url.clone();
+            let local = src.url.local_path.is_some();
             let task = async move {
-                let out = git::git(
+                let out = git::git_remote(
+                    &src,
                     None,
-                    ["ls-remote", "--symref", "--", &url, "HEAD"],
+                    ["ls-remote", "--symref", "--", src.fetch_url(), "HEAD"],
                     Duration::from_secs(10),
                 )
                 .await;
@@ -100,10 +97,9 @@ impl App {
                         .map(str::to_string)
                 });
                 if let Some(b) = branch {
-                    let _ = app.store.set_default_branch(&url, &b, app.now()).await;
+                    let _ = app.store.set_default_branch(&src.key, &b, app.now()).await;
                 }
             };
-            let local = r.url.starts_with('/') || r.url.starts_with("file://");
             if local {
                 task.await;
             } else {
@@ -131,6 +127,7 @@ impl App {
         if let Some(c) = clash {
             return Err(AppError::Conflict(c));
         }
+        let repos = self.repo_specs(caller, "repos", &body.repos, &[])?;
         let now = self.now();
         let row = ProjectRow {
             seq: 0,
@@ -138,7 +135,7 @@ impl App {
             task_code: task_code(&body.name),
             name: body.name,
             description: body.description,
-            repos: to_specs(body.repos),
+            repos,
             devbox: DevboxSpec::default(),
             generation: 1,
             created_at: now,
@@ -232,7 +229,7 @@ impl App {
                 row.description = d.clone();
             }
             if let Some(repos) = &body.repos {
-                row.repos = to_specs(repos.clone());
+                row.repos = self.repo_specs(caller, "repos", repos, &row.repos)?;
                 let names: std::collections::HashSet<&str> =
                     row.repos.iter().map(|r| r.full_name.as_str()).collect();
                 row.devbox.repos.retain(|k, _| names.contains(k.as_str()));
@@ -273,9 +270,9 @@ impl App {
         let mut items = Vec::new();
         for r in p.repos {
             items.push(RepoDetail {
-                default_branch: self.store.get_default_branch(&r.url).await?,
+                default_branch: self.store.get_default_branch(&self.source_key(&r)).await?,
+                url: self.repo_display(&r),
                 repo_full_name: r.full_name,
-                url: r.url,
                 branch: r.branch,
             });
         }

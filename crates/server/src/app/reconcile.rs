@@ -270,7 +270,7 @@ impl App {
             .any(|r| match inst.commits.get(&r.full_name) {
                 Some(c) => self
                     .heads
-                    .get(&r.url, &c.branch)
+                    .get(&self.source_key(r), &c.branch, || self.repo_source(r).ok())
                     .is_some_and(|(head, seen)| seen > set_up && head != c.commit),
                 None => true,
             })

@@ -1,16 +1,22 @@
-//! Bare mirrors of project repositories under `<data-dir>/mirrors/<hash of url>.git`. A sync
+//! Bare mirrors of project repositories under `<data-dir>/mirrors/<source key>.git`. A sync
 //! clones or fetches; concurrent syncs of one mirror share a single fetch; VMs clone under a read
-//! lock so a fetch never changes refs under a running clone.
+//! lock so a fetch never changes refs under a running clone. A mirror's own configuration never
+//! holds credentials (they are handed to each fetch), and a source on the server's disk is
+//! checked before every fetch (see [`super::source`]). What git says when a fetch fails is shown
+//! only as far as it cannot quote a file.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use sha2::{Digest, Sha256};
 use tokio::sync::{OwnedRwLockReadGuard, RwLock};
 
-use super::{classify_failure, git};
+use super::source::{inspect_local_repo, LocalPolicy, RepoSource};
+use super::{classify_failure, git, git_remote, shown_stderr};
+
+/// How many hex digits of a source's key name its mirror.
+pub const ID_LEN: usize = 32;
 
 #[derive(Default)]
 struct Slot {
@@ -23,6 +29,7 @@ pub struct Mirrors {
     root: PathBuf,
     slots: Mutex<HashMap<String, Arc<Slot>>>,
     timeout: Duration,
+    local: LocalPolicy,
 }
 
 /// A mirror that was just brought up to date.
@@ -34,12 +41,16 @@ pub struct Synced {
 }
 
 impl Mirrors {
-    pub fn new(root: PathBuf, timeout: Duration) -> std::io::Result<Self> {
+    pub fn new(root: PathBuf, timeout: Duration, local: LocalPolicy) -> std::io::Result<Self> {
         std::fs::create_dir_all(&root)?;
-        // Half-made clones of a run that crashed.
+        // Half-made clones of a run that crashed, and mirrors named the way older versions did
+        // (by a plain hash of the URL, credentials included in their configuration).
         for e in std::fs::read_dir(&root)?.flatten() {
             let name = e.file_name().to_string_lossy().to_string();
-            if name.starts_with('.') && name.contains(".tmp-") {
+            let current = name
+                .strip_suffix(".git")
+                .is_some_and(|id| id.len() == ID_LEN && id.bytes().all(|b| b.is_ascii_hexdigit()));
+            if !current {
                 let _ = std::fs::remove_dir_all(e.path());
             }
         }
@@ -47,12 +58,26 @@ impl Mirrors {
             root,
             slots: Mutex::new(HashMap::new()),
             timeout,
+            local,
         })
     }
 
-    /// A stable id for a URL; it names the mirror directory and appears in VM clone URLs.
-    pub fn id_for(url: &str) -> String {
-        hex::encode(Sha256::digest(url.as_bytes()))[..24].to_string()
+    /// The rules for sources on the server's own disk.
+    pub fn local_policy(&self) -> &LocalPolicy {
+        &self.local
+    }
+
+    /// Checks a source before git reads it: one on the server's disk must have been given by the
+    /// admin, be where the operator allows, and keep to itself.
+    pub fn check_source(&self, src: &RepoSource) -> Result<(), String> {
+        let Some(path) = &src.url.local_path else {
+            return Ok(());
+        };
+        if !src.admin {
+            return Err("a repository on the server's disk must be configured with the admin token".into());
+        }
+        let real = self.local.check(path)?;
+        inspect_local_repo(&real)
     }
 
     pub fn path(&self, id: &str) -> PathBuf {
@@ -68,15 +93,15 @@ impl Mirrors {
             .clone()
     }
 
-    /// Clones or fetches the mirror of `url`. `note` receives lines worth showing in a step log.
+    /// Clones or fetches the mirror of `src`. `note` receives lines worth showing in a step log.
     /// The error is one line a person can act on.
     pub async fn sync(
         &self,
-        url: &str,
+        src: &RepoSource,
         note: &mut (dyn FnMut(&str) + Send),
     ) -> Result<Synced, String> {
         let requested = Instant::now();
-        let id = Self::id_for(url);
+        let id = src.key[..ID_LEN.min(src.key.len())].to_string();
         let slot = self.slot(&id);
         let _write = slot.lock.write().await;
         let path = self.path(&id);
@@ -93,18 +118,28 @@ impl Mirrors {
             });
         }
         *slot.last_started.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+        // Checked before every fetch: a repository may change between two.
+        self.check_source(src)?;
+        let failed = |note: &mut (dyn FnMut(&str) + Send), stderr: &[u8]| {
+            let stderr = String::from_utf8_lossy(stderr);
+            let shown = shown_stderr(&stderr, src);
+            if !shown.is_empty() {
+                note("git said:");
+                note(&shown);
+            }
+            classify_failure(&stderr)
+        };
         if path.exists() {
             note("fetching into the server's mirror");
-            let out = git(
+            let out = git_remote(
+                src,
                 Some(&path),
                 ["fetch", "--prune", "--quiet", "origin"],
                 self.timeout,
             )
             .await?;
             if !out.status.success() {
-                let stderr = String::from_utf8_lossy(&out.stderr);
-                note(stderr.trim_end());
-                return Err(classify_failure(&stderr));
+                return Err(failed(note, &out.stderr));
             }
         } else {
             note("cloning into the server's mirror");
@@ -112,14 +147,18 @@ impl Mirrors {
                 ".{id}.tmp-{}",
                 warmpool_types::ids::random_secret(8)
             ));
-            let out = git(
+            // `--no-local`: a path is read through git's own protocol, which sends objects,
+            // instead of copying or hard-linking the source's files into the mirror.
+            let out = git_remote(
+                src,
                 None,
                 [
                     "clone".as_ref(),
                     "--mirror".as_ref(),
+                    "--no-local".as_ref(),
                     "--quiet".as_ref(),
                     "--".as_ref(),
-                    std::ffi::OsStr::new(url),
+                    std::ffi::OsStr::new(src.fetch_url()),
                     tmp.as_os_str(),
                 ],
                 self.timeout,
@@ -134,15 +173,13 @@ impl Mirrors {
             };
             if !out.status.success() {
                 let _ = tokio::fs::remove_dir_all(&tmp).await;
-                let stderr = String::from_utf8_lossy(&out.stderr);
-                note(stderr.trim_end());
-                return Err(classify_failure(&stderr));
+                return Err(failed(note, &out.stderr));
             }
             tokio::fs::rename(&tmp, &path)
                 .await
                 .map_err(|e| format!("cannot move the mirror into place: {e}"))?;
         }
-        self.follow_remote_head(&path).await;
+        self.follow_remote_head(src, &path).await;
         Ok(Synced {
             id,
             default_branch: self.head_branch(&path).await,
@@ -150,8 +187,9 @@ impl Mirrors {
     }
 
     /// Points the mirror's HEAD at the remote's current default branch (a fetch does not).
-    async fn follow_remote_head(&self, path: &Path) {
-        let Ok(out) = git(
+    async fn follow_remote_head(&self, src: &RepoSource, path: &Path) {
+        let Ok(out) = git_remote(
+            src,
             Some(path),
             ["ls-remote", "--symref", "origin", "HEAD"],
             self.timeout,
@@ -208,6 +246,6 @@ impl Mirrors {
 
     /// Whether `id` names an existing mirror (ids come from VM requests).
     pub fn exists(&self, id: &str) -> bool {
-        id.len() == 24 && id.bytes().all(|b| b.is_ascii_hexdigit()) && self.path(id).is_dir()
+        id.len() == ID_LEN && id.bytes().all(|b| b.is_ascii_hexdigit()) && self.path(id).is_dir()
     }
 }

@@ -27,6 +27,7 @@ use warmpool_types::state::{InstanceKind, StepName};
 
 use crate::app::events::{DoneEvent, Event, LiveRun, StepEvent};
 use crate::app::App;
+use crate::git::source::RepoSource;
 use crate::metrics as m;
 use redact::Redactor;
 use steplog::OutputSink;
@@ -40,6 +41,8 @@ pub struct BootPlan {
     pub env: Vec<EnvVarRow>,
     pub pool_branch: Option<String>,
     pub pool_commands: Vec<SetupCommand>,
+    /// Each repo's source (credentials opened), in the order of `project.repos`.
+    pub sources: Vec<RepoSource>,
     /// Clone this golden instead of setting the VM up from scratch.
     pub golden: Option<GoldenPlan>,
 }
@@ -79,8 +82,20 @@ pub fn config_hash(
     use sha2::{Digest, Sha256};
     let mut env: Vec<&(String, i64)> = env_versions.iter().collect();
     env.sort();
+    // Credentials count by their digest (their sealed form changes with every sealing).
+    let repos: Vec<Value> = project
+        .repos
+        .iter()
+        .map(|r| {
+            let mut v = json!({"full_name": r.full_name, "url": r.url, "branch": r.branch});
+            if let Some(c) = &r.credentials {
+                v["credentials"] = json!(c.digest);
+            }
+            v
+        })
+        .collect();
     let doc = json!({
-        "repos": project.repos,
+        "repos": repos,
         "devbox": project.devbox,
         "poolBranch": pool_branch,
         "poolCommands": pool_commands.unwrap_or(&[]),
@@ -158,8 +173,22 @@ pub async fn run(
     cancel: CancellationToken,
     live: Arc<LiveRun>,
 ) {
+    let secrets: Vec<(String, String)> = plan
+        .project
+        .repos
+        .iter()
+        .zip(&plan.sources)
+        .flat_map(|(r, src)| {
+            src.secrets()
+                .into_iter()
+                .map(|s| (format!("credentials of {}", r.full_name), s))
+        })
+        .collect();
     let redactor = Arc::new(Redactor::new(
-        plan.env.iter().map(|v| (v.name.as_str(), v.value.as_str())),
+        plan.env
+            .iter()
+            .map(|v| (v.name.as_str(), v.value.as_str()))
+            .chain(secrets.iter().map(|(n, s)| (n.as_str(), s.as_str()))),
     ));
     let config = plan.config_hash();
     let mut p = Pipeline {
@@ -523,11 +552,15 @@ impl Pipeline {
         meta: &mut Map<String, Value>,
     ) -> Result<(), String> {
         let repo = self.repo(i);
+        let src = self.plan.sources[i].clone();
         let full = repo.full_name.clone();
         meta.insert("repo".into(), json!(full));
         meta.insert("fromGolden".into(), json!(g.golden.id));
         let fail = |reason: &str| format!("git fetch of {full} failed: {reason}");
-        let head = self.resolve_repo(&repo, log).await.map_err(|r| fail(&r))?;
+        let head = self
+            .resolve_repo(&repo, &src, log)
+            .await
+            .map_err(|r| fail(&r))?;
         meta.insert("branch".into(), json!(head.branch));
         meta.insert("commit".into(), json!(head.commit));
         let had = g.golden.commits.get(&full);
@@ -584,7 +617,8 @@ impl Pipeline {
         ];
         log.line(&format!(
             "$ git fetch {} {} (through the server's mirror)",
-            repo.url, head.branch
+            src.display(),
+            head.branch
         ));
         for argv in cmds {
             let req = AgentExecRequest {
@@ -742,17 +776,18 @@ impl Pipeline {
     /// Brings the server's mirror of `repo` up to date and finds the branch to use — the pool's,
     /// else the repo's, else the remote's default — and its head. The mirror stays still (no
     /// fetch moves it) while the answer is held.
-    async fn resolve_repo(&self, repo: &RepoSpec, log: &mut StepLog) -> Result<RepoHead, String> {
-        let synced = self
-            .app
-            .mirrors
-            .sync(&repo.url, &mut |l| log.line(l))
-            .await?;
+    async fn resolve_repo(
+        &self,
+        repo: &RepoSpec,
+        src: &RepoSource,
+        log: &mut StepLog,
+    ) -> Result<RepoHead, String> {
+        let synced = self.app.mirrors.sync(src, &mut |l| log.line(l)).await?;
         if let Some(d) = &synced.default_branch {
             let _ = self
                 .app
                 .store
-                .set_default_branch(&repo.url, d, self.app.now())
+                .set_default_branch(&src.key, d, self.app.now())
                 .await;
         }
         let branch = self
@@ -785,20 +820,24 @@ impl Pipeline {
         meta: &mut Map<String, Value>,
     ) -> Result<(), String> {
         let repo = self.repo(i);
+        let src = self.plan.sources[i].clone();
         let full = repo.full_name.clone();
         meta.insert("repo".into(), json!(full));
         let fail = |reason: &str| format!("git clone of {full} failed: {reason}");
         log.line(&format!(
             "$ git clone {} (through the server's mirror)",
-            repo.url
+            src.display()
         ));
-        let head = self.resolve_repo(&repo, log).await.map_err(|r| fail(&r))?;
+        let head = self
+            .resolve_repo(&repo, &src, log)
+            .await
+            .map_err(|r| fail(&r))?;
         meta.insert("branch".into(), json!(head.branch));
         let (branch, commit) = (head.branch.clone(), head.commit.clone());
         let grant = self.app.git.grant([head.mirror.clone()]);
         let source = grant.url(self.app.backend.host_address_for_vm(), &head.mirror);
         let dir = format!("/home/{}", repo.dir_name());
-        let steps: [Vec<String>; 2] = [
+        let mut steps: Vec<Vec<String>> = vec![
             vec![
                 "git".into(),
                 "clone".into(),
@@ -808,6 +847,8 @@ impl Pipeline {
                 source,
                 dir.clone(),
             ],
+            // `origin` is the real URL, without its credentials: a remote's URL is in
+            // `.git/config`, which every user of the VM can read.
             vec![
                 "git".into(),
                 "-C".into(),
@@ -816,9 +857,30 @@ impl Pipeline {
                 "set-url".into(),
                 "--".into(),
                 "origin".into(),
-                repo.url.clone(),
+                src.fetch_url().to_string(),
             ],
         ];
+        if let Some(secret) = &src.url.secret {
+            // The credentials go to a file only root can read, named by the repo's own git
+            // configuration: root fetches and pushes as the URL allowed, nobody else sees them.
+            let file = format!("/root/.config/git/warmpool/{}.credentials", repo.dir_name());
+            let line = format!("{}\n", src.url.with_secret(secret));
+            self.agent()?
+                .write_file(&file, line.into_bytes(), 0o600)
+                .await
+                .map_err(|e| fail(&format!("could not write the repository's credentials: {e}")))?;
+            steps.push(vec![
+                "git".into(),
+                "-C".into(),
+                dir.clone(),
+                "config".into(),
+                "credential.helper".into(),
+                format!("store --file={file}"),
+            ]);
+            log.line(&format!(
+                "the URL's credentials are in {file} (mode 0600), used by git as root for this repository"
+            ));
+        }
         for argv in steps {
             let req = AgentExecRequest {
                 argv: Some(argv),
@@ -848,7 +910,7 @@ impl Pipeline {
         );
         log.line(&format!(
             "cloned {full} into {dir} at {branch} ({commit}); origin is {}",
-            repo.url
+            src.display()
         ));
         Ok(())
     }

@@ -133,6 +133,9 @@ mod tests {
         assert!(Sealer::from_key(&[8u8; 32]).open(&a).is_err());
         assert_eq!(s.digest(&["a", "bc"]), s.digest(&["a", "bc"]));
         assert_ne!(s.digest(&["a", "bc"]), s.digest(&["ab", "c"]));
-        assert_ne!(s.digest(&["a"]), Sealer::from_key(&[8u8; 32]).digest(&["a"]));
+        assert_ne!(
+            s.digest(&["a"]),
+            Sealer::from_key(&[8u8; 32]).digest(&["a"])
+        );
     }
 }

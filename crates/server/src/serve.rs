@@ -63,7 +63,12 @@ pub struct ServeArgs {
     /// Repositories on this server's disk (paths, file:// URLs) are taken only from under this
     /// directory; give it several times for several. Without it, the admin token may use any
     /// path (project tokens never may, and the data and cache dirs are never a source).
-    #[arg(long = "allow-local-repos", value_name = "DIR", env = "WARMPOOL_ALLOW_LOCAL_REPOS", value_delimiter = ':')]
+    #[arg(
+        long = "allow-local-repos",
+        value_name = "DIR",
+        env = "WARMPOOL_ALLOW_LOCAL_REPOS",
+        value_delimiter = ':'
+    )]
     pub allow_local_repos: Vec<PathBuf>,
     /// Use this directory as the guest root filesystem instead of building one.
     #[arg(long, env = "WARMPOOL_ROOTFS")]
@@ -401,7 +406,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .iter()
         .map(|r| absolute(r))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let local = LocalPolicy::new(&roots, &[data_dir.clone(), cache_dir]);
+    let local = LocalPolicy::new(&roots, &[data_dir.clone(), cache_dir.clone()]);
     if !roots.is_empty() {
         tracing::info!(roots = ?local.allowed_roots, "local repositories: only from these directories");
     }
@@ -434,6 +439,10 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         rate_burst: args.rate_limit_burst,
         max_cold_claims: args.max_cold_claims.max(1),
         node,
+        host_paths: crate::app::host_path_replacements(&[
+            (data_dir.as_path(), "<data-dir>"),
+            (cache_dir.as_path(), "<cache-dir>"),
+        ]),
         ..AppConfig::default()
     };
     let key_file = match &args.secret_key_file {
@@ -584,13 +593,19 @@ async fn serve_http(
         };
         let _ = stream.set_nodelay(true);
         let service = hyper_util::service::TowerToHyperService::new(router.clone());
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
-        let conn = graceful.watch(conn);
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
         tokio::spawn(async move {
+            // Which protocol a connection speaks is read from its first bytes, with no time
+            // limit of hyper's: a connection that sends nothing is closed here.
+            let mut first = [0u8; 1];
+            match tokio::time::timeout(header_timeout, stream.peek(&mut first)).await {
+                Ok(Ok(n)) if n > 0 => {}
+                _ => return,
+            }
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
             // A client that goes away or sends garbage ends its own connection only.
-            let _ = conn.await;
+            let _ = watcher.watch(conn.into_owned()).await;
         });
     }
     drop(listener);

@@ -28,15 +28,14 @@ const MINUTE: i64 = 60_000;
 async fn harness(create_delay: Duration, repos: serde_json::Value) -> Harness {
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("wp.db")).unwrap());
-    let mirrors =
-        Arc::new(
-            Mirrors::new(
-                dir.path().join("mirrors"),
-                Duration::from_secs(60),
-                Default::default(),
-            )
-            .unwrap(),
-        );
+    let mirrors = Arc::new(
+        Mirrors::new(
+            dir.path().join("mirrors"),
+            Duration::from_secs(60),
+            Default::default(),
+        )
+        .unwrap(),
+    );
     let git = GitServer::start(mirrors.clone()).await.unwrap();
     let clock = Arc::new(OffsetClock::default());
     let app = App::new(AppParts {

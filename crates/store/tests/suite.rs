@@ -316,7 +316,11 @@ async fn interrupted_boots_record_the_step_they_were_in(s: Arc<dyn Store>) {
         metadata: None,
     };
     assert!(s
-        .fail_interrupted(&step(0, "create_vm"), "server restarted during provisioning", 100)
+        .fail_interrupted(
+            &step(0, "create_vm"),
+            "server restarted during provisioning",
+            100
+        )
         .await
         .unwrap());
     let got = s.get_instance("i1").await.unwrap().unwrap();

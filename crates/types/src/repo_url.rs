@@ -293,7 +293,10 @@ mod tests {
         assert_eq!(r.local_path.as_deref(), Some("/srv/git/a"));
         let r = parse("file:///srv/git/a").unwrap();
         assert_eq!(r.local_path.as_deref(), Some("/srv/git/a"));
-        assert!(parse("file://localhost/srv/a").unwrap().local_path.is_some());
+        assert!(parse("file://localhost/srv/a")
+            .unwrap()
+            .local_path
+            .is_some());
         assert!(parse("file://other/srv/a").is_err());
         assert!(parse("file://u@/srv/a").is_err());
         assert!(parse("file:///srv/a%2e%2e").is_err());
@@ -322,23 +325,43 @@ mod tests {
         let t = parse("https://ghp_token123@github.com/a/b").unwrap();
         assert_eq!(t.url, "https://github.com/a/b");
         assert_eq!(t.display(), "https://***@github.com/a/b");
-        assert_eq!(t.credentials(), Some(("ghp_token123".into(), String::new())));
-        assert_eq!(t.with_secret("ghp_token123"), "https://ghp_token123:@github.com/a/b");
+        assert_eq!(
+            t.credentials(),
+            Some(("ghp_token123".into(), String::new()))
+        );
+        assert_eq!(
+            t.with_secret("ghp_token123"),
+            "https://ghp_token123:@github.com/a/b"
+        );
 
         let s = parse("ssh://git@example.com/a").unwrap();
-        assert_eq!((s.url.as_str(), s.secret.is_none()), ("ssh://git@example.com/a", true));
+        assert_eq!(
+            (s.url.as_str(), s.secret.is_none()),
+            ("ssh://git@example.com/a", true)
+        );
         let s = parse("ssh://git:pw123456@example.com/a").unwrap();
         assert_eq!(s.url, "ssh://git@example.com/a");
         assert_eq!(s.display(), "ssh://git:***@example.com/a");
-        assert_eq!(join(&s.url, "git:pw123456"), "ssh://git:pw123456@example.com/a");
+        assert_eq!(
+            join(&s.url, "git:pw123456"),
+            "ssh://git:pw123456@example.com/a"
+        );
 
         let plain = parse("https://example.com/a").unwrap();
-        assert_eq!((plain.url.as_str(), plain.secret.is_none()), ("https://example.com/a", true));
-        assert!(parse("https://user:***@example.com/a").unwrap().secret_is_hidden());
+        assert_eq!(
+            (plain.url.as_str(), plain.secret.is_none()),
+            ("https://example.com/a", true)
+        );
+        assert!(parse("https://user:***@example.com/a")
+            .unwrap()
+            .secret_is_hidden());
         assert!(parse("https://u:a%0ab@example.com/a").is_err());
 
         let scp = parse("git@example.com:a/b.git").unwrap();
-        assert_eq!((scp.host.as_deref(), scp.secret.is_none()), (Some("example.com"), true));
+        assert_eq!(
+            (scp.host.as_deref(), scp.secret.is_none()),
+            (Some("example.com"), true)
+        );
         assert!(parse("git:pw@example.com:a/b.git").is_err());
     }
 

@@ -158,17 +158,24 @@ fn setup_root(a: &Args) -> Result<(), String> {
         || "cannot make mounts private".into(),
     )?;
     let merged = a.vm_dir.join("merged");
-    let lowers = a
-        .lowers
-        .iter()
-        .map(|p| path_str(p))
-        .collect::<Result<Vec<_>, _>>()?
-        .join(":");
-    let opts = format!(
-        "lowerdir={lowers},upperdir={},workdir={}",
-        path_str(&a.vm_dir.join("upper"))?,
-        path_str(&a.vm_dir.join("work"))?
-    );
+    // The overlay's options are shown to the VM in /proc/self/mountinfo, as given: so they name
+    // the layers relative to the VM's directory (through links made there), and the VM never
+    // learns where the server keeps its data or its cache.
+    let mut lowers = Vec::new();
+    for (i, p) in a.lowers.iter().enumerate() {
+        path_str(p)?;
+        let name = format!("lower{i}");
+        let link = a.vm_dir.join(&name);
+        let _ = std::fs::remove_file(&link);
+        ctx(std::os::unix::fs::symlink(p, &link), || {
+            format!("cannot link layer {i} into the VM's directory")
+        })?;
+        lowers.push(name);
+    }
+    ctx(nix::unistd::chdir(&a.vm_dir), || {
+        "cannot enter the VM's directory".into()
+    })?;
+    let opts = format!("lowerdir={},upperdir=upper,workdir=work", lowers.join(":"));
     ctx(
         mount(
             Some("overlay"),
@@ -177,7 +184,7 @@ fn setup_root(a: &Args) -> Result<(), String> {
             MsFlags::empty(),
             Some(opts.as_str()),
         ),
-        || format!("cannot mount the overlay root ({opts})"),
+        || "cannot mount the overlay root".into(),
     )?;
     let m = |rel: &str| merged.join(rel);
     let mkdir = |p: &Path| {

@@ -100,6 +100,10 @@ pub struct AppConfig {
     pub max_cold_claims: usize,
     /// This server as a node: its name, lease and capacity.
     pub node: nodes::NodeConfig,
+    /// The server's own directories as they may appear in a backend's messages, with what is
+    /// shown instead (`<data-dir>/`, `<cache-dir>/`): step logs never name where the server
+    /// keeps its data.
+    pub host_paths: Vec<(String, String)>,
 }
 
 impl Default for AppConfig {
@@ -116,8 +120,35 @@ impl Default for AppConfig {
             rate_burst: 200,
             max_cold_claims: 20,
             node: nodes::NodeConfig::default(),
+            host_paths: Vec::new(),
         }
     }
+}
+
+/// The replacements of [`AppConfig::host_paths`] for `dirs` (each with its label): the path as
+/// given and as it really is (symlinks resolved), each followed by `/`, and whole when it is long
+/// enough not to hit innocent text.
+pub fn host_path_replacements(dirs: &[(&std::path::Path, &str)]) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for (dir, label) in dirs {
+        let mut forms = vec![dir.to_path_buf()];
+        if let Ok(real) = std::fs::canonicalize(dir) {
+            forms.push(real);
+        }
+        for f in forms {
+            let text = f.to_string_lossy().trim_end_matches('/').to_string();
+            if text.is_empty() {
+                continue;
+            }
+            out.push((format!("{text}/"), format!("{label}/")));
+            if text.len() >= 8 {
+                out.push((text, label.to_string()));
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
 }
 
 /// What an [`App`] is made of.
@@ -497,10 +528,7 @@ impl App {
         let steps = self.store.list_steps(&inst.id).await?;
         let Some(name) = provision::step_at(inst.total_steps, steps.len()) else {
             // Every step was recorded: it stopped while being marked ready.
-            return Ok(self
-                .store
-                .mark_failed(&inst.id, None, reason, now)
-                .await?);
+            return Ok(self.store.mark_failed(&inst.id, None, reason, now).await?);
         };
         let began = steps
             .iter()

@@ -34,7 +34,9 @@ impl App {
             None => r.url.clone(),
         };
         let url = repo_url::parse(&full).map_err(|e| {
-            AppError::internal(anyhow::anyhow!("a stored repository URL does not parse: {e}"))
+            AppError::internal(anyhow::anyhow!(
+                "a stored repository URL does not parse: {e}"
+            ))
         })?;
         Ok(RepoSource {
             key: self.source_key(r),
@@ -87,12 +89,15 @@ impl App {
                     continue;
                 }
             };
-            let same_url: Vec<&RepoSpec> = existing.iter().filter(|e| e.url == parsed.url).collect();
+            let same_url: Vec<&RepoSpec> =
+                existing.iter().filter(|e| e.url == parsed.url).collect();
             // The same source as one the project has: kept as it is, whoever sends it back.
             let kept = if parsed.secret_is_hidden() {
                 let found = same_url.iter().find(|e| {
                     e.credentials.is_some()
-                        && self.repo_source(e).is_ok_and(|s| s.url.username == parsed.username)
+                        && self
+                            .repo_source(e)
+                            .is_ok_and(|s| s.url.username == parsed.username)
                 });
                 match found {
                     Some(e) => Some(*e),

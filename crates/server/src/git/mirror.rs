@@ -74,7 +74,9 @@ impl Mirrors {
             return Ok(());
         };
         if !src.admin {
-            return Err("a repository on the server's disk must be configured with the admin token".into());
+            return Err(
+                "a repository on the server's disk must be configured with the admin token".into(),
+            );
         }
         let real = self.local.check(path)?;
         inspect_local_repo(&real)

@@ -60,8 +60,10 @@ const CREDENTIAL_HELPER: &str = r#"!f() { test "$1" = get || exit 0; h=; while r
 /// credentials for a source the admin gave, with nothing of the server's for any other; and
 /// with the source's own credentials, if it has any, handed over through the environment.
 fn reach(cmd: &mut tokio::process::Command, src: &RepoSource) {
-    let mut pairs: Vec<(&str, &str)> = vec![("credential.helper", "")];
+    // An empty `credential.helper` clears the helpers configured before it.
+    let mut pairs: Vec<(&str, &str)> = Vec::new();
     if !src.admin {
+        pairs.push(("credential.helper", ""));
         let path = std::env::var("PATH").unwrap_or_else(|_| "/usr/sbin:/usr/bin:/sbin:/bin".into());
         let proxies: Vec<(String, String)> = std::env::vars()
             .filter(|(k, _)| {
@@ -94,9 +96,14 @@ fn reach(cmd: &mut tokio::process::Command, src: &RepoSource) {
         pairs.push(("protocol.file.allow", "never"));
     }
     if let Some((user, pass)) = src.url.credentials() {
-        cmd.env("WARMPOOL_GIT_HOST", src.url.host.clone().unwrap_or_default())
-            .env("WARMPOOL_GIT_USERNAME", user)
-            .env("WARMPOOL_GIT_PASSWORD", pass);
+        cmd.env(
+            "WARMPOOL_GIT_HOST",
+            src.url.host.clone().unwrap_or_default(),
+        )
+        .env("WARMPOOL_GIT_USERNAME", user)
+        .env("WARMPOOL_GIT_PASSWORD", pass);
+        // The URL's own credentials, and only they, answer for it.
+        pairs.push(("credential.helper", ""));
         pairs.push(("credential.helper", CREDENTIAL_HELPER));
     }
     config(cmd, &pairs);
@@ -214,7 +221,11 @@ pub fn shown_stderr(stderr: &str, src: &RepoSource) -> String {
     }
     let local = src.url.local_path.is_some();
     let mut out: Vec<String> = Vec::new();
-    for line in text.lines().map(str::trim_end).filter(|l| !l.trim().is_empty()) {
+    for line in text
+        .lines()
+        .map(str::trim_end)
+        .filter(|l| !l.trim().is_empty())
+    {
         let known = (!local && line.starts_with("remote: "))
             || KNOWN_MESSAGES.iter().any(|p| matches(p, line));
         let shown = if known {
@@ -292,10 +303,22 @@ mod tests {
 
     #[test]
     fn patterns() {
-        assert!(matches("fatal: repository '*' not found", "fatal: repository 'x' not found"));
-        assert!(!matches("fatal: repository '*' not found", "fatal: repository 'x' not found!"));
-        assert!(matches("*: Permission denied (*).", "git@h: Permission denied (publickey)."));
-        assert!(matches("Cloning into *", "Cloning into bare repository 'x'..."));
+        assert!(matches(
+            "fatal: repository '*' not found",
+            "fatal: repository 'x' not found"
+        ));
+        assert!(!matches(
+            "fatal: repository '*' not found",
+            "fatal: repository 'x' not found!"
+        ));
+        assert!(matches(
+            "*: Permission denied (*).",
+            "git@h: Permission denied (publickey)."
+        ));
+        assert!(matches(
+            "Cloning into *",
+            "Cloning into bare repository 'x'..."
+        ));
         assert!(!matches("fatal: early EOF", "fatal: early EOF and more"));
     }
 
@@ -307,7 +330,10 @@ mod tests {
             &local,
         );
         assert!(!shown.contains("wp_"), "{shown}");
-        assert!(shown.contains("fatal: the remote end hung up unexpectedly"), "{shown}");
+        assert!(
+            shown.contains("fatal: the remote end hung up unexpectedly"),
+            "{shown}"
+        );
         assert!(shown.contains("withheld"), "{shown}");
         let remote = src("https://user:hunter2-pass@example.com/a.git");
         let shown = shown_stderr(
@@ -316,7 +342,10 @@ mod tests {
         );
         assert!(!shown.contains("hunter2"), "{shown}");
         assert!(shown.contains("remote: Repository not found."), "{shown}");
-        assert!(shown.contains("fatal: repository 'https://***@example.com/a.git/' not found"), "{shown}");
+        assert!(
+            shown.contains("fatal: repository 'https://***@example.com/a.git/' not found"),
+            "{shown}"
+        );
         // A local repository's `remote:` lines are its own files speaking.
         assert!(shown_stderr("remote: wp_secret\n", &local).contains("withheld"));
     }

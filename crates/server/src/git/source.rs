@@ -101,7 +101,10 @@ fn resolve(p: &Path) -> PathBuf {
             out.extend(rest.iter().rev());
             return normalize(&out);
         }
-        match (existing.file_name().map(|n| n.to_owned()), existing.parent()) {
+        match (
+            existing.file_name().map(|n| n.to_owned()),
+            existing.parent(),
+        ) {
             (Some(name), Some(parent)) => {
                 rest.push(name);
                 existing = parent.to_path_buf();
@@ -130,7 +133,8 @@ impl LocalPolicy {
                 dir.display()
             ));
         }
-        if !self.allowed_roots.is_empty() && !self.allowed_roots.iter().any(|r| real.starts_with(r)) {
+        if !self.allowed_roots.is_empty() && !self.allowed_roots.iter().any(|r| real.starts_with(r))
+        {
             let roots: Vec<String> = self
                 .allowed_roots
                 .iter()
@@ -231,12 +235,18 @@ mod tests {
         let other = tempfile::tempdir().unwrap();
         std::fs::create_dir(srv.path().join("repo")).unwrap();
         let open = LocalPolicy::new(&[], &[data.path().to_path_buf()]);
-        assert!(open.check(&srv.path().join("repo").display().to_string()).is_ok());
+        assert!(open
+            .check(&srv.path().join("repo").display().to_string())
+            .is_ok());
         for bad in [
             data.path().display().to_string(),
             data.path().join("mirrors/x").display().to_string(),
             format!("{}/mirrors/../x", data.path().display()),
-            format!("{}/x/../../{}", data.path().display(), data.path().file_name().unwrap().to_string_lossy()),
+            format!(
+                "{}/x/../../{}",
+                data.path().display(),
+                data.path().file_name().unwrap().to_string_lossy()
+            ),
         ] {
             assert!(open.check(&bad).is_err(), "{bad}");
         }
@@ -245,8 +255,12 @@ mod tests {
         std::os::unix::fs::symlink(data.path(), &link).unwrap();
         assert!(open.check(&link.display().to_string()).is_err());
         let rooted = LocalPolicy::new(&[srv.path().to_path_buf()], &[data.path().to_path_buf()]);
-        assert!(rooted.check(&srv.path().join("repo").display().to_string()).is_ok());
-        assert!(rooted.check(&srv.path().join("not-yet").display().to_string()).is_ok());
+        assert!(rooted
+            .check(&srv.path().join("repo").display().to_string())
+            .is_ok());
+        assert!(rooted
+            .check(&srv.path().join("not-yet").display().to_string())
+            .is_ok());
         assert!(rooted.check(&other.path().display().to_string()).is_err());
     }
 
@@ -267,11 +281,19 @@ mod tests {
         let e = inspect_local_repo(repo.path()).unwrap_err();
         assert!(e.contains("packed-refs") && !e.contains("wp_secret"), "{e}");
         std::fs::remove_file(git.join("packed-refs")).unwrap();
-        std::fs::write(git.join("objects/info/alternates"), format!("{}\n", secret.path().display())).unwrap();
-        assert!(inspect_local_repo(repo.path()).unwrap_err().contains("alternates"));
+        std::fs::write(
+            git.join("objects/info/alternates"),
+            format!("{}\n", secret.path().display()),
+        )
+        .unwrap();
+        assert!(inspect_local_repo(repo.path())
+            .unwrap_err()
+            .contains("alternates"));
         std::fs::remove_file(git.join("objects/info/alternates")).unwrap();
         std::fs::remove_dir_all(&git).unwrap();
         std::fs::write(&git, format!("gitdir: {}\n", secret.path().display())).unwrap();
-        assert!(inspect_local_repo(repo.path()).unwrap_err().contains(".git is a file"));
+        assert!(inspect_local_repo(repo.path())
+            .unwrap_err()
+            .contains(".git is a file"));
     }
 }

@@ -184,11 +184,12 @@ pub async fn run(
                 .map(|s| (format!("credentials of {}", r.full_name), s))
         })
         .collect();
-    let redactor = Arc::new(Redactor::new(
+    let redactor = Arc::new(Redactor::with_literals(
         plan.env
             .iter()
             .map(|v| (v.name.as_str(), v.value.as_str()))
             .chain(secrets.iter().map(|(n, s)| (n.as_str(), s.as_str()))),
+        &app.cfg.host_paths,
     ));
     let config = plan.config_hash();
     let mut p = Pipeline {
@@ -868,7 +869,11 @@ impl Pipeline {
             self.agent()?
                 .write_file(&file, line.into_bytes(), 0o600)
                 .await
-                .map_err(|e| fail(&format!("could not write the repository's credentials: {e}")))?;
+                .map_err(|e| {
+                    fail(&format!(
+                        "could not write the repository's credentials: {e}"
+                    ))
+                })?;
             steps.push(vec![
                 "git".into(),
                 "-C".into(),

@@ -26,8 +26,21 @@ impl Redactor {
     }
 
     pub fn new<'a>(vars: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
+        Self::with_literals(vars, &[])
+    }
+
+    /// Like [`Redactor::new`], and each `(text, replacement)` of `literals` — of any length — is
+    /// replaced as well (the server's own paths, say).
+    pub fn with_literals<'a>(
+        vars: impl IntoIterator<Item = (&'a str, &'a str)>,
+        literals: &[(String, String)],
+    ) -> Self {
         let mut patterns: Vec<String> = Vec::new();
         let mut replacements = Vec::new();
+        for (text, replacement) in literals.iter().filter(|(t, _)| !t.is_empty()) {
+            patterns.push(text.clone());
+            replacements.push(replacement.clone());
+        }
         for (name, value) in vars {
             let mut add = |p: &str| {
                 if p.chars().count() >= MIN_SECRET_CHARS {
@@ -93,6 +106,18 @@ mod tests {
         );
         assert_eq!(r.redact("x line-two-xyz y"), "x [REDACTED:KEY] y");
         assert_eq!(r.redact("ab"), "ab");
+    }
+
+    #[test]
+    fn literals_of_any_length() {
+        let r = Redactor::with_literals(
+            [("TOKEN", "s3cr3t-value")],
+            &[("/srv/wp/".into(), "<data-dir>/".into())],
+        );
+        assert_eq!(
+            r.redact("cannot create /srv/wp/vms/x: s3cr3t-value"),
+            "cannot create <data-dir>/vms/x: [REDACTED:TOKEN]"
+        );
     }
 
     #[test]

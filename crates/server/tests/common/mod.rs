@@ -33,6 +33,7 @@ pub struct TestServer {
     pub dir: tempfile::TempDir,
     pub log: Arc<Mutex<String>>,
     args: Vec<String>,
+    envs: Vec<(String, String)>,
     pub http: reqwest::Client,
 }
 
@@ -43,6 +44,11 @@ impl TestServer {
 
     /// Starts `warmpool serve` on the sandbox backend with `extra` flags.
     pub fn start(extra: &[&str]) -> TestServer {
+        Self::start_with_env(extra, &[])
+    }
+
+    /// [`TestServer::start`] with these environment variables set for the server.
+    pub fn start_with_env(extra: &[&str], envs: &[(&str, &str)]) -> TestServer {
         let dir = tempfile::Builder::new()
             .prefix("wp-test-")
             .tempdir()
@@ -55,6 +61,10 @@ impl TestServer {
             dir,
             log: Arc::new(Mutex::new(String::new())),
             args,
+            envs: envs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(600))
                 .build()
@@ -78,6 +88,7 @@ impl TestServer {
             .env_remove("WARMPOOL_ADMIN_TOKEN")
             .env("WARMPOOL_LOG", "info")
             .env("NO_COLOR", "1")
+            .envs(self.envs.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
@@ -494,4 +505,131 @@ pub fn any_alive(procs: &[(i32, u64)]) -> bool {
     procs
         .iter()
         .any(|(pid, start)| start_time(*pid) == Some(*start))
+}
+
+// --- A git server over HTTP that wants a password -------------------------------------------
+
+/// Serves the repositories under a directory over smart HTTP (`git upload-pack`), to clients
+/// that send `user:password` with HTTP basic auth; counts the requests it refused.
+pub struct AuthGitServer {
+    pub port: u16,
+    pub refused: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl AuthGitServer {
+    /// Listens on `bind` (port 0: any free port) and serves `root` in the background.
+    pub async fn start(root: &Path, bind: &str, user: &str, password: &str) -> AuthGitServer {
+        use axum::extract::{Path as UrlPath, Query, State};
+        use axum::http::{HeaderMap, StatusCode};
+        use axum::response::{IntoResponse, Response};
+        use base64::Engine;
+
+        #[derive(Clone)]
+        struct St {
+            root: PathBuf,
+            auth: String,
+            refused: Arc<std::sync::atomic::AtomicUsize>,
+        }
+        fn allowed(st: &St, h: &HeaderMap) -> bool {
+            let ok = h
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v == st.auth);
+            if !ok {
+                st.refused.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+            ok
+        }
+        fn unauthorized() -> Response {
+            (
+                StatusCode::UNAUTHORIZED,
+                [("www-authenticate", "Basic realm=\"test\"")],
+                "who are you?\n",
+            )
+                .into_response()
+        }
+        async fn refs(
+            State(st): State<St>,
+            UrlPath(repo): UrlPath<String>,
+            Query(_q): Query<std::collections::HashMap<String, String>>,
+            h: HeaderMap,
+        ) -> Response {
+            if !allowed(&st, &h) {
+                return unauthorized();
+            }
+            let out = tokio::process::Command::new("git")
+                .args(["upload-pack", "--stateless-rpc", "--advertise-refs"])
+                .arg(st.root.join(&repo))
+                .output()
+                .await
+                .unwrap();
+            let mut body = b"001e# service=git-upload-pack\n0000".to_vec();
+            body.extend_from_slice(&out.stdout);
+            (
+                [(
+                    "content-type",
+                    "application/x-git-upload-pack-advertisement",
+                )],
+                body,
+            )
+                .into_response()
+        }
+        async fn pack(
+            State(st): State<St>,
+            UrlPath(repo): UrlPath<String>,
+            h: HeaderMap,
+            body: axum::body::Bytes,
+        ) -> Response {
+            if !allowed(&st, &h) {
+                return unauthorized();
+            }
+            use tokio::io::AsyncWriteExt;
+            let mut child = tokio::process::Command::new("git")
+                .args(["upload-pack", "--stateless-rpc"])
+                .arg(st.root.join(&repo))
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let mut stdin = child.stdin.take().unwrap();
+            stdin.write_all(&body).await.unwrap();
+            drop(stdin);
+            let out = child.wait_with_output().await.unwrap();
+            (
+                [("content-type", "application/x-git-upload-pack-result")],
+                out.stdout,
+            )
+                .into_response()
+        }
+        let refused = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let st = St {
+            root: root.to_path_buf(),
+            auth: format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+            ),
+            refused: refused.clone(),
+        };
+        let app = axum::Router::new()
+            .route("/{repo}/info/refs", axum::routing::get(refs))
+            .route("/{repo}/git-upload-pack", axum::routing::post(pack))
+            .layer(tower_http::decompression::RequestDecompressionLayer::new())
+            .with_state(st);
+        let listener = tokio::net::TcpListener::bind(bind).await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        AuthGitServer { port, refused }
+    }
+}
+
+/// An address of this machine that is not loopback (where a project token's network URL can
+/// point in a test), if it has one.
+pub fn non_loopback_ip() -> Option<std::net::IpAddr> {
+    let s = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    // No packet is sent: connecting a UDP socket only picks the route and its source address.
+    s.connect("192.0.2.200:9").ok()?;
+    let ip = s.local_addr().ok()?.ip();
+    (!ip.is_loopback() && !ip.is_unspecified()).then_some(ip)
 }

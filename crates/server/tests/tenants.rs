@@ -70,6 +70,14 @@ async fn set_repo(s: &TestServer, token: &str, project: &str, url: &str) -> (u16
     .await
 }
 
+/// A finished boot failed at cloning, saying `why`.
+fn assert_failed_with(d: &Value, why: &str) {
+    assert_eq!(d["status"], "failed", "{d:#}");
+    assert_eq!(d["summary"]["failedStep"], "clone_repo", "{d:#}");
+    let error = d["summary"]["error"].as_str().unwrap();
+    assert!(error.contains(why), "expected `{why}` in: {d:#}");
+}
+
 /// Every step output and error of every instance of `project`, as one text.
 async fn all_step_text(s: &TestServer, project: &str) -> String {
     let list = s
@@ -285,6 +293,17 @@ async fn sources_on_the_server_are_the_admins_alone_and_lead_nowhere_else() {
         assert!(!text.contains(SECRET), "{url} showed the file: {d:#}");
     }
 
+    // A source that was fine when configured and is swapped for a link to the data dir later
+    // is refused when it is fetched.
+    let swap = root.path().join("swap");
+    repo_at(&swap);
+    let (st, v) = set_repo(&s, &admin_token, &p2, &swap.display().to_string()).await;
+    assert_eq!(st, 200, "{v}");
+    std::fs::rename(&swap, root.path().join("swapped-out")).unwrap();
+    std::os::unix::fs::symlink(&data, &swap).unwrap();
+    let d = s.test_boot(&p2, json!({})).await;
+    assert_failed_with(&d, "the server's own data or cache dir");
+
     // Nothing anywhere showed the admin token or the file, or named the data dir.
     for project in [&p, &p2] {
         let text = all_step_text(&s, project).await;
@@ -400,14 +419,7 @@ async fn credentials_in_urls_are_sealed_and_the_servers_own_serve_the_admin_only
     .await;
     assert_eq!(st, 200);
     let d = s.test_boot(&p, json!({})).await;
-    assert_eq!(d["status"], "failed", "{d:#}");
-    assert!(
-        d["summary"]["error"]
-            .as_str()
-            .unwrap()
-            .contains("authentication failed"),
-        "{d:#}"
-    );
+    assert_failed_with(&d, "authentication failed");
     assert!(!d.to_string().contains("wrong-pass-999"), "{d:#}");
 
     // A project token's network source is fetched with nothing of the server's: without
@@ -417,14 +429,7 @@ async fn credentials_in_urls_are_sealed_and_the_servers_own_serve_the_admin_only
     assert_eq!(st, 200, "{v}");
     let refused = remote.refused.load(std::sync::atomic::Ordering::SeqCst);
     let d = s.test_boot(&p, json!({})).await;
-    assert_eq!(d["status"], "failed", "{d:#}");
-    assert!(
-        d["summary"]["error"]
-            .as_str()
-            .unwrap()
-            .contains("authentication failed"),
-        "{d:#}"
-    );
+    assert_failed_with(&d, "authentication failed");
     assert!(remote.refused.load(std::sync::atomic::Ordering::SeqCst) > refused);
     let (st, v) = set_repo(
         &s,

@@ -93,6 +93,57 @@ impl Cached for Connection {
     }
 }
 
+/// `provisioning → failed`; whether it was provisioning.
+fn fail_provisioning(
+    c: &Connection,
+    id: &str,
+    failed_step: Option<&str>,
+    reason: &str,
+    now: i64,
+) -> rusqlite::Result<bool> {
+    Ok(c.exec(
+        "UPDATE instances SET status = 'failed', failed_step = ?2, failure_reason = ?3,
+            finished_at = ?4
+         WHERE id = ?1 AND status = 'provisioning'",
+        params![id, failed_step, reason, now],
+    )? == 1)
+}
+
+/// Records a step; one already recorded at its position is kept when `keep_existing`.
+fn record_step(c: &Connection, s: &StepRow, keep_existing: bool) -> rusqlite::Result<()> {
+    let meta = s
+        .metadata
+        .as_ref()
+        .map(serde_json::to_string)
+        .transpose()
+        .map_err(json_err)?;
+    let sql = if keep_existing {
+        "INSERT INTO steps (instance_id, seq, name, status, output, error, duration_ms,
+            finished_at, metadata_json)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+         ON CONFLICT (instance_id, seq) DO NOTHING"
+    } else {
+        "INSERT INTO steps (instance_id, seq, name, status, output, error, duration_ms,
+            finished_at, metadata_json)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
+    };
+    c.exec(
+        sql,
+        params![
+            s.instance_id,
+            s.seq,
+            s.name,
+            if s.success { "success" } else { "error" },
+            s.output,
+            s.error,
+            s.duration_ms as i64,
+            s.finished_at,
+            meta
+        ],
+    )?;
+    Ok(())
+}
+
 fn open_conn(path: &Path) -> rusqlite::Result<Connection> {
     let conn = Connection::open(path)?;
     // Room for every statement the store uses, so none is evicted and parsed again.
@@ -934,51 +985,17 @@ impl Store for SqliteStore {
             failed_step.map(str::to_string),
             reason.to_string(),
         );
-        self.write(move |c| {
-            Ok(c.exec(
-                "UPDATE instances SET status = 'failed', failed_step = ?2, failure_reason = ?3,
-                    finished_at = ?4
-                 WHERE id = ?1 AND status = 'provisioning'",
-                params![id, step, reason, now],
-            )? == 1)
-        })
-        .await
+        self.write(move |c| fail_provisioning(c, &id, step.as_deref(), &reason, now))
+            .await
     }
 
     async fn fail_interrupted(&self, step: &StepRow, reason: &str, now: i64) -> Result<bool> {
         let (s, reason) = (step.clone(), reason.to_string());
         self.write(move |c| {
-            let meta = s
-                .metadata
-                .as_ref()
-                .map(serde_json::to_string)
-                .transpose()
-                .map_err(json_err)?;
-            if c.exec(
-                "UPDATE instances SET status = 'failed', failed_step = ?2, failure_reason = ?3,
-                    finished_at = ?4
-                 WHERE id = ?1 AND status = 'provisioning'",
-                params![s.instance_id, s.name, reason, now],
-            )? != 1
-            {
+            if !fail_provisioning(c, &s.instance_id, Some(&s.name), &reason, now)? {
                 return Ok(false);
             }
-            c.exec(
-                "INSERT INTO steps (instance_id, seq, name, status, output, error, duration_ms,
-                    finished_at, metadata_json)
-                 VALUES (?1, ?2, ?3, 'error', ?4, ?5, ?6, ?7, ?8)
-                 ON CONFLICT (instance_id, seq) DO NOTHING",
-                params![
-                    s.instance_id,
-                    s.seq,
-                    s.name,
-                    s.output,
-                    s.error,
-                    s.duration_ms as i64,
-                    s.finished_at,
-                    meta
-                ],
-            )?;
+            record_step(c, &s, true)?;
             Ok(true)
         })
         .await
@@ -1335,32 +1352,7 @@ impl Store for SqliteStore {
 
     async fn insert_step(&self, s: &StepRow) -> Result<()> {
         let s = s.clone();
-        self.write(move |c| {
-            let meta = s
-                .metadata
-                .as_ref()
-                .map(serde_json::to_string)
-                .transpose()
-                .map_err(json_err)?;
-            c.exec(
-                "INSERT INTO steps (instance_id, seq, name, status, output, error, duration_ms,
-                    finished_at, metadata_json)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-                params![
-                    s.instance_id,
-                    s.seq,
-                    s.name,
-                    if s.success { "success" } else { "error" },
-                    s.output,
-                    s.error,
-                    s.duration_ms as i64,
-                    s.finished_at,
-                    meta
-                ],
-            )?;
-            Ok(())
-        })
-        .await
+        self.write(move |c| record_step(c, &s, false)).await
     }
 
     async fn list_steps(&self, instance_id: &str) -> Result<Vec<StepRow>> {

@@ -272,7 +272,10 @@ pub struct RepoInput {
     /// `owner/name`; cloned to `/home/<name>`.
     #[schema(pattern = r"^[A-Za-z0-9_.][A-Za-z0-9._-]{0,99}/[A-Za-z0-9_.][A-Za-z0-9._-]{0,99}$")]
     pub repo_full_name: String,
-    /// Anything `git clone` accepts: https://, ssh://, git://, file://, or an absolute path on the server.
+    /// Anything `git clone` accepts: https://, ssh://, git://, `user@host:path`; an absolute path
+    /// or file:// URL on the server only with the admin token (under `--allow-local-repos`, never
+    /// the server's data or cache dir). Credentials in the URL are sealed and shown as `***`;
+    /// sending `***` back keeps the ones stored for that URL.
     #[schema(min_length = 1, max_length = 2048, pattern = r"^[^-]")]
     pub url: String,
     /// Defaults to the remote's default branch.
@@ -344,6 +347,7 @@ pub struct ListProjectsResponse {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RepoDetail {
     pub repo_full_name: String,
+    /// The URL, credentials shown as `***`.
     pub url: String,
     /// The configured branch, null when the remote's default is used.
     pub branch: Option<String>,
@@ -364,7 +368,9 @@ pub struct ListReposResponse {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EnvVarInput {
-    /// A shell identifier.
+    /// A shell identifier, not one bash or the loader reads for every command (`BASH_ENV`, `ENV`,
+    /// `SHELLOPTS`, `BASHOPTS`, `IFS`, `LD_PRELOAD`, `LD_AUDIT`, `BASH_XTRACEFD`, `UID`, `EUID`,
+    /// `PPID`, `BASHPID`, `BASH_VERSINFO`).
     #[schema(
         pattern = r"^[A-Za-z_][A-Za-z0-9_]*$",
         min_length = 1,

@@ -172,7 +172,10 @@ pub fn inspect_local_repo(root: &Path) -> Result<(), String> {
                     .into(),
             )
         }
-        Err(_) => root.clone(),
+        // A bare repository is its own git directory; anything else is not a repository (and
+        // is not walked: it may be any directory of the server's).
+        Err(_) if root.join("HEAD").is_file() && root.join("objects").is_dir() => root.clone(),
+        Err(_) => return Err("repository not found".into()),
     };
     if git_dir.join("commondir").exists() {
         return Err("it is a linked worktree whose objects live elsewhere (commondir): give the main repository".into());
@@ -274,6 +277,11 @@ mod tests {
         std::fs::create_dir_all(git.join("refs/heads")).unwrap();
         std::fs::write(git.join("HEAD"), "ref: refs/heads/main\n").unwrap();
         assert!(inspect_local_repo(repo.path()).is_ok());
+        assert!(inspect_local_repo(&git).is_ok(), "a bare repository");
+        assert_eq!(
+            inspect_local_repo(secret.path()).unwrap_err(),
+            "repository not found"
+        );
         // A symlink inside the repository is fine.
         std::os::unix::fs::symlink(git.join("HEAD"), git.join("ORIG")).unwrap();
         assert!(inspect_local_repo(repo.path()).is_ok());

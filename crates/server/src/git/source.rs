@@ -177,6 +177,18 @@ pub fn inspect_local_repo(root: &Path) -> Result<(), String> {
         Err(_) if root.join("HEAD").is_file() && root.join("objects").is_dir() => root.clone(),
         Err(_) => return Err("repository not found".into()),
     };
+    // git reads the repository's configuration too, and an include there names any file.
+    let config = std::fs::read_to_string(git_dir.join("config")).unwrap_or_default();
+    if config
+        .lines()
+        .map(|l| l.trim_start().to_ascii_lowercase())
+        .any(|l| l.starts_with("[include"))
+    {
+        return Err(
+            "its git configuration includes other files ([include] or [includeIf]); remove them"
+                .into(),
+        );
+    }
     if git_dir.join("commondir").exists() {
         return Err("it is a linked worktree whose objects live elsewhere (commondir): give the main repository".into());
     }
@@ -298,6 +310,18 @@ mod tests {
             .unwrap_err()
             .contains("alternates"));
         std::fs::remove_file(git.join("objects/info/alternates")).unwrap();
+        std::fs::write(
+            git.join("config"),
+            format!(
+                "[core]\n\tbare = false\n[Include]\n\tpath = {}/token\n",
+                secret.path().display()
+            ),
+        )
+        .unwrap();
+        assert!(inspect_local_repo(repo.path())
+            .unwrap_err()
+            .contains("include"));
+        std::fs::remove_file(git.join("config")).unwrap();
         std::fs::remove_dir_all(&git).unwrap();
         std::fs::write(&git, format!("gitdir: {}\n", secret.path().display())).unwrap();
         assert!(inspect_local_repo(repo.path())

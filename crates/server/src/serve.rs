@@ -475,6 +475,16 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     tracing::info!(node = %app.cfg.node.name, url = %app.cfg.node.url, capacity = app.cfg.node.capacity, "node registered");
     let lease_lost = tokio::spawn(app.clone().keep_lease());
+    let sealed = app
+        .seal_stored_credentials()
+        .await
+        .context("cannot seal the credentials of stored repository URLs")?;
+    if sealed > 0 {
+        tracing::info!(
+            projects = sealed,
+            "sealed the credentials kept in stored repository URLs"
+        );
+    }
     app.recover().await.context("recovery after start failed")?;
     app.spawn_reconciler(Duration::from_millis(args.reconcile_interval_ms.max(10)));
     app.nudge();

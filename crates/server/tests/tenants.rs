@@ -454,3 +454,39 @@ async fn credentials_in_urls_are_sealed_and_the_servers_own_serve_the_admin_only
     assert!(!all_step_text(&s, &p).await.contains(PASS));
     assert!(!s.log_text().contains(PASS), "{}", s.log_text());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn credentials_an_older_version_stored_in_urls_are_sealed_at_start() {
+    use warmpool_store::Store;
+    let mut s = TestServer::start(&["--backend", "sim"]);
+    let p = s.create_project("legacy", json!([])).await;
+    s.kill9();
+    // As an older version stored it: the URL as given, credentials and all.
+    let db = s.data_dir().join("warmpool.db");
+    {
+        let store = warmpool_store::SqliteStore::open(&db).unwrap();
+        let mut row = store.get_project(&p).await.unwrap().unwrap();
+        row.repos = vec![warmpool_store::RepoSpec {
+            full_name: "acme/app".into(),
+            url: format!("https://bob:{PASS}@example.com/app.git"),
+            branch: Some("main".into()),
+            credentials: None,
+            admin_source: false,
+        }];
+        assert!(store.update_project(&row).await.unwrap());
+    }
+    s.restart();
+    let r = s.ok("GET", &format!("/v1/projects/{p}/repos"), None).await;
+    assert_eq!(
+        r["items"][0]["url"], "https://bob:***@example.com/app.git",
+        "{r}"
+    );
+    // What is stored now: the URL without them, and them sealed.
+    s.kill9();
+    {
+        let store = warmpool_store::SqliteStore::open(&db).unwrap();
+        let row = store.get_project(&p).await.unwrap().unwrap();
+        assert_eq!(row.repos[0].url, "https://example.com/app.git");
+        assert!(row.repos[0].credentials.is_some());
+    }
+}

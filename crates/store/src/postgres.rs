@@ -28,6 +28,10 @@ use crate::{
 const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../migrations/postgres/0001_init.sql")),
     (2, include_str!("../migrations/postgres/0002_nodes.sql")),
+    (
+        3,
+        include_str!("../migrations/postgres/0003_repo_sources.sql"),
+    ),
 ];
 
 /// The advisory lock every node takes to migrate, so that nodes starting together apply each

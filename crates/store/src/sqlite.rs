@@ -30,6 +30,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         include_str!("../migrations/sqlite/0005_instance_rev.sql"),
     ),
     (6, include_str!("../migrations/sqlite/0006_nodes.sql")),
+    (
+        7,
+        include_str!("../migrations/sqlite/0007_repo_sources.sql"),
+    ),
 ];
 const READERS: usize = 4;
 

@@ -66,6 +66,41 @@ impl App {
         out
     }
 
+    /// Seals the credentials an older version kept inside stored repository URLs, as new ones
+    /// are (run once at every start; a project already sealed is left alone). The number of
+    /// projects changed.
+    pub async fn seal_stored_credentials(&self) -> AppResult<usize> {
+        let mut after = None;
+        let mut changed = 0;
+        loop {
+            let rows = self.store.list_projects(after, 100, None).await?;
+            let Some(last) = rows.last() else {
+                return Ok(changed);
+            };
+            after = Some(last.seq);
+            for mut row in rows {
+                let mut found = false;
+                for r in row.repos.iter_mut().filter(|r| r.credentials.is_none()) {
+                    let Ok(u) = repo_url::parse(&r.url) else {
+                        continue;
+                    };
+                    if let Some(info) = &u.userinfo {
+                        r.credentials = Some(SealedCredentials {
+                            sealed: self.seal(info),
+                            digest: self.sealer.digest(&["credentials", info]),
+                        });
+                        r.url = u.url;
+                        found = true;
+                    }
+                }
+                // A project changed meanwhile by a request was saved by this version: sealed.
+                if found && self.store.update_project(&row).await? {
+                    changed += 1;
+                }
+            }
+        }
+    }
+
     /// Turns the repositories of a request into what is stored, as `caller` may give them:
     /// credentials sealed (`***` keeps those already stored for the same URL), sources on the
     /// server's disk only from the admin and only where the operator allows, no project token

@@ -29,6 +29,42 @@ fn hex_bytes(s: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
+/// `RNDADDENTROPY` and `RNDRESEEDCRNG` of `<linux/random.h>`: `_IOW('R', 0x03, int[2])` and
+/// `_IO('R', 0x07)`.
+const RNDADDENTROPY: libc::c_ulong = 0x4008_5203;
+const RNDRESEEDCRNG: libc::c_ulong = 0x5207;
+
+/// Adds `entropy` (fresh randomness from the host) to the kernel's input pool, credited as the
+/// entropy it is, and reseeds the kernel's generator from the pool at once. A plain write to
+/// `/dev/urandom` would neither count nor reach the generator before its next scheduled reseed
+/// (up to a minute away): until then every clone would read the golden's random numbers.
+fn reseed(entropy: &[u8]) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/urandom")?;
+    // struct rand_pool_info { int entropy_count; int buf_size; __u32 buf[]; }
+    let mut info: Vec<u8> = Vec::with_capacity(8 + entropy.len() + 4);
+    info.extend_from_slice(&((entropy.len() * 8) as i32).to_ne_bytes());
+    info.extend_from_slice(&(entropy.len() as i32).to_ne_bytes());
+    info.extend_from_slice(entropy);
+    info.resize(info.len().next_multiple_of(4), 0);
+    // SAFETY: `info` is a complete rand_pool_info of `entropy.len()` bytes, alive for the call;
+    // the descriptor is this function's own.
+    if unsafe { libc::ioctl(f.as_raw_fd(), RNDADDENTROPY as _, info.as_ptr()) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: an ioctl without argument on a descriptor this function owns.
+    if unsafe { libc::ioctl(f.as_raw_fd(), RNDRESEEDCRNG as _) } < 0 {
+        let e = std::io::Error::last_os_error();
+        // ENODATA: the generator is not seeded yet, so it takes the pool as it fills anyway.
+        if e.raw_os_error() != Some(libc::ENODATA) {
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
 pub async fn set_identity(
     Extension(token): Extension<Arc<RwLock<String>>>,
     Json(req): Json<IdentityRequest>,
@@ -84,8 +120,10 @@ pub async fn set_identity(
             return fail(&format!("cannot write {path}"), e);
         }
     }
-    // Mixed into the kernel's pool: clones no longer share the golden's random state.
-    if let Err(e) = std::fs::write("/dev/urandom", &entropy) {
+    // Mixed into the kernel's pool, then the kernel's generator reseeded from it at once: a
+    // write alone only reaches the generator at its next scheduled reseed (up to a minute away),
+    // and until then every clone would read the golden's random numbers.
+    if let Err(e) = reseed(&entropy) {
         return fail("cannot reseed the RNG", e);
     }
     *token.write().unwrap_or_else(|p| p.into_inner()) = req.token;

@@ -406,6 +406,13 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .iter()
         .map(|r| absolute(r))
         .collect::<anyhow::Result<Vec<_>>>()?;
+    // A misspelt root would refuse every local repository later, far from its cause.
+    if let Some(r) = roots.iter().find(|r| !r.is_dir()) {
+        bail!(
+            "--allow-local-repos {}: no such directory; give a directory that exists",
+            r.display()
+        );
+    }
     let local = LocalPolicy::new(&roots, &[data_dir.clone(), cache_dir.clone()]);
     if !roots.is_empty() {
         tracing::info!(roots = ?local.allowed_roots, "local repositories: only from these directories");

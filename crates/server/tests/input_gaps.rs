@@ -344,3 +344,21 @@ async fn a_boot_stopped_by_a_crash_names_its_step_and_lasts_as_long_as_it_ran() 
     );
     assert_eq!(d["summary"]["completedSteps"], 4);
 }
+
+#[test]
+fn a_missing_local_repos_root_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["serve", "--backend", "sim", "--listen", "127.0.0.1:0"])
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .args(["--allow-local-repos", "/nonexistent/warmpool-repos"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--allow-local-repos /nonexistent/warmpool-repos: no such directory"),
+        "{err}"
+    );
+}

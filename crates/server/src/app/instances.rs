@@ -42,7 +42,9 @@ pub fn step_record(s: &StepRow) -> StepRecord {
     }
 }
 
-/// The summary as `PROVISIONING.md` defines it.
+/// The summary of an instance's boot: `success` (ready or claimed), `totalDurationMs` from its
+/// creation to its last finished step, the first failed step and its error, the steps done and
+/// the steps in all.
 pub fn summary(i: &InstanceRow, steps: &[StepRow]) -> InstanceSummary {
     let failed = steps.iter().find(|s| !s.success);
     let last = steps.iter().map(|s| s.finished_at).max();

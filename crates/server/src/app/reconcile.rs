@@ -3,7 +3,7 @@
 //! nothing the second time. It runs on a timer and whenever something is nudged (a config change,
 //! a claim, a boot ending); tests call [`App::reconcile`] directly.
 //!
-//! Rules (`PROVISIONING.md`, "Pool behaviour"):
+//! Rules (the README's "The pool"):
 //! - a ready instance is *stale* when the configuration it was built from changed, a repo's branch
 //!   moved past its commit, or it is older than `maxAgeMinutes`;
 //! - stale instances stay claimable until fresh replacements are ready (replace-before-destroy);
@@ -76,6 +76,9 @@ struct PoolView<'a> {
     state: PoolState,
     /// Whether a golden of this configuration is ready to clone (backends with goldens only).
     golden_ready: bool,
+    /// Each repo's source key (see [`App::source_key`]), in the order of `project.repos`: worked
+    /// out once per pass, not once per instance.
+    source_keys: Vec<String>,
 }
 
 impl App {
@@ -199,6 +202,7 @@ impl App {
             let view = PoolView {
                 cfg,
                 project,
+                source_keys: project.repos.iter().map(|r| self.source_key(r)).collect(),
                 golden_ready: goldens
                     .iter()
                     .any(|g| g.project_id == cfg.project_id && g.config_hash == hash),
@@ -267,10 +271,11 @@ impl App {
         view.project
             .repos
             .iter()
-            .any(|r| match inst.commits.get(&r.full_name) {
+            .zip(&view.source_keys)
+            .any(|(r, key)| match inst.commits.get(&r.full_name) {
                 Some(c) => self
                     .heads
-                    .get(&self.source_key(r), &c.branch, || self.repo_source(r).ok())
+                    .get(key, &c.branch, || self.repo_source(r).ok())
                     .is_some_and(|(head, seen)| seen > set_up && head != c.commit),
                 None => true,
             })

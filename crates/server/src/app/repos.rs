@@ -115,6 +115,11 @@ impl App {
         let mut p = Problems::default();
         let mut refused = Vec::new();
         let mut out = Vec::with_capacity(inputs.len());
+        // The project's sources, opened once: an input naming one of them keeps it as it is.
+        let opened: Vec<(&RepoSpec, RepoUrl)> = existing
+            .iter()
+            .filter_map(|e| self.repo_source(e).ok().map(|s| (e, s.url)))
+            .collect();
         for (i, r) in inputs.iter().enumerate() {
             let f = format!("{field}[{i}].url");
             let parsed: RepoUrl = match repo_url::parse(&r.url) {
@@ -124,18 +129,13 @@ impl App {
                     continue;
                 }
             };
-            let same_url: Vec<&RepoSpec> =
-                existing.iter().filter(|e| e.url == parsed.url).collect();
+            let mut same_url = opened.iter().filter(|(e, _)| e.url == parsed.url);
             // The same source as one the project has: kept as it is, whoever sends it back.
             let kept = if parsed.secret_is_hidden() {
-                let found = same_url.iter().find(|e| {
-                    e.credentials.is_some()
-                        && self
-                            .repo_source(e)
-                            .is_ok_and(|s| s.url.username == parsed.username)
-                });
+                let found = same_url
+                    .find(|(e, u)| e.credentials.is_some() && u.username == parsed.username);
                 match found {
-                    Some(e) => Some(*e),
+                    Some((e, _)) => Some(*e),
                     None => {
                         p.add(
                             f,
@@ -145,10 +145,9 @@ impl App {
                     }
                 }
             } else {
-                same_url.into_iter().find(|e| {
-                    self.repo_source(e)
-                        .is_ok_and(|s| s.url.userinfo == parsed.userinfo)
-                })
+                same_url
+                    .find(|(_, u)| u.userinfo == parsed.userinfo)
+                    .map(|(e, _)| *e)
             };
             if let Some(e) = kept {
                 out.push(RepoSpec {

@@ -1,4 +1,4 @@
-//! The provisioning pipeline of `PROVISIONING.md`: eight kinds of step, in order, each a small
+//! The provisioning pipeline (the README's "What a boot does"): eight kinds of step, in order, each a small
 //! named method. Every step is recorded when it ends — output redacted and capped, a one-line
 //! error a person can act on, metadata — so the instance detail reads as a step-by-step log. A
 //! failure at any step, or the instance being destroyed meanwhile, leaves a clean slate: the VM is

@@ -1,6 +1,7 @@
 //! Where VMs run. A [`Backend`] creates, lists and destroys VMs; each VM runs `warmpool-agent`, which
 //! the control plane talks to through an [`Agent`]. Backends: `sandbox` (Linux namespaces over the
-//! guest image, the default), `sim` (in-process fakes for reconciler tests and scale benchmarks).
+//! guest image, the default; run by runc), `qemu` (full VMs), `sim` (in-process fakes for
+//! reconciler tests and scale benchmarks).
 
 pub mod agent_client;
 pub mod image;
@@ -27,6 +28,36 @@ pub struct VmSpec {
     pub from_golden: Option<String>,
     /// It will be saved as a golden once set up (its memory must be kept where a golden can use it).
     pub golden_builder: bool,
+    /// What the VM may use.
+    pub resources: Resources,
+    /// Ports of services on the server host's loopback that the VM may reach (the git mirror),
+    /// at the same port on its own loopback or at [`Backend::host_address_for_vm`]. Nothing
+    /// else of the host is reachable from a VM.
+    pub host_ports: Vec<u16>,
+}
+
+/// The limits of one VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resources {
+    /// Whole CPUs' worth of time (a quota on `sandbox`, vCPUs on `qemu`).
+    pub cpus: u32,
+    /// Memory, MiB; a VM that goes past it has a process of its own killed.
+    pub memory_mb: u64,
+    /// Processes and threads at once.
+    pub pids_max: u64,
+    /// What the VM may write to its disk, MiB (where the backend can enforce it).
+    pub disk_mb: u64,
+}
+
+impl Default for Resources {
+    fn default() -> Self {
+        Self {
+            cpus: 2,
+            memory_mb: 2048,
+            pids_max: 4096,
+            disk_mb: 10240,
+        }
+    }
 }
 
 /// A created VM: where its agent answers, as seen from the server.

@@ -34,13 +34,13 @@ fn tune_allocator(args: &[String]) {
 }
 
 fn main() {
-    // The sandbox's privileged helper must run before any thread exists (it unshares namespaces
-    // and forks), so it is dispatched before the runtime or argument parser start.
+    // The sandbox's namespace holder is on every VM start's path: it only waits, so it skips
+    // everything else this program sets up.
     let args: Vec<String> = std::env::args().collect();
-    tune_allocator(&args);
-    if args.get(1).map(String::as_str) == Some("__sandbox-init") {
-        warmpool_backend::sandbox::init::main(&args[2..]);
+    if args.get(1).map(String::as_str) == Some("__sandbox-hold") {
+        warmpool_backend::sandbox::netns::hold_main();
     }
+    tune_allocator(&args);
     let cli = warmpool::cli::Cli::parse();
     if !matches!(cli.command, warmpool::cli::Command::Serve(_)) {
         // A client printing into `| head` should end quietly when the reader goes, like any

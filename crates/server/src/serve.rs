@@ -374,16 +374,9 @@ fn make_backend(args: &ServeArgs, data_dir: &Path) -> anyhow::Result<Arc<dyn Bac
             }
             let agent_layer =
                 image::ensure_agent_layer(data_dir, &agent_bin).map_err(anyhow::Error::msg)?;
-            let backend = SandboxBackend::new(
-                SandboxOptions {
-                    vms_dir: data_dir.join("vms"),
-                    agent_layer,
-                    init_exe: std::env::current_exe().context("cannot find this executable")?,
-                    start_timeout: Duration::from_secs(30),
-                },
-                guest,
-            )
-            .map_err(anyhow::Error::msg)?;
+            let backend =
+                SandboxBackend::new(sandbox_options(data_dir, &cache_dir, agent_layer)?, guest)
+                    .map_err(anyhow::Error::msg)?;
             tracing::info!("backend: sandbox");
             Ok(Arc::new(backend))
         }
@@ -391,6 +384,58 @@ fn make_backend(args: &ServeArgs, data_dir: &Path) -> anyhow::Result<Arc<dyn Bac
 }
 
 /// Runs the server until SIGINT or SIGTERM.
+/// Options of the sandbox backend for a data dir; fails, naming the packages to install, when a
+/// tool it runs is missing, and when a user of this host holds the VMs' host ids.
+pub fn sandbox_options(
+    data_dir: &Path,
+    cache_dir: &Path,
+    agent_layer: PathBuf,
+) -> anyhow::Result<SandboxOptions> {
+    let missing = warmpool_backend::sandbox::missing_tools();
+    if !missing.is_empty() {
+        let pkgs: Vec<&str> = missing.iter().map(|(_, p)| *p).collect();
+        let what: Vec<&str> = missing.iter().map(|(w, _)| *w).collect();
+        bail!(
+            "the sandbox backend needs {} (apt-get install -y {})",
+            what.join(", "),
+            pkgs.join(" ")
+        );
+    }
+    let ids = warmpool_backend::sandbox::idmap::DEFAULT_RANGE;
+    let taken = warmpool_backend::sandbox::idmap::overlaps(
+        ids,
+        &[Path::new("/etc/subuid"), Path::new("/etc/subgid")],
+    );
+    if !taken.is_empty() {
+        bail!(
+            "host ids {}..{} belong to sandbox VMs, but a user of this host holds some of them ({}); remove that range",
+            ids.base,
+            ids.base as u64 + ids.size as u64,
+            taken.join("; ")
+        );
+    }
+    let find = |p: &str| image::find_program(p).unwrap_or_else(|| PathBuf::from(p));
+    Ok(SandboxOptions {
+        vms_dir: data_dir.join("vms"),
+        runc_root: data_dir.join("runc"),
+        roots_dir: {
+            use sha2::Digest;
+            let h = hex::encode(sha2::Sha256::digest(
+                data_dir.as_os_str().as_encoded_bytes(),
+            ));
+            PathBuf::from("/run/warmpool").join(&h[..16])
+        },
+        shifted_dir: cache_dir.join("shifted"),
+        agent_layer,
+        helper_exe: std::env::current_exe().context("cannot find this executable")?,
+        runc: find("runc"),
+        pasta: find("pasta"),
+        seccomp_profile: PathBuf::from(warmpool_backend::sandbox::seccomp::DEFAULT_PROFILE),
+        ids,
+        start_timeout: Duration::from_secs(30),
+    })
+}
+
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let data_dir = absolute(&args.data_dir)?;
     std::fs::create_dir_all(&data_dir)

@@ -716,6 +716,7 @@ impl QemuBackend {
                 agent_token: ids::random_secret(40),
                 from_golden: None,
                 golden_builder: true,
+                ..VmSpec::default()
             };
             let res = match self.cold_boot(&spec, true).await {
                 Ok(_) => self.save_golden(&vm_id, &id).await,

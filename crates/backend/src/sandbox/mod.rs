@@ -1,35 +1,60 @@
-//! `sandbox`: each VM is a set of Linux namespaces (mount, pid, uts, ipc) whose root is an overlay
-//! over the shared guest image, with its own /home, /tmp, /proc and /dev, hostname = its id, and
-//! nothing of the host's filesystem visible. It starts in milliseconds and needs root. It shares the
-//! host's kernel and network, so it is **not** a security boundary between tenants.
+//! `sandbox`: each VM is a container run by runc (Debian's OCI runtime) whose root is an overlay
+//! over the shared guest image. It has its own user namespace (its root is an unprivileged host
+//! id, see [`idmap`]), its own network namespace with outbound traffic through pasta's user-mode
+//! networking (no way to the host's loopback or to other VMs; only the git mirror's port is
+//! forwarded), its own mount, pid, ipc, uts and cgroup namespaces, the shipped seccomp profile,
+//! and cgroup limits from the project's resources. It shares the host's kernel.
 //!
-//! Layout: `<vms-dir>/<vm-id>/{upper,work,merged,console.log,init.pid}`. The VM's processes keep
-//! running if the server dies; `list` finds them again from the directories.
+//! Layout: `<vms-dir>/<vm-id>/{config.json,rootfs,upper,work,lower0,lower1,ns/{user,net},
+//! console.log,runc.log,pasta.log,pasta.pid}`; runc keeps its state in `<runc-root>`. VMs keep
+//! running when the server stops (an upgrade does not end them); `list` finds them again from
+//! their directories and `destroy` removes every piece, whichever of them exist.
 
-pub mod init;
+pub mod idmap;
+pub mod netns;
+pub mod seccomp;
+pub mod spec;
 
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use warmpool_types::agent::TOKEN_ENV;
+use nix::mount::{umount2, MntFlags};
+use oci_spec::runtime::LinuxSeccomp;
+use sha2::{Digest, Sha256};
 use warmpool_types::ids;
 
 use crate::agent_client::HttpAgent;
 use crate::image::GuestImage;
 use crate::{tail_lines, Agent, Backend, BackendError, VmHandle, VmSpec};
+pub use spec::IdRange;
+
+/// The fd the VM's agent finds its listening socket on (runc's `--preserve-fds 1`).
+const AGENT_FD: i32 = 3;
 
 pub struct SandboxOptions {
     /// Where VM directories live (`<data-dir>/vms`).
     pub vms_dir: PathBuf,
+    /// runc's state directory (`<data-dir>/runc`).
+    pub runc_root: PathBuf,
+    /// Where VM roots are mounted: a directory the VMs' ids can reach (runc binds the root from
+    /// inside the VM's user namespace, which cannot pass the private data dir).
+    pub roots_dir: PathBuf,
+    /// Where the copies of the layers owned by the VMs' id range are kept (`<cache-dir>/shifted`).
+    pub shifted_dir: PathBuf,
     /// The overlay layer with this server's agent build, stacked above the image.
     pub agent_layer: PathBuf,
-    /// The binary that understands `__sandbox-init` (the `warmpool` executable).
-    pub init_exe: PathBuf,
-    /// How long the VM may take to come up to the point of starting its agent.
+    /// The binary that understands `__sandbox-hold` (the `warmpool` executable).
+    pub helper_exe: PathBuf,
+    pub runc: PathBuf,
+    pub pasta: PathBuf,
+    /// The seccomp profile in the container engines' format.
+    pub seccomp_profile: PathBuf,
+    pub ids: IdRange,
+    /// How long runc and pasta may take to start a VM.
     pub start_timeout: Duration,
 }
 
@@ -37,121 +62,427 @@ pub struct SandboxBackend {
     opts: SandboxOptions,
     image: Arc<GuestImage>,
     client: reqwest::Client,
+    seccomp: LinuxSeccomp,
+    limit_swap: bool,
+    /// `(agent layer, rootfs)` owned by the id range, once made.
+    layers: tokio::sync::Mutex<Option<(PathBuf, PathBuf)>>,
+}
+
+/// What the sandbox backend needs from the host, and the Debian packages that give it.
+pub fn missing_tools() -> Vec<(&'static str, &'static str)> {
+    let mut out = Vec::new();
+    if crate::image::find_program("runc").is_none() {
+        out.push(("runc", "runc"));
+    }
+    if crate::image::find_program("pasta").is_none() {
+        out.push(("pasta", "passt"));
+    }
+    if !Path::new(seccomp::DEFAULT_PROFILE).is_file() {
+        out.push((seccomp::DEFAULT_PROFILE, "golang-github-containers-common"));
+    }
+    out
+}
+
+/// Whether the memory cgroup can also hold swap to the limit (v2, or v1 with swap accounting).
+fn swap_limit_supported() -> bool {
+    Path::new("/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes").exists()
+        || std::fs::read_to_string("/sys/fs/cgroup/cgroup.controllers")
+            .map(|c| c.split_whitespace().any(|w| w == "memory"))
+            .unwrap_or(false)
+}
+
+fn err(msg: impl Into<String>) -> BackendError {
+    BackendError::new(msg)
 }
 
 impl SandboxBackend {
     pub fn new(opts: SandboxOptions, image: Arc<GuestImage>) -> Result<Self, String> {
-        std::fs::create_dir_all(&opts.vms_dir)
-            .map_err(|e| format!("cannot create {}: {e}", opts.vms_dir.display()))?;
+        for d in [&opts.vms_dir, &opts.runc_root] {
+            std::fs::create_dir_all(d)
+                .map_err(|e| format!("cannot create {}: {e}", d.display()))?;
+            let _ = std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700));
+        }
+        // Search only: the ids can reach a root whose name they know, and list nothing.
+        std::fs::create_dir_all(&opts.roots_dir)
+            .map_err(|e| format!("cannot create {}: {e}", opts.roots_dir.display()))?;
+        let mut d = opts.roots_dir.clone();
+        loop {
+            if let Ok(md) = std::fs::metadata(&d) {
+                if md.permissions().mode() & 0o001 == 0 {
+                    let mode = md.permissions().mode() | 0o111;
+                    std::fs::set_permissions(&d, std::fs::Permissions::from_mode(mode & 0o7777))
+                        .map_err(|e| format!("cannot open {} for search: {e}", d.display()))?;
+                }
+            }
+            if !d.pop() || d.as_os_str().is_empty() || d == Path::new("/") {
+                break;
+            }
+        }
+        let seccomp = seccomp::load(&opts.seccomp_profile, spec::CAPABILITIES)?;
         Ok(Self {
             opts,
             image,
             client: HttpAgent::default_client(),
+            seccomp,
+            limit_swap: swap_limit_supported(),
+            layers: tokio::sync::Mutex::new(None),
         })
     }
 
     fn vm_dir(&self, vm_id: &str) -> Result<PathBuf, BackendError> {
         // The id becomes a path: only our own id shape may get there.
         if !ids::is_vm_id(vm_id) {
-            return Err(BackendError::new(format!("`{vm_id}` is not a VM id")));
+            return Err(err(format!("`{vm_id}` is not a VM id")));
         }
         Ok(self.opts.vms_dir.join(vm_id))
     }
 
-    async fn start(&self, spec: &VmSpec, dir: &Path) -> Result<VmHandle, BackendError> {
+    /// The agent layer and the guest rootfs, as copies owned by the VMs' id range (made on first
+    /// use, once per machine for the image).
+    async fn layers(&self) -> Result<(PathBuf, PathBuf), BackendError> {
+        let mut ready = self.layers.lock().await;
+        if let Some(l) = ready.as_ref() {
+            return Ok(l.clone());
+        }
         let rootfs = self
             .image
             .rootfs()
             .await
-            .map_err(|e| BackendError::new(format!("the guest image is not available: {e}")))?;
-        for sub in ["upper", "work", "merged"] {
-            tokio::fs::create_dir_all(dir.join(sub))
+            .map_err(|e| err(format!("the guest image is not available: {e}")))?;
+        let (agent, dir, ids) = (
+            self.opts.agent_layer.clone(),
+            self.opts.shifted_dir.clone(),
+            self.opts.ids,
+        );
+        let made = tokio::task::spawn_blocking(move || {
+            let name = |p: &Path| {
+                let h = hex::encode(Sha256::digest(p.as_os_str().as_encoded_bytes()));
+                dir.join(format!("{}-{}", &h[..16], ids.base))
+            };
+            if !idmap_marker(&name(&rootfs)) {
+                tracing::info!(
+                    "copying the guest image for the VMs' id range (once per image; a few seconds)"
+                );
+            }
+            let a = idmap::shifted_copy(&agent, &name(&agent), ids)?;
+            let r = idmap::shifted_copy(&rootfs, &name(&rootfs), ids)?;
+            Ok::<_, String>((a, r))
+        })
+        .await
+        .map_err(|e| err(format!("the layer task failed: {e}")))?
+        .map_err(err)?;
+        *ready = Some(made.clone());
+        Ok(made)
+    }
+
+    async fn start(&self, spec: &VmSpec, dir: &Path) -> Result<VmHandle, BackendError> {
+        let (agent_layer, rootfs) = self.layers().await?;
+        let ids = self.opts.ids;
+        let io = |what: &str, e: std::io::Error| err(format!("{what}: {e}"));
+        tokio::fs::create_dir_all(dir)
+            .await
+            .map_err(|e| io("cannot create the VM's directory", e))?;
+        let root = self.opts.roots_dir.join(&spec.vm_id);
+        tokio::fs::create_dir_all(&root)
+            .await
+            .map_err(|e| io("cannot create the VM's root", e))?;
+        for sub in ["upper", "work"] {
+            tokio::fs::create_dir(dir.join(sub))
                 .await
-                .map_err(|e| {
-                    BackendError::new(format!("cannot create {}: {e}", dir.join(sub).display()))
-                })?;
+                .map_err(|e| io(&format!("cannot create {sub}"), e))?;
         }
-        // Bind the agent's socket here so its port is known now and nobody else can take it.
+        // The root directory the VM sees is the upper layer's: it belongs to the VM's root.
+        std::os::unix::fs::chown(dir.join("upper"), Some(ids.base), Some(ids.base))
+            .map_err(|e| io("cannot chown upper", e))?;
+        let layers = [agent_layer, rootfs];
+        for (i, p) in layers.iter().enumerate() {
+            std::os::unix::fs::symlink(p, dir.join(format!("lower{i}")))
+                .map_err(|e| io("cannot link a layer", e))?;
+        }
+        let names: Vec<String> = (0..layers.len()).map(|i| format!("lower{i}")).collect();
+        let (d, r, exe) = (
+            dir.to_path_buf(),
+            root.clone(),
+            self.opts.helper_exe.clone(),
+        );
+        tokio::task::spawn_blocking(move || netns::prepare(&d, &r, &names, ids, &exe))
+            .await
+            .map_err(|e| err(format!("the namespace task failed: {e}")))?
+            .map_err(err)?;
+        write_guest_files(&root, &spec.vm_id, ids)
+            .map_err(|e| err(format!("cannot write the VM's /etc files: {e}")))?;
+        let config = spec::build(&spec::SpecInput {
+            vm_id: &spec.vm_id,
+            token: &spec.agent_token,
+            ids,
+            resources: &spec.resources,
+            seccomp: Some(self.seccomp.clone()),
+            userns: &dir.join("ns/user"),
+            netns: &dir.join("ns/net"),
+            limit_swap: self.limit_swap,
+            cgroups_path: &format!("/warmpool/{}", spec.vm_id),
+            root: &root,
+        })
+        .map_err(|e| err(format!("cannot build the VM's runtime config: {e}")))?;
+        // It holds the agent token: root only.
+        let json = serde_json::to_vec(&config).map_err(|e| err(e.to_string()))?;
+        write_private(&dir.join("config.json"), &json)
+            .map_err(|e| io("cannot write config.json", e))?;
+
+        // Bound here so its port is known now and nobody else can take it; the VM's agent
+        // accepts on it, though the VM itself cannot reach the host's loopback.
         let listener = std::net::TcpListener::bind("127.0.0.1:0")
-            .map_err(|e| BackendError::new(format!("cannot bind the agent port: {e}")))?;
+            .map_err(|e| io("cannot bind the agent port", e))?;
         let port = listener
             .local_addr()
-            .map_err(|e| BackendError::new(e.to_string()))?
+            .map_err(|e| io("agent port", e))?
             .port();
-        let console = std::fs::File::create(dir.join("console.log"))
-            .map_err(|e| BackendError::new(format!("cannot create the console log: {e}")))?;
-        let mut cmd = tokio::process::Command::new(&self.opts.init_exe);
-        cmd.arg("__sandbox-init")
-            .arg("--vm-dir")
-            .arg(dir)
-            .arg("--lower")
-            .arg(&self.opts.agent_layer)
-            .arg("--lower")
-            .arg(&rootfs)
-            .arg("--hostname")
-            .arg(&spec.vm_id)
+
+        let runc = self.run_container(spec, dir, &listener);
+        let net = self.attach_network(spec, dir);
+        let (r, n) =
+            tokio::time::timeout(self.opts.start_timeout, async { tokio::join!(runc, net) })
+                .await
+                .map_err(|_| {
+                    err(format!(
+                        "the sandbox did not start within {} s",
+                        self.opts.start_timeout.as_secs()
+                    ))
+                })?;
+        drop(listener);
+        r?;
+        n?;
+        Ok(VmHandle {
+            agent_url: format!("http://127.0.0.1:{port}"),
+        })
+    }
+
+    fn runc_cmd(&self) -> tokio::process::Command {
+        let mut cmd = tokio::process::Command::new(&self.opts.runc);
+        cmd.arg("--root")
+            .arg(&self.opts.runc_root)
             .env_clear()
             .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-            .env(TOKEN_ENV, &spec.agent_token)
             .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::piped())
-            .stderr(console)
             .kill_on_drop(false);
+        cmd
+    }
+
+    async fn run_container(
+        &self,
+        spec: &VmSpec,
+        dir: &Path,
+        listener: &std::net::TcpListener,
+    ) -> Result<(), BackendError> {
+        let console = std::fs::File::create(dir.join("console.log"))
+            .map_err(|e| err(format!("cannot create the console log: {e}")))?;
+        let console2 = console.try_clone().map_err(|e| err(e.to_string()))?;
+        let mut cmd = self.runc_cmd();
+        cmd.arg("--log")
+            .arg(dir.join("runc.log"))
+            .arg("run")
+            .arg("--detach")
+            .arg("--bundle")
+            .arg(dir)
+            .arg("--preserve-fds")
+            .arg("1")
+            .arg(&spec.vm_id)
+            .stdout(console)
+            .stderr(console2);
         let fd = listener.as_raw_fd();
         // SAFETY: only async-signal-safe calls between fork and exec.
         unsafe {
             cmd.pre_exec(move || {
+                // The VM must outlive the server's session and its signals.
                 if libc::setsid() < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
-                if fd == init::AGENT_FD {
+                if fd == AGENT_FD {
                     let flags = libc::fcntl(fd, libc::F_GETFD);
                     libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC);
-                } else if libc::dup2(fd, init::AGENT_FD) < 0 {
+                } else if libc::dup2(fd, AGENT_FD) < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
                 Ok(())
             });
         }
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| BackendError::new(format!("cannot start the sandbox: {e}")))?;
-        drop(cmd);
-        drop(listener);
-        let stdout = child.stdout.take().expect("stdout is piped");
-        let mut line = String::new();
-        let read = tokio::time::timeout(
-            self.opts.start_timeout,
-            BufReader::new(stdout).read_line(&mut line),
-        )
-        .await;
-        // Reap the launcher whenever it ends (it lives as long as the VM).
-        tokio::spawn(async move {
-            let _ = child.wait().await;
-        });
-        match read {
-            Ok(Ok(_)) if line.starts_with("ready ") => Ok(VmHandle {
-                agent_url: format!("http://127.0.0.1:{port}"),
-            }),
-            Ok(_) => {
-                let msg = line.trim().strip_prefix("error ").unwrap_or(line.trim());
-                Err(BackendError::new(if msg.is_empty() {
-                    "the sandbox exited during setup".to_string()
-                } else {
-                    format!("sandbox setup failed: {msg}")
-                }))
+        let status = cmd
+            .status()
+            .await
+            .map_err(|e| err(format!("cannot run runc: {e}")))?;
+        if status.success() {
+            return Ok(());
+        }
+        let log = std::fs::read_to_string(dir.join("runc.log")).unwrap_or_default();
+        let last = log
+            .lines()
+            .rev()
+            .find_map(|l| runc_msg(l))
+            .unwrap_or_else(|| format!("runc {status}"));
+        Err(err(format!("the sandbox did not start: {last}")))
+    }
+
+    /// pasta gives the VM's network namespace an interface with outbound connections made by
+    /// ordinary host sockets. `--no-map-gw`: the gateway is not the host's loopback; `-T`: the
+    /// VM's own loopback ports of `host_ports` lead to the host's, and no other port does.
+    async fn attach_network(&self, spec: &VmSpec, dir: &Path) -> Result<(), BackendError> {
+        let log = std::fs::File::create(dir.join("pasta.log"))
+            .map_err(|e| err(format!("cannot create pasta.log: {e}")))?;
+        let mut cmd = tokio::process::Command::new(&self.opts.pasta);
+        cmd.args(["--runas", "0", "--config-net", "--no-map-gw", "-q"])
+            .args(["-t", "none", "-u", "none", "-U", "none"]);
+        if spec.host_ports.is_empty() {
+            cmd.args(["-T", "none"]);
+        } else {
+            let ports: Vec<String> = spec.host_ports.iter().map(|p| p.to_string()).collect();
+            cmd.arg("-T").arg(ports.join(","));
+        }
+        cmd.arg("--netns")
+            .arg(dir.join("ns/net"))
+            .arg("-P")
+            .arg(dir.join("pasta.pid"))
+            .env_clear()
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().map_err(|e| err(e.to_string()))?)
+            .stderr(log)
+            .kill_on_drop(false);
+        // SAFETY: setsid is async-signal-safe.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::setsid();
+                Ok(())
+            });
+        }
+        let status = cmd
+            .status()
+            .await
+            .map_err(|e| err(format!("cannot run pasta: {e}")))?;
+        // pasta writes its bare pid; ours carries the start time too, so a reused pid is never
+        // killed by mistake.
+        if let Some(pid) = std::fs::read_to_string(dir.join("pasta.pid"))
+            .ok()
+            .and_then(|t| t.trim().parse::<i32>().ok())
+        {
+            let _ = crate::process::write_pid_file(&dir.join("pasta.pid"), pid);
+        }
+        if status.success() {
+            return Ok(());
+        }
+        let text = std::fs::read_to_string(dir.join("pasta.log")).unwrap_or_default();
+        let last = text
+            .lines()
+            .rev()
+            .find(|l| !l.contains("syslog") && !l.trim().is_empty())
+            .unwrap_or("no message")
+            .to_string();
+        Err(err(format!("the VM's network could not be set up: {last}")))
+    }
+
+    /// Removes a VM's cgroups when runc could not (its state was lost in a crash mid-start).
+    fn remove_cgroups(vm_id: &str) {
+        let mut dirs = Vec::new();
+        if let Ok(rd) = std::fs::read_dir("/sys/fs/cgroup") {
+            for e in rd.flatten() {
+                dirs.push(e.path().join("warmpool").join(vm_id));
             }
-            Err(_) => Err(BackendError::new(format!(
-                "the sandbox did not start within {} s",
-                self.opts.start_timeout.as_secs()
-            ))),
+        }
+        dirs.push(Path::new("/sys/fs/cgroup/warmpool").join(vm_id));
+        for d in dirs.into_iter().filter(|d| d.is_dir()) {
+            if let Ok(procs) = std::fs::read_to_string(d.join("cgroup.procs")) {
+                for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+            }
+            let _ = std::fs::remove_dir(&d);
         }
     }
 }
 
-/// Kills the VM's PID 1, which takes every process of its pid namespace with it.
-async fn kill_vm(dir: &Path) {
-    crate::process::kill_from_pid_file(&dir.join("init.pid")).await;
+fn idmap_marker(dir: &Path) -> bool {
+    dir.join(".warmpool-shifted").is_file()
+}
+
+/// The message of a runc log line (`time=... level=error msg="..."`), if it is an error.
+fn runc_msg(line: &str) -> Option<String> {
+    if !line.contains("level=error") && !line.contains("level=fatal") {
+        return None;
+    }
+    let i = line.find("msg=")?;
+    Some(
+        line[i + 4..]
+            .trim()
+            .trim_matches('"')
+            .replace("\\\"", "\"")
+            .to_string(),
+    )
+}
+
+fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(data)
+}
+
+/// hostname, hosts, resolv.conf and the directories the agent writes to, owned by the VM's root.
+fn write_guest_files(root: &Path, host: &str, ids: IdRange) -> std::io::Result<()> {
+    let own = |p: &Path| std::os::unix::fs::lchown(p, Some(ids.base), Some(ids.base));
+    let write = |rel: &str, text: &str| -> std::io::Result<()> {
+        let p = root.join(rel);
+        // A link in the image must not send this write elsewhere.
+        if std::fs::symlink_metadata(&p).is_ok_and(|m| m.file_type().is_symlink()) {
+            std::fs::remove_file(&p)?;
+        }
+        std::fs::write(&p, text)?;
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644))?;
+        own(&p)
+    };
+    write("etc/hostname", &format!("{host}\n"))?;
+    write(
+        "etc/hosts",
+        &format!(
+            "127.0.0.1\tlocalhost\n127.0.1.1\t{host}\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+        ),
+    )?;
+    write("etc/resolv.conf", &resolv_conf())?;
+    for d in ["var/log/warmpool", "home", "root"] {
+        let p = root.join(d);
+        if !p.exists() {
+            std::fs::create_dir_all(&p)?;
+            own(&p)?;
+        }
+    }
+    Ok(())
+}
+
+/// The host's resolvers that a VM can reach: loopback resolvers (a local cache) are not
+/// reachable from a VM's own network, so they are left out.
+fn resolv_conf() -> String {
+    let host = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    let mut out = String::new();
+    for line in host.lines() {
+        let t = line.trim();
+        if let Some(addr) = t.strip_prefix("nameserver") {
+            let addr = addr.trim();
+            if addr
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|a| a.is_loopback())
+            {
+                continue;
+            }
+        }
+        out.push_str(t);
+        out.push('\n');
+    }
+    out
 }
 
 #[async_trait]
@@ -175,14 +506,32 @@ impl Backend for SandboxBackend {
 
     async fn destroy(&self, vm_id: &str) -> Result<(), BackendError> {
         let dir = self.vm_dir(vm_id)?;
-        kill_vm(&dir).await;
+        let out = self
+            .runc_cmd()
+            .args(["delete", "--force", vm_id])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .await
+            .map_err(|e| err(format!("cannot run runc: {e}")))?;
+        if !out.status.success() {
+            let msg = String::from_utf8_lossy(&out.stderr);
+            if !msg.contains("does not exist") {
+                tracing::warn!(vm_id, "runc delete: {}", msg.trim());
+            }
+        }
+        Self::remove_cgroups(vm_id);
+        crate::process::kill_from_pid_file(&dir.join("pasta.pid")).await;
+        let root = self.opts.roots_dir.join(vm_id);
+        let _ = umount2(&root, MntFlags::MNT_DETACH);
+        let _ = std::fs::remove_dir(&root);
+        for m in ["ns/user", "ns/net"] {
+            let _ = umount2(&dir.join(m), MntFlags::MNT_DETACH);
+        }
         match tokio::fs::remove_dir_all(&dir).await {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(BackendError::new(format!(
-                "cannot remove {}: {e}",
-                dir.display()
-            ))),
+            Err(e) => Err(err(format!("cannot remove {}: {e}", dir.display()))),
         }
     }
 
@@ -190,7 +539,7 @@ impl Backend for SandboxBackend {
         let mut out = Vec::new();
         let mut rd = tokio::fs::read_dir(&self.opts.vms_dir)
             .await
-            .map_err(|e| BackendError::new(format!("cannot list VMs: {e}")))?;
+            .map_err(|e| err(format!("cannot list VMs: {e}")))?;
         while let Ok(Some(e)) = rd.next_entry().await {
             if let Some(name) = e.file_name().to_str() {
                 if ids::is_vm_id(name) {
@@ -202,6 +551,7 @@ impl Backend for SandboxBackend {
     }
 
     fn host_address_for_vm(&self) -> &str {
+        // pasta forwards the VM's own loopback ports of `host_ports` to the host's.
         "127.0.0.1"
     }
 
@@ -211,9 +561,17 @@ impl Backend for SandboxBackend {
 
     async fn log_tail(&self, vm_id: &str) -> Option<String> {
         let dir = self.vm_dir(vm_id).ok()?;
-        let text = tokio::fs::read_to_string(dir.join("console.log"))
-            .await
-            .ok()?;
+        let mut text = String::new();
+        for f in ["console.log", "runc.log", "pasta.log"] {
+            if let Ok(t) = tokio::fs::read_to_string(dir.join(f)).await {
+                let t: String = t
+                    .lines()
+                    .filter(|l| !l.contains("to syslog"))
+                    .map(|l| format!("{l}\n"))
+                    .collect();
+                text.push_str(&t);
+            }
+        }
         let tail = tail_lines(&text, 20);
         (!tail.is_empty()).then_some(tail)
     }

@@ -10,7 +10,7 @@ use anyhow::{bail, Context};
 use serde_json::json;
 use warmpool_backend::image::{self, GuestImage};
 use warmpool_backend::qemu::{Accel, QemuBackend, QemuOptions};
-use warmpool_backend::sandbox::{SandboxBackend, SandboxOptions};
+use warmpool_backend::sandbox::SandboxBackend;
 use warmpool_backend::{Backend, VmSpec};
 use warmpool_types::ids;
 
@@ -80,14 +80,10 @@ pub async fn sandbox_start(report: &mut Report, quick: bool, cache: &Path) -> an
     let image = guest(cache, &agent_bin);
     // The image is built once; its build is not what this row measures.
     image.rootfs().await.map_err(anyhow::Error::msg)?;
+    let agent_layer =
+        image::ensure_agent_layer(dir.path(), &agent_bin).map_err(anyhow::Error::msg)?;
     let backend = SandboxBackend::new(
-        SandboxOptions {
-            vms_dir: dir.path().join("vms"),
-            agent_layer: image::ensure_agent_layer(dir.path(), &agent_bin)
-                .map_err(anyhow::Error::msg)?,
-            init_exe: std::env::current_exe()?,
-            start_timeout: Duration::from_secs(30),
-        },
+        crate::serve::sandbox_options(dir.path(), cache, agent_layer)?,
         image,
     )
     .map_err(anyhow::Error::msg)?;

@@ -75,6 +75,11 @@ impl GitServer {
         Ok(me)
     }
 
+    /// The port VMs reach the mirrors at, on the host's loopback.
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
     pub fn grant(self: &Arc<Self>, mirror_ids: impl IntoIterator<Item = String>) -> Grant {
         let token = warmpool_types::ids::random_secret(32);
         self.grants

@@ -674,6 +674,9 @@ impl Pipeline {
             agent_token: token.clone(),
             from_golden: golden.clone(),
             golden_builder: self.inst.kind == InstanceKind::Golden,
+            // The mirror is the one service of the host a VM may reach.
+            host_ports: vec![self.app.git.port()],
+            ..VmSpec::default()
         };
         let handle = backend.create(&spec).await.map_err(|e| {
             if let Some(tail) = &e.log_tail {

@@ -252,6 +252,17 @@ impl SandboxBackend {
         drop(listener);
         r?;
         n?;
+        // The VM's init, by pid and start time: destroy kills it (which ends every process of
+        // the VM's pid namespace) and waits for it even if runc's state is gone.
+        let state =
+            std::fs::read_to_string(self.opts.runc_root.join(&spec.vm_id).join("state.json"))
+                .map_err(|e| io("cannot read runc's state of the VM", e))?;
+        let pid = serde_json::from_str::<serde_json::Value>(&state)
+            .ok()
+            .and_then(|v| v["init_process_pid"].as_i64())
+            .ok_or_else(|| err("runc's state of the VM has no init pid"))?;
+        crate::process::write_pid_file(&dir.join("init.pid"), pid as i32)
+            .map_err(|e| io("cannot write init.pid", e))?;
         Ok(VmHandle {
             agent_url: format!("http://127.0.0.1:{port}"),
         })
@@ -506,6 +517,7 @@ impl Backend for SandboxBackend {
 
     async fn destroy(&self, vm_id: &str) -> Result<(), BackendError> {
         let dir = self.vm_dir(vm_id)?;
+        crate::process::kill_from_pid_file(&dir.join("init.pid")).await;
         let out = self
             .runc_cmd()
             .args(["delete", "--force", vm_id])

@@ -277,12 +277,13 @@ impl TestServer {
         .await
     }
 
-    /// The host pid of a VM's init, from its state directory.
+    /// The host pid of a VM's init, from runc's state of it.
     pub fn vm_init_pid(&self, vm_id: &str) -> Option<i32> {
         let text =
-            std::fs::read_to_string(self.data_dir().join("vms").join(vm_id).join("init.pid"))
+            std::fs::read_to_string(self.data_dir().join("runc").join(vm_id).join("state.json"))
                 .ok()?;
-        text.split_whitespace().next()?.parse().ok()
+        let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+        v["init_process_pid"].as_i64().map(|p| p as i32)
     }
 
     pub fn vm_dirs(&self) -> Vec<String> {
@@ -500,11 +501,22 @@ pub fn vm_processes(init_pid: i32) -> Vec<(i32, u64)> {
         .collect()
 }
 
-/// Whether any of these processes still runs.
+/// Whether any of these processes still runs. A zombie does not: a VM's init, once killed,
+/// waits for the host's init to reap it (the VM's launcher, runc, is long gone).
 pub fn any_alive(procs: &[(i32, u64)]) -> bool {
-    procs
-        .iter()
-        .any(|(pid, start)| start_time(*pid) == Some(*start))
+    procs.iter().any(|(pid, start)| {
+        let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+            s.rfind(')')
+                .and_then(|i| {
+                    s[i + 1..]
+                        .split_whitespace()
+                        .next()
+                        .map(|st| st == "Z" || st == "X")
+                })
+                .unwrap_or(false)
+        });
+        start_time(*pid) == Some(*start) && !zombie
+    })
 }
 
 // --- A git server over HTTP that wants a password -------------------------------------------

@@ -94,6 +94,21 @@ fn build(req: &AgentExecRequest) -> Result<Command, String> {
     cmd.current_dir(cwd)
         .stdin(Stdio::null())
         .kill_on_drop(false);
+    // What the agent runs goes before the agent itself when the VM runs out of memory, so a
+    // memory hog dies and the VM (its init, its agent) lives on. Raising one's own score needs
+    // no privilege; lowering the agent's would need CAP_SYS_RESOURCE on the host, which not
+    // every host's root has.
+    // SAFETY: open, write and close are async-signal-safe and use memory made before the fork.
+    unsafe {
+        cmd.pre_exec(|| {
+            let fd = libc::open(c"/proc/self/oom_score_adj".as_ptr(), libc::O_WRONLY);
+            if fd >= 0 {
+                libc::write(fd, b"500".as_ptr().cast(), 3);
+                libc::close(fd);
+            }
+            Ok(())
+        });
+    }
     Ok(cmd)
 }
 

@@ -301,12 +301,33 @@ impl Drop for TestServer {
     fn drop(&mut self) {
         self.kill9();
         // Tests end their VMs through the API; whatever is left is killed here so runs never leak.
+        // runc's delete also removes the VM's cgroups; the namespace pins and the root mount go
+        // with their directories.
         for vm in self.vm_dirs() {
             if let Some(pid) = self.vm_init_pid(&vm) {
                 let _ = nix::sys::signal::kill(
                     nix::unistd::Pid::from_raw(pid),
                     nix::sys::signal::Signal::SIGKILL,
                 );
+            }
+            let _ = std::process::Command::new("runc")
+                .arg("--root")
+                .arg(self.data_dir().join("runc"))
+                .args(["delete", "--force", &vm])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status();
+            let dir = self.data_dir().join("vms").join(&vm);
+            for m in ["ns/user", "ns/net"] {
+                let _ = nix::mount::umount2(&dir.join(m), nix::mount::MntFlags::MNT_DETACH);
+            }
+            // The VM's root is mounted outside the data dir, under /run/warmpool.
+            let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+            for point in mounts.lines().filter_map(|l| l.split(' ').nth(4)) {
+                if point.starts_with("/run/warmpool/") && point.ends_with(&format!("/{vm}")) {
+                    let _ = nix::mount::umount2(point, nix::mount::MntFlags::MNT_DETACH);
+                    let _ = std::fs::remove_dir(point);
+                }
             }
         }
     }

@@ -324,9 +324,11 @@ async fn credentials_in_urls_are_sealed_and_the_servers_own_serve_the_admin_only
         .tempdir()
         .unwrap();
     repo_at(&repos.path().join("app.git"));
-    let remote = AuthGitServer::start(repos.path(), "0.0.0.0:0", "alice", PASS).await;
+    // Another machine: VMs reach it through their outbound networking, as the server does.
+    let host = RemoteHost::new();
+    let remote = AuthGitServer::start(repos.path(), host.listen(), "alice", PASS).await;
     let port = remote.port;
-    let ip = non_loopback_ip().expect("this machine needs an address other than loopback");
+    let ip = host.ip;
     // The server's own git credentials: a credential store in its home, for both addresses.
     let home = tempfile::Builder::new()
         .prefix("wp-home-")
@@ -334,7 +336,7 @@ async fn credentials_in_urls_are_sealed_and_the_servers_own_serve_the_admin_only
         .unwrap();
     std::fs::write(
         home.path().join(".git-credentials"),
-        format!("http://alice:{PASS}@127.0.0.1:{port}\nhttp://alice:{PASS}@{ip}:{port}\n"),
+        format!("http://alice:{PASS}@{ip}:{port}\n"),
     )
     .unwrap();
     std::fs::write(
@@ -346,7 +348,7 @@ async fn credentials_in_urls_are_sealed_and_the_servers_own_serve_the_admin_only
     let s = TestServer::start_with_env(&[], &[("HOME", home_dir.as_str())]);
 
     // The admin's source with no credentials of its own is fetched with the server's.
-    let plain = format!("http://127.0.0.1:{port}/app.git");
+    let plain = format!("http://{ip}:{port}/app.git");
     let p = s
         .create_project("creds", json!([{"repoFullName": "acme/app", "url": plain}]))
         .await;
@@ -354,8 +356,8 @@ async fn credentials_in_urls_are_sealed_and_the_servers_own_serve_the_admin_only
     assert_eq!(d["status"], "ready", "{d:#}");
 
     // Credentials in the URL: sealed, shown as ***, never printed.
-    let url = format!("http://alice:{PASS}@127.0.0.1:{port}/app.git");
-    let shown = format!("http://alice:***@127.0.0.1:{port}/app.git");
+    let url = format!("http://alice:{PASS}@{ip}:{port}/app.git");
+    let shown = format!("http://alice:***@{ip}:{port}/app.git");
     let (st, v) = set_repo(&s, &s.token, &p, &url).await;
     assert_eq!(st, 200, "{v}");
     assert!(!v.to_string().contains(PASS));
@@ -403,7 +405,7 @@ async fn credentials_in_urls_are_sealed_and_the_servers_own_serve_the_admin_only
         &s,
         &s.token,
         &p,
-        &format!("http://bob:***@127.0.0.1:{port}/app.git"),
+        &format!("http://bob:***@{ip}:{port}/app.git"),
     )
     .await;
     assert_eq!(st, 422, "{v}");
@@ -414,7 +416,7 @@ async fn credentials_in_urls_are_sealed_and_the_servers_own_serve_the_admin_only
         &s,
         &s.token,
         &p,
-        &format!("http://alice:wrong-pass-999@127.0.0.1:{port}/app.git"),
+        &format!("http://alice:wrong-pass-999@{ip}:{port}/app.git"),
     )
     .await;
     assert_eq!(st, 200);

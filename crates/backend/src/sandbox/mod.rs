@@ -5,8 +5,9 @@
 //! forwarded), its own mount, pid, ipc, uts and cgroup namespaces, the shipped seccomp profile,
 //! and cgroup limits from the project's resources. It shares the host's kernel.
 //!
-//! Layout: `<vms-dir>/<vm-id>/{config.json,rootfs,upper,work,lower0,lower1,ns/{user,net},
-//! console.log,runc.log,pasta.log,pasta.pid}`; runc keeps its state in `<runc-root>`. VMs keep
+//! Layout: `<vms-dir>/<vm-id>/{config.json,upper,work,lower0,lower1,ns/{user,net},init.pid,
+//! console.log,runc.log,pasta.log,pasta.pid}`; the root is mounted at `<roots-dir>/<vm-id>`;
+//! runc keeps its state in `<runc-root>`. VMs keep
 //! running when the server stops (an upgrade does not end them); `list` finds them again from
 //! their directories and `destroy` removes every piece, whichever of them exist.
 
@@ -80,7 +81,69 @@ pub fn missing_tools() -> Vec<(&'static str, &'static str)> {
     if !Path::new(seccomp::DEFAULT_PROFILE).is_file() {
         out.push((seccomp::DEFAULT_PROFILE, "golang-github-containers-common"));
     }
+    for fw in ["iptables", "ip6tables"] {
+        if crate::image::find_program(fw).is_none() {
+            out.push((fw, "iptables"));
+        }
+    }
     out
+}
+
+/// The host group pasta runs as once it has joined a VM's network (it stays uid 0, which joining
+/// the VM's namespaces needs): no VM id and no host group, so the firewall can tell the VMs'
+/// outbound connections from everyone else's.
+pub fn egress_gid(ids: IdRange) -> u32 {
+    ids.base - 1
+}
+
+/// Makes sure the VMs' outbound connections (pasta's, by its group) cannot reach any address of
+/// the host itself: pasta copies the host's main address into each VM, which hides that one,
+/// but the host's other addresses (a second interface, a bridge, an address on `lo`) would be
+/// reached through it. Loopback stays open to pasta because only its `-T` forwards (the git
+/// mirror's port) lead there; a VM has no address that maps to the host's loopback.
+/// Idempotent; the rule stays when the server stops (it matches only that group).
+fn install_egress_firewall(ids: IdRange) -> Result<(), String> {
+    let gid = egress_gid(ids).to_string();
+    for (bin, loopback) in [("iptables", "127.0.0.0/8"), ("ip6tables", "::1/128")] {
+        let rule = [
+            "OUTPUT",
+            "-m",
+            "owner",
+            "--gid-owner",
+            &gid,
+            "!",
+            "-d",
+            loopback,
+            "-m",
+            "addrtype",
+            "--dst-type",
+            "LOCAL",
+            "-j",
+            "REJECT",
+        ];
+        let run = |op: &str| {
+            std::process::Command::new(bin)
+                .args(["-w", op])
+                .args(rule)
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .output()
+        };
+        let present = run("-C").map_err(|e| format!("cannot run {bin}: {e}"))?;
+        if present.status.success() {
+            continue;
+        }
+        let added = run("-I").map_err(|e| format!("cannot run {bin}: {e}"))?;
+        if !added.status.success() {
+            return Err(format!(
+                "cannot add the firewall rule that keeps VMs from the host's own addresses \
+                 ({bin}): {}",
+                String::from_utf8_lossy(&added.stderr).trim()
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Whether the memory cgroup can also hold swap to the limit (v2, or v1 with swap accounting).
@@ -119,6 +182,7 @@ impl SandboxBackend {
             }
         }
         let seccomp = seccomp::load(&opts.seccomp_profile, spec::CAPABILITIES)?;
+        install_egress_firewall(opts.ids)?;
         Ok(Self {
             opts,
             image,
@@ -127,6 +191,11 @@ impl SandboxBackend {
             limit_swap: swap_limit_supported(),
             layers: tokio::sync::Mutex::new(None),
         })
+    }
+
+    /// Where a VM's network namespace is pinned.
+    fn net_pin(&self, vm_id: &str) -> PathBuf {
+        self.opts.vms_dir.join(vm_id).join("ns/net")
     }
 
     fn vm_dir(&self, vm_id: &str) -> Result<PathBuf, BackendError> {
@@ -200,12 +269,13 @@ impl SandboxBackend {
                 .map_err(|e| io("cannot link a layer", e))?;
         }
         let names: Vec<String> = (0..layers.len()).map(|i| format!("lower{i}")).collect();
-        let (d, r, exe) = (
+        let (d, r, n, exe) = (
             dir.to_path_buf(),
             root.clone(),
+            self.net_pin(&spec.vm_id),
             self.opts.helper_exe.clone(),
         );
-        tokio::task::spawn_blocking(move || netns::prepare(&d, &r, &names, ids, &exe))
+        tokio::task::spawn_blocking(move || netns::prepare(&d, &r, &n, &names, ids, &exe))
             .await
             .map_err(|e| err(format!("the namespace task failed: {e}")))?
             .map_err(err)?;
@@ -218,7 +288,7 @@ impl SandboxBackend {
             resources: &spec.resources,
             seccomp: Some(self.seccomp.clone()),
             userns: &dir.join("ns/user"),
-            netns: &dir.join("ns/net"),
+            netns: &self.net_pin(&spec.vm_id),
             limit_swap: self.limit_swap,
             cgroups_path: &format!("/warmpool/{}", spec.vm_id),
             root: &root,
@@ -328,19 +398,21 @@ impl SandboxBackend {
         let last = log
             .lines()
             .rev()
-            .find_map(|l| runc_msg(l))
+            .find_map(runc_msg)
             .unwrap_or_else(|| format!("runc {status}"));
         Err(err(format!("the sandbox did not start: {last}")))
     }
 
     /// pasta gives the VM's network namespace an interface with outbound connections made by
     /// ordinary host sockets. `--no-map-gw`: the gateway is not the host's loopback; `-T`: the
-    /// VM's own loopback ports of `host_ports` lead to the host's, and no other port does.
+    /// VM's own loopback ports of `host_ports` lead to the host's, and no other port does;
+    /// `--runas`: its sockets carry the group the egress firewall keeps from the host's addresses.
     async fn attach_network(&self, spec: &VmSpec, dir: &Path) -> Result<(), BackendError> {
         let log = std::fs::File::create(dir.join("pasta.log"))
             .map_err(|e| err(format!("cannot create pasta.log: {e}")))?;
         let mut cmd = tokio::process::Command::new(&self.opts.pasta);
-        cmd.args(["--runas", "0", "--config-net", "--no-map-gw", "-q"])
+        let runas = format!("0:{}", egress_gid(self.opts.ids));
+        cmd.args(["--runas", &runas, "--config-net", "--no-map-gw", "-q"])
             .args(["-t", "none", "-u", "none", "-U", "none"]);
         if spec.host_ports.is_empty() {
             cmd.args(["-T", "none"]);
@@ -349,7 +421,7 @@ impl SandboxBackend {
             cmd.arg("-T").arg(ports.join(","));
         }
         cmd.arg("--netns")
-            .arg(dir.join("ns/net"))
+            .arg(self.net_pin(&spec.vm_id))
             .arg("-P")
             .arg(dir.join("pasta.pid"))
             .env_clear()
@@ -537,9 +609,10 @@ impl Backend for SandboxBackend {
         let root = self.opts.roots_dir.join(vm_id);
         let _ = umount2(&root, MntFlags::MNT_DETACH);
         let _ = std::fs::remove_dir(&root);
-        for m in ["ns/user", "ns/net"] {
-            let _ = umount2(&dir.join(m), MntFlags::MNT_DETACH);
-        }
+        let _ = umount2(&dir.join("ns/user"), MntFlags::MNT_DETACH);
+        let net = self.net_pin(vm_id);
+        let _ = umount2(&net, MntFlags::MNT_DETACH);
+        let _ = std::fs::remove_file(&net);
         match tokio::fs::remove_dir_all(&dir).await {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),

@@ -33,10 +33,11 @@ fn c(s: &str) -> Result<CString, String> {
 }
 
 /// Mounts `root` (overlay of `layers`, names relative to `vm_dir`, over `upper`) and
-/// makes the VM's user and network namespaces, pinned under `<vm-dir>/ns`.
+/// makes the VM's user and network namespaces, pinned to `<vm-dir>/ns/user` and `net_pin`.
 pub fn prepare(
     vm_dir: &Path,
     root: &Path,
+    net_pin: &Path,
     layers: &[String],
     ids: IdRange,
     exe: &Path,
@@ -95,9 +96,12 @@ pub fn prepare(
         }
         let ns_dir = vm_dir.join("ns");
         std::fs::create_dir_all(&ns_dir).map_err(|e| format!("cannot create ns/: {e}"))?;
-        for n in ["user", "net"] {
-            let target = ns_dir.join(n);
-            std::fs::File::create(&target).map_err(|e| format!("cannot create ns/{n}: {e}"))?;
+        for (n, target) in [
+            ("user", ns_dir.join("user")),
+            ("net", net_pin.to_path_buf()),
+        ] {
+            std::fs::File::create(&target)
+                .map_err(|e| format!("cannot create {}: {e}", target.display()))?;
             mount(
                 Some(format!("/proc/{pid}/ns/{n}").as_str()),
                 &target,

@@ -318,15 +318,13 @@ impl Drop for TestServer {
                 .stderr(std::process::Stdio::null())
                 .status();
             let dir = self.data_dir().join("vms").join(&vm);
-            for m in ["ns/user", "ns/net"] {
-                let _ = nix::mount::umount2(&dir.join(m), nix::mount::MntFlags::MNT_DETACH);
-            }
-            // The VM's root is mounted outside the data dir, under /run/warmpool.
+            let _ = nix::mount::umount2(&dir.join("ns/user"), nix::mount::MntFlags::MNT_DETACH);
+            // The VM's root and its network pin are outside the data dir, under /run/warmpool.
             let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
             for point in mounts.lines().filter_map(|l| l.split(' ').nth(4)) {
                 if point.starts_with("/run/warmpool/") && point.ends_with(&format!("/{vm}")) {
                     let _ = nix::mount::umount2(point, nix::mount::MntFlags::MNT_DETACH);
-                    let _ = std::fs::remove_dir(point);
+                    let _ = std::fs::remove_dir(point).or_else(|_| std::fs::remove_file(point));
                 }
             }
         }
@@ -550,8 +548,13 @@ pub struct AuthGitServer {
 }
 
 impl AuthGitServer {
-    /// Listens on `bind` (port 0: any free port) and serves `root` in the background.
-    pub async fn start(root: &Path, bind: &str, user: &str, password: &str) -> AuthGitServer {
+    /// Serves `root` in the background on `listener`.
+    pub async fn start(
+        root: &Path,
+        listener: std::net::TcpListener,
+        user: &str,
+        password: &str,
+    ) -> AuthGitServer {
         use axum::extract::{Path as UrlPath, Query, State};
         use axum::http::{HeaderMap, StatusCode};
         use axum::response::{IntoResponse, Response};
@@ -648,13 +651,154 @@ impl AuthGitServer {
             .route("/{repo}/git-upload-pack", axum::routing::post(pack))
             .layer(tower_http::decompression::RequestDecompressionLayer::new())
             .with_state(st);
-        let listener = tokio::net::TcpListener::bind(bind).await.unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let listener = tokio::net::TcpListener::from_std(listener).unwrap();
         let port = listener.local_addr().unwrap().port();
         tokio::spawn(async move {
             axum::serve(listener, app).await.unwrap();
         });
         AuthGitServer { port, refused }
     }
+}
+
+// --- Another machine on the network ----------------------------------------------------------
+
+/// A network namespace behind a veth pair: an address that is not the host's, reached through
+/// the host's routing as a machine on the LAN would be (VMs reach it through their outbound
+/// networking, while the host's own addresses stay closed to them). Removed on drop.
+pub struct RemoteHost {
+    pub ip: std::net::Ipv4Addr,
+    ns: String,
+}
+
+impl RemoteHost {
+    pub fn new() -> RemoteHost {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let ip = |args: &[&str]| {
+            let out = Command::new("ip")
+                .args(args)
+                .output()
+                .expect("cannot run ip");
+            (
+                out.status.success(),
+                String::from_utf8_lossy(&out.stderr).to_string(),
+            )
+        };
+        let mut last = String::new();
+        for _ in 0..8 {
+            let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let tag = format!("{}{n}", std::process::id() % 100_000);
+            let (ns, host_if, ns_if) = (
+                format!("wpr{tag}"),
+                format!("wprh{tag}"),
+                format!("wprn{tag}"),
+            );
+            // A random /30 in 10.213/16: parallel tests and runs do not meet.
+            let r = rand_u32();
+            let (a, b) = ((r >> 8) as u8, ((r & 0x3f) * 4) as u8);
+            let host_ip = format!("10.213.{a}.{}", b + 1);
+            let ns_ip = std::net::Ipv4Addr::new(10, 213, a, b + 2);
+            let _ = ip(&["netns", "del", &ns]);
+            let steps: Vec<Vec<String>> = vec![
+                vec!["netns".into(), "add".into(), ns.clone()],
+                vec![
+                    "link".into(),
+                    "add".into(),
+                    host_if.clone(),
+                    "type".into(),
+                    "veth".into(),
+                    "peer".into(),
+                    "name".into(),
+                    ns_if.clone(),
+                    "netns".into(),
+                    ns.clone(),
+                ],
+                vec![
+                    "addr".into(),
+                    "add".into(),
+                    format!("{host_ip}/30"),
+                    "dev".into(),
+                    host_if.clone(),
+                ],
+                vec!["link".into(), "set".into(), host_if.clone(), "up".into()],
+                vec![
+                    "-n".into(),
+                    ns.clone(),
+                    "addr".into(),
+                    "add".into(),
+                    format!("{ns_ip}/30"),
+                    "dev".into(),
+                    ns_if.clone(),
+                ],
+                vec![
+                    "-n".into(),
+                    ns.clone(),
+                    "link".into(),
+                    "set".into(),
+                    ns_if.clone(),
+                    "up".into(),
+                ],
+                vec![
+                    "-n".into(),
+                    ns.clone(),
+                    "link".into(),
+                    "set".into(),
+                    "lo".into(),
+                    "up".into(),
+                ],
+                vec![
+                    "-n".into(),
+                    ns.clone(),
+                    "route".into(),
+                    "add".into(),
+                    "default".into(),
+                    "via".into(),
+                    host_ip.clone(),
+                ],
+            ];
+            let failed = steps.iter().find_map(|a| {
+                let a: Vec<&str> = a.iter().map(String::as_str).collect();
+                let (ok, e) = ip(&a);
+                (!ok).then(|| format!("ip {}: {e}", a.join(" ")))
+            });
+            match failed {
+                None => return RemoteHost { ip: ns_ip, ns },
+                Some(e) => {
+                    let _ = ip(&["link", "del", &host_if]);
+                    let _ = ip(&["netns", "del", &ns]);
+                    last = e;
+                }
+            }
+        }
+        panic!("cannot make a network namespace for a remote host: {last}");
+    }
+
+    /// A listening socket on this host's address (port 0: any free port).
+    pub fn listen(&self) -> std::net::TcpListener {
+        let (path, ip) = (format!("/run/netns/{}", self.ns), self.ip);
+        std::thread::spawn(move || {
+            // This thread alone moves into the namespace; the socket stays in it.
+            let f = std::fs::File::open(&path).unwrap();
+            nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            std::net::TcpListener::bind((ip, 0)).unwrap()
+        })
+        .join()
+        .unwrap()
+    }
+}
+
+impl Drop for RemoteHost {
+    fn drop(&mut self) {
+        // The veth pair goes with the namespace.
+        let _ = Command::new("ip").args(["netns", "del", &self.ns]).output();
+    }
+}
+
+fn rand_u32() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(Instant::now().elapsed().as_nanos() ^ std::process::id() as u128);
+    h.finish() as u32
 }
 
 /// An address of this machine that is not loopback (where a project token's network URL can

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::os::unix::process::ExitStatusExt;
 use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -16,7 +17,7 @@ use tokio::io::AsyncReadExt;
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 use warmpool_types::agent::{
-    AgentExecEvent, AgentExecRequest, AgentExecResult, DEFAULT_EXEC_TIMEOUT_MS,
+    AgentBackground, AgentExecEvent, AgentExecRequest, AgentExecResult, DEFAULT_EXEC_TIMEOUT_MS,
 };
 use warmpool_types::output::CappedOutput;
 use warmpool_types::validate;
@@ -300,9 +301,23 @@ pub async fn start_background(req: &AgentExecRequest) -> Result<AgentExecResult,
         .spawn()
         .map_err(|e| format!("cannot start command: {e}"))?;
     let pid = child.id().unwrap_or(0);
-    // Reap it when it ends so it never lingers as a zombie.
+    let entry = Arc::new(Background {
+        pid,
+        log: log.to_string(),
+        started: std::time::Instant::now(),
+        exit: std::sync::OnceLock::new(),
+        ended: tokio::sync::Notify::new(),
+    });
+    lock(&BACKGROUND).push(entry.clone());
+    // Reap it when it ends so it never lingers as a zombie, and keep its status: a service that
+    // died must be seen before its VM is called ready.
     tokio::spawn(async move {
-        let _ = child.wait().await;
+        let code = match child.wait().await {
+            Ok(st) => st.code().or(st.signal().map(|s| 128 + s)).unwrap_or(-1),
+            Err(_) => -1,
+        };
+        let _ = entry.exit.set(code);
+        entry.ended.notify_waiters();
     });
     Ok(AgentExecResult {
         exit_code: 0,
@@ -312,4 +327,42 @@ pub async fn start_background(req: &AgentExecRequest) -> Result<AgentExecResult,
         timed_out: false,
         pid: Some(pid),
     })
+}
+
+/// A background command this agent started.
+struct Background {
+    pid: u32,
+    log: String,
+    started: std::time::Instant,
+    exit: std::sync::OnceLock<i32>,
+    ended: tokio::sync::Notify,
+}
+
+/// Every background command started in this VM, oldest first.
+static BACKGROUND: Mutex<Vec<Arc<Background>>> = Mutex::new(Vec::new());
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The background commands, once each has ended or been running for `settle` (a service that
+/// cannot bind its port dies in its first moments; this catches it without waiting on the
+/// healthy ones any longer than that).
+pub async fn background(settle: std::time::Duration) -> Vec<AgentBackground> {
+    let all: Vec<Arc<Background>> = lock(&BACKGROUND).clone();
+    for b in &all {
+        let ended = b.ended.notified();
+        if b.exit.get().is_some() {
+            continue;
+        }
+        let left = settle.saturating_sub(b.started.elapsed());
+        let _ = tokio::time::timeout(left, ended).await;
+    }
+    all.iter()
+        .map(|b| AgentBackground {
+            pid: b.pid,
+            log: b.log.clone(),
+            exit_code: b.exit.get().copied(),
+        })
+        .collect()
 }

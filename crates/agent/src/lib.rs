@@ -21,7 +21,9 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use subtle::ConstantTimeEq;
-use warmpool_types::agent::{AgentError, AgentExecRequest, AgentHealth, TOKEN_ENV};
+use warmpool_types::agent::{
+    AgentBackground, AgentError, AgentExecRequest, AgentHealth, TOKEN_ENV,
+};
 
 pub use exec::run_to_completion;
 
@@ -163,6 +165,7 @@ pub fn router(token: String) -> Router {
         .route("/v1/identity", post(identity::set_identity))
         .route("/v1/exec", post(exec_handler))
         .route("/v1/files", get(read_file).put(write_file))
+        .route("/v1/background", get(background))
         .layer(middleware::from_fn_with_state(state.clone(), require_token))
         .with_state(state)
 }
@@ -234,6 +237,18 @@ async fn exec_handler(body: Bytes) -> Response {
         return ([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response();
     }
     Json(run_to_completion(req).await).into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct BackgroundQuery {
+    #[serde(default)]
+    settle_ms: u64,
+}
+
+async fn background(Query(q): Query<BackgroundQuery>) -> Json<Vec<AgentBackground>> {
+    let settle = q.settle_ms.min(warmpool_types::agent::MAX_SETTLE_MS);
+    Json(exec::background(std::time::Duration::from_millis(settle)).await)
 }
 
 #[derive(Deserialize)]

@@ -5,7 +5,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures_util::StreamExt;
 use warmpool_types::agent::{
-    AgentExecEvent, AgentExecRequest, AgentExecResult, AgentHealth, IdentityRequest,
+    AgentBackground, AgentExecEvent, AgentExecRequest, AgentExecResult, AgentHealth,
+    IdentityRequest,
 };
 
 use crate::{Agent, AgentCallError};
@@ -164,5 +165,20 @@ impl Agent for HttpAgent {
             .await
             .map_err(transport)?;
         check(resp).await.map(|_| ())
+    }
+
+    async fn background(&self, settle: Duration) -> Result<Vec<AgentBackground>, AgentCallError> {
+        let resp = self
+            .req(reqwest::Method::GET, "/v1/background")
+            .query(&[("settleMs", settle.as_millis() as u64)])
+            .timeout(settle + Duration::from_secs(10))
+            .send()
+            .await
+            .map_err(transport)?;
+        check(resp)
+            .await?
+            .json()
+            .await
+            .map_err(|e| AgentCallError::Protocol(e.to_string()))
     }
 }

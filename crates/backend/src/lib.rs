@@ -14,7 +14,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use warmpool_types::agent::{
-    AgentExecEvent, AgentExecRequest, AgentExecResult, AgentHealth, IdentityRequest,
+    AgentBackground, AgentExecEvent, AgentExecRequest, AgentExecResult, AgentHealth,
+    IdentityRequest,
 };
 
 /// What a backend needs to make one VM.
@@ -36,29 +37,8 @@ pub struct VmSpec {
     pub host_ports: Vec<u16>,
 }
 
-/// The limits of one VM.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Resources {
-    /// Whole CPUs' worth of time (a quota on `sandbox`, vCPUs on `qemu`).
-    pub cpus: u32,
-    /// Memory, MiB; a VM that goes past it has a process of its own killed.
-    pub memory_mb: u64,
-    /// Processes and threads at once.
-    pub pids_max: u64,
-    /// What the VM may write to its disk, MiB (where the backend can enforce it).
-    pub disk_mb: u64,
-}
-
-impl Default for Resources {
-    fn default() -> Self {
-        Self {
-            cpus: 2,
-            memory_mb: 2048,
-            pids_max: 4096,
-            disk_mb: 10240,
-        }
-    }
-}
+/// The limits of one VM (a project's resources).
+pub use warmpool_types::api::Resources;
 
 /// A created VM: where its agent answers, as seen from the server.
 #[derive(Debug, Clone)]
@@ -157,6 +137,11 @@ pub trait Agent: Send + Sync {
     async fn read_file(&self, path: &str) -> Result<Option<Vec<u8>>, AgentCallError>;
     /// Gives a cloned VM its own identity (and switches the agent to the new token).
     async fn set_identity(&self, identity: &IdentityRequest) -> Result<(), AgentCallError>;
+    /// The background commands started in the VM, once each has ended or run for `settle`.
+    async fn background(
+        &self,
+        settle: std::time::Duration,
+    ) -> Result<Vec<AgentBackground>, AgentCallError>;
 }
 
 /// The last `max_lines` lines of a text, for putting a log's end into an error report.

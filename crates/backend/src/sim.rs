@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use warmpool_types::agent::{
-    AgentExecEvent, AgentExecRequest, AgentExecResult, AgentHealth, IdentityRequest,
+    AgentBackground, AgentExecEvent, AgentExecRequest, AgentExecResult, AgentHealth,
+    IdentityRequest,
 };
 
 use crate::{Agent, AgentCallError, Backend, BackendError, VmHandle, VmSpec};
@@ -24,6 +25,8 @@ pub struct SimOptions {
 struct SimVm {
     token: String,
     files: Mutex<HashMap<String, Vec<u8>>>,
+    /// Background commands: their model runs at once (`exit 3` has ended with 3, `sleep` runs).
+    background: Mutex<Vec<AgentBackground>>,
 }
 
 pub struct SimBackend {
@@ -59,6 +62,7 @@ impl Backend for SimBackend {
         let vm = Arc::new(SimVm {
             token: spec.agent_token.clone(),
             files: Mutex::default(),
+            background: Mutex::default(),
         });
         self.vms
             .lock()
@@ -183,6 +187,22 @@ impl Agent for SimAgent {
         let started = Instant::now();
         let background = req.background_log.is_some();
         let (exit_code, output) = if background {
+            let cmd = req.command.as_deref().unwrap_or("").trim();
+            let ended = match cmd.split_whitespace().next() {
+                Some("exit") | Some("false") => Some(self.run(&req).await?.0),
+                _ => None,
+            };
+            let mut all = self
+                .vm()?
+                .background
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            let pid = all.len() as u32 + 100;
+            all.push(AgentBackground {
+                pid,
+                log: req.background_log.clone().unwrap_or_default(),
+                exit_code: ended,
+            });
             (0, String::new())
         } else {
             self.run(&req).await?
@@ -224,5 +244,14 @@ impl Agent for SimAgent {
     async fn set_identity(&self, _identity: &IdentityRequest) -> Result<(), AgentCallError> {
         self.vm()?;
         Ok(())
+    }
+
+    async fn background(&self, _settle: Duration) -> Result<Vec<AgentBackground>, AgentCallError> {
+        Ok(self
+            .vm()?
+            .background
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone())
     }
 }

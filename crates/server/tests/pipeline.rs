@@ -604,6 +604,62 @@ async fn background_commands_are_started_and_not_waited_for() {
     assert_eq!(r["output"], "1\n");
 }
 
+/// A background service that dies before its boot is over fails the boot, named, with the end
+/// of its log; one that ends well (a daemon forking away) does not.
+#[tokio::test(flavor = "multi_thread")]
+async fn background_commands_that_die_fail_the_boot_with_their_log() {
+    let s = TestServer::start(&[]);
+    let pid = s.create_project("bg-dies", json!([])).await;
+    let d = failed_boot(
+        &s,
+        &pid,
+        json!({"setupCommands": [
+            {"name": "forks away", "command": "true", "background": true},
+            {"name": "web server", "command": "echo \"listen tcp :3000: address already in use\" >&2; exit 3", "background": true},
+            {"name": "after", "command": "echo after"},
+        ]}),
+    )
+    .await;
+    assert_eq!(d["summary"]["failedStep"], "warm_pool_setup", "{d:#}");
+    let st = step(&d, "warm_pool_setup");
+    assert_eq!(
+        st["error"], "background command `web server` exited with status 3",
+        "{st:#}"
+    );
+    let out = st["output"].as_str().unwrap();
+    assert!(
+        out.contains("--- the end of /var/log/warmpool/web_server.log ---\nlisten tcp :3000: address already in use\n"),
+        "{out}"
+    );
+
+    // Started in project_setup, alive at its end, dead before the boot is over: the last look
+    // before ready sees it.
+    s.ok(
+        "PATCH",
+        &format!("/v1/projects/{pid}/devbox"),
+        Some(json!({"setupCommands": [
+            {"name": "worker", "command": "sleep 1; echo worker gave up; exit 4", "background": true}
+        ]})),
+    )
+    .await;
+    let d = failed_boot(
+        &s,
+        &pid,
+        json!({"setupCommands": [{"name": "slow", "command": "sleep 2"}]}),
+    )
+    .await;
+    let st = step(&d, "warm_pool_setup");
+    assert_eq!(
+        st["error"], "background command `worker` exited with status 4",
+        "{st:#}"
+    );
+    assert!(
+        st["output"].as_str().unwrap().contains("worker gave up"),
+        "{st:#}"
+    );
+    assert_eq!(step(&d, "project_setup")["status"], "success", "{d:#}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_sandbox_is_its_own_machine() {
     let s = TestServer::start(&[]);

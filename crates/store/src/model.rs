@@ -66,6 +66,8 @@ pub struct ProjectRow {
     pub task_code: String,
     pub repos: Vec<RepoSpec>,
     pub devbox: DevboxSpec,
+    /// What each of its VMs may use.
+    pub resources: warmpool_types::api::Resources,
     pub generation: i64,
     pub created_at: i64,
     pub updated_at: i64,

@@ -32,6 +32,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
         3,
         include_str!("../migrations/postgres/0003_repo_sources.sql"),
     ),
+    (4, include_str!("../migrations/postgres/0004_resources.sql")),
 ];
 
 /// The advisory lock every node takes to migrate, so that nodes starting together apply each
@@ -142,7 +143,7 @@ fn get_enum<T: std::str::FromStr<Err = String>>(r: &Row, i: usize) -> Result<T> 
 macro_rules! project_cols {
     () => {
         "seq, id, name, description, task_code, repos_json, devbox_json, generation, created_at, \
-         updated_at"
+         updated_at, resources_json"
     };
 }
 
@@ -158,6 +159,7 @@ fn project_row(r: &Row) -> Result<ProjectRow> {
         generation: get(r, 7)?,
         created_at: get(r, 8)?,
         updated_at: get(r, 9)?,
+        resources: get_json(r, 10)?,
     })
 }
 
@@ -502,10 +504,11 @@ impl Store for PgStore {
 
     async fn insert_project(&self, p: &ProjectRow) -> Result<()> {
         let (repos, devbox) = (json(&p.repos)?, json(&p.devbox)?);
+        let resources = json(&p.resources)?;
         self.exec(
             "INSERT INTO projects (id, name, description, task_code, repos_json, devbox_json,
-                generation, created_at, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                generation, created_at, updated_at, resources_json)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
             &[
                 &p.id,
                 &p.name,
@@ -516,6 +519,7 @@ impl Store for PgStore {
                 &p.generation,
                 &p.created_at,
                 &p.updated_at,
+                &resources,
             ],
         )
         .await
@@ -556,10 +560,12 @@ impl Store for PgStore {
 
     async fn update_project(&self, p: &ProjectRow) -> Result<bool> {
         let (repos, devbox) = (json(&p.repos)?, json(&p.devbox)?);
+        let resources = json(&p.resources)?;
         let n = self
             .exec(
                 "UPDATE projects SET name = $1, description = $2, task_code = $3, repos_json = $4,
-                    devbox_json = $5, updated_at = $6, generation = generation + 1
+                    devbox_json = $5, updated_at = $6, generation = generation + 1,
+                    resources_json = $9
                  WHERE id = $7 AND generation = $8",
                 &[
                     &p.name,
@@ -570,6 +576,7 @@ impl Store for PgStore {
                     &p.updated_at,
                     &p.id,
                     &p.generation,
+                    &resources,
                 ],
             )
             .await?;

@@ -34,6 +34,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
         7,
         include_str!("../migrations/sqlite/0007_repo_sources.sql"),
     ),
+    (8, include_str!("../migrations/sqlite/0008_resources.sql")),
 ];
 const READERS: usize = 4;
 
@@ -417,7 +418,8 @@ impl SqliteStore {
 }
 
 const PROJECT_COLS: &str =
-    "seq, id, name, description, task_code, repos_json, devbox_json, generation, created_at, updated_at";
+    "seq, id, name, description, task_code, repos_json, devbox_json, generation, created_at, updated_at, \
+     resources_json";
 
 fn project_row(r: &Row) -> rusqlite::Result<ProjectRow> {
     Ok(ProjectRow {
@@ -431,6 +433,7 @@ fn project_row(r: &Row) -> rusqlite::Result<ProjectRow> {
         generation: r.get(7)?,
         created_at: r.get(8)?,
         updated_at: r.get(9)?,
+        resources: from_json(10, &r.get::<_, String>(10)?)?,
     })
 }
 
@@ -617,8 +620,8 @@ impl Store for SqliteStore {
         self.write(move |c| {
             c.exec(
                 "INSERT INTO projects (id, name, description, task_code, repos_json, devbox_json,
-                    generation, created_at, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                    generation, created_at, updated_at, resources_json)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
                 params![
                     p.id,
                     p.name,
@@ -628,7 +631,8 @@ impl Store for SqliteStore {
                     serde_json::to_string(&p.devbox).map_err(json_err)?,
                     p.generation,
                     p.created_at,
-                    p.updated_at
+                    p.updated_at,
+                    serde_json::to_string(&p.resources).map_err(json_err)?
                 ],
             )?;
             Ok(())
@@ -673,7 +677,8 @@ impl Store for SqliteStore {
         self.write(move |c| {
             let n = c.exec(
                 "UPDATE projects SET name = ?1, description = ?2, task_code = ?3, repos_json = ?4,
-                    devbox_json = ?5, updated_at = ?6, generation = generation + 1
+                    devbox_json = ?5, updated_at = ?6, generation = generation + 1,
+                    resources_json = ?9
                  WHERE id = ?7 AND generation = ?8",
                 params![
                     p.name,
@@ -683,7 +688,8 @@ impl Store for SqliteStore {
                     serde_json::to_string(&p.devbox).map_err(json_err)?,
                     p.updated_at,
                     p.id,
-                    p.generation
+                    p.generation,
+                    serde_json::to_string(&p.resources).map_err(json_err)?
                 ],
             )?;
             Ok(n == 1)

@@ -104,6 +104,12 @@ fn project(id: &str) -> ProjectRow {
             },
         ],
         devbox: DevboxSpec::default(),
+        resources: warmpool_types::api::Resources {
+            cpus: 3,
+            memory_mb: 700,
+            pids_max: 333,
+            disk_mb: 4096,
+        },
         generation: 1,
         created_at: 1,
         updated_at: 1,
@@ -150,7 +156,9 @@ async fn projects_use_generations(s: Arc<dyn Store>) {
     ));
     let mut p = s.get_project("p1").await.unwrap().unwrap();
     assert_eq!(p.description.as_deref(), Some("ünïcode 'quotes' \"$x\""));
+    assert_eq!(p.resources, project("p1").resources);
     p.name = "renamed".into();
+    p.resources.memory_mb = 512;
     p.devbox.setup_commands.push(SetupCommand {
         name: "n".into(),
         command: "c".into(),
@@ -162,6 +170,7 @@ async fn projects_use_generations(s: Arc<dyn Store>) {
     let q = s.get_project("p1").await.unwrap().unwrap();
     assert_eq!((q.name.as_str(), q.generation), ("renamed", 2));
     assert_eq!(q.devbox, p.devbox);
+    assert_eq!(q.resources, p.resources);
     for i in 2..6 {
         s.insert_project(&project(&format!("p{i}"))).await.unwrap();
     }
@@ -1280,7 +1289,7 @@ async fn postgres_migrations_run_once_across_concurrent_opens() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(versions, [1, 2, 3]);
+    assert_eq!(versions, [1, 2, 3, 4]);
 }
 
 /// Two nodes on one database: claims from both never take the same instance, and pool state

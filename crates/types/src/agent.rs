@@ -5,6 +5,8 @@
 //! - `POST /v1/exec` [`AgentExecRequest`] → [`AgentExecResult`], or with `stream: true` an
 //!   `application/x-ndjson` stream of [`AgentExecEvent`]
 //! - `PUT  /v1/files?path=&mode=` (body = content) → 204; `GET /v1/files?path=` → content or 404
+//! - `GET  /v1/background?settleMs=` → `[`[`AgentBackground`]`]`: the background commands started
+//!   so far, once each has ended or run for `settleMs` (at most [`MAX_SETTLE_MS`])
 
 use std::collections::BTreeMap;
 
@@ -79,6 +81,20 @@ pub struct AgentExecResult {
     /// Set for background commands.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pid: Option<u32>,
+}
+
+/// The longest `settleMs` the agent waits for.
+pub const MAX_SETTLE_MS: u64 = 5_000;
+
+/// A background command the agent started, and how it is doing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentBackground {
+    pub pid: u32,
+    /// Where its output goes.
+    pub log: String,
+    /// Its status once it has ended (128 + the signal's number when killed); `None` while it runs.
+    pub exit_code: Option<i32>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

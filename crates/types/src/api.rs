@@ -440,6 +440,60 @@ pub struct UpdateDevboxBody {
     pub repos: Option<Vec<DevboxRepo>>,
 }
 
+/// What each VM of a project may use. Enforced by cgroups on `sandbox` (memory, processes and
+/// threads, CPU time) and by the machine's size on `qemu` (memory, vCPUs); see the README for
+/// `diskMb`. A change applies to VMs booted after it: ready VMs built before it are stale.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Resources {
+    /// CPUs (a CPU-time quota on `sandbox`, vCPUs on `qemu`), 1–64. Default 2.
+    #[schema(minimum = 1, maximum = 64)]
+    pub cpus: u32,
+    /// Memory in MiB, 128–262144. A VM that goes past it has its largest process killed inside
+    /// it; the server and the other VMs are not touched. Default 2048.
+    #[schema(minimum = 128, maximum = 262144)]
+    pub memory_mb: u64,
+    /// Processes and threads at once, 64–4194304: a fork flood stops here. Default 4096.
+    #[schema(minimum = 64, maximum = 4194304)]
+    pub pids_max: u64,
+    /// What the VM may write to its disk, in MiB, 256–1048576, where the backend and the host's
+    /// filesystem can enforce it (see the README). Default 10240.
+    #[schema(minimum = 256, maximum = 1048576)]
+    pub disk_mb: u64,
+}
+
+impl Resources {
+    pub const CPUS: (u32, u32) = (1, 64);
+    pub const MEMORY_MB: (u64, u64) = (128, 262_144);
+    pub const PIDS_MAX: (u64, u64) = (64, 4_194_304);
+    pub const DISK_MB: (u64, u64) = (256, 1_048_576);
+}
+
+impl Default for Resources {
+    fn default() -> Self {
+        Self {
+            cpus: 2,
+            memory_mb: 2048,
+            pids_max: 4096,
+            disk_mb: 10240,
+        }
+    }
+}
+
+/// Partial update of [`Resources`]: the fields given are replaced.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct UpdateResourcesBody {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_mb: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pids_max: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_mb: Option<u64>,
+}
+
 // ---------------------------------------------------------------------------------------------
 // Extensions: running commands in a VM
 // ---------------------------------------------------------------------------------------------

@@ -76,7 +76,7 @@ impl Modify for BearerAuth {
     modifiers(&BearerAuth),
     tags(
         (name = "warm-pool", description = "The compatible warm-pool API"),
-        (name = "projects", description = "Projects, repositories, environment variables, devbox settings"),
+        (name = "projects", description = "Projects, repositories, environment variables, devbox settings, resource limits"),
         (name = "instances", description = "Running commands in and destroying instances"),
         (name = "health", description = "Liveness, readiness, this document"),
     )
@@ -200,6 +200,7 @@ pub fn router(app: Arc<App>, opts: HttpOptions) -> Router {
         .routes(routes!(projects::list_env_vars, projects::put_env_vars))
         .routes(routes!(projects::delete_env_var))
         .routes(routes!(projects::get_devbox, projects::update_devbox))
+        .routes(routes!(projects::get_resources, projects::update_resources))
         .routes(routes!(projects::create_token, projects::list_tokens))
         .routes(routes!(projects::delete_token))
         .layer(middleware::from_fn_with_state(

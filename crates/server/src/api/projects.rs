@@ -1,4 +1,5 @@
-//! Handlers of the project extensions: projects, repositories, environment variables, devbox.
+//! Handlers of the project extensions: projects, repositories, environment variables, devbox,
+//! resources.
 
 use std::sync::Arc;
 
@@ -10,7 +11,7 @@ use utoipa::IntoParams;
 use warmpool_types::api::{
     CreateProjectBody, CreateTokenBody, CreatedToken, DeleteEnvVarResponse, Devbox,
     EnvVarsResponse, ListProjectsResponse, ListReposResponse, ListTokensResponse, Project,
-    PutEnvVarsBody, UpdateDevboxBody, UpdateProjectBody,
+    PutEnvVarsBody, Resources, UpdateDevboxBody, UpdateProjectBody, UpdateResourcesBody,
 };
 
 use super::extract::{ApiJson, ApiPath, ApiQuery};
@@ -213,6 +214,40 @@ pub async fn update_devbox(
     ApiJson(body): ApiJson<UpdateDevboxBody>,
 ) -> ApiResult<Json<Devbox>> {
     app.update_devbox(&caller, &project_id, body)
+        .await
+        .map(Json)
+}
+
+#[utoipa::path(
+    get, path = "/v1/projects/{projectId}/resources", tag = "projects", operation_id = "getResources",
+    summary = "What each VM of the project may use: CPUs, memory, processes, disk",
+    params(("projectId" = String, Path, description = "Project ID.")),
+    responses((status = 200, description = "Success", body = Resources), StdErrors),
+    security(("bearerAuth" = []))
+)]
+pub async fn get_resources(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    ApiPath(project_id): ApiPath<String>,
+) -> ApiResult<Json<Resources>> {
+    app.get_resources(&caller, &project_id).await.map(Json)
+}
+
+#[utoipa::path(
+    patch, path = "/v1/projects/{projectId}/resources", tag = "projects", operation_id = "updateResources",
+    summary = "Change the limits of the VMs booted from now on (admin); ready VMs become stale",
+    params(("projectId" = String, Path, description = "Project ID.")),
+    request_body = UpdateResourcesBody,
+    responses((status = 200, description = "Success", body = Resources), StdErrors),
+    security(("bearerAuth" = []))
+)]
+pub async fn update_resources(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    ApiPath(project_id): ApiPath<String>,
+    ApiJson(body): ApiJson<UpdateResourcesBody>,
+) -> ApiResult<Json<Resources>> {
+    app.update_resources(&caller, &project_id, body)
         .await
         .map(Json)
 }

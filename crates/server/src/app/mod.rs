@@ -15,6 +15,7 @@ pub mod nodes;
 mod projects;
 pub mod reconcile;
 mod repos;
+mod resources;
 mod tokens;
 mod validation;
 mod warm_pool;

@@ -137,6 +137,7 @@ impl App {
             description: body.description,
             repos,
             devbox: DevboxSpec::default(),
+            resources: Default::default(),
             generation: 1,
             created_at: now,
             updated_at: now,

@@ -10,12 +10,13 @@ use serde_json::{json, Value};
 use warmpool_types::api::{
     ClaimResponse, CreatedToken, EnvVarsResponse, ExecResponse, GetWarmPoolResponse,
     ListProjectsResponse, ListTokensResponse, ListWarmPoolInstancesResponse, PoolStats, Project,
-    StepRecord, TestWarmPoolBootResponse, WarmPoolInstanceDetail,
+    Resources, StepRecord, TestWarmPoolBootResponse, UpdateResourcesBody, WarmPoolInstanceDetail,
 };
 
 use super::client::Client;
 use super::{
-    Cli, Command, DevboxCmd, EnvCmd, ImageCmd, InstanceCmd, PoolCmd, ProjectCmd, TokenCmd,
+    Cli, Command, DevboxCmd, EnvCmd, ImageCmd, InstanceCmd, PoolCmd, ProjectCmd, ResourcesCmd,
+    TokenCmd,
 };
 use crate::provision::envfile::shell_quote;
 
@@ -624,6 +625,36 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                 print_json(&d);
             }
         },
+        Command::Resources(cmd) => match cmd {
+            ResourcesCmd::Show { project } => {
+                let pid = project_id(&c, &project).await?;
+                let r: Resources = c.get(&format!("/v1/projects/{pid}/resources")).await?;
+                print_resources(&r, json_out);
+            }
+            ResourcesCmd::Set {
+                project,
+                cpus,
+                memory_mb,
+                pids_max,
+                disk_mb,
+            } => {
+                let pid = project_id(&c, &project).await?;
+                let body = UpdateResourcesBody {
+                    cpus,
+                    memory_mb,
+                    pids_max,
+                    disk_mb,
+                };
+                let r: Resources = c
+                    .send(
+                        Method::PATCH,
+                        &format!("/v1/projects/{pid}/resources"),
+                        &serde_json::to_value(&body)?,
+                    )
+                    .await?;
+                print_resources(&r, json_out);
+            }
+        },
         Command::Pool(cmd) => match cmd {
             PoolCmd::Status { project } => {
                 let pid = project_id(&c, &project).await?;
@@ -1008,4 +1039,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         }
     }
     Ok(0)
+}
+
+fn print_resources(r: &Resources, json_out: bool) {
+    if json_out {
+        print_json(r);
+    } else {
+        println!(
+            "cpus: {}  memory: {} MiB  processes: {}  disk: {} MiB",
+            r.cpus, r.memory_mb, r.pids_max, r.disk_mb
+        );
+    }
 }

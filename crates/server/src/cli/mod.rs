@@ -58,6 +58,9 @@ pub enum Command {
     /// Devbox settings: project and per-repo setup commands.
     #[command(subcommand)]
     Devbox(DevboxCmd),
+    /// Resource limits of a project's VMs: CPUs, memory, processes, disk.
+    #[command(subcommand)]
+    Resources(ResourcesCmd),
     /// The warm pool: configuration, test boots, status.
     #[command(subcommand)]
     Pool(PoolCmd),
@@ -185,6 +188,27 @@ pub enum DevboxCmd {
         /// Names of commands (given with --cmd) to start in the background.
         #[arg(long = "background")]
         background: Vec<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ResourcesCmd {
+    /// What each VM of the project may use.
+    Show { project: String },
+    /// Change the limits (only what is given) for the VMs booted from now on (admin token).
+    Set {
+        project: String,
+        #[arg(long)]
+        cpus: Option<u32>,
+        /// Memory, MiB.
+        #[arg(long)]
+        memory_mb: Option<u64>,
+        /// Processes and threads at once.
+        #[arg(long)]
+        pids_max: Option<u64>,
+        /// What a VM may write to its disk, MiB.
+        #[arg(long)]
+        disk_mb: Option<u64>,
     },
 }
 

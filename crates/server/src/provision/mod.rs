@@ -70,8 +70,8 @@ impl BootPlan {
     }
 }
 
-/// A digest of everything a boot is built from — repos, branches, devbox settings, the pool's
-/// setup commands, the *versions* (never the values) of environment variables. Instances built
+/// A digest of everything a boot is built from — repos, branches, devbox settings, resource
+/// limits, the pool's setup commands, the *versions* (never the values) of environment variables. Instances built
 /// from another digest are stale.
 pub fn config_hash(
     project: &ProjectRow,
@@ -94,13 +94,18 @@ pub fn config_hash(
             v
         })
         .collect();
-    let doc = json!({
+    let mut doc = json!({
         "repos": repos,
         "devbox": project.devbox,
         "poolBranch": pool_branch,
         "poolCommands": pool_commands.unwrap_or(&[]),
         "env": env,
     });
+    // Only when set: the projects of a version without limits keep their digests (and their
+    // ready VMs) across the upgrade.
+    if project.resources != Default::default() {
+        doc["resources"] = json!(project.resources);
+    }
     hex::encode(Sha256::digest(doc.to_string().as_bytes()))[..32].to_string()
 }
 
@@ -199,6 +204,7 @@ pub async fn run(
         redactor,
         agent: None,
         seq: 0,
+        background: BTreeMap::new(),
         live,
         commits: BTreeMap::new(),
     };
@@ -331,6 +337,8 @@ struct Pipeline {
     live: Arc<LiveRun>,
     /// What each repo was cloned at, recorded with the instance when it is ready.
     commits: BTreeMap<String, RepoCommit>,
+    /// The background commands started so far, by log file: how errors name them.
+    background: BTreeMap<String, String>,
 }
 
 /// One line, at most `max` characters (an ellipsis marks a cut).
@@ -358,6 +366,9 @@ fn label(c: &SetupCommand) -> String {
         one_line(&c.name, 80)
     }
 }
+
+/// How long a background command gets from its start to show it cannot start.
+const BACKGROUND_SETTLE: Duration = Duration::from_millis(300);
 
 /// A file name for a background command's log.
 fn log_name(name: &str, index: usize) -> String {
@@ -514,7 +525,10 @@ impl Pipeline {
                 let cmds = self.plan.pool_commands.clone();
                 meta.insert("commands".into(), json!(cmds.len()));
                 self.run_commands(log, &cmds, "/home", "warm pool setup commands")
-                    .await
+                    .await?;
+                // The last look before the VM is called ready: every background service of the
+                // boot, whichever step started it, must still run (or have ended with 0).
+                self.check_background(log, meta).await
             }
         }
     }
@@ -668,12 +682,18 @@ impl Pipeline {
                 self.inst.vm_id
             )),
         }
+        let r = self.plan.project.resources;
+        log.line(&format!(
+            "limits: {} CPUs, {} MiB of memory, {} processes and threads",
+            r.cpus, r.memory_mb, r.pids_max
+        ));
         let token = ids::random_secret(40);
         let spec = VmSpec {
             vm_id: self.inst.vm_id.clone(),
             agent_token: token.clone(),
             from_golden: golden.clone(),
             golden_builder: self.inst.kind == InstanceKind::Golden,
+            resources: self.plan.project.resources,
             // The mirror is the one service of the host a VM may reach.
             host_ports: vec![self.app.git.port()],
             ..VmSpec::default()
@@ -983,6 +1003,7 @@ impl Pipeline {
         }
         let agent = self.agent()?;
         let timeout = self.app.cfg.command_timeout;
+        let mut started_background = false;
         for (index, c) in cmds.iter().enumerate() {
             let label = label(c);
             log.line(&format!("$ {label}"));
@@ -991,7 +1012,7 @@ impl Pipeline {
                 let req = AgentExecRequest {
                     command: Some(c.command.clone()),
                     cwd: Some(cwd.into()),
-                    background_log: Some(file),
+                    background_log: Some(file.clone()),
                     ..Default::default()
                 };
                 let res = agent
@@ -999,6 +1020,8 @@ impl Pipeline {
                     .await
                     .map_err(|e| format!("could not start background command `{label}`: {e}"))?;
                 log.push(&res.output);
+                self.background.insert(file, label);
+                started_background = true;
                 continue;
             }
             let req = AgentExecRequest {
@@ -1018,7 +1041,67 @@ impl Pipeline {
                 return Err(format!("command `{label}` exited with status {code}"));
             }
         }
+        if started_background {
+            // A service that cannot start (its port taken, say) fails the step that started it.
+            self.check_background(log, &mut Map::new()).await?;
+        }
         Ok(())
+    }
+
+    /// Fails when a background command has ended with a non-zero status, naming it and putting
+    /// the end of its log into the step's output. Each gets up to [`BACKGROUND_SETTLE`] from its
+    /// start to die: a service that cannot start dies in its first moments.
+    async fn check_background(
+        &mut self,
+        log: &mut StepLog,
+        meta: &mut Map<String, Value>,
+    ) -> Result<(), String> {
+        if self.background.is_empty() {
+            return Ok(());
+        }
+        let agent = self.agent()?;
+        let all = agent
+            .background(BACKGROUND_SETTLE)
+            .await
+            .map_err(|e| format!("could not ask the VM about its background commands: {e}"))?;
+        meta.insert(
+            "backgroundRunning".into(),
+            json!(all.iter().filter(|b| b.exit_code.is_none()).count()),
+        );
+        let Some((b, code)) = all
+            .iter()
+            .find_map(|b| b.exit_code.filter(|c| *c != 0).map(|c| (b, c)))
+        else {
+            return Ok(());
+        };
+        let label = self
+            .background
+            .get(&b.log)
+            .cloned()
+            .unwrap_or_else(|| b.log.clone());
+        log.line(&format!("--- the end of {} ---", b.log));
+        // argv, not a shell line: the log's name came from the command's name.
+        let tail = AgentExecRequest {
+            argv: Some(
+                ["tail", "-n", "40", "--", b.log.as_str()]
+                    .map(String::from)
+                    .to_vec(),
+            ),
+            timeout_ms: Some(10_000),
+            ..Default::default()
+        };
+        match agent.exec(tail).await {
+            Ok(r) => {
+                log.push(&r.output);
+                if !r.output.ends_with('\n') {
+                    log.line("");
+                }
+            }
+            Err(e) => log.line(&format!("(the log could not be read: {e})")),
+        }
+        Err(format!(
+            "background command `{label}` exited with status {code}"
+        ))
     }
 
     /// Runs one command in the VM with its output going to the step log; answers its exit code and

@@ -668,6 +668,8 @@ impl AuthGitServer {
 /// networking, while the host's own addresses stay closed to them). Removed on drop.
 pub struct RemoteHost {
     pub ip: std::net::Ipv4Addr,
+    /// The host's own address on the link to it.
+    pub host_side: std::net::Ipv4Addr,
     ns: String,
 }
 
@@ -696,7 +698,8 @@ impl RemoteHost {
             // A random /30 in 10.213/16: parallel tests and runs do not meet.
             let r = rand_u32();
             let (a, b) = ((r >> 8) as u8, ((r & 0x3f) * 4) as u8);
-            let host_ip = format!("10.213.{a}.{}", b + 1);
+            let host_side = std::net::Ipv4Addr::new(10, 213, a, b + 1);
+            let host_ip = host_side.to_string();
             let ns_ip = std::net::Ipv4Addr::new(10, 213, a, b + 2);
             let _ = ip(&["netns", "del", &ns]);
             let steps: Vec<Vec<String>> = vec![
@@ -762,7 +765,13 @@ impl RemoteHost {
                 (!ok).then(|| format!("ip {}: {e}", a.join(" ")))
             });
             match failed {
-                None => return RemoteHost { ip: ns_ip, ns },
+                None => {
+                    return RemoteHost {
+                        ip: ns_ip,
+                        host_side,
+                        ns,
+                    }
+                }
                 Some(e) => {
                     let _ = ip(&["link", "del", &host_if]);
                     let _ = ip(&["netns", "del", &ns]);

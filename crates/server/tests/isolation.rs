@@ -1,0 +1,444 @@
+//! Every VM of the default backend is a machine of its own, seen from inside as a tenant would
+//! try it: its own network and ports, nothing of the host or of other VMs in reach but the git
+//! mirror, root that is an unprivileged host id, no host devices, and limits that stop a VM
+//! alone while the server and the other VMs carry on.
+
+mod common;
+
+use std::io::Write;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+
+use common::*;
+use serde_json::{json, Value};
+
+/// Answers `text` to every connection, in a thread, for as long as the test runs.
+fn serve_text(l: TcpListener, text: &'static str) -> u16 {
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for mut c in l.incoming().flatten() {
+            let _ = c.write_all(text.as_bytes());
+        }
+    });
+    port
+}
+
+/// From inside a VM: which of `targets` (name, address, port) accept a TCP connection. Each
+/// probe is bounded by `timeout`; the names come back with `open` or `closed`.
+async fn probe(s: &TestServer, pid: &str, id: &str, targets: &[(&str, String, u16)]) -> Value {
+    let mut script = String::new();
+    for (name, addr, port) in targets {
+        script.push_str(&format!(
+            "if timeout 3 bash -c 'exec 3<>/dev/tcp/{addr}/{port}' 2>/dev/null; \
+             then echo '{name} open'; else echo '{name} closed'; fi\n"
+        ));
+    }
+    let r = s.exec(pid, id, &script).await;
+    let mut out = serde_json::Map::new();
+    for line in r["output"].as_str().unwrap().lines() {
+        if let Some((name, state)) = line.rsplit_once(' ') {
+            out.insert(name.to_string(), json!(state));
+        }
+    }
+    Value::Object(out)
+}
+
+async fn ready_ids(s: &TestServer, pid: &str) -> Vec<String> {
+    let v = s
+        .ok(
+            "GET",
+            &format!("/v1/projects/{pid}/warm-pool/instances?status=ready&limit=50"),
+            None,
+        )
+        .await;
+    assert_valid("ListWarmPoolInstancesResponse", &v);
+    v["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["isTest"] == false)
+        .map(|i| i["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn port_of(url: &str) -> u16 {
+    url.rsplit(':')
+        .next()
+        .and_then(|p| p.trim_end_matches('/').parse().ok())
+        .unwrap_or_else(|| panic!("no port in {url}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn vms_have_their_own_network_and_reach_nothing_of_the_hosts() {
+    let s = TestServer::start(&[]);
+    let remote = RemoteHost::new();
+    let remote_port = serve_text(remote.listen(), "remote\n");
+    let lo_port = serve_text(TcpListener::bind("127.0.0.1:0").unwrap(), "host loopback\n");
+    let any_port = serve_text(TcpListener::bind("0.0.0.0:0").unwrap(), "host\n");
+    let host_ip = non_loopback_ip().expect("this machine needs an address other than loopback");
+    let api_port = port_of(&s.url);
+
+    // A pool of two whose setup starts a server on :3000 in the background in each VM.
+    let repo = TestRepo::new(&[("README", "hello\n")]);
+    let pid = s
+        .create_project(
+            "own-network",
+            json!([{"repoFullName": "acme/app", "url": repo.url()}]),
+        )
+        .await;
+    s.ok(
+        "PATCH",
+        &format!("/v1/projects/{pid}/warm-pool"),
+        Some(json!({"targetSize": 2, "setupCommands": [{
+            "name": "git daemon",
+            "command": "git daemon --port=3000 --base-path=/home --export-all /home",
+            "background": true
+        }]})),
+    )
+    .await;
+    wait_for("2 ready VMs", async || ready_ids(&s, &pid).await.len() == 2).await;
+    let ids = ready_ids(&s, &pid).await;
+    // Both are claimed (commands run in claimed VMs); each claim answers how to reach its VM.
+    let mut claims = Vec::new();
+    for _ in 0..2 {
+        let (st, claim) = s
+            .call(
+                "POST",
+                &format!("/v1/projects/{pid}/warm-pool/claim"),
+                Some(json!({})),
+            )
+            .await;
+        assert_eq!(st, 200, "{claim}");
+        assert!(ids.contains(&claim["instance"]["id"].as_str().unwrap().to_string()));
+        claims.push(claim);
+    }
+    // Both serve on the same port, each its own (the git mirror cloned the repo: it is reached).
+    for id in &ids {
+        let r = s
+            .exec(
+                &pid,
+                id,
+                "git ls-remote git://127.0.0.1:3000/app HEAD | head -n1 | cut -c1-40; cat /home/app/README",
+            )
+            .await;
+        assert_eq!(r["output"], format!("{}\nhello\n", repo.head()), "{r}");
+    }
+
+    // B's agent URL works from the server's machine; from A it is closed.
+    let claim = &claims[1];
+    let b = claim["instance"]["id"].as_str().unwrap().to_string();
+    let b_url = claim["vm"]["agentUrl"].as_str().unwrap().to_string();
+    let health = s
+        .http
+        .get(format!("{b_url}/v1/health"))
+        .bearer_auth(claim["vm"]["agentToken"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    let a = claims[0]["instance"]["id"].as_str().unwrap().to_string();
+    assert_ne!(a, b);
+    let b_port = port_of(&b_url);
+    let gateway = s
+        .exec(&pid, &a, "ip route show default | awk '{print $3; exit}'")
+        .await["output"]
+        .as_str()
+        .unwrap()
+        .trim()
+        .to_string();
+    assert!(!gateway.is_empty());
+    let h = host_ip.to_string();
+    let targets = [
+        ("own port", "127.0.0.1".to_string(), 3000),
+        ("api", "127.0.0.1".to_string(), api_port),
+        ("api at the host address", h.clone(), api_port),
+        ("other agent", "127.0.0.1".to_string(), b_port),
+        ("other agent at the host address", h.clone(), b_port),
+        ("host loopback", "127.0.0.1".to_string(), lo_port),
+        ("host service", h.clone(), any_port),
+        ("host service at the gateway", gateway.clone(), any_port),
+        ("host loopback at the gateway", gateway.clone(), lo_port),
+        (
+            "host service at another host address",
+            remote.host_side.to_string(),
+            any_port,
+        ),
+        ("remote machine", remote.ip.to_string(), remote_port),
+    ];
+    let seen = probe(&s, &pid, &a, &targets).await;
+    let expect = json!({
+        "own port": "open",
+        "api": "closed",
+        "api at the host address": "closed",
+        "other agent": "closed",
+        "other agent at the host address": "closed",
+        "host loopback": "closed",
+        "host service": "closed",
+        "host service at the gateway": "closed",
+        "host loopback at the gateway": "closed",
+        "host service at another host address": "closed",
+        "remote machine": "open",
+    });
+    assert_eq!(seen, expect);
+    // The remote machine really answered, through the VM's outbound networking.
+    let r = s
+        .exec(
+            &pid,
+            &a,
+            &format!("exec 3<>/dev/tcp/{}/{remote_port}; head -n1 <&3", remote.ip),
+        )
+        .await;
+    assert_eq!(r["output"], "remote\n", "{r}");
+
+    // A takes its own loopback down: the host's stays up, the other VM still serves.
+    let r = s.exec(&pid, &a, "ip link set lo down && echo down").await;
+    assert_eq!(r["output"], "down\n", "{r}");
+    let flags = std::fs::read_to_string("/sys/class/net/lo/flags").unwrap();
+    let flags = u32::from_str_radix(flags.trim().trim_start_matches("0x"), 16).unwrap();
+    assert_eq!(flags & 1, 1, "the host's lo must stay up");
+    assert_eq!(
+        s.ok("GET", "/v1/projects", None).await["items"][0]["id"],
+        pid
+    );
+    let r = s
+        .exec(
+            &pid,
+            &b,
+            "git ls-remote git://127.0.0.1:3000/app HEAD | head -n1 | cut -c1-40",
+        )
+        .await;
+    assert_eq!(r["output"], format!("{}\n", repo.head()), "{r}");
+}
+
+/// The block device the host's root filesystem is on, as `major:minor`.
+fn host_root_device() -> String {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    info.lines()
+        .map(|l| l.split(' ').collect::<Vec<_>>())
+        .find(|f| f.len() > 4 && f[4] == "/")
+        .map(|f| f[2].to_string())
+        .unwrap()
+}
+
+fn status_field(pid: i32, field: &str) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(&format!("{field}:"))
+                .map(|v| v.trim().to_string())
+        })
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn vm_root_is_an_unprivileged_host_id_without_the_hosts_devices() {
+    let s = TestServer::start(&[]);
+    let pid = s.create_project("own-root", json!([])).await;
+    let d = s.test_boot(&pid, json!({})).await;
+    assert_eq!(d["status"], "ready", "{d:#}");
+    let id = d["id"].as_str().unwrap();
+    let vm = d["instanceId"].as_str().unwrap();
+    let dev = host_root_device();
+    let (major, minor) = dev.split_once(':').unwrap();
+    let r = s
+        .exec(
+            &pid,
+            id,
+            &format!(
+                "id -u; touch /root/made-here; sudo -n id -u; \
+                 grep CapEff /proc/self/status | awk '{{print $2}}'; \
+                 mknod /tmp/disk b {major} {minor} 2>/dev/null || echo no-mknod; \
+                 head -c 1 /tmp/disk >/dev/null 2>&1 && echo READ-THE-DISK || echo no-disk; \
+                 ls /dev/vda /dev/sda /dev/nvme0n1 /dev/mem /dev/kmsg 2>/dev/null | wc -l; \
+                 mount -t tmpfs none /mnt 2>/dev/null && echo mounted-here; \
+                 (echo 0 > /proc/sys/vm/overcommit_memory) 2>/dev/null && echo SYSCTL-WRITTEN || echo no-sysctl"
+            ),
+        )
+        .await;
+    let out = r["output"].as_str().unwrap();
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "0", "{out}");
+    assert_eq!(
+        lines[1], "0",
+        "sudo works as on a machine of one's own: {out}"
+    );
+    let cap = u64::from_str_radix(lines[2], 16).unwrap();
+    assert_eq!(cap & (1 << 21), 0, "no CAP_SYS_ADMIN: {out}");
+    assert_ne!(cap, 0x1fffeffffff, "{out}");
+    assert!(!out.contains("READ-THE-DISK"), "{out}");
+    assert!(out.contains("no-disk"), "{out}");
+    assert_eq!(lines[lines.len() - 2..].join(" "), "0 no-sysctl", "{out}");
+
+    // On the host: the VM's processes and files belong to an id far from root and from users.
+    let init = s.vm_init_pid(vm).unwrap();
+    let uid: u32 = status_field(init, "Uid")
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(uid >= 1_000_000_000, "the VM's root is host uid {uid}");
+    let made = s
+        .data_dir()
+        .join("vms")
+        .join(vm)
+        .join("upper/root/made-here");
+    let owner = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(&made).unwrap());
+    assert_eq!(owner, uid);
+}
+
+/// The VM's cgroup directory of a controller, v1 (`memory`, `pids`, `cpu,cpuacct`) or v2.
+fn cgroup_file(vm: &str, v1: &str, file_v1: &str, file_v2: &str) -> Option<String> {
+    let candidates: [PathBuf; 2] = [
+        Path::new("/sys/fs/cgroup")
+            .join(v1)
+            .join("warmpool")
+            .join(vm)
+            .join(file_v1),
+        Path::new("/sys/fs/cgroup/warmpool").join(vm).join(file_v2),
+    ];
+    candidates
+        .iter()
+        .find_map(|p| std::fs::read_to_string(p).ok())
+        .map(|t| t.trim().to_string())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn limits_stop_the_vm_alone_and_the_server_answers_throughout() {
+    let s = TestServer::start(&[]);
+    let pid = s.create_project("limits", json!([])).await;
+    let path = format!("/v1/projects/{pid}/resources");
+    assert_eq!(
+        s.ok("GET", &path, None).await,
+        json!({"cpus": 2, "memoryMb": 2048, "pidsMax": 4096, "diskMb": 10240})
+    );
+    // A ready pool VM made with the old limits is replaced by one with the new.
+    s.ok(
+        "PATCH",
+        &format!("/v1/projects/{pid}/warm-pool"),
+        Some(json!({"targetSize": 1})),
+    )
+    .await;
+    wait_for("a ready VM", async || ready_ids(&s, &pid).await.len() == 1).await;
+    let old = ready_ids(&s, &pid).await[0].clone();
+
+    // Bad bodies: 422 naming the field, and nothing changes.
+    for (body, field) in [
+        (json!({"memoryMb": 5}), "memoryMb"),
+        (json!({"cpus": 0}), "cpus"),
+        (json!({"cpus": "two"}), "cpus"),
+        (json!({"pidsMax": -1}), "pidsMax"),
+        (json!({"diskMb": 1e12}), "diskMb"),
+        (json!({"memoryMB": 512}), "memoryMB"),
+    ] {
+        let (st, v) = s.call("PATCH", &path, Some(body.clone())).await;
+        assert_eq!(st, 422, "{body}: {v}");
+        assert_eq!(v["error"]["details"][0]["field"], field, "{body}: {v}");
+    }
+    // A project's own token reads its limits but cannot raise them.
+    let tok = s
+        .ok(
+            "POST",
+            &format!("/v1/projects/{pid}/tokens"),
+            Some(json!({})),
+        )
+        .await["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (st, _) = s.call_as(Some(&tok), "GET", &path, None).await;
+    assert_eq!(st, 200);
+    let (st, v) = s
+        .call_as(
+            Some(&tok),
+            "PATCH",
+            &path,
+            Some(json!({"memoryMb": 262144})),
+        )
+        .await;
+    assert_eq!(st, 403, "{v}");
+
+    let set = s
+        .ok(
+            "PATCH",
+            &path,
+            Some(json!({"memoryMb": 256, "pidsMax": 100, "cpus": 1})),
+        )
+        .await;
+    assert_eq!(
+        set,
+        json!({"cpus": 1, "memoryMb": 256, "pidsMax": 100, "diskMb": 10240})
+    );
+    wait_for("the VM with the old limits replaced", async || {
+        let ids = ready_ids(&s, &pid).await;
+        ids.len() == 1 && ids[0] != old
+    })
+    .await;
+
+    let a = s.test_boot(&pid, json!({})).await;
+    let other = s.test_boot(&pid, json!({})).await;
+    assert_eq!(
+        (&a["status"], &other["status"]),
+        (&json!("ready"), &json!("ready"))
+    );
+    let (a_id, a_vm) = (a["id"].as_str().unwrap(), a["instanceId"].as_str().unwrap());
+    let create = step(&a, "create_vm")["output"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        create.contains("limits: 1 CPUs, 256 MiB of memory, 100 processes and threads"),
+        "{create}"
+    );
+    let mem = cgroup_file(a_vm, "memory", "memory.limit_in_bytes", "memory.max").unwrap();
+    assert_eq!(mem, (256u64 << 20).to_string());
+    let pids = cgroup_file(a_vm, "pids", "pids.max", "pids.max").unwrap();
+    assert_eq!(pids, "100");
+
+    // A memory hog is killed inside the VM; the server answers all the while.
+    let watching = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let watcher = {
+        let (http, url, w) = (s.http.clone(), s.url.clone(), watching.clone());
+        tokio::spawn(async move {
+            let mut answers = 0;
+            while w.load(std::sync::atomic::Ordering::SeqCst) {
+                let r = http.get(format!("{url}/healthz")).send().await.unwrap();
+                assert!(r.status().is_success());
+                answers += 1;
+            }
+            answers
+        })
+    };
+    let r = s
+        .exec(
+            &pid,
+            a_id,
+            "head -c 1000m /dev/zero | tail > /dev/null; echo \"status ${PIPESTATUS[1]}\"",
+        )
+        .await;
+    watching.store(false, std::sync::atomic::Ordering::SeqCst);
+    assert!(watcher.await.unwrap() > 0);
+    let out = r["output"].as_str().unwrap();
+    assert!(out.ends_with("status 137\n"), "{r}");
+
+    // A fork flood stops at pidsMax.
+    let r = s
+        .exec(
+            &pid,
+            a_id,
+            "perl -e 'my @k; for (1..300) { my $p = fork; last unless defined $p; \
+             if (!$p) { sleep 60; exit 0 } push @k, $p } print scalar(@k), qq(\\n); kill 9, @k'",
+        )
+        .await;
+    let forked: u32 = r["output"].as_str().unwrap().trim().parse().unwrap();
+    assert!((10..100).contains(&forked), "forked {forked}: {r}");
+
+    // The VM itself and the other VM carry on.
+    for inst in [&a, &other] {
+        let r = s
+            .exec(&pid, inst["id"].as_str().unwrap(), "echo alive")
+            .await;
+        assert_eq!(r["output"], "alive\n");
+    }
+}

@@ -95,6 +95,12 @@ pub trait Backend: Send + Sync + 'static {
             self.name()
         )))
     }
+    /// Waits until a VM made by `create` has its network (a backend may attach it while the VM
+    /// starts, so the VM's agent answers sooner); fails if it could not be attached.
+    async fn wait_network(&self, vm_id: &str) -> Result<(), BackendError> {
+        let _ = vm_id;
+        Ok(())
+    }
     /// Deletes a golden; only when no VM uses it any more.
     async fn delete_golden(&self, golden_id: &str) -> Result<(), BackendError> {
         let _ = golden_id;

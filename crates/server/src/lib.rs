@@ -8,6 +8,7 @@ pub mod bench;
 pub mod cli;
 pub mod error;
 pub mod git;
+pub mod local_vms;
 pub mod metrics;
 pub mod provision;
 pub mod sealed;

@@ -441,6 +441,8 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("cannot create the data dir {}", data_dir.display()))?;
     owner_only(&data_dir)?;
+    // One server per data dir; `warmpool vms` waits for none.
+    let _lock = crate::local_vms::lock_data_dir(&data_dir)?;
     tracing::info!("data dir: {}", data_dir.display());
     let admin = admin_token(&data_dir, args.admin_token.as_deref())?;
     let store = open_store(&args, &data_dir).await?;

@@ -15,7 +15,7 @@ const KEYS: &[&str] = &[
     "warm_first_output_ms",
     "cold_first_output_ms",
     "sandbox_start_ms",
-    "unshare_floor_ms",
+    "runc_floor_ms",
     "qemu_boot_ms",
     "qemu_restore_ms",
     "qemu_idle_rss_mb",
@@ -45,7 +45,7 @@ fn bench_measures_the_selected_rows_and_explains_the_others() {
     );
     // The table names each baseline next to its figure.
     assert!(stdout.contains("SQLite commit p50"), "{stdout}");
-    assert!(stdout.contains("bare unshare"), "{stdout}");
+    assert!(stdout.contains("bare runc run"), "{stdout}");
 
     let v: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
     for k in KEYS {
@@ -56,7 +56,7 @@ fn bench_measures_the_selected_rows_and_explains_the_others() {
         "claim_p99_ms",
         "commit_floor_p50_ms",
         "sandbox_start_ms",
-        "unshare_floor_ms",
+        "runc_floor_ms",
     ];
     for k in measured {
         let x = v[k]

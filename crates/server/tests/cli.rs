@@ -179,3 +179,88 @@ async fn pool_watch_follows_every_boot_live() {
         "{text}"
     );
 }
+
+/// Runs `warmpool ARGS` and answers (success, stdout, stderr).
+fn warmpool(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(BIN)
+        .args(args)
+        .env("WARMPOOL_CACHE_DIR", cache_dir())
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+/// VMs outlive their server; with none running, an operator lists them and destroys them all,
+/// leaving no process, mount or directory, and the next server fills its pool again.
+#[tokio::test(flavor = "multi_thread")]
+async fn vms_of_a_stopped_server_are_listed_and_destroyed_without_it() {
+    let mut s = TestServer::start(&[]);
+    let pid = s.create_project("offline", json!([])).await;
+    s.ok(
+        "PATCH",
+        &format!("/v1/projects/{pid}/warm-pool"),
+        Some(json!({"targetSize": 2})),
+    )
+    .await;
+    let ready = async |s: &TestServer| {
+        s.ok("GET", &format!("/v1/projects/{pid}/warm-pool"), None)
+            .await["status"]["ready"]
+            == 2
+    };
+    wait_for("2 ready", async || ready(&s).await).await;
+    let data = s.data_dir().display().to_string();
+
+    // While the server runs, it alone manages them.
+    let (ok, _, err) = warmpool(&["vms", "rm", "--all", "--data-dir", &data]);
+    assert!(!ok);
+    assert!(err.contains("a warmpool server (pid "), "{err}");
+    let (ok, out, _) = warmpool(&["--json", "vms", "list", "--data-dir", &data]);
+    assert!(ok);
+    let listed: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 2, "{listed}");
+
+    s.kill9();
+    let vms = s.vm_dirs();
+    assert_eq!(vms.len(), 2);
+    let inits: Vec<i32> = vms.iter().map(|v| s.vm_init_pid(v).unwrap()).collect();
+    let procs: Vec<(i32, u64)> = inits.iter().flat_map(|p| vm_processes(*p)).collect();
+    assert!(any_alive(&procs), "VMs keep running without their server");
+    let (ok, out, err) = warmpool(&["vms", "list", "--data-dir", &data]);
+    assert!(ok, "{err}");
+    for v in &vms {
+        assert!(
+            out.lines()
+                .any(|l| l.starts_with(v.as_str()) && l.contains("sandbox  running (pid ")),
+            "{out}"
+        );
+    }
+    let (ok, _, err) = warmpool(&["vms", "rm", "vm-doesnotexist0000", "--data-dir", &data]);
+    assert!(!ok);
+    assert!(err.contains("no VM `vm-doesnotexist0000`"), "{err}");
+    let (ok, out, err) = warmpool(&["vms", "rm", "--all", "--data-dir", &data]);
+    assert!(ok, "{err}");
+    assert_eq!(
+        out.lines()
+            .filter(|l| l.starts_with("destroyed vm-"))
+            .count(),
+        2,
+        "{out}"
+    );
+    assert!(!any_alive(&procs), "processes of destroyed VMs still run");
+    assert!(s.vm_dirs().is_empty());
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    for v in &vms {
+        assert!(!mounts.contains(v.as_str()), "a mount of {v} is left");
+    }
+    let (ok, out, _) = warmpool(&["vms", "list", "--data-dir", &data]);
+    assert!(ok);
+    assert!(out.starts_with("no VMs in "), "{out}");
+
+    // The next server sees its VMs gone and fills the pool again.
+    s.restart();
+    wait_for("2 ready again", async || ready(&s).await).await;
+}

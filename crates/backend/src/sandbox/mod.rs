@@ -16,6 +16,7 @@ pub mod netns;
 pub mod seccomp;
 pub mod spec;
 
+use std::collections::HashMap;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -67,7 +68,11 @@ pub struct SandboxBackend {
     limit_swap: bool,
     /// `(agent layer, rootfs)` owned by the id range, once made.
     layers: tokio::sync::Mutex<Option<(PathBuf, PathBuf)>>,
+    /// Networks being attached (pasta starting), by VM: `None` until pasta has answered.
+    networks: std::sync::Mutex<HashMap<String, NetworkState>>,
 }
+
+type NetworkState = tokio::sync::watch::Receiver<Option<Result<(), String>>>;
 
 /// What the sandbox backend needs from the host, and the Debian packages that give it.
 pub fn missing_tools() -> Vec<(&'static str, &'static str)> {
@@ -190,7 +195,60 @@ impl SandboxBackend {
             seccomp,
             limit_swap: swap_limit_supported(),
             layers: tokio::sync::Mutex::new(None),
+            networks: std::sync::Mutex::new(HashMap::new()),
         })
+    }
+
+    fn networks_lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, NetworkState>> {
+        self.networks.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The runtime's own floor, for the benchmark: one `runc run` of [`spec::bare`] (from
+    /// creating the container to its exit and removal), timed. `work` holds the bundle.
+    pub async fn bare_runtime_start(&self, work: &Path) -> Result<Duration, String> {
+        let (_, rootfs) = self.layers().await.map_err(|e| e.to_string())?;
+        let id = format!("bare-{}", ids::random_secret(8).to_lowercase());
+        let bundle = work.join(&id);
+        std::fs::create_dir_all(&bundle).map_err(|e| e.to_string())?;
+        // Where the VMs' ids can reach it, as VM roots are (the cache dir may be private).
+        let root = self.opts.roots_dir.join(&id);
+        std::fs::create_dir_all(&root).map_err(|e| e.to_string())?;
+        nix::mount::mount(
+            Some(&rootfs),
+            &root,
+            None::<&str>,
+            nix::mount::MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(|e| format!("cannot bind the image: {e}"))?;
+        let config = spec::bare(&root, self.opts.ids, &format!("/warmpool-bench/{id}"))?;
+        std::fs::write(
+            bundle.join("config.json"),
+            serde_json::to_vec(&config).map_err(|e| e.to_string())?,
+        )
+        .map_err(|e| e.to_string())?;
+        let t = std::time::Instant::now();
+        let out = tokio::process::Command::new(&self.opts.runc)
+            .arg("--root")
+            .arg(work.join("runc"))
+            .args(["run", "--bundle"])
+            .arg(&bundle)
+            .arg(&id)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .await
+            .map_err(|e| format!("cannot run runc: {e}"))?;
+        let took = t.elapsed();
+        let _ = std::fs::remove_dir_all(&bundle);
+        let _ = umount2(&root, MntFlags::MNT_DETACH);
+        let _ = std::fs::remove_dir(&root);
+        if !out.status.success() {
+            return Err(format!(
+                "runc run failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        Ok(took)
     }
 
     /// Where a VM's network namespace is pinned.
@@ -245,6 +303,7 @@ impl SandboxBackend {
     }
 
     async fn start(&self, spec: &VmSpec, dir: &Path) -> Result<VmHandle, BackendError> {
+        let t0 = std::time::Instant::now();
         let (agent_layer, rootfs) = self.layers().await?;
         let ids = self.opts.ids;
         let io = |what: &str, e: std::io::Error| err(format!("{what}: {e}"));
@@ -279,6 +338,7 @@ impl SandboxBackend {
             .await
             .map_err(|e| err(format!("the namespace task failed: {e}")))?
             .map_err(err)?;
+        let prepared = t0.elapsed();
         write_guest_files(&root, &spec.vm_id, ids)
             .map_err(|e| err(format!("cannot write the VM's /etc files: {e}")))?;
         let config = spec::build(&spec::SpecInput {
@@ -308,20 +368,43 @@ impl SandboxBackend {
             .map_err(|e| io("agent port", e))?
             .port();
 
-        let runc = self.run_container(spec, dir, &listener);
-        let net = self.attach_network(spec, dir);
-        let (r, n) =
-            tokio::time::timeout(self.opts.start_timeout, async { tokio::join!(runc, net) })
-                .await
-                .map_err(|_| {
-                    err(format!(
-                        "the sandbox did not start within {} s",
-                        self.opts.start_timeout.as_secs()
-                    ))
-                })?;
+        // pasta attaches the network while runc starts the VM; the VM is handed over as soon as
+        // its agent can answer, and the first step that needs the network waits for it
+        // (`wait_network`).
+        let (tx, rx) = tokio::sync::watch::channel(None);
+        self.networks_lock().insert(spec.vm_id.clone(), rx);
+        let net = Network {
+            pasta: self.opts.pasta.clone(),
+            gid: egress_gid(self.opts.ids),
+            netns: self.net_pin(&spec.vm_id),
+            dir: dir.to_path_buf(),
+            host_ports: spec.host_ports.clone(),
+        };
+        let limit = self.opts.start_timeout;
+        tokio::spawn(async move {
+            let r = match tokio::time::timeout(limit, net.attach()).await {
+                Ok(r) => r,
+                Err(_) => Err(format!(
+                    "the VM's network was not set up within {} s",
+                    limit.as_secs()
+                )),
+            };
+            let _ = tx.send(Some(r));
+        });
+        let configured = t0.elapsed();
+        let started = tokio::time::timeout(limit, self.run_container(spec, dir, &listener)).await;
+        tracing::debug!(
+            vm = %spec.vm_id,
+            "sandbox start: root and namespaces {prepared:?}, config {configured:?}, runc {:?}",
+            t0.elapsed()
+        );
         drop(listener);
-        r?;
-        n?;
+        started.map_err(|_| {
+            err(format!(
+                "the sandbox did not start within {} s",
+                limit.as_secs()
+            ))
+        })??;
         // The VM's init, by pid and start time: destroy kills it (which ends every process of
         // the VM's pid namespace) and waits for it even if runc's state is gone.
         let state =
@@ -403,64 +486,6 @@ impl SandboxBackend {
         Err(err(format!("the sandbox did not start: {last}")))
     }
 
-    /// pasta gives the VM's network namespace an interface with outbound connections made by
-    /// ordinary host sockets. `--no-map-gw`: the gateway is not the host's loopback; `-T`: the
-    /// VM's own loopback ports of `host_ports` lead to the host's, and no other port does;
-    /// `--runas`: its sockets carry the group the egress firewall keeps from the host's addresses.
-    async fn attach_network(&self, spec: &VmSpec, dir: &Path) -> Result<(), BackendError> {
-        let log = std::fs::File::create(dir.join("pasta.log"))
-            .map_err(|e| err(format!("cannot create pasta.log: {e}")))?;
-        let mut cmd = tokio::process::Command::new(&self.opts.pasta);
-        let runas = format!("0:{}", egress_gid(self.opts.ids));
-        cmd.args(["--runas", &runas, "--config-net", "--no-map-gw", "-q"])
-            .args(["-t", "none", "-u", "none", "-U", "none"]);
-        if spec.host_ports.is_empty() {
-            cmd.args(["-T", "none"]);
-        } else {
-            let ports: Vec<String> = spec.host_ports.iter().map(|p| p.to_string()).collect();
-            cmd.arg("-T").arg(ports.join(","));
-        }
-        cmd.arg("--netns")
-            .arg(self.net_pin(&spec.vm_id))
-            .arg("-P")
-            .arg(dir.join("pasta.pid"))
-            .env_clear()
-            .stdin(std::process::Stdio::null())
-            .stdout(log.try_clone().map_err(|e| err(e.to_string()))?)
-            .stderr(log)
-            .kill_on_drop(false);
-        // SAFETY: setsid is async-signal-safe.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::setsid();
-                Ok(())
-            });
-        }
-        let status = cmd
-            .status()
-            .await
-            .map_err(|e| err(format!("cannot run pasta: {e}")))?;
-        // pasta writes its bare pid; ours carries the start time too, so a reused pid is never
-        // killed by mistake.
-        if let Some(pid) = std::fs::read_to_string(dir.join("pasta.pid"))
-            .ok()
-            .and_then(|t| t.trim().parse::<i32>().ok())
-        {
-            let _ = crate::process::write_pid_file(&dir.join("pasta.pid"), pid);
-        }
-        if status.success() {
-            return Ok(());
-        }
-        let text = std::fs::read_to_string(dir.join("pasta.log")).unwrap_or_default();
-        let last = text
-            .lines()
-            .rev()
-            .find(|l| !l.contains("syslog") && !l.trim().is_empty())
-            .unwrap_or("no message")
-            .to_string();
-        Err(err(format!("the VM's network could not be set up: {last}")))
-    }
-
     /// Removes a VM's cgroups when runc could not (its state was lost in a crash mid-start).
     fn remove_cgroups(vm_id: &str) {
         let mut dirs = Vec::new();
@@ -481,6 +506,101 @@ impl SandboxBackend {
             }
             let _ = std::fs::remove_dir(&d);
         }
+    }
+}
+
+/// What pasta needs to attach one VM's network.
+struct Network {
+    pasta: PathBuf,
+    gid: u32,
+    netns: PathBuf,
+    dir: PathBuf,
+    host_ports: Vec<u16>,
+}
+
+impl Network {
+    /// pasta gives the VM's network namespace an interface with outbound connections made by
+    /// ordinary host sockets. `--no-map-gw`: the gateway is not the host's loopback; `-T`: the
+    /// VM's own loopback ports of `host_ports` lead to the host's, and no other port does;
+    /// `--runas`: its sockets carry the group the egress firewall keeps from the host's addresses.
+    async fn attach(self) -> Result<(), String> {
+        let dir = &self.dir;
+        let log = std::fs::File::create(dir.join("pasta.log"))
+            .map_err(|e| format!("cannot create pasta.log: {e}"))?;
+        let mut cmd = tokio::process::Command::new(&self.pasta);
+        let runas = format!("0:{}", self.gid);
+        cmd.args(["--runas", &runas, "--config-net", "--no-map-gw", "-q"])
+            .args(["-t", "none", "-u", "none", "-U", "none"]);
+        if self.host_ports.is_empty() {
+            cmd.args(["-T", "none"]);
+        } else {
+            let ports: Vec<String> = self.host_ports.iter().map(|p| p.to_string()).collect();
+            cmd.arg("-T").arg(ports.join(","));
+        }
+        cmd.arg("--netns")
+            .arg(&self.netns)
+            .arg("-P")
+            .arg(dir.join("pasta.pid"))
+            .env_clear()
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().map_err(|e| e.to_string())?)
+            .stderr(log)
+            .kill_on_drop(false);
+        // SAFETY: setsid is async-signal-safe.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::setsid();
+                Ok(())
+            });
+        }
+        let status = cmd
+            .status()
+            .await
+            .map_err(|e| format!("cannot run pasta: {e}"))?;
+        // pasta writes its bare pid; ours carries the start time too, so a reused pid is never
+        // killed by mistake.
+        if let Some(pid) = std::fs::read_to_string(dir.join("pasta.pid"))
+            .ok()
+            .and_then(|t| t.trim().parse::<i32>().ok())
+        {
+            let _ = crate::process::write_pid_file(&dir.join("pasta.pid"), pid);
+        }
+        if status.success() {
+            return Ok(());
+        }
+        let text = std::fs::read_to_string(dir.join("pasta.log")).unwrap_or_default();
+        let last = text
+            .lines()
+            .rev()
+            .find(|l| !l.contains("syslog") && !l.trim().is_empty())
+            .unwrap_or("no message")
+            .to_string();
+        Err(format!("the VM's network could not be set up: {last}"))
+    }
+}
+
+/// Kills a VM's pasta. Its pid file carries a start time once `attach` has seen pasta up; a
+/// crash in between leaves pasta's own bare pid, which is trusted only if that process is
+/// pasta serving this VM's network namespace.
+async fn kill_pasta(dir: &Path, netns: &Path) {
+    let file = dir.join("pasta.pid");
+    if crate::process::read_pid_file(&file).is_some() {
+        crate::process::kill_from_pid_file(&file).await;
+        return;
+    }
+    let Some(pid) = std::fs::read_to_string(&file)
+        .ok()
+        .and_then(|t| t.trim().parse::<i32>().ok())
+        .filter(|p| *p > 1)
+    else {
+        return;
+    };
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let ours = cmdline
+        .split(|b| *b == 0)
+        .any(|a| a == netns.as_os_str().as_encoded_bytes());
+    if ours && crate::process::write_pid_file(&file, pid).is_ok() {
+        crate::process::kill_from_pid_file(&file).await;
     }
 }
 
@@ -605,7 +725,13 @@ impl Backend for SandboxBackend {
             }
         }
         Self::remove_cgroups(vm_id);
-        crate::process::kill_from_pid_file(&dir.join("pasta.pid")).await;
+        // A pasta still starting is let finish first, so its pid is known when it is killed.
+        let attaching = self.networks_lock().remove(vm_id);
+        if let Some(mut rx) = attaching {
+            let _ =
+                tokio::time::timeout(self.opts.start_timeout, rx.wait_for(Option::is_some)).await;
+        }
+        kill_pasta(&dir, &self.net_pin(vm_id)).await;
         let root = self.opts.roots_dir.join(vm_id);
         let _ = umount2(&root, MntFlags::MNT_DETACH);
         let _ = std::fs::remove_dir(&root);
@@ -633,6 +759,25 @@ impl Backend for SandboxBackend {
             }
         }
         Ok(out)
+    }
+
+    async fn wait_network(&self, vm_id: &str) -> Result<(), BackendError> {
+        let attaching = self.networks_lock().get(vm_id).cloned();
+        let Some(mut rx) = attaching else {
+            // Attached before this server started (an adopted VM): pasta must still run.
+            let dir = self.vm_dir(vm_id)?;
+            return match crate::process::read_pid_file(&dir.join("pasta.pid")) {
+                Some((pid, start)) if crate::process::alive(pid, start) => Ok(()),
+                _ => Err(err("the VM's network is gone (its pasta is not running)")),
+            };
+        };
+        let done = rx
+            .wait_for(Option::is_some)
+            .await
+            .map_err(|_| err("the VM's network setup was abandoned"))?
+            .clone();
+        self.networks_lock().remove(vm_id);
+        done.unwrap_or(Ok(())).map_err(err)
     }
 
     fn host_address_for_vm(&self) -> &str {

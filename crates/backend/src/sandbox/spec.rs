@@ -249,6 +249,73 @@ pub fn build(i: &SpecInput) -> Result<Spec, String> {
         .map_err(e)
 }
 
+/// The runtime's own floor, for the benchmark: `/bin/true` in `rootfs` (read-only) with new
+/// user (mapped like a VM), network, pid, ipc, uts and mount namespaces and a memory and pids
+/// limit — no overlay, no seccomp profile, no networking, no agent.
+pub fn bare(rootfs: &Path, ids: IdRange, cgroups_path: &str) -> Result<Spec, String> {
+    let e = |x: oci_spec::OciSpecError| x.to_string();
+    let ns = |t: LinuxNamespaceType| LinuxNamespaceBuilder::default().typ(t).build().map_err(e);
+    let map = LinuxIdMappingBuilder::default()
+        .container_id(0u32)
+        .host_id(ids.base)
+        .size(ids.size)
+        .build()
+        .map_err(e)?;
+    let resources = LinuxResourcesBuilder::default()
+        .memory(
+            LinuxMemoryBuilder::default()
+                .limit(256 << 20)
+                .build()
+                .map_err(e)?,
+        )
+        .pids(LinuxPidsBuilder::default().limit(64).build().map_err(e)?)
+        .build()
+        .map_err(e)?;
+    let linux = LinuxBuilder::default()
+        .uid_mappings(vec![map])
+        .gid_mappings(vec![map])
+        .namespaces(vec![
+            ns(LinuxNamespaceType::User)?,
+            ns(LinuxNamespaceType::Network)?,
+            ns(LinuxNamespaceType::Pid)?,
+            ns(LinuxNamespaceType::Ipc)?,
+            ns(LinuxNamespaceType::Uts)?,
+            ns(LinuxNamespaceType::Mount)?,
+        ])
+        .resources(resources)
+        .cgroups_path(cgroups_path)
+        .build()
+        .map_err(e)?;
+    let process = ProcessBuilder::default()
+        .terminal(false)
+        .args(vec!["/bin/true".to_string()])
+        .cwd("/")
+        .build()
+        .map_err(e)?;
+    SpecBuilder::default()
+        .version("1.0.2")
+        .root(
+            RootBuilder::default()
+                .path(rootfs)
+                .readonly(true)
+                .build()
+                .map_err(e)?,
+        )
+        .process(process)
+        .mounts(vec![
+            mount("/proc", "proc", "proc", &[])?,
+            mount(
+                "/dev",
+                "tmpfs",
+                "tmpfs",
+                &["nosuid", "mode=755", "size=65536k"],
+            )?,
+        ])
+        .linux(linux)
+        .build()
+        .map_err(e)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

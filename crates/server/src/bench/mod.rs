@@ -3,7 +3,7 @@
 //! 2-core box. Prints a table and writes the figures as JSON.
 //!
 //! Rows: warm claims over HTTP (concurrency 1, 16, 64) vs a durable SQLite commit; a command's
-//! first output after a warm vs a cold claim; sandbox start vs a bare `unshare`; QEMU cold boot vs
+//! first output after a warm vs a cold claim; sandbox start vs a bare `runc run`; QEMU cold boot vs
 //! clone, and idle memory per clone; the control plane at 1,000 and 10,000 VMs (`sim`); claims per
 //! second on 1, 2 and 3 nodes sharing one PostgreSQL.
 
@@ -220,8 +220,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         failed(&mut report, r, &first_output);
     }
 
-    eprintln!("[3/6] sandbox start vs a bare unshare");
-    let sandbox = ["sandbox_start_ms", "unshare_floor_ms"];
+    eprintln!("[3/6] sandbox start vs a bare runc run");
+    let sandbox = ["sandbox_start_ms", "runc_floor_ms"];
     if !wanted("sandbox") {
         report.skip(&sandbox, not_selected);
     } else if !root {

@@ -16,7 +16,7 @@ use warmpool_types::api::{
 use super::client::Client;
 use super::{
     Cli, Command, DevboxCmd, EnvCmd, ImageCmd, InstanceCmd, PoolCmd, ProjectCmd, ResourcesCmd,
-    TokenCmd,
+    TokenCmd, VmsCmd,
 };
 use crate::provision::envfile::shell_quote;
 
@@ -484,6 +484,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             crate::bench::run(args).await?;
             return Ok(0);
         }
+        Command::Vms(cmd) => return local_vms(cmd, json_out).await,
         Command::Image(ImageCmd::Build {
             cache_dir,
             debian_mirror,
@@ -504,7 +505,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
     };
     let c = Client::new(&url, &token, ca_cert.as_deref())?;
     match command {
-        Command::Serve(_) | Command::Bench(_) | Command::Image(_) => unreachable!("handled above"),
+        Command::Serve(_) | Command::Bench(_) | Command::Image(_) | Command::Vms(_) => {
+            unreachable!("handled above")
+        }
         Command::Project(cmd) => match cmd {
             ProjectCmd::Create {
                 name,
@@ -1050,4 +1053,43 @@ fn print_resources(r: &Resources, json_out: bool) {
             r.cpus, r.memory_mb, r.pids_max, r.disk_mb
         );
     }
+}
+
+/// `warmpool vms`: works on the data dir itself, with no server.
+async fn local_vms(cmd: VmsCmd, json_out: bool) -> anyhow::Result<i32> {
+    use crate::local_vms;
+    match cmd {
+        VmsCmd::List { data_dir } => {
+            let data_dir = crate::serve::absolute(&data_dir)?;
+            let vms = local_vms::list(&data_dir);
+            if json_out {
+                print_json(&vms);
+            } else if vms.is_empty() {
+                println!("no VMs in {}", data_dir.display());
+            } else {
+                for v in &vms {
+                    let kind = serde_json::to_value(v.backend)?;
+                    let state = match v.pid {
+                        Some(pid) => format!("running (pid {pid})"),
+                        None => "not running".into(),
+                    };
+                    println!("{}  {}  {state}", v.id, kind.as_str().unwrap_or(""));
+                }
+            }
+        }
+        VmsCmd::Rm {
+            data_dir,
+            cache_dir,
+            all,
+            ids,
+        } => {
+            let data_dir = crate::serve::absolute(&data_dir)?;
+            let cache_dir =
+                crate::serve::absolute(&cache_dir.unwrap_or_else(crate::serve::default_cache_dir))?;
+            for id in local_vms::remove(&data_dir, &cache_dir, &ids, all).await? {
+                println!("destroyed {id}");
+            }
+        }
+    }
+    Ok(0)
 }

@@ -46,6 +46,9 @@ pub enum Command {
     /// Measure how fast this machine runs warmpool, each figure next to a baseline measured in
     /// the same run (starts servers and VMs of its own; the VM rows need root).
     Bench(crate::bench::BenchArgs),
+    /// The VMs of a data dir, with no server running: list them, destroy them.
+    #[command(subcommand)]
+    Vms(VmsCmd),
     /// The guest image.
     #[command(subcommand)]
     Image(ImageCmd),
@@ -188,6 +191,29 @@ pub enum DevboxCmd {
         /// Names of commands (given with --cmd) to start in the background.
         #[arg(long = "background")]
         background: Vec<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum VmsCmd {
+    /// Every VM the data dir holds, running or not.
+    List {
+        #[arg(long, env = "WARMPOOL_DATA_DIR", default_value = "./warmpool-data")]
+        data_dir: PathBuf,
+    },
+    /// Destroy VMs completely (processes, mounts, network, files). Refused while a server runs
+    /// on the data dir.
+    Rm {
+        #[arg(long, env = "WARMPOOL_DATA_DIR", default_value = "./warmpool-data")]
+        data_dir: PathBuf,
+        /// Guest images and kernels (as `serve --cache-dir`).
+        #[arg(long, env = "WARMPOOL_CACHE_DIR")]
+        cache_dir: Option<PathBuf>,
+        /// Every VM of the data dir.
+        #[arg(long)]
+        all: bool,
+        /// The VMs to destroy (`vm-...`).
+        ids: Vec<String>,
     },
 }
 

@@ -742,6 +742,17 @@ impl Pipeline {
                         "the VM's server (warmpool-agent {}) answered on {} after {waited} ms",
                         h.version, h.hostname
                     ));
+                    // The network may still be attaching; every later step may need it.
+                    let t = Instant::now();
+                    self.app
+                        .backend
+                        .wait_network(&self.inst.vm_id)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    let net = t.elapsed().as_millis() as u64;
+                    if net > 0 {
+                        log.line(&format!("its network was up {net} ms later"));
+                    }
                     return Ok(());
                 }
                 Err(AgentCallError::Unauthorized) => {

@@ -696,7 +696,6 @@ impl Pipeline {
             resources: self.plan.project.resources,
             // The mirror is the one service of the host a VM may reach.
             host_ports: vec![self.app.git.port()],
-            ..VmSpec::default()
         };
         let handle = backend.create(&spec).await.map_err(|e| {
             if let Some(tail) = &e.log_tail {

@@ -67,9 +67,20 @@ if ! mount -t ext4 -o rw /dev/vda /newroot; then
   echo "warmpool-init: cannot mount the root disk /dev/vda"; poweroff -f
 fi
 ip link set lo up
-ip addr add 10.0.2.15/24 dev eth0 && ip link set eth0 up && ip route add default via 10.0.2.2
+# Two NICs, told apart by their MACs (see `net.rs`): `local` reaches only what the host forwards
+# (10.0.2.0/24), `out` (passt) carries everything else.
+for n in /sys/class/net/*; do
+  case "$(cat "$n/address")" in
+    52:54:00:12:34:56) LOCAL_IF="${n##*/}";;
+    52:54:00:12:34:57) OUT_IF="${n##*/}";;
+  esac
+done
+ip addr add 10.0.2.15/24 dev "$LOCAL_IF" && ip link set "$LOCAL_IF" up
+ip link set "$OUT_IF" mtu 65520
+ip addr add 10.0.3.15/24 dev "$OUT_IF" && ip link set "$OUT_IF" up && ip route add default via 10.0.3.2 dev "$OUT_IF"
 hostname "$HN"
 echo "$HN" > /newroot/etc/hostname
+rm -f /newroot/etc/resolv.conf; echo "nameserver 10.0.3.3" > /newroot/etc/resolv.conf
 printf '127.0.0.1\tlocalhost\n127.0.1.1\t%s\n' "$HN" > /newroot/etc/hosts
 mkdir -p /newroot/usr/local/bin
 cp /warmpool-agent /newroot/usr/local/bin/warmpool-agent
@@ -295,10 +306,14 @@ fn build_base_disk(rootfs: &Path, dest: &Path) -> Result<(), String> {
             .arg(&staging),
         "copying the rootfs",
     )?;
-    // User-mode networking: the host's resolver is at 10.0.2.3.
+    // passt forwards DNS sent to this address to the host's resolver (the init writes it again at
+    // every boot: disks built before kept another address).
     let _ = std::fs::remove_file(staging.join("etc/resolv.conf"));
-    std::fs::write(staging.join("etc/resolv.conf"), "nameserver 10.0.2.3\n")
-        .map_err(|e| e.to_string())?;
+    std::fs::write(
+        staging.join("etc/resolv.conf"),
+        format!("nameserver {}\n", super::net::OUT_DNS),
+    )
+    .map_err(|e| e.to_string())?;
     for d in ["home", "var/log/warmpool", "usr/local/bin"] {
         std::fs::create_dir_all(staging.join(d)).map_err(|e| e.to_string())?;
     }
@@ -344,4 +359,25 @@ pub fn ensure(cache: &Path, rootfs: &Path, agent_bin: &Path) -> Result<GuestFile
         initrd,
         base_disk,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::net;
+    use super::INIT;
+
+    #[test]
+    fn the_init_configures_the_network_layout_of_net_rs() {
+        for want in [
+            format!("{}) LOCAL_IF", net::LOCAL_MAC),
+            format!("{}) OUT_IF", net::OUT_MAC),
+            format!("{}/24 dev \"$OUT_IF\"", net::OUT_ADDR),
+            format!("default via {} dev \"$OUT_IF\"", net::OUT_GATEWAY),
+            format!("nameserver {}", net::OUT_DNS),
+        ] {
+            assert!(INIT.contains(&want), "the init lacks `{want}`");
+        }
+        let mirror = net::MIRROR_ADDR.rsplit_once('.').unwrap().0;
+        assert!(INIT.contains(&format!("ip addr add {mirror}.15/24 dev \"$LOCAL_IF\"")));
+    }
 }

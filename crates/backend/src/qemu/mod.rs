@@ -1,6 +1,7 @@
 //! `qemu`: real virtual machines. Each VM is a QEMU process (KVM when it works, TCG otherwise)
 //! booting the Debian cloud kernel with the guest rootfs as a copy-on-write qcow2 overlay over one
-//! shared ext4 base disk, user-mode networking with a host port forwarded to the agent.
+//! shared ext4 base disk. Its network reaches the outside but nothing of the host except its git
+//! mirror; the agent is reached through a port forwarded on the host (see [`net`]).
 //!
 //! Making a VM is nearly free once a *golden* exists: a prepared VM frozen into an immutable
 //! artifact (its RAM file, its device state, its disk as a read-only layer). A clone maps the
@@ -9,10 +10,12 @@
 //! clock, entropy). The backend keeps one golden per image (a booted guest) for every new VM, and
 //! saves more on request (a pool's fully set-up VM). Cold boots remain the fallback.
 //!
-//! Layout: `<vms-dir>/<vm-id>/{disk.qcow2, ram?, qmp.sock, console.log, qemu.log, vm.json, qemu.pid}`,
+//! Layout: `<vms-dir>/<vm-id>/{disk.qcow2, ram?, qmp.sock, console.log, qemu.log, vm.json, qemu.pid,
+//! passt.pid, passt.log}`,
 //! `<goldens-dir>/<golden-id>/{ram, state, disk.qcow2, golden.json}`.
 
 pub mod guest;
+pub mod net;
 mod qmp;
 
 use std::path::{Path, PathBuf};
@@ -64,6 +67,9 @@ struct Machine {
     memory_mb: u32,
     cpus: u32,
     accel: String,
+    /// The network layout ([`net::LAYOUT`]); 0: a golden from before layouts had versions.
+    #[serde(default)]
+    net: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -101,15 +107,19 @@ pub struct QemuBackend {
     base_golden: tokio::sync::Mutex<Option<String>>,
     base_golden_failed: Mutex<Option<Instant>>,
     client: reqwest::Client,
+    passt: PathBuf,
+    /// Whether the firewall also guards IPv6, so guests may have it.
+    ipv6: bool,
 }
 
 fn err(m: impl Into<String>) -> BackendError {
     BackendError::new(m)
 }
 
-/// Where agents' ports are forwarded on the host. Not 127.0.0.1: user-mode networking lets every
-/// guest reach the host's 127.0.0.1 (as 10.0.2.2), and no guest may reach another VM's agent —
-/// least of all a fresh clone's, which still answers to its golden's token for a few milliseconds.
+/// Where agents' ports are forwarded on the host. Not 127.0.0.1, where other services of the host
+/// listen. No guest reaches any address of the host (see [`net`]), so none reaches another VM's
+/// agent — least of all a fresh clone's, which still answers to its golden's token for a few
+/// milliseconds.
 pub const AGENT_HOST: &str = "127.0.0.2";
 
 fn free_port() -> Result<u16, BackendError> {
@@ -140,6 +150,10 @@ impl QemuBackend {
                 "qemu-img is not installed; install it with `apt-get install -y qemu-utils`".into(),
             );
         }
+        let passt = crate::image::find_program("passt").ok_or(
+            "passt is not installed; install it with `apt-get install -y passt` (it gives qemu guests their outbound network)",
+        )?;
+        let ipv6 = net::ensure_firewall()?;
         Ok(Self {
             opts,
             image,
@@ -148,6 +162,8 @@ impl QemuBackend {
             base_golden: tokio::sync::Mutex::new(None),
             base_golden_failed: Mutex::new(None),
             client: HttpAgent::default_client(),
+            passt,
+            ipv6,
         })
     }
 
@@ -210,16 +226,19 @@ impl QemuBackend {
             memory_mb: self.opts.memory_mb,
             cpus: self.opts.cpus,
             accel: accel.to_string(),
+            net: net::LAYOUT,
         }
     }
 
-    /// Starts QEMU for a VM whose directory and disk are ready.
+    /// Starts QEMU and its passt for a VM whose directory and disk are ready. `host_ports`: the
+    /// host's loopback ports the guest may reach at [`net::MIRROR_ADDR`].
     async fn spawn(
         &self,
         dir: &Path,
         machine: &Machine,
         ram: Ram<'_>,
         port: u16,
+        host_ports: &[u16],
         incoming: bool,
     ) -> Result<(), BackendError> {
         let mut args: Vec<String> = vec![
@@ -252,13 +271,6 @@ impl QemuBackend {
                 "file={},if=virtio,format=qcow2",
                 dir.join("disk.qcow2").display()
             ),
-            "-netdev".into(),
-            format!(
-                "user,id=n0,hostfwd=tcp:{AGENT_HOST}:{port}-:{}",
-                guest::AGENT_PORT
-            ),
-            "-device".into(),
-            "virtio-net-pci,netdev=n0".into(),
             "-device".into(),
             "virtio-rng-pci".into(),
             "-qmp".into(),
@@ -291,9 +303,17 @@ impl QemuBackend {
                 ]);
             }
         }
+        args.extend(net::qemu_args(
+            AGENT_HOST,
+            port,
+            guest::AGENT_PORT,
+            host_ports,
+        ));
         if incoming {
             args.extend(["-incoming".into(), "defer".into()]);
         }
+        let (qemu_end, passt_end) = net::link()?;
+        net::spawn_passt(&self.passt, dir, passt_end, self.ipv6)?;
         let log = std::fs::File::create(dir.join("qemu.log")).map_err(|e| err(e.to_string()))?;
         let log2 = log.try_clone().map_err(|e| err(e.to_string()))?;
         let mut cmd = tokio::process::Command::new("qemu-system-x86_64");
@@ -303,16 +323,19 @@ impl QemuBackend {
             .stderr(Stdio::from(log2))
             .kill_on_drop(false);
         // Its own session: a signal to the server's process group never reaches the VM.
-        // SAFETY: setsid is async-signal-safe.
+        let link = std::os::fd::AsRawFd::as_raw_fd(&qemu_end);
+        // SAFETY: setsid, fcntl and dup2 are async-signal-safe.
         unsafe {
-            cmd.pre_exec(|| {
+            cmd.pre_exec(move || {
                 nix::unistd::setsid().map_err(std::io::Error::from)?;
-                Ok(())
+                net::inherit_as_link(link)
             });
         }
         let mut child = cmd
             .spawn()
             .map_err(|e| err(format!("cannot start qemu: {e}")))?;
+        // QEMU holds the link now; passt ends when QEMU does.
+        drop(qemu_end);
         let pid = child.id().unwrap_or(0) as i32;
         process::write_pid_file(&dir.join("qemu.pid"), pid).map_err(|e| err(e.to_string()))?;
         tokio::spawn(async move {
@@ -442,8 +465,11 @@ impl QemuBackend {
                     .cold_boot_once(
                         files,
                         "kvm",
-                        &ids::new_vm_id(),
-                        &ids::random_secret(32),
+                        &VmSpec {
+                            vm_id: ids::new_vm_id(),
+                            agent_token: ids::random_secret(32),
+                            ..VmSpec::default()
+                        },
                         Ram::Anonymous,
                         Duration::from_secs(20),
                     )
@@ -471,11 +497,11 @@ impl QemuBackend {
         &self,
         files: &GuestFiles,
         accel: &str,
-        vm_id: &str,
-        token: &str,
+        spec: &VmSpec,
         ram: Ram<'_>,
         limit: Duration,
     ) -> Result<String, (String, BackendError)> {
+        let (vm_id, token) = (spec.vm_id.as_str(), spec.agent_token.as_str());
         let fail = |e: BackendError| (vm_id.to_string(), e);
         let dir = self.vm_dir(vm_id).map_err(fail)?;
         std::fs::create_dir_all(&dir).map_err(|e| fail(err(e.to_string())))?;
@@ -499,7 +525,7 @@ impl QemuBackend {
             },
         )
         .map_err(fail)?;
-        self.spawn(&dir, &machine, ram, port, false)
+        self.spawn(&dir, &machine, ram, port, &spec.host_ports, false)
             .await
             .map_err(fail)?;
         self.wait_agent(&dir, port, token, limit)
@@ -522,14 +548,7 @@ impl QemuBackend {
                 Ram::Anonymous
             };
             match self
-                .cold_boot_once(
-                    &files,
-                    accel,
-                    &spec.vm_id,
-                    &spec.agent_token,
-                    ram,
-                    self.opts.boot_timeout,
-                )
+                .cold_boot_once(&files, accel, spec, ram, self.opts.boot_timeout)
                 .await
             {
                 Ok(_) => {
@@ -551,12 +570,18 @@ impl QemuBackend {
 
     async fn kill_and_clear(&self, dir: &Path) {
         process::kill_from_pid_file(&dir.join("qemu.pid")).await;
+        process::kill_from_pid_file(&dir.join("passt.pid")).await;
         let _ = tokio::fs::remove_dir_all(dir).await;
     }
 
     /// Starts `vm_id` from golden `golden_id` and gives it its own identity.
     async fn clone_from(&self, golden_id: &str, spec: &VmSpec) -> Result<VmHandle, BackendError> {
         let (gdir, meta) = self.read_golden(golden_id)?;
+        if meta.machine.net != net::LAYOUT {
+            return Err(err(format!(
+                "golden {golden_id} was made with another network layout; it cannot be cloned"
+            )));
+        }
         let dir = self.vm_dir(&spec.vm_id)?;
         tokio::fs::create_dir_all(&dir)
             .await
@@ -592,7 +617,8 @@ impl QemuBackend {
             Some(r) => Ram::Shared(r),
             None => Ram::Private(&golden_ram),
         };
-        self.spawn(&dir, &meta.machine, ram, port, true).await?;
+        self.spawn(&dir, &meta.machine, ram, port, &spec.host_ports, true)
+            .await?;
         let mut qmp = Qmp::connect(&dir.join("qmp.sock"), Duration::from_secs(10))
             .await
             .map_err(err)?;
@@ -687,13 +713,14 @@ impl QemuBackend {
         let key = {
             use sha2::Digest;
             hex::encode(sha2::Sha256::digest(format!(
-                "{:?}{:?}{:?}{}{}{}",
+                "{:?}{:?}{:?}{}{}{}{}",
                 machine.kernel,
                 machine.initrd,
                 files.base_disk,
                 machine.memory_mb,
                 machine.cpus,
-                accel
+                accel,
+                machine.net
             )))
         };
         let id = format!("base-{}", &key[..16]);
@@ -799,8 +826,8 @@ impl Backend for QemuBackend {
     }
 
     fn host_address_for_vm(&self) -> &str {
-        // User-mode networking maps the host's loopback to 10.0.2.2.
-        "10.0.2.2"
+        // Forwarded to the host's loopback, for the VM's `host_ports` only.
+        net::MIRROR_ADDR
     }
 
     fn agent(&self, _vm_id: &str, agent_url: &str, token: &str) -> Arc<dyn Agent> {
@@ -870,6 +897,7 @@ impl Backend for QemuBackend {
         let _ = qmp.execute("quit", json!({})).await;
         drop(qmp);
         process::kill_from_pid_file(&dir.join("qemu.pid")).await;
+        process::kill_from_pid_file(&dir.join("passt.pid")).await;
         // One immutable artifact: memory, device state, the disk as it was, and how it ran.
         for (from, to) in [
             (ram, tmp.join("ram")),

@@ -27,8 +27,17 @@ async fn wait_for(what: &str, mut check: impl AsyncFnMut() -> bool) {
     }
 }
 
-/// QEMU processes whose command line mentions this server's data dir.
+/// QEMU processes of this server's VMs (their command lines mention its data dir).
 fn qemu_processes(data: &Path) -> Vec<i32> {
+    processes(data, "qemu-system")
+}
+
+/// The VMs' passt processes (their command lines name their logs in the data dir).
+fn passt_processes(data: &Path) -> Vec<i32> {
+    processes(data, "passt")
+}
+
+fn processes(data: &Path, program: &str) -> Vec<i32> {
     let needle = data.display().to_string();
     std::fs::read_dir("/proc")
         .unwrap()
@@ -42,7 +51,9 @@ fn qemu_processes(data: &Path) -> Vec<i32> {
                 .is_some_and(|r| r.trim_start().starts_with('Z'));
             let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
             let cmd = String::from_utf8_lossy(&cmd);
-            !zombie && cmd.starts_with("qemu-system") && cmd.contains(&needle)
+            let argv0 = cmd.split('\0').next().unwrap_or_default();
+            let name = argv0.rsplit('/').next().unwrap_or_default();
+            !zombie && name.starts_with(program) && cmd.contains(&needle)
         })
         .collect()
 }
@@ -89,6 +100,9 @@ async fn test_boots_run_every_step_in_a_real_vm() {
     assert_eq!(lines[3], "from the host");
     assert_eq!(lines[4], repo.url());
 
+    // The repository came through the git mirror; nothing else of the host is reachable.
+    guest_network_reaches_out_but_not_the_host(&s, &pid, id).await;
+
     // A failing setup command names its step.
     let f = s
         .test_boot(
@@ -116,10 +130,167 @@ async fn test_boots_run_every_step_in_a_real_vm() {
         )
         .await;
     assert_eq!(st, 204);
-    wait_for("no QEMU process", async || {
-        qemu_processes(&s.data_dir()).is_empty()
+    wait_for("no QEMU or passt process", async || {
+        qemu_processes(&s.data_dir()).is_empty() && passt_processes(&s.data_dir()).is_empty()
     })
     .await;
+}
+
+/// Accepts connections on `addr`, greeting each with `marker`; answers the port.
+fn greeter(addr: &str, marker: &'static str) -> u16 {
+    let l = std::net::TcpListener::bind(addr).unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for c in l.incoming().flatten() {
+            std::thread::spawn(move || {
+                use std::io::{Read, Write};
+                let mut c = c;
+                let _ = c.write_all(marker.as_bytes());
+                // Read the request before closing: a reset could drop the marker unread.
+                let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
+                let _ = c.read(&mut [0u8; 512]);
+            });
+        }
+    });
+    port
+}
+
+/// A network namespace joined to the host by a veth pair: a machine other than the host, which
+/// guests must reach. Removed on drop, also when the test fails.
+struct OtherMachine {
+    name: String,
+}
+
+impl OtherMachine {
+    const HOST: &str = "198.51.100.1";
+    const ADDR: &str = "198.51.100.2";
+
+    fn ip(args: &[&str]) {
+        let out = std::process::Command::new("ip")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn new() -> OtherMachine {
+        let m = OtherMachine {
+            name: format!("wpt{}", std::process::id()),
+        };
+        let (ns, host_if, ns_if) = (&m.name, m.host_if(), format!("{}n", m.name));
+        Self::ip(&["netns", "add", ns]);
+        Self::ip(&[
+            "link", "add", &host_if, "type", "veth", "peer", "name", &ns_if, "netns", ns,
+        ]);
+        Self::ip(&[
+            "addr",
+            "add",
+            &format!("{}/30", Self::HOST),
+            "dev",
+            &host_if,
+        ]);
+        Self::ip(&["link", "set", &host_if, "up"]);
+        Self::ip(&[
+            "-n",
+            ns,
+            "addr",
+            "add",
+            &format!("{}/30", Self::ADDR),
+            "dev",
+            &ns_if,
+        ]);
+        Self::ip(&["-n", ns, "link", "set", &ns_if, "up"]);
+        m
+    }
+
+    fn host_if(&self) -> String {
+        format!("{}h", self.name)
+    }
+
+    /// A greeter listening inside the namespace; its port.
+    fn greeter(&self, marker: &'static str) -> u16 {
+        let ns = std::fs::File::open(format!("/run/netns/{}", self.name)).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            // Only this thread enters the namespace.
+            nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            tx.send(greeter("0.0.0.0:0", marker)).unwrap();
+        });
+        rx.recv_timeout(Duration::from_secs(10)).unwrap()
+    }
+}
+
+impl Drop for OtherMachine {
+    fn drop(&mut self) {
+        // The greeter's thread keeps the namespace alive until the test ends: remove the link too.
+        for args in [
+            vec!["link", "del", &self.host_if()],
+            vec!["netns", "del", &self.name],
+        ] {
+            let _ = std::process::Command::new("ip").args(&args).output();
+        }
+    }
+}
+
+/// From inside a VM: a machine other than the host answers; services on the host's loopback and
+/// on all its addresses (and the API) answer at none of the addresses a guest could try.
+async fn guest_network_reaches_out_but_not_the_host(s: &TestServer, pid: &str, id: &str) {
+    let other = OtherMachine::new();
+    let other_port = other.greeter("other-machine");
+    let lo = greeter("127.0.0.1:0", "host-loopback");
+    let any = greeter("0.0.0.0:0", "host-any");
+    let api = s.url.rsplit(':').next().unwrap().trim_end_matches('/');
+    let host_ip = non_loopback_ip()
+        .map(|ip| ip.to_string())
+        .unwrap_or_default();
+    let script = format!(
+        r#"probe() {{ timeout 4 bash -c 'exec 3<>/dev/tcp/$0/$1 && printf "GET /healthz HTTP/1.0\r\n\r\n" >&3 && head -c 300 <&3' "$1" "$2" 2>/dev/null | tr -d '\r\n'; }}
+gw=$(ip -4 route show default | cut -d' ' -f3)
+echo "gateway $gw"
+for a in 127.0.0.1 10.0.2.2 10.0.2.3 10.0.2.100 "$gw" {host_ip}; do
+  for p in {lo} {any} {api}; do echo "$a:$p $(probe "$a" "$p")" & done
+done
+echo "other $(probe {other_addr} {other_port})" &
+wait"#,
+        other_addr = OtherMachine::ADDR,
+    );
+    let started = Instant::now();
+    let out = s.exec(pid, id, &script).await;
+    let text = out["output"].as_str().unwrap().to_string();
+    eprintln!(
+        "network probes ({} ms):
+{text}",
+        started.elapsed().as_millis()
+    );
+    let gateway = text
+        .lines()
+        .find_map(|l| l.strip_prefix("gateway "))
+        .unwrap_or_default();
+    assert!(
+        !gateway.is_empty(),
+        "the guest has no default route:
+{text}"
+    );
+    let probes: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.starts_with("gateway "))
+        .collect();
+    let hosts = 5 + usize::from(!host_ip.is_empty());
+    assert_eq!(probes.len(), hosts * 3 + 1, "{text}");
+    for l in &probes {
+        for leak in ["host-loopback", "host-any", "\"status\":\"ok\""] {
+            assert!(!l.contains(leak), "the guest reached the host: {l}\n{text}");
+        }
+    }
+    assert!(
+        probes.contains(&"other other-machine"),
+        "the guest does not reach another machine:\n{text}"
+    );
 }
 
 fn sha256_file(p: &Path) -> String {
@@ -229,6 +400,9 @@ async fn pool_vms_are_distinct_copy_on_write_clones_of_a_golden() {
     }
     assert_eq!((la[4], lb[4]), ("prepared", "prepared"));
 
+    // A clone's network (its own passt, the golden's NICs) is the same as a booted VM's.
+    guest_network_reaches_out_but_not_the_host(&s, &pid, &a.0).await;
+
     // Each sees only its own disk and memory writes.
     s.exec(
         &pid,
@@ -308,10 +482,11 @@ async fn pool_vms_are_distinct_copy_on_write_clones_of_a_golden() {
         "the running VMs were adopted again"
     );
     assert_eq!(qemu_processes(&s.data_dir()).len(), 2);
+    assert_eq!(passt_processes(&s.data_dir()).len(), 2);
     // Disabling the pool destroys its VMs: no QEMU process remains.
     s.ok("PATCH", &pool, Some(json!({"enabled": false}))).await;
-    wait_for("no QEMU process", async || {
-        qemu_processes(&s.data_dir()).is_empty()
+    wait_for("no QEMU or passt process", async || {
+        qemu_processes(&s.data_dir()).is_empty() && passt_processes(&s.data_dir()).is_empty()
     })
     .await;
     let vms = std::fs::read_dir(s.data_dir().join("qemu-vms"))
@@ -344,8 +519,8 @@ async fn kill_9_during_a_boot_leaves_no_qemu_behind() {
     s.restart();
     // The interrupted boot's VM is gone; the pool tries again (and would hang again): disable it.
     s.ok("PATCH", &pool, Some(json!({"enabled": false}))).await;
-    wait_for("no QEMU process", async || {
-        qemu_processes(&s.data_dir()).is_empty()
+    wait_for("no QEMU or passt process", async || {
+        qemu_processes(&s.data_dir()).is_empty() && passt_processes(&s.data_dir()).is_empty()
     })
     .await;
     let st = s.ok("GET", &format!("{pool}/stats"), None).await;

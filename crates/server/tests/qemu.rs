@@ -485,14 +485,16 @@ async fn pool_vms_are_distinct_copy_on_write_clones_of_a_golden() {
     assert_eq!(passt_processes(&s.data_dir()).len(), 2);
     // Disabling the pool destroys its VMs: no QEMU process remains.
     s.ok("PATCH", &pool, Some(json!({"enabled": false}))).await;
-    wait_for("no QEMU or passt process", async || {
-        qemu_processes(&s.data_dir()).is_empty() && passt_processes(&s.data_dir()).is_empty()
+    // A VM's directory goes once its processes have: wait for both.
+    wait_for("no QEMU or passt process and no VM directory", async || {
+        qemu_processes(&s.data_dir()).is_empty()
+            && passt_processes(&s.data_dir()).is_empty()
+            && std::fs::read_dir(s.data_dir().join("qemu-vms"))
+                .unwrap()
+                .count()
+                == 0
     })
     .await;
-    let vms = std::fs::read_dir(s.data_dir().join("qemu-vms"))
-        .unwrap()
-        .count();
-    assert_eq!(vms, 0, "VM directories were left behind");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -519,16 +521,15 @@ async fn kill_9_during_a_boot_leaves_no_qemu_behind() {
     s.restart();
     // The interrupted boot's VM is gone; the pool tries again (and would hang again): disable it.
     s.ok("PATCH", &pool, Some(json!({"enabled": false}))).await;
-    wait_for("no QEMU or passt process", async || {
-        qemu_processes(&s.data_dir()).is_empty() && passt_processes(&s.data_dir()).is_empty()
+    wait_for("no QEMU or passt process and no VM directory", async || {
+        qemu_processes(&s.data_dir()).is_empty()
+            && passt_processes(&s.data_dir()).is_empty()
+            && std::fs::read_dir(s.data_dir().join("qemu-vms"))
+                .unwrap()
+                .count()
+                == 0
     })
     .await;
     let st = s.ok("GET", &format!("{pool}/stats"), None).await;
     assert!(st["failed"].as_u64().unwrap() >= 1, "{st}");
-    assert_eq!(
-        std::fs::read_dir(s.data_dir().join("qemu-vms"))
-            .unwrap()
-            .count(),
-        0
-    );
 }

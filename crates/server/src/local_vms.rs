@@ -147,8 +147,6 @@ fn backend(kind: Kind, data_dir: &Path, cache_dir: &Path) -> anyhow::Result<Arc<
                     goldens_dir: data_dir.join("goldens"),
                     cache_dir: cache_dir.to_path_buf(),
                     agent_bin,
-                    memory_mb: 512,
-                    cpus: 1,
                     accel: Accel::Auto,
                     boot_timeout: Duration::from_secs(60),
                     boot_attempts: 1,

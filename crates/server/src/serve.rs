@@ -151,12 +151,6 @@ pub struct ServeArgs {
     /// Require the admin token on /metrics.
     #[arg(long, env = "WARMPOOL_METRICS_AUTH", default_value_t = false, action = clap::ArgAction::Set)]
     pub metrics_auth: bool,
-    /// QEMU: memory per VM, in MiB.
-    #[arg(long, env = "WARMPOOL_QEMU_MEMORY_MB", default_value_t = 512)]
-    pub qemu_memory_mb: u32,
-    /// QEMU: virtual CPUs per VM.
-    #[arg(long, env = "WARMPOOL_QEMU_CPUS", default_value_t = 1)]
-    pub qemu_cpus: u32,
     /// QEMU: accelerator.
     #[arg(long, env = "WARMPOOL_QEMU_ACCEL", value_enum, default_value = "auto")]
     pub qemu_accel: AccelArg,
@@ -355,8 +349,6 @@ fn make_backend(args: &ServeArgs, data_dir: &Path) -> anyhow::Result<Arc<dyn Bac
                         goldens_dir: data_dir.join("goldens"),
                         cache_dir,
                         agent_bin,
-                        memory_mb: args.qemu_memory_mb.max(128),
-                        cpus: args.qemu_cpus.max(1),
                         accel,
                         boot_timeout: Duration::from_secs(args.qemu_boot_timeout_secs.max(5)),
                         boot_attempts: 3,
@@ -365,9 +357,7 @@ fn make_backend(args: &ServeArgs, data_dir: &Path) -> anyhow::Result<Arc<dyn Bac
                 )
                 .map_err(anyhow::Error::msg)?;
                 tracing::info!(
-                    "backend: qemu ({} MiB, {} vCPU, accel {:?})",
-                    args.qemu_memory_mb,
-                    args.qemu_cpus,
+                    "backend: qemu (accel {:?}; each VM sized by its project's resources)",
                     args.qemu_accel
                 );
                 return Ok(Arc::new(backend));

@@ -10,14 +10,17 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::json;
 
-const QEMU: &[&str] = &[
-    "--backend",
-    "qemu",
-    "--qemu-accel",
-    "tcg",
-    "--qemu-memory-mb",
-    "384",
-];
+const QEMU: &[&str] = &["--backend", "qemu", "--qemu-accel", "tcg"];
+
+/// Small VMs (384 MiB, 1 vCPU): the project's resources size its QEMU machines.
+async fn small_vms(s: &TestServer, pid: &str) {
+    s.ok(
+        "PATCH",
+        &format!("/v1/projects/{pid}/resources"),
+        Some(json!({"memoryMb": 384, "cpus": 1})),
+    )
+    .await;
+}
 
 async fn wait_for(what: &str, mut check: impl AsyncFnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(900);
@@ -75,6 +78,7 @@ async fn test_boots_run_every_step_in_a_real_vm() {
             json!([{"repoFullName": "acme/app", "url": repo.url()}]),
         )
         .await;
+    small_vms(&s, &pid).await;
     s.ok(
         "PATCH",
         &format!("/v1/projects/{pid}/warm-pool"),
@@ -90,7 +94,7 @@ async fn test_boots_run_every_step_in_a_real_vm() {
     assert_eq!(step(&d, "clone_repo")["metadata"]["commit"], repo.head());
     let id = d["id"].as_str().unwrap();
     let out = s
-        .exec(&pid, id, "uname -r; cat /sys/class/dmi/id/sys_vendor; hostname; cat /home/built; git -C /home/app remote get-url origin")
+        .exec(&pid, id, "uname -r; cat /sys/class/dmi/id/sys_vendor; hostname; cat /home/built; git -C /home/app remote get-url origin; nproc; awk '/MemTotal/ {print int($2/1024)}' /proc/meminfo")
         .await;
     let text = out["output"].as_str().unwrap();
     let lines: Vec<&str> = text.lines().collect();
@@ -99,6 +103,10 @@ async fn test_boots_run_every_step_in_a_real_vm() {
     assert_eq!(lines[2], d["instanceId"]);
     assert_eq!(lines[3], "from the host");
     assert_eq!(lines[4], repo.url());
+    // The machine has the project's size.
+    assert_eq!(lines[5], "1");
+    let mem: u64 = lines[6].parse().unwrap();
+    assert!((300..=384).contains(&mem), "MemTotal {mem} MiB for a 384 MiB VM");
 
     // The repository came through the git mirror; nothing else of the host is reachable.
     guest_network_reaches_out_but_not_the_host(&s, &pid, id).await;
@@ -323,6 +331,7 @@ async fn pool_vms_are_distinct_copy_on_write_clones_of_a_golden() {
             json!([{"repoFullName": "acme/app", "url": repo.url()}]),
         )
         .await;
+    small_vms(&s, &pid).await;
     let pool = format!("/v1/projects/{pid}/warm-pool");
     s.ok("PATCH", &pool, Some(json!({"targetSize": 2, "setupCommands": [{"name": "prepare", "command": "echo prepared > /home/prepared"}]})))
         .await;
@@ -501,6 +510,7 @@ async fn pool_vms_are_distinct_copy_on_write_clones_of_a_golden() {
 async fn kill_9_during_a_boot_leaves_no_qemu_behind() {
     let mut s = TestServer::start(QEMU);
     let pid = s.create_project("crash", json!([])).await;
+    small_vms(&s, &pid).await;
     let pool = format!("/v1/projects/{pid}/warm-pool");
     s.ok(
         "PATCH",

@@ -18,6 +18,7 @@ pub mod guest;
 pub mod net;
 mod qmp;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
@@ -50,8 +51,6 @@ pub struct QemuOptions {
     pub goldens_dir: PathBuf,
     pub cache_dir: PathBuf,
     pub agent_bin: PathBuf,
-    pub memory_mb: u32,
-    pub cpus: u32,
     pub accel: Accel,
     /// Per boot attempt, until the agent answers.
     pub boot_timeout: Duration,
@@ -104,8 +103,9 @@ pub struct QemuBackend {
     image: Arc<GuestImage>,
     guest: tokio::sync::Mutex<Option<GuestFiles>>,
     accel: tokio::sync::Mutex<Option<&'static str>>,
-    base_golden: tokio::sync::Mutex<Option<String>>,
-    base_golden_failed: Mutex<Option<Instant>>,
+    /// Base goldens by machine size (memory MiB, vCPUs): a clone must be the golden's size.
+    base_goldens: tokio::sync::Mutex<HashMap<(u32, u32), String>>,
+    base_golden_failed: Mutex<HashMap<(u32, u32), Instant>>,
     client: reqwest::Client,
     passt: PathBuf,
     /// Whether the firewall also guards IPv6, so guests may have it.
@@ -126,6 +126,11 @@ fn free_port() -> Result<u16, BackendError> {
     let l = std::net::TcpListener::bind((AGENT_HOST, 0))
         .map_err(|e| err(format!("no free port: {e}")))?;
     Ok(l.local_addr().map_err(|e| err(e.to_string()))?.port())
+}
+
+/// A VM's (memory MiB, vCPUs) from its resources.
+fn machine_size(r: &crate::Resources) -> (u32, u32) {
+    (r.memory_mb.min(u32::MAX as u64) as u32, r.cpus.max(1))
 }
 
 /// Random bytes as hex, for machine ids and the entropy handed to clones.
@@ -159,8 +164,8 @@ impl QemuBackend {
             image,
             guest: tokio::sync::Mutex::new(None),
             accel: tokio::sync::Mutex::new(None),
-            base_golden: tokio::sync::Mutex::new(None),
-            base_golden_failed: Mutex::new(None),
+            base_goldens: tokio::sync::Mutex::new(HashMap::new()),
+            base_golden_failed: Mutex::new(HashMap::new()),
             client: HttpAgent::default_client(),
             passt,
             ipv6,
@@ -216,15 +221,23 @@ impl QemuBackend {
         Ok(files)
     }
 
-    fn machine(&self, files: &GuestFiles, accel: &str, token: &str, hostname: &str) -> Machine {
+    /// The machine of a VM: its size is the project's resources (`-m`, `-smp`).
+    fn machine(
+        &self,
+        files: &GuestFiles,
+        accel: &str,
+        token: &str,
+        hostname: &str,
+        size: (u32, u32),
+    ) -> Machine {
         Machine {
             kernel: files.kernel.clone(),
             initrd: files.initrd.clone(),
             append: format!(
                 "console=ttyS0 root=/dev/vda rw quiet panic=-1 warmpool.hostname={hostname} warmpool.token={token}"
             ),
-            memory_mb: self.opts.memory_mb,
-            cpus: self.opts.cpus,
+            memory_mb: size.0,
+            cpus: size.1,
             accel: accel.to_string(),
             net: net::LAYOUT,
         }
@@ -509,7 +522,7 @@ impl QemuBackend {
             .await
             .map_err(fail)?;
         let port = free_port().map_err(fail)?;
-        let machine = self.machine(files, accel, token, vm_id);
+        let machine = self.machine(files, accel, token, vm_id, machine_size(&spec.resources));
         let ram_path = match &ram {
             Ram::Shared(p) => Some(p.to_path_buf()),
             _ => None,
@@ -681,9 +694,10 @@ impl QemuBackend {
         res
     }
 
-    /// Makes sure the base golden exists (building it if needed); its id.
-    pub async fn prepare_base_golden(&self) -> Option<String> {
-        self.base_golden().await
+    /// Makes sure the base golden of VMs of `resources`' size exists (building it if needed);
+    /// its id.
+    pub async fn prepare_base_golden(&self, resources: &crate::Resources) -> Option<String> {
+        self.base_golden(machine_size(resources)).await
     }
 
     /// The host pid of a VM's QEMU process.
@@ -692,10 +706,11 @@ impl QemuBackend {
         process::read_pid_file(&dir.join("qemu.pid")).map(|(pid, _)| pid)
     }
 
-    /// The golden every new VM is cloned from: a booted guest, built once per guest build.
-    async fn base_golden(&self) -> Option<String> {
-        let mut g = self.base_golden.lock().await;
-        if let Some(id) = g.as_ref() {
+    /// The golden every new VM of a size is cloned from: a booted guest, built once per guest
+    /// build and size.
+    async fn base_golden(&self, size: (u32, u32)) -> Option<String> {
+        let mut g = self.base_goldens.lock().await;
+        if let Some(id) = g.get(&size) {
             return Some(id.clone());
         }
         // After a failed build, boot cold for a while instead of failing every create.
@@ -703,13 +718,14 @@ impl QemuBackend {
             .base_golden_failed
             .lock()
             .unwrap_or_else(|p| p.into_inner())
+            .get(&size)
             .is_some_and(|t| t.elapsed() < Duration::from_secs(600))
         {
             return None;
         }
         let files = self.guest().await.ok()?;
         let accel = self.accel(&files).await;
-        let machine = self.machine(&files, accel, "x", "x");
+        let machine = self.machine(&files, accel, "x", "x", size);
         let key = {
             use sha2::Digest;
             hex::encode(sha2::Sha256::digest(format!(
@@ -743,6 +759,11 @@ impl QemuBackend {
                 agent_token: ids::random_secret(40),
                 from_golden: None,
                 golden_builder: true,
+                resources: crate::Resources {
+                    memory_mb: size.0 as u64,
+                    cpus: size.1,
+                    ..Default::default()
+                },
                 ..VmSpec::default()
             };
             let res = match self.cold_boot(&spec, true).await {
@@ -752,15 +773,15 @@ impl QemuBackend {
             if let Err(e) = res {
                 tracing::warn!("cannot build the base golden (VMs boot cold meanwhile): {e}");
                 let _ = self.destroy(&vm_id).await;
-                *self
-                    .base_golden_failed
+                self.base_golden_failed
                     .lock()
-                    .unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(size, Instant::now());
                 return None;
             }
             tracing::info!(golden = %id, ms = started.elapsed().as_millis() as u64, "built the base golden");
         }
-        *g = Some(id.clone());
+        g.insert(size, id.clone());
         Some(id)
     }
 }
@@ -774,7 +795,7 @@ impl Backend for QemuBackend {
     async fn create(&self, spec: &VmSpec) -> Result<VmHandle, BackendError> {
         let golden = match &spec.from_golden {
             Some(g) => Some(g.clone()),
-            None => self.base_golden().await,
+            None => self.base_golden(machine_size(&spec.resources)).await,
         };
         let res = match &golden {
             Some(g) => match self.clone_from(g, spec).await {

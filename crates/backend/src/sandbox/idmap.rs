@@ -30,8 +30,9 @@ pub fn overlaps(r: IdRange, files: &[&Path]) -> Vec<String> {
                 continue;
             };
             let (a0, a1) = (start, start + count);
-            // One below the range too: pasta's sockets carry that group (see `egress_gid`).
-            let (b0, b1) = (r.base as u64 - 1, r.base as u64 + r.size as u64);
+            // Two below the range too: pasta's sockets carry the group just below it (see
+            // `egress_gid`), the qemu backend's passt runs as the id below that (`qemu::net`).
+            let (b0, b1) = (r.base as u64 - 2, r.base as u64 + r.size as u64);
             if a0 < b1 && b0 < a1 {
                 out.push(format!("{}: {line}", f.display()));
             }

@@ -172,8 +172,6 @@ pub async fn qemu(report: &mut Report, quick: bool, cache: &Path) -> anyhow::Res
             goldens_dir: dir.path().join("goldens"),
             cache_dir: cache.to_path_buf(),
             agent_bin,
-            memory_mb: 512,
-            cpus: 1,
             accel: Accel::Auto,
             boot_timeout: Duration::from_secs(90),
             boot_attempts: 3,
@@ -182,8 +180,18 @@ pub async fn qemu(report: &mut Report, quick: bool, cache: &Path) -> anyhow::Res
     )
     .map_err(anyhow::Error::msg)?;
     // Building the base golden is a one-off per guest build: outside the measurement.
+    // The size of VMs this row has always measured: 512 MiB, 1 vCPU.
+    let small = warmpool_backend::Resources {
+        memory_mb: 512,
+        cpus: 1,
+        ..Default::default()
+    };
+    let spec = || VmSpec {
+        resources: small,
+        ..spec()
+    };
     let golden = backend
-        .prepare_base_golden()
+        .prepare_base_golden(&small)
         .await
         .context("the base golden could not be built (see the log above)")?;
     let rounds = if quick { 3 } else { 8 };

@@ -106,7 +106,10 @@ async fn test_boots_run_every_step_in_a_real_vm() {
     // The machine has the project's size.
     assert_eq!(lines[5], "1");
     let mem: u64 = lines[6].parse().unwrap();
-    assert!((300..=384).contains(&mem), "MemTotal {mem} MiB for a 384 MiB VM");
+    assert!(
+        (300..=384).contains(&mem),
+        "MemTotal {mem} MiB for a 384 MiB VM"
+    );
 
     // The repository came through the git mirror; nothing else of the host is reachable.
     guest_network_reaches_out_but_not_the_host(&s, &pid, id).await;

@@ -1,7 +1,8 @@
 //! The seccomp profile of sandbox VMs: the default profile Debian's container packages ship
 //! (`/usr/share/containers/seccomp.json`, the format Docker and Podman read), turned into the OCI
 //! form runc takes. Rules that apply only on other architectures, or only with capabilities a VM
-//! does not have, are dropped — the same choice a container engine makes for its containers.
+//! does not have, are dropped — the same choice a container engine makes for its containers —
+//! and only the native ABI is allowed (no 32-bit system calls).
 
 use std::path::Path;
 
@@ -27,8 +28,6 @@ struct Profile {
 #[serde(rename_all = "camelCase")]
 struct ArchMap {
     architecture: String,
-    #[serde(default)]
-    sub_architectures: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -68,11 +67,6 @@ fn this_arch() -> &'static str {
         "riscv64" => "riscv64",
         other => other,
     }
-}
-
-/// The libseccomp name of the profile's architecture names (`SCMP_ARCH_X86_64` for `amd64`).
-fn scmp_arch(arch: &str) -> bool {
-    arch.starts_with("SCMP_ARCH_")
 }
 
 /// Reads a profile file and turns it into the OCI form for a process holding `caps`.
@@ -118,23 +112,19 @@ pub fn from_profile(text: &str, caps: &[&str]) -> Result<LinuxSeccomp, String> {
         }
         syscalls.push(rule);
     }
+    // The native architecture only: a VM runs 64-bit programs, and each compatibility ABI (x86
+    // and x32 next to x86_64) would make runc compile the whole filter again for it — most of
+    // what a VM's start spends on seccomp. System calls of other ABIs are refused.
+    let native = match arch {
+        "amd64" => "SCMP_ARCH_X86_64",
+        "arm64" => "SCMP_ARCH_AARCH64",
+        _ => "",
+    };
     let arches: Vec<String> = p
         .arch_map
         .iter()
-        .find(|m| {
-            let native = match arch {
-                "amd64" => "SCMP_ARCH_X86_64",
-                "arm64" => "SCMP_ARCH_AARCH64",
-                _ => "",
-            };
-            m.architecture == native
-        })
-        .map(|m| {
-            std::iter::once(m.architecture.clone())
-                .chain(m.sub_architectures.iter().cloned())
-                .filter(|a| scmp_arch(a))
-                .collect()
-        })
+        .find(|m| m.architecture == native)
+        .map(|m| vec![m.architecture.clone()])
         .unwrap_or_default();
     let mut out = json!({
         "defaultAction": p.default_action,
@@ -196,10 +186,7 @@ mod tests {
         if std::env::consts::ARCH == "x86_64" {
             assert!(got.iter().any(|(n, _)| n == "arch_prctl"));
             let v = serde_json::to_value(&s).unwrap();
-            assert_eq!(
-                v["architectures"],
-                json!(["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"])
-            );
+            assert_eq!(v["architectures"], json!(["SCMP_ARCH_X86_64"]));
         }
         let v = serde_json::to_value(&s).unwrap();
         assert_eq!(v["defaultErrnoRet"], 38);

@@ -283,7 +283,7 @@ async fn vm_root_is_an_unprivileged_host_id_without_the_hosts_devices() {
         .data_dir()
         .join("vms")
         .join(vm)
-        .join("upper/root/made-here");
+        .join("rw/upper/root/made-here");
     let owner = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(&made).unwrap());
     assert_eq!(owner, uid);
 }
@@ -441,4 +441,125 @@ async fn limits_stop_the_vm_alone_and_the_server_answers_throughout() {
             .await;
         assert_eq!(r["output"], "alive\n");
     }
+}
+
+/// A btrfs filesystem of the test's own, with quotas on: where a data dir keeps `diskMb`.
+struct Btrfs {
+    path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Btrfs {
+    fn new() -> Btrfs {
+        let dir = tempfile::Builder::new()
+            .prefix("wp-btrfs-")
+            .tempdir()
+            .unwrap();
+        let img = dir.path().join("fs.img");
+        let path = dir.path().join("mnt");
+        std::fs::create_dir(&path).unwrap();
+        std::fs::File::create(&img)
+            .unwrap()
+            .set_len(2 << 30)
+            .unwrap();
+        let run = |cmd: &str, args: &[&std::ffi::OsStr]| {
+            let out = std::process::Command::new(cmd).args(args).output().unwrap();
+            assert!(
+                out.status.success(),
+                "{cmd}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        run("mkfs.btrfs", &["-q".as_ref(), img.as_os_str()]);
+        run(
+            "mount",
+            &[
+                "-o".as_ref(),
+                "loop".as_ref(),
+                img.as_os_str(),
+                path.as_os_str(),
+            ],
+        );
+        run(
+            "btrfs",
+            &["quota".as_ref(), "enable".as_ref(), path.as_os_str()],
+        );
+        Btrfs { path, _dir: dir }
+    }
+
+    fn subvolumes(&self) -> String {
+        let out = std::process::Command::new("btrfs")
+            .args(["subvolume", "list"])
+            .arg(&self.path)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).to_string()
+    }
+}
+
+impl Drop for Btrfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.path)
+            .status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn disk_mb_holds_where_the_filesystem_keeps_it() {
+    let fs = Btrfs::new();
+    let s = TestServer::start_under(&fs.path, &[]);
+    let pid = s.create_project("disk", json!([])).await;
+    s.ok(
+        "PATCH",
+        &format!("/v1/projects/{pid}/warm-pool"),
+        Some(json!({"enabled": false})),
+    )
+    .await;
+    s.ok(
+        "PATCH",
+        &format!("/v1/projects/{pid}/resources"),
+        Some(json!({"diskMb": 256})),
+    )
+    .await;
+    let d = s.test_boot(&pid, json!({})).await;
+    assert_eq!(d["status"], "ready", "{d:#}");
+    let id = d["id"].as_str().unwrap();
+    let r = s
+        .exec(
+            &pid,
+            id,
+            "head -c 400m /dev/zero > /root/big; echo status=$?; sync; du -sm /root/big | cut -f1",
+        )
+        .await;
+    let out = r["output"].as_str().unwrap();
+    assert!(out.contains("Disk quota exceeded"), "{out}");
+    assert!(out.contains("status=1"), "{out}");
+    let written: u64 = out.lines().last().unwrap().trim().parse().unwrap();
+    assert!(
+        written <= 256,
+        "wrote {written} MiB past a 256 MiB limit: {out}"
+    );
+    // The VM carries on, and space it frees is its own again.
+    let r = s
+        .exec(
+            &pid,
+            id,
+            "rm /root/big && echo freed && head -c 10m /dev/zero > /root/small && echo wrote",
+        )
+        .await;
+    assert_eq!(r["output"], "freed\nwrote\n", "{r}");
+    // Destroying the VM takes its subvolume with it.
+    assert!(!fs.subvolumes().is_empty());
+    let (st, _) = s
+        .call(
+            "DELETE",
+            &format!("/v1/projects/{pid}/warm-pool/instances/{id}"),
+            None,
+        )
+        .await;
+    assert_eq!(st, 204);
+    wait_for("the VM destroyed", async || s.vm_dirs().is_empty()).await;
+    assert_eq!(fs.subvolumes(), "", "a subvolume is left");
 }

@@ -162,7 +162,7 @@ async fn sources_on_the_server_are_the_admins_alone_and_lead_nowhere_else() {
         )
         .await;
     assert_eq!(r["exitCode"], 0, "{r}");
-    let evil = data.join("vms").join(&vm).join("upper/home/evil.git");
+    let evil = data.join("vms").join(&vm).join("rw/upper/home/evil.git");
     assert!(
         evil.is_dir(),
         "{} should be the VM's repository",

@@ -5,12 +5,13 @@
 //! forwarded), its own mount, pid, ipc, uts and cgroup namespaces, the shipped seccomp profile,
 //! and cgroup limits from the project's resources. It shares the host's kernel.
 //!
-//! Layout: `<vms-dir>/<vm-id>/{config.json,upper,work,lower0,lower1,ns/{user,net},init.pid,
+//! Layout: `<vms-dir>/<vm-id>/{config.json,rw/{upper,work},lower0,lower1,ns/{user,net},init.pid,
 //! console.log,runc.log,pasta.log,pasta.pid}`; the root is mounted at `<roots-dir>/<vm-id>`;
 //! runc keeps its state in `<runc-root>`. VMs keep
 //! running when the server stops (an upgrade does not end them); `list` finds them again from
 //! their directories and `destroy` removes every piece, whichever of them exist.
 
+pub mod disk;
 pub mod idmap;
 pub mod netns;
 pub mod seccomp;
@@ -68,6 +69,8 @@ pub struct SandboxBackend {
     limit_swap: bool,
     /// `(agent layer, rootfs)` owned by the id range, once made.
     layers: tokio::sync::Mutex<Option<(PathBuf, PathBuf)>>,
+    /// Whether the log already said that disk limits are not kept here.
+    disk_unlimited_said: std::sync::atomic::AtomicBool,
     /// Networks being attached (pasta starting), by VM: `None` until pasta has answered.
     networks: std::sync::Mutex<HashMap<String, NetworkState>>,
 }
@@ -195,6 +198,7 @@ impl SandboxBackend {
             seccomp,
             limit_swap: swap_limit_supported(),
             layers: tokio::sync::Mutex::new(None),
+            disk_unlimited_said: std::sync::atomic::AtomicBool::new(false),
             networks: std::sync::Mutex::new(HashMap::new()),
         })
     }
@@ -314,13 +318,26 @@ impl SandboxBackend {
         tokio::fs::create_dir_all(&root)
             .await
             .map_err(|e| io("cannot create the VM's root", e))?;
-        for sub in ["upper", "work"] {
+        // `rw` holds the overlay's upper and work dirs: one subvolume where the disk limit is
+        // kept (overlayfs renames between the two, which cannot cross subvolumes).
+        let upper = disk::make_upper(dir, "rw", spec.resources.disk_mb)
+            .map_err(|e| io("cannot create the VM's writable layer", e))?;
+        if upper == disk::Upper::Unlimited
+            && !self
+                .disk_unlimited_said
+                .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            tracing::info!(
+                "VMs' diskMb is not enforced: the data dir is not on btrfs with quotas enabled"
+            );
+        }
+        for sub in ["rw/upper", "rw/work"] {
             tokio::fs::create_dir(dir.join(sub))
                 .await
                 .map_err(|e| io(&format!("cannot create {sub}"), e))?;
         }
         // The root directory the VM sees is the upper layer's: it belongs to the VM's root.
-        std::os::unix::fs::chown(dir.join("upper"), Some(ids.base), Some(ids.base))
+        std::os::unix::fs::chown(dir.join("rw/upper"), Some(ids.base), Some(ids.base))
             .map_err(|e| io("cannot chown upper", e))?;
         let layers = [agent_layer, rootfs];
         for (i, p) in layers.iter().enumerate() {
@@ -739,6 +756,8 @@ impl Backend for SandboxBackend {
         let net = self.net_pin(vm_id);
         let _ = umount2(&net, MntFlags::MNT_DETACH);
         let _ = std::fs::remove_file(&net);
+        // A writable layer that is a subvolume goes with its quota group, whatever it holds.
+        disk::remove_upper(&dir, "rw");
         match tokio::fs::remove_dir_all(&dir).await {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),

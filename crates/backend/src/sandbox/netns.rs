@@ -32,7 +32,7 @@ fn c(s: &str) -> Result<CString, String> {
     CString::new(s).map_err(|_| format!("{s:?} contains a NUL byte"))
 }
 
-/// Mounts `root` (overlay of `layers`, names relative to `vm_dir`, over `upper`) and
+/// Mounts `root` (overlay of `layers`, names relative to `vm_dir`, over `rw/upper`) and
 /// makes the VM's user and network namespaces, pinned to `<vm-dir>/ns/user` and `net_pin`.
 pub fn prepare(
     vm_dir: &Path,
@@ -48,7 +48,7 @@ pub fn prepare(
     // Relative names: /proc/self/mountinfo in the VM shows these options as given, so the VM
     // never learns where the server keeps its data.
     let opts = c(&format!(
-        "lowerdir={},upperdir=upper,workdir=work",
+        "lowerdir={},upperdir=rw/upper,workdir=rw/work",
         layers.join(":")
     ))?;
     let overlay = c("overlay")?;

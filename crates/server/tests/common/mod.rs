@@ -53,6 +53,19 @@ impl TestServer {
             .prefix("wp-test-")
             .tempdir()
             .unwrap();
+        Self::start_in_dir(dir, extra, envs)
+    }
+
+    /// [`TestServer::start`] with its data dir under `parent` (a filesystem of the test's own).
+    pub fn start_under(parent: &Path, extra: &[&str]) -> TestServer {
+        let dir = tempfile::Builder::new()
+            .prefix("wp-test-")
+            .tempdir_in(parent)
+            .unwrap();
+        Self::start_in_dir(dir, extra, &[])
+    }
+
+    fn start_in_dir(dir: tempfile::TempDir, extra: &[&str], envs: &[(&str, &str)]) -> TestServer {
         let args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         let mut s = TestServer {
             child: None,

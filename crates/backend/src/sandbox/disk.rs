@@ -63,6 +63,8 @@ pub enum Upper {
     Unlimited,
 }
 
+// `f_type`'s width differs between architectures (i64 on x86_64).
+#[allow(clippy::unnecessary_cast)]
 fn is_btrfs(p: &Path) -> bool {
     nix::sys::statfs::statfs(p).is_ok_and(|s| s.filesystem_type().0 as i64 == BTRFS_SUPER_MAGIC)
 }

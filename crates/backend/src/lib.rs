@@ -4,6 +4,7 @@
 //! reconciler tests and scale benchmarks).
 
 pub mod agent_client;
+pub mod firewall;
 pub mod image;
 pub mod process;
 pub mod qemu;

@@ -43,24 +43,6 @@ async fn probe(s: &TestServer, pid: &str, id: &str, targets: &[(&str, String, u1
     Value::Object(out)
 }
 
-async fn ready_ids(s: &TestServer, pid: &str) -> Vec<String> {
-    let v = s
-        .ok(
-            "GET",
-            &format!("/v1/projects/{pid}/warm-pool/instances?status=ready&limit=50"),
-            None,
-        )
-        .await;
-    assert_valid("ListWarmPoolInstancesResponse", &v);
-    v["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|i| i["isTest"] == false)
-        .map(|i| i["id"].as_str().unwrap().to_string())
-        .collect()
-}
-
 fn port_of(url: &str) -> u16 {
     url.rsplit(':')
         .next()

@@ -18,24 +18,6 @@ async fn pool_status(s: &TestServer, pid: &str) -> Value {
     v["status"].clone()
 }
 
-async fn ready_ids(s: &TestServer, pid: &str) -> Vec<String> {
-    let v = s
-        .ok(
-            "GET",
-            &format!("/v1/projects/{pid}/warm-pool/instances?status=ready&limit=50"),
-            None,
-        )
-        .await;
-    assert_valid("ListWarmPoolInstancesResponse", &v);
-    v["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|i| i["isTest"] == false)
-        .map(|i| i["id"].as_str().unwrap().to_string())
-        .collect()
-}
-
 async fn stats(s: &TestServer, pid: &str) -> Value {
     s.ok("GET", &format!("/v1/projects/{pid}/warm-pool/stats"), None)
         .await

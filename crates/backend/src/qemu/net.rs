@@ -49,60 +49,6 @@ fn err(m: impl Into<String>) -> BackendError {
     BackendError::new(m)
 }
 
-/// The rule that refuses passt's sockets every address of the host (`addrtype LOCAL`: loopback,
-/// the host's own IPs), first in `OUTPUT`, added once.
-fn rule(op: &str) -> Vec<String> {
-    let mut v: Vec<String> = vec!["-w".into(), "5".into(), op.into(), "OUTPUT".into()];
-    if op == "-I" {
-        v.push("1".into());
-    }
-    v.extend(
-        [
-            "-m",
-            "owner",
-            "--uid-owner",
-            &NET_ID.to_string(),
-            "-m",
-            "addrtype",
-            "--dst-type",
-            "LOCAL",
-            "-j",
-            "REJECT",
-        ]
-        .map(String::from),
-    );
-    v
-}
-
-fn run_quiet(program: &str, args: &[String]) -> Result<bool, String> {
-    std::process::Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .output()
-        .map(|o| o.status.success())
-        .map_err(|e| format!("cannot run {program}: {e}"))
-}
-
-fn ensure_rule(program: &str) -> Result<(), String> {
-    if run_quiet(program, &rule("-C"))? {
-        return Ok(());
-    }
-    let out = std::process::Command::new(program)
-        .args(rule("-I"))
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("cannot run {program}: {e}"))?;
-    if out.status.success() {
-        return Ok(());
-    }
-    Err(format!(
-        "{program} could not add the rule that keeps guests from the host's addresses: {}",
-        String::from_utf8_lossy(&out.stderr).trim()
-    ))
-}
-
 /// Makes sure passt's sockets cannot reach the host's own addresses. Blocking. Answers whether
 /// guests get IPv6 too (only when `ip6tables` took the rule as well); fails when IPv4 cannot be
 /// guarded.
@@ -110,8 +56,9 @@ pub fn ensure_firewall() -> Result<bool, String> {
     if crate::image::find_program("iptables").is_none() {
         return Err("iptables is not installed; install it with `apt-get install -y iptables` (the qemu backend keeps guests from the host's addresses with it)".into());
     }
-    ensure_rule("iptables")?;
-    match ensure_rule("ip6tables") {
+    let owner = crate::firewall::Owner::Uid(NET_ID);
+    crate::firewall::ensure("iptables", owner, false)?;
+    match crate::firewall::ensure("ip6tables", owner, false) {
         Ok(()) => Ok(true),
         Err(e) => {
             tracing::warn!("guests get no IPv6: {e}");

@@ -109,47 +109,10 @@ pub fn egress_gid(ids: IdRange) -> u32 {
 /// but the host's other addresses (a second interface, a bridge, an address on `lo`) would be
 /// reached through it. Loopback stays open to pasta because only its `-T` forwards (the git
 /// mirror's port) lead there; a VM has no address that maps to the host's loopback.
-/// Idempotent; the rule stays when the server stops (it matches only that group).
 fn install_egress_firewall(ids: IdRange) -> Result<(), String> {
-    let gid = egress_gid(ids).to_string();
-    for (bin, loopback) in [("iptables", "127.0.0.0/8"), ("ip6tables", "::1/128")] {
-        let rule = [
-            "OUTPUT",
-            "-m",
-            "owner",
-            "--gid-owner",
-            &gid,
-            "!",
-            "-d",
-            loopback,
-            "-m",
-            "addrtype",
-            "--dst-type",
-            "LOCAL",
-            "-j",
-            "REJECT",
-        ];
-        let run = |op: &str| {
-            std::process::Command::new(bin)
-                .args(["-w", op])
-                .args(rule)
-                .stdin(std::process::Stdio::null())
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::piped())
-                .output()
-        };
-        let present = run("-C").map_err(|e| format!("cannot run {bin}: {e}"))?;
-        if present.status.success() {
-            continue;
-        }
-        let added = run("-I").map_err(|e| format!("cannot run {bin}: {e}"))?;
-        if !added.status.success() {
-            return Err(format!(
-                "cannot add the firewall rule that keeps VMs from the host's own addresses \
-                 ({bin}): {}",
-                String::from_utf8_lossy(&added.stderr).trim()
-            ));
-        }
+    let owner = crate::firewall::Owner::Gid(egress_gid(ids));
+    for program in ["iptables", "ip6tables"] {
+        crate::firewall::ensure(program, owner, true)?;
     }
     Ok(())
 }

@@ -496,6 +496,25 @@ impl TestRepo {
     }
 }
 
+/// The ready pool VMs of a project (test boots left out), validated against the schema.
+pub async fn ready_ids(s: &TestServer, pid: &str) -> Vec<String> {
+    let v = s
+        .ok(
+            "GET",
+            &format!("/v1/projects/{pid}/warm-pool/instances?status=ready&limit=50"),
+            None,
+        )
+        .await;
+    assert_valid("ListWarmPoolInstancesResponse", &v);
+    v["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["isTest"] == false)
+        .map(|i| i["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
 pub fn step_names(detail: &Value) -> Vec<String> {
     detail["steps"]
         .as_array()

@@ -202,5 +202,9 @@ pub async fn remove(
             .map_err(|e| anyhow::anyhow!("cannot destroy {}: {e}", vm.id))?;
         done.push(vm.id.clone());
     }
+    if all {
+        // Nothing of the data dir is left outside it (the directory VM roots were mounted in).
+        let _ = std::fs::remove_dir(crate::serve::roots_dir(data_dir));
+    }
     Ok(done)
 }

@@ -373,7 +373,16 @@ fn make_backend(args: &ServeArgs, data_dir: &Path) -> anyhow::Result<Arc<dyn Bac
     }
 }
 
-/// Runs the server until SIGINT or SIGTERM.
+/// Where the sandbox VMs of `data_dir` have their roots mounted: outside the (private) data dir,
+/// one directory per data dir.
+pub fn roots_dir(data_dir: &Path) -> PathBuf {
+    use sha2::Digest;
+    let h = hex::encode(sha2::Sha256::digest(
+        data_dir.as_os_str().as_encoded_bytes(),
+    ));
+    PathBuf::from("/run/warmpool").join(&h[..16])
+}
+
 /// Options of the sandbox backend for a data dir; fails, naming the packages to install, when a
 /// tool it runs is missing, and when a user of this host holds the VMs' host ids.
 pub fn sandbox_options(
@@ -408,13 +417,7 @@ pub fn sandbox_options(
     Ok(SandboxOptions {
         vms_dir: data_dir.join("vms"),
         runc_root: data_dir.join("runc"),
-        roots_dir: {
-            use sha2::Digest;
-            let h = hex::encode(sha2::Sha256::digest(
-                data_dir.as_os_str().as_encoded_bytes(),
-            ));
-            PathBuf::from("/run/warmpool").join(&h[..16])
-        },
+        roots_dir: roots_dir(data_dir),
         shifted_dir: cache_dir.join("shifted"),
         agent_layer,
         helper_exe: std::env::current_exe().context("cannot find this executable")?,
@@ -426,6 +429,7 @@ pub fn sandbox_options(
     })
 }
 
+/// Runs the server until SIGINT or SIGTERM.
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let data_dir = absolute(&args.data_dir)?;
     std::fs::create_dir_all(&data_dir)

@@ -259,6 +259,10 @@ async fn vms_of_a_stopped_server_are_listed_and_destroyed_without_it() {
     let (ok, out, _) = warmpool(&["vms", "list", "--data-dir", &data]);
     assert!(ok);
     assert!(out.starts_with("no VMs in "), "{out}");
+    assert!(
+        !warmpool::serve::roots_dir(&s.data_dir()).exists(),
+        "the directory VM roots were mounted in is left in /run"
+    );
 
     // The next server sees its VMs gone and fills the pool again.
     s.restart();

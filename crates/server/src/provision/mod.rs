@@ -71,8 +71,8 @@ impl BootPlan {
 }
 
 /// A digest of everything a boot is built from — repos, branches, devbox settings, resource
-/// limits, the pool's setup commands, the *versions* (never the values) of environment variables. Instances built
-/// from another digest are stale.
+/// limits, the pool's setup commands, the *versions* (never the values) of environment
+/// variables. Instances built from another digest are stale.
 pub fn config_hash(
     project: &ProjectRow,
     env_versions: &[(String, i64)],

@@ -332,7 +332,7 @@ impl Drop for TestServer {
                 .status();
             let dir = self.data_dir().join("vms").join(&vm);
             let _ = nix::mount::umount2(&dir.join("ns/user"), nix::mount::MntFlags::MNT_DETACH);
-            // The VM's root and its network pin are outside the data dir, under /run/warmpool.
+            // The VM's root is mounted outside the data dir, under /run/warmpool.
             let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
             for point in mounts.lines().filter_map(|l| l.split(' ').nth(4)) {
                 if point.starts_with("/run/warmpool/") && point.ends_with(&format!("/{vm}")) {
@@ -341,6 +341,8 @@ impl Drop for TestServer {
                 }
             }
         }
+        // And the directory the roots were mounted in: a test leaves nothing in /run.
+        let _ = std::fs::remove_dir(warmpool::serve::roots_dir(&self.data_dir()));
     }
 }
 

@@ -82,13 +82,10 @@ async fn browser() -> (Driver, Client) {
     }
 }
 
+/// The element's text. The page re-renders itself as things change, so an element found a moment
+/// ago may be gone ("stale") when its text is read: it is found again until a read succeeds.
 async fn text_of(c: &Client, css: &str) -> String {
-    c.find(Locator::Css(css))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
+    wait_text(c, css, css, |_| true).await
 }
 
 /// Waits until the element's text satisfies `ok` (the page refreshes itself as things change).

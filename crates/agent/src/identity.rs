@@ -1,6 +1,6 @@
-//! `POST /v1/identity`: makes a VM cloned from a prepared (golden) VM its own — a new token, its
-//! hostname, a new machine id, the host's clock, fresh entropy. Until then every clone is the
-//! golden's twin.
+//! `POST /v1/identity`: makes a VM cloned from a prepared (golden) VM, or started ahead of need,
+//! its own — a new token, its hostname, a new machine id, and for a VM with a kernel of its own
+//! the host's clock and fresh entropy. Until then every clone is the golden's twin.
 
 use std::sync::{Arc, RwLock};
 
@@ -93,18 +93,26 @@ pub async fn set_identity(
     if hex_bytes(&req.machine_id).is_none_or(|b| b.len() != 16) {
         return bad("machineId must be 32 hex digits");
     }
-    let Some(entropy) = hex_bytes(&req.entropy) else {
-        return bad("entropy must be hex");
+    let entropy = match req.entropy.as_deref().map(hex_bytes) {
+        None => None,
+        Some(Some(e)) => Some(e),
+        Some(None) => return bad("entropy must be hex"),
     };
-    // The clock first: everything after (file times, TLS, git) wants the right time.
-    let secs = req.time_ms.div_euclid(1000);
-    let nanos = req.time_ms.rem_euclid(1000) * 1_000_000;
-    let ts = nix::sys::time::TimeSpec::new(secs, nanos);
-    if let Err(e) = nix::time::clock_settime(nix::time::ClockId::CLOCK_REALTIME, ts) {
-        return fail("cannot set the clock", e);
+    // The clock first: everything after (file times, TLS, git) wants the right time. A VM
+    // sharing the host's kernel (the sandbox) shares its clock and is sent none.
+    if let Some(ms) = req.time_ms {
+        let ts =
+            nix::sys::time::TimeSpec::new(ms.div_euclid(1000), ms.rem_euclid(1000) * 1_000_000);
+        if let Err(e) = nix::time::clock_settime(nix::time::ClockId::CLOCK_REALTIME, ts) {
+            return fail("cannot set the clock", e);
+        }
     }
-    if let Err(e) = nix::unistd::sethostname(&req.hostname) {
-        return fail("cannot set the hostname", e);
+    // A sandbox VM's root may not name its machine: the host has done it already.
+    let current = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    if current.trim() != req.hostname {
+        if let Err(e) = nix::unistd::sethostname(&req.hostname) {
+            return fail("cannot set the hostname", e);
+        }
     }
     let host = &req.hostname;
     let files = [
@@ -122,9 +130,12 @@ pub async fn set_identity(
     }
     // Mixed into the kernel's pool, then the kernel's generator reseeded from it at once: a
     // write alone only reaches the generator at its next scheduled reseed (up to a minute away),
-    // and until then every clone would read the golden's random numbers.
-    if let Err(e) = reseed(&entropy) {
-        return fail("cannot reseed the RNG", e);
+    // and until then every clone would read the golden's random numbers. (A VM sharing the
+    // host's kernel shares its generator too, and is sent none.)
+    if let Some(entropy) = entropy {
+        if let Err(e) = reseed(&entropy) {
+            return fail("cannot reseed the RNG", e);
+        }
     }
     *token.write().unwrap_or_else(|p| p.into_inner()) = req.token;
     StatusCode::NO_CONTENT.into_response()

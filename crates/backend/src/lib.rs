@@ -38,13 +38,23 @@ pub struct VmSpec {
     pub host_ports: Vec<u16>,
 }
 
+/// Random bytes as hex, for machine ids and the entropy handed to clones.
+pub(crate) fn random_hex(bytes: usize) -> String {
+    use rand::RngCore;
+    let mut buf = vec![0u8; bytes];
+    rand::thread_rng().fill_bytes(&mut buf);
+    hex::encode(buf)
+}
+
 /// The limits of one VM (a project's resources).
 pub use warmpool_types::api::Resources;
 
 /// A created VM: where its agent answers, as seen from the server.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct VmHandle {
     pub agent_url: String,
+    /// It was started ahead of need and has just been made this VM (see the sandbox backend).
+    pub started_ahead: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -111,6 +121,9 @@ pub trait Backend: Send + Sync + 'static {
     async fn list_goldens(&self) -> Result<Vec<String>, BackendError> {
         Ok(Vec::new())
     }
+    /// The server stops: release what the backend keeps for itself (VMs started ahead of need),
+    /// not the VMs, which outlive the server.
+    async fn stop(&self) {}
 }
 
 #[derive(Debug, thiserror::Error)]

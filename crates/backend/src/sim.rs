@@ -70,6 +70,7 @@ impl Backend for SimBackend {
             .insert(spec.vm_id.clone(), vm);
         Ok(VmHandle {
             agent_url: format!("sim://{}", spec.vm_id),
+            ..Default::default()
         })
     }
 

@@ -59,14 +59,14 @@ pub enum Kind {
     Qemu,
 }
 
-impl Kind {
-    fn dir(self) -> &'static str {
-        match self {
-            Kind::Sandbox => "vms",
-            Kind::Qemu => "qemu-vms",
-        }
+fn kind_dir(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Sandbox => "vms",
+        Kind::Qemu => "qemu-vms",
     }
+}
 
+impl Kind {
     /// The process whose life is the VM's.
     fn pid_file(self) -> &'static str {
         match self {
@@ -85,20 +85,33 @@ pub struct LocalVm {
     pub pid: Option<i32>,
     /// When its directory was made, epoch seconds.
     pub created: Option<u64>,
+    /// A sandbox VM started ahead of need (`sp-...`), owned by no project: a server destroys
+    /// those an earlier one left when it starts.
+    pub spare: bool,
 }
 
 /// The VMs under `data_dir`, sandbox then qemu, each by id.
 pub fn list(data_dir: &Path) -> Vec<LocalVm> {
     let mut out = Vec::new();
-    for kind in [Kind::Sandbox, Kind::Qemu] {
-        let Ok(rd) = std::fs::read_dir(data_dir.join(kind.dir())) else {
+    let places = [
+        (Kind::Sandbox, kind_dir(Kind::Sandbox), false),
+        (Kind::Sandbox, crate::serve::SPARES_DIR, true),
+        (Kind::Qemu, kind_dir(Kind::Qemu), false),
+    ];
+    for (kind, dir, spare) in places {
+        let Ok(rd) = std::fs::read_dir(data_dir.join(dir)) else {
             continue;
         };
         let mut vms: Vec<LocalVm> = rd
             .flatten()
             .filter_map(|e| {
                 let id = e.file_name().to_str()?.to_string();
-                ids::is_vm_id(&id).then_some(())?;
+                let valid = if spare {
+                    warmpool_backend::sandbox::is_container_id(&id)
+                } else {
+                    ids::is_vm_id(&id)
+                };
+                valid.then_some(())?;
                 let live = process::read_pid_file(&e.path().join(kind.pid_file()))
                     .filter(|(pid, start)| process::alive(*pid, *start));
                 let created = e
@@ -113,6 +126,7 @@ pub fn list(data_dir: &Path) -> Vec<LocalVm> {
                     running: live.is_some(),
                     pid: live.map(|(p, _)| p),
                     created,
+                    spare,
                 })
             })
             .collect();
@@ -122,8 +136,7 @@ pub fn list(data_dir: &Path) -> Vec<LocalVm> {
     out
 }
 
-/// The backend that destroys VMs of `kind` in `data_dir` (it starts nothing and builds nothing).
-fn backend(kind: Kind, data_dir: &Path, cache_dir: &Path) -> anyhow::Result<Arc<dyn Backend>> {
+fn guest(cache_dir: &Path) -> (Arc<GuestImage>, PathBuf) {
     let agent_bin =
         crate::serve::find_agent_bin(None).unwrap_or_else(|_| PathBuf::from("warmpool-agent"));
     let guest = Arc::new(GuestImage::new(
@@ -132,14 +145,23 @@ fn backend(kind: Kind, data_dir: &Path, cache_dir: &Path) -> anyhow::Result<Arc<
         agent_bin.clone(),
         None,
     ));
+    (guest, agent_bin)
+}
+
+/// The sandbox backend of `data_dir`, to destroy with (it starts nothing and builds nothing).
+fn sandbox(data_dir: &Path, cache_dir: &Path) -> anyhow::Result<Arc<SandboxBackend>> {
+    SandboxBackend::new(
+        crate::serve::sandbox_options(data_dir, cache_dir, data_dir.join("agent"), 0)?,
+        guest(cache_dir).0,
+    )
+    .map_err(anyhow::Error::msg)
+}
+
+/// The backend that destroys VMs of `kind` in `data_dir` (it starts nothing and builds nothing).
+fn backend(kind: Kind, data_dir: &Path, cache_dir: &Path) -> anyhow::Result<Arc<dyn Backend>> {
+    let (guest, agent_bin) = guest(cache_dir);
     Ok(match kind {
-        Kind::Sandbox => Arc::new(
-            SandboxBackend::new(
-                crate::serve::sandbox_options(data_dir, cache_dir, data_dir.join("agent"))?,
-                guest,
-            )
-            .map_err(anyhow::Error::msg)?,
-        ),
+        Kind::Sandbox => sandbox(data_dir, cache_dir)?,
         Kind::Qemu => Arc::new(
             QemuBackend::new(
                 QemuOptions {
@@ -189,6 +211,14 @@ pub async fn remove(
     let mut done = Vec::new();
     let mut backends: Vec<(Kind, Arc<dyn Backend>)> = Vec::new();
     for vm in chosen {
+        if vm.spare {
+            sandbox(data_dir, cache_dir)?
+                .destroy_spare(&vm.id)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot destroy {}: {e}", vm.id))?;
+            done.push(vm.id.clone());
+            continue;
+        }
         let b = match backends.iter().find(|(k, _)| *k == vm.backend) {
             Some((_, b)) => b.clone(),
             None => {

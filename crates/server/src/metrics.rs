@@ -53,6 +53,10 @@ pub fn init() {
 
 fn describe() {
     metrics::describe_gauge!(
+        warmpool_backend::sandbox::SPARES_READY_METRIC,
+        "Sandbox VMs started ahead of need, ready for the next VM to take"
+    );
+    metrics::describe_gauge!(
         POOL_INSTANCES,
         "Pool instances by project and state (ready, provisioning, failed, stale, claimed)"
     );

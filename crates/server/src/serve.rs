@@ -106,6 +106,10 @@ pub struct ServeArgs {
     /// Pool boots this server runs at once, at most (boots for claims are not held back).
     #[arg(long, env = "WARMPOOL_MAX_PARALLEL_BOOTS", default_value_t = 8)]
     pub max_parallel_boots: usize,
+    /// Sandbox VMs kept started ahead of need (owned by no project until a new VM takes one,
+    /// which then starts in a few milliseconds instead of a runc start); 0 keeps none.
+    #[arg(long, env = "WARMPOOL_SANDBOX_SPARES", default_value_t = 1)]
+    pub sandbox_spares: usize,
     /// Requests per second allowed per token (0: unlimited).
     #[arg(long, env = "WARMPOOL_RATE_LIMIT_PER_SEC", default_value_t = 100)]
     pub rate_limit_per_sec: u32,
@@ -364,14 +368,22 @@ fn make_backend(args: &ServeArgs, data_dir: &Path) -> anyhow::Result<Arc<dyn Bac
             }
             let agent_layer =
                 image::ensure_agent_layer(data_dir, &agent_bin).map_err(anyhow::Error::msg)?;
-            let backend =
-                SandboxBackend::new(sandbox_options(data_dir, &cache_dir, agent_layer)?, guest)
-                    .map_err(anyhow::Error::msg)?;
-            tracing::info!("backend: sandbox");
-            Ok(Arc::new(backend))
+            let backend = SandboxBackend::new(
+                sandbox_options(data_dir, &cache_dir, agent_layer, args.sandbox_spares)?,
+                guest,
+            )
+            .map_err(anyhow::Error::msg)?;
+            tracing::info!(
+                "backend: sandbox ({} VM(s) kept started ahead of need)",
+                args.sandbox_spares
+            );
+            Ok(backend)
         }
     }
 }
+
+/// Where, in a data dir, the sandbox VMs started ahead of need are kept.
+pub const SPARES_DIR: &str = "vm-spares";
 
 /// Where the sandbox VMs of `data_dir` have their roots mounted: outside the (private) data dir,
 /// one directory per data dir.
@@ -389,6 +401,7 @@ pub fn sandbox_options(
     data_dir: &Path,
     cache_dir: &Path,
     agent_layer: PathBuf,
+    spares: usize,
 ) -> anyhow::Result<SandboxOptions> {
     let missing = warmpool_backend::sandbox::missing_tools();
     if !missing.is_empty() {
@@ -416,6 +429,8 @@ pub fn sandbox_options(
     let find = |p: &str| image::find_program(p).unwrap_or_else(|| PathBuf::from(p));
     Ok(SandboxOptions {
         vms_dir: data_dir.join("vms"),
+        spares_dir: data_dir.join(SPARES_DIR),
+        spares,
         runc_root: data_dir.join("runc"),
         roots_dir: roots_dir(data_dir),
         shifted_dir: cache_dir.join("shifted"),
@@ -502,7 +517,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let app = App::new(AppParts {
         admin_token: admin,
         store,
-        backend,
+        backend: backend.clone(),
         cfg,
         mirrors,
         git,
@@ -600,6 +615,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 .context("the HTTPS server failed")?;
         }
     }
+    backend.stop().await;
     if lost.load(std::sync::atomic::Ordering::SeqCst) {
         bail!("stopped: this node's lease was taken over by another node");
     }

@@ -212,6 +212,7 @@ async fn vms_of_a_stopped_server_are_listed_and_destroyed_without_it() {
             == 2
     };
     wait_for("2 ready", async || ready(&s).await).await;
+    wait_for("a VM started ahead of need", async || s.spare_ready().await).await;
     let data = s.data_dir().display().to_string();
 
     // While the server runs, it alone manages them.
@@ -221,12 +222,42 @@ async fn vms_of_a_stopped_server_are_listed_and_destroyed_without_it() {
     let (ok, out, _) = warmpool(&["--json", "vms", "list", "--data-dir", &data]);
     assert!(ok);
     let listed: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(listed.as_array().unwrap().len(), 2, "{listed}");
+    let listed = listed.as_array().unwrap();
+    assert_eq!(listed.len(), 3, "{listed:?}");
+    let spares: Vec<&str> = listed
+        .iter()
+        .filter(|v| v["spare"] == true)
+        .map(|v| v["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(spares.len(), 1, "{listed:?}");
+    assert!(spares[0].starts_with("sp-"), "{listed:?}");
 
     s.kill9();
     let vms = s.vm_dirs();
     assert_eq!(vms.len(), 2);
-    let inits: Vec<i32> = vms.iter().map(|v| s.vm_init_pid(v).unwrap()).collect();
+    assert_eq!(s.spare_dirs(), spares);
+    let containers: Vec<String> = vms
+        .iter()
+        .map(|v| s.vm_container(v))
+        .chain([spares[0].to_string()])
+        .collect();
+    let spare_init: i32 = std::fs::read_to_string(
+        s.data_dir()
+            .join("vm-spares")
+            .join(spares[0])
+            .join("init.pid"),
+    )
+    .unwrap()
+    .split_whitespace()
+    .next()
+    .unwrap()
+    .parse()
+    .unwrap();
+    let inits: Vec<i32> = vms
+        .iter()
+        .map(|v| s.vm_init_pid(v).unwrap())
+        .chain([spare_init])
+        .collect();
     let procs: Vec<(i32, u64)> = inits.iter().flat_map(|p| vm_processes(*p)).collect();
     assert!(any_alive(&procs), "VMs keep running without their server");
     let (ok, out, err) = warmpool(&["vms", "list", "--data-dir", &data]);
@@ -238,6 +269,11 @@ async fn vms_of_a_stopped_server_are_listed_and_destroyed_without_it() {
             "{out}"
         );
     }
+    assert!(
+        out.lines().any(|l| l.starts_with(spares[0])
+            && l.contains("sandbox (started ahead, no project's)  running (pid ")),
+        "{out}"
+    );
     let (ok, _, err) = warmpool(&["vms", "rm", "vm-doesnotexist0000", "--data-dir", &data]);
     assert!(!ok);
     assert!(err.contains("no VM `vm-doesnotexist0000`"), "{err}");
@@ -250,11 +286,13 @@ async fn vms_of_a_stopped_server_are_listed_and_destroyed_without_it() {
         2,
         "{out}"
     );
+    assert!(out.contains(&format!("destroyed {}", spares[0])), "{out}");
     assert!(!any_alive(&procs), "processes of destroyed VMs still run");
     assert!(s.vm_dirs().is_empty());
+    assert!(s.spare_dirs().is_empty());
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    for v in &vms {
-        assert!(!mounts.contains(v.as_str()), "a mount of {v} is left");
+    for c in &containers {
+        assert!(!mounts.contains(c.as_str()), "a mount of {c} is left");
     }
     let (ok, out, _) = warmpool(&["vms", "list", "--data-dir", &data]);
     assert!(ok);

@@ -545,3 +545,155 @@ async fn disk_mb_holds_where_the_filesystem_keeps_it() {
     wait_for("the VM destroyed", async || s.vm_dirs().is_empty()).await;
     assert_eq!(fs.subvolumes(), "", "a subvolume is left");
 }
+
+/// The processes in a spare's (or VM's) pid files, its init and its pasta, as (pid, start time).
+fn dir_pids(dir: &Path) -> Vec<(i32, u64)> {
+    ["init.pid", "pasta.pid"]
+        .iter()
+        .filter_map(|f| std::fs::read_to_string(dir.join(f)).ok())
+        .filter_map(|t| {
+            let mut w = t.split_whitespace();
+            Some((w.next()?.parse().ok()?, w.next()?.parse().ok()?))
+        })
+        .collect()
+}
+
+/// A VM started ahead of need, taken by a new VM, is that VM's own — its hostname, machine id,
+/// token, limits and network — and no spare outlives its server: a stopped server destroys
+/// its own, a restarted one those a killed one left.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_vm_started_ahead_becomes_the_new_vms_own() {
+    let mut s = TestServer::start(&[]);
+    let repo = TestRepo::new(&[("README", "ahead\n")]);
+    let pid = s
+        .create_project(
+            "ahead",
+            json!([{"repoFullName": "acme/app", "url": repo.url()}]),
+        )
+        .await;
+    s.ok(
+        "PATCH",
+        &format!("/v1/projects/{pid}/resources"),
+        Some(json!({"memoryMb": 256, "pidsMax": 100, "cpus": 1})),
+    )
+    .await;
+    let probe = "hostname; cat /etc/hostname /etc/machine-id; git -C /home/app log --format=%s; \
+                 head -c 1000m /dev/zero | tail > /dev/null; echo \"status ${PIPESTATUS[1]}\"";
+
+    // The first VM of a server starts afresh; it leaves a spare behind.
+    let first = s.test_boot(&pid, json!({})).await;
+    assert_eq!(first["status"], "ready", "{first}");
+    assert!(step(&first, "create_vm")["metadata"]["startedAhead"].is_null());
+    wait_for("a VM started ahead", async || s.spare_ready().await).await;
+    let spare = s.spare_dirs();
+    assert_eq!(spare.len(), 1, "{spare:?}");
+    let spare_dir = s.data_dir().join("vm-spares").join(&spare[0]);
+    let spare_token = std::fs::read_to_string(spare_dir.join("config.json")).unwrap();
+    let spare_token = spare_token
+        .split("WARMPOOL_AGENT_TOKEN=")
+        .nth(1)
+        .and_then(|t| t.split('"').next())
+        .unwrap()
+        .to_string();
+
+    // A pool VM takes it.
+    s.ok(
+        "PATCH",
+        &format!("/v1/projects/{pid}/warm-pool"),
+        Some(json!({"targetSize": 1})),
+    )
+    .await;
+    wait_for("a ready pool VM", async || {
+        ready_ids(&s, &pid).await.len() == 1
+    })
+    .await;
+    let claim = s
+        .ok(
+            "POST",
+            &format!("/v1/projects/{pid}/warm-pool/claim"),
+            Some(json!({})),
+        )
+        .await;
+    let id = claim["instance"]["id"].as_str().unwrap();
+    let second = s.wait_instance(&pid, id).await;
+    let create = step(&second, "create_vm");
+    assert_eq!(create["metadata"]["startedAhead"], true, "{create}");
+    assert!(
+        create["output"]
+            .as_str()
+            .unwrap()
+            .contains("started ahead of need"),
+        "{create}"
+    );
+    let vm = second["instanceId"].as_str().unwrap();
+    assert_eq!(s.vm_container(vm), spare[0]);
+    assert!(!spare_dir.exists(), "the spare's directory became the VM's");
+
+    // Its agent answers the VM's token, and no longer the spare's.
+    let agent = format!("{}/v1/health", claim["vm"]["agentUrl"].as_str().unwrap());
+    for (token, want) in [
+        (claim["vm"]["agentToken"].as_str().unwrap(), 200),
+        (spare_token.as_str(), 401),
+    ] {
+        let r = s.http.get(&agent).bearer_auth(token).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), want);
+    }
+
+    let mut ids = Vec::new();
+    for inst in [&first, &second] {
+        let r = s.exec(&pid, inst["id"].as_str().unwrap(), probe).await;
+        let out = r["output"].as_str().unwrap().to_string();
+        let lines: Vec<&str> = out.lines().collect();
+        let name = inst["instanceId"].as_str().unwrap();
+        assert_eq!(&lines[..2], &[name, name], "{out}");
+        assert_eq!(lines[2].len(), 32, "{out}");
+        assert_eq!(lines[3], "initial", "cloned through the mirror: {out}");
+        assert!(
+            out.ends_with("status 137\n"),
+            "the memory limit holds: {out}"
+        );
+        ids.push(lines[2].to_string());
+    }
+    assert_ne!(ids[0], ids[1], "each VM has its own machine id");
+    let container = s.vm_container(vm);
+    for (ctl, file, v2, want) in [
+        (
+            "memory",
+            "memory.limit_in_bytes",
+            "memory.max",
+            (256u64 << 20).to_string(),
+        ),
+        ("pids", "pids.max", "pids.max", "100".to_string()),
+    ] {
+        assert_eq!(cgroup_file(&container, ctl, file, v2).unwrap(), want);
+    }
+
+    // A server that stops destroys its spares; one killed leaves them to the next, which
+    // destroys them when it starts.
+    wait_for("another VM started ahead", async || s.spare_ready().await).await;
+    let left = s.spare_dirs();
+    let left_pids = dir_pids(&s.data_dir().join("vm-spares").join(&left[0]));
+    assert_eq!(left_pids.len(), 2, "{left_pids:?}");
+    s.kill9();
+    assert!(any_alive(&left_pids));
+    s.restart();
+    wait_for("the killed server's spare destroyed", async || {
+        !any_alive(&left_pids) && !s.spare_dirs().contains(&left[0])
+    })
+    .await;
+    // The next server makes one after its first VM.
+    let third = s.test_boot(&pid, json!({})).await;
+    assert_eq!(third["status"], "ready", "{third}");
+    wait_for("a VM started ahead again", async || s.spare_ready().await).await;
+    let left = s.spare_dirs();
+    assert_eq!(left.len(), 1, "{left:?}");
+    let left_pids = dir_pids(&s.data_dir().join("vm-spares").join(&left[0]));
+    assert!(s.terminate(), "the server stops cleanly");
+    assert!(
+        !any_alive(&left_pids),
+        "a stopped server's spare still runs"
+    );
+    assert!(s.spare_dirs().is_empty(), "{:?}", s.spare_dirs());
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains(&left[0]), "a mount of the spare is left");
+}

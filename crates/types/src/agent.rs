@@ -102,7 +102,7 @@ pub struct AgentError {
     pub error: String,
 }
 
-/// `POST /v1/identity`: what makes a cloned VM its own.
+/// `POST /v1/identity`: what makes a cloned (or started-ahead) VM its own.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct IdentityRequest {
@@ -111,8 +111,10 @@ pub struct IdentityRequest {
     pub hostname: String,
     /// 32 hex digits.
     pub machine_id: String,
-    /// The host's clock, epoch milliseconds.
-    pub time_ms: i64,
-    /// Random bytes (hex) to mix into the guest's RNG.
-    pub entropy: String,
+    /// The host's clock, epoch milliseconds: for a VM with a kernel (and clock) of its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_ms: Option<i64>,
+    /// Random bytes (hex) to mix into the guest's RNG: for a VM with a kernel of its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entropy: Option<String>,
 }

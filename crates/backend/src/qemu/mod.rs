@@ -133,14 +133,6 @@ fn machine_size(r: &crate::Resources) -> (u32, u32) {
     (r.memory_mb.min(u32::MAX as u64) as u32, r.cpus.max(1))
 }
 
-/// Random bytes as hex, for machine ids and the entropy handed to clones.
-fn random_hex(bytes: usize) -> String {
-    use rand::RngCore;
-    let mut buf = vec![0u8; bytes];
-    rand::thread_rng().fill_bytes(&mut buf);
-    hex::encode(buf)
-}
-
 impl QemuBackend {
     pub fn new(opts: QemuOptions, image: Arc<GuestImage>) -> Result<Self, String> {
         for d in [&opts.vms_dir, &opts.goldens_dir] {
@@ -568,6 +560,7 @@ impl QemuBackend {
                     let meta = Self::read_meta(&dir)?;
                     return Ok(VmHandle {
                         agent_url: format!("http://{AGENT_HOST}:{}", meta.port),
+                        ..Default::default()
                     });
                 }
                 Err((_, e)) => {
@@ -665,9 +658,9 @@ impl QemuBackend {
         let identity = IdentityRequest {
             token: spec.agent_token.clone(),
             hostname: spec.vm_id.clone(),
-            machine_id: random_hex(16),
-            time_ms: warmpool_types::time::now_ms(),
-            entropy: random_hex(64),
+            machine_id: crate::random_hex(16),
+            time_ms: Some(warmpool_types::time::now_ms()),
+            entropy: Some(crate::random_hex(64)),
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -682,7 +675,10 @@ impl QemuBackend {
         let mut vm_meta = Self::read_meta(&dir)?;
         vm_meta.token = spec.agent_token.clone();
         Self::write_meta(&dir, &vm_meta)?;
-        Ok(VmHandle { agent_url: url })
+        Ok(VmHandle {
+            agent_url: url,
+            ..Default::default()
+        })
     }
 
     /// Boots a VM from the kernel, never from a golden (what clones are measured against).

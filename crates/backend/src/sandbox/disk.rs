@@ -93,7 +93,19 @@ pub fn make_upper(dir: &Path, name: &str, limit_mb: u64) -> std::io::Result<Uppe
     let args = vol_args(name)?;
     // SAFETY: the argument is a properly laid out btrfs_ioctl_vol_args.
     unsafe { subvol_create(parent.as_raw_fd(), &args) }.map_err(std::io::Error::from)?;
-    let sub = std::fs::File::open(&target)?;
+    set_limit(&target, limit_mb)
+}
+
+/// Sets the limit of a writable layer made by [`make_upper`] to `limit_mb` MiB (a plain
+/// directory keeps none).
+pub fn set_limit(target: &Path, limit_mb: u64) -> std::io::Result<Upper> {
+    let is_subvol = std::fs::symlink_metadata(target)
+        .map(|m| std::os::unix::fs::MetadataExt::ino(&m) == SUBVOL_ROOT_INO)
+        .unwrap_or(false);
+    if !is_subvol || !is_btrfs(target) {
+        return Ok(Upper::Unlimited);
+    }
+    let sub = std::fs::File::open(target)?;
     let mut lim = QgroupLimitArgs {
         // 0: the subvolume's own qgroup.
         qgroupid: 0,
@@ -105,7 +117,7 @@ pub fn make_upper(dir: &Path, name: &str, limit_mb: u64) -> std::io::Result<Uppe
             rsv_excl: 0,
         },
     };
-    // SAFETY: as above, for btrfs_ioctl_qgroup_limit_args.
+    // SAFETY: a properly laid out btrfs_ioctl_qgroup_limit_args.
     match unsafe { qgroup_limit(sub.as_raw_fd(), &mut lim) } {
         Ok(_) => Ok(Upper::Limited),
         // Quotas are off on this filesystem: the operator has not asked for them.

@@ -5,12 +5,22 @@
 //! forwarded), its own mount, pid, ipc, uts and cgroup namespaces, the shipped seccomp profile,
 //! and cgroup limits from the project's resources. It shares the host's kernel.
 //!
-//! Layout: `<vms-dir>/<vm-id>/{config.json,rw/{upper,work},lower0,lower1,ns/{user,net},init.pid,
-//! console.log,runc.log,pasta.log,pasta.pid}`; the root is mounted at `<roots-dir>/<vm-id>`;
-//! runc keeps its state in `<runc-root>`. VMs keep
-//! running when the server stops (an upgrade does not end them); `list` finds them again from
-//! their directories and `destroy` removes every piece, whichever of them exist.
+//! Starting a container costs runc most of its time, so the backend keeps a few VMs started
+//! ahead of need ("spares": root, namespaces, network and agent up, owned by nobody). A new VM
+//! takes one when there is one and makes it its own — its directory, hostname, machine id,
+//! limits and agent token — in a few milliseconds; otherwise it starts afresh. Spares are made
+//! again in the background and never outlive the server that made them.
+//!
+//! Layout: `<vms-dir>/<vm-id>/{container,config.json,rw/{upper,work},lower0,lower1,ns/{user,net},
+//! init.pid,console.log,runc.log,pasta.log,pasta.pid}`, where `container` names the VM's runc
+//! container (`sp-...`; a VM started by an older server has none, and its container is its id);
+//! a spare's directory is `<spares-dir>/<container>` until a VM takes it (a rename); the root is
+//! mounted at `<roots-dir>/<container>` and the cgroups are `/warmpool/<container>`; runc keeps
+//! its state in `<runc-root>`. VMs keep running when the server stops (an upgrade does not end
+//! them); `list` finds them again from their directories and `destroy` removes every piece,
+//! whichever of them exist.
 
+pub mod cgroup;
 pub mod disk;
 pub mod idmap;
 pub mod netns;
@@ -21,18 +31,19 @@ use std::collections::HashMap;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use nix::mount::{umount2, MntFlags};
 use oci_spec::runtime::LinuxSeccomp;
 use sha2::{Digest, Sha256};
+use warmpool_types::agent::IdentityRequest;
 use warmpool_types::ids;
 
 use crate::agent_client::HttpAgent;
 use crate::image::GuestImage;
-use crate::{tail_lines, Agent, Backend, BackendError, VmHandle, VmSpec};
+use crate::{tail_lines, Agent, Backend, BackendError, Resources, VmHandle, VmSpec};
 pub use spec::IdRange;
 
 /// The fd the VM's agent finds its listening socket on (runc's `--preserve-fds 1`).
@@ -41,6 +52,11 @@ const AGENT_FD: i32 = 3;
 pub struct SandboxOptions {
     /// Where VM directories live (`<data-dir>/vms`).
     pub vms_dir: PathBuf,
+    /// Where the directories of VMs started ahead of need live (`<data-dir>/vm-spares`), on the
+    /// same filesystem as `vms_dir`.
+    pub spares_dir: PathBuf,
+    /// How many VMs to keep started ahead of need (0: none; every VM starts afresh).
+    pub spares: usize,
     /// runc's state directory (`<data-dir>/runc`).
     pub runc_root: PathBuf,
     /// Where VM roots are mounted: a directory the VMs' ids can reach (runc binds the root from
@@ -71,11 +87,99 @@ pub struct SandboxBackend {
     layers: tokio::sync::Mutex<Option<(PathBuf, PathBuf)>>,
     /// Whether the log already said that disk limits are not kept here.
     disk_unlimited_said: std::sync::atomic::AtomicBool,
-    /// Networks being attached (pasta starting), by VM: `None` until pasta has answered.
+    /// Networks being attached (pasta starting), by VM (by container for a spare): `None` until
+    /// pasta has answered.
     networks: std::sync::Mutex<HashMap<String, NetworkState>>,
+    /// VMs started ahead of need.
+    spares: std::sync::Mutex<Spares>,
+    /// Told whenever a spare is made or making stops.
+    spares_changed: tokio::sync::Notify,
+    /// This backend, for the task that makes spares in the background.
+    me: Weak<SandboxBackend>,
 }
 
 type NetworkState = tokio::sync::watch::Receiver<Option<Result<(), String>>>;
+
+/// A VM started ahead of need: everything up, its agent on a token of its own.
+struct Spare {
+    container: String,
+    token: String,
+    agent_url: String,
+    /// The host ports it was given (a VM must want the same to take it).
+    host_ports: Vec<u16>,
+}
+
+#[derive(Default)]
+struct Spares {
+    ready: Vec<Spare>,
+    /// A task is making (or clearing) spares.
+    making: bool,
+    /// Spares left by an earlier server have been destroyed.
+    cleared: bool,
+    /// The host ports of the last VM created: what spares are made with.
+    host_ports: Option<Vec<u16>>,
+    /// The server stops: no more spares.
+    stopped: bool,
+}
+
+/// What one container is started with.
+struct Boot<'a> {
+    container: &'a str,
+    hostname: &'a str,
+    token: &'a str,
+    resources: &'a Resources,
+    host_ports: &'a [u16],
+    /// Under which name the network's attachment is kept in `networks`.
+    network_key: &'a str,
+}
+
+/// The gauge of sandbox VMs started ahead of need and ready to be taken.
+pub const SPARES_READY_METRIC: &str = "warmpool_sandbox_vms_started_ahead";
+
+/// Names of runc containers (and of VM roots and cgroups): `sp-` and a VM id's random part.
+const CONTAINER_PREFIX: &str = "sp-";
+
+fn new_container_id() -> String {
+    format!(
+        "{CONTAINER_PREFIX}{}",
+        &ids::new_vm_id()[ids::VM_PREFIX.len()..]
+    )
+}
+
+/// Whether `s` has the shape of a container name made by [`new_container_id`].
+pub fn is_container_id(s: &str) -> bool {
+    s.strip_prefix(CONTAINER_PREFIX)
+        .is_some_and(|r| ids::is_vm_id(&format!("{}{r}", ids::VM_PREFIX)))
+}
+
+/// The runc container of the VM in `dir`: the one its `container` file names, or (a VM started
+/// by an older server) its own id.
+fn container_of(dir: &Path, vm_id: &str) -> String {
+    std::fs::read_to_string(dir.join("container"))
+        .ok()
+        .map(|t| t.trim().to_string())
+        .filter(|c| is_container_id(c))
+        .unwrap_or_else(|| vm_id.to_string())
+}
+
+/// Names the machine whose init is `pid` (its UTS namespace), from the host: a VM's root may not
+/// (it lacks CAP_SYS_ADMIN). A thread of its own enters the namespace and ends with it.
+fn set_hostname(pid: i32, start: u64, name: &str) -> Result<(), String> {
+    let ns = std::fs::File::open(format!("/proc/{pid}/ns/uts"))
+        .map_err(|e| format!("cannot open the VM's UTS namespace: {e}"))?;
+    // The pid could have been reused between the pid file and the open.
+    if !crate::process::alive(pid, start) {
+        return Err("the VM's init is gone".into());
+    }
+    let name = name.to_string();
+    std::thread::spawn(move || {
+        nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWUTS)
+            .map_err(|e| format!("cannot enter the VM's UTS namespace: {e}"))?;
+        nix::unistd::sethostname(&name).map_err(|e| format!("cannot set the hostname: {e}"))
+    })
+    .join()
+    .map_err(|_| "the hostname thread panicked".to_string())?
+}
 
 /// What the sandbox backend needs from the host, and the Debian packages that give it.
 pub fn missing_tools() -> Vec<(&'static str, &'static str)> {
@@ -130,8 +234,10 @@ fn err(msg: impl Into<String>) -> BackendError {
 }
 
 impl SandboxBackend {
-    pub fn new(opts: SandboxOptions, image: Arc<GuestImage>) -> Result<Self, String> {
-        for d in [&opts.vms_dir, &opts.runc_root] {
+    /// Starts making spares at once when `opts.spares` > 0 and a runtime runs (destroying those
+    /// an earlier server left first).
+    pub fn new(opts: SandboxOptions, image: Arc<GuestImage>) -> Result<Arc<Self>, String> {
+        for d in [&opts.vms_dir, &opts.spares_dir, &opts.runc_root] {
             std::fs::create_dir_all(d)
                 .map_err(|e| format!("cannot create {}: {e}", d.display()))?;
             let _ = std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700));
@@ -154,7 +260,7 @@ impl SandboxBackend {
         }
         let seccomp = seccomp::load(&opts.seccomp_profile, spec::CAPABILITIES)?;
         install_egress_firewall(opts.ids)?;
-        Ok(Self {
+        let backend = Arc::new_cyclic(|me| Self {
             opts,
             image,
             client: HttpAgent::default_client(),
@@ -163,7 +269,244 @@ impl SandboxBackend {
             layers: tokio::sync::Mutex::new(None),
             disk_unlimited_said: std::sync::atomic::AtomicBool::new(false),
             networks: std::sync::Mutex::new(HashMap::new()),
+            spares: std::sync::Mutex::new(Spares::default()),
+            spares_changed: tokio::sync::Notify::new(),
+            me: me.clone(),
+        });
+        if tokio::runtime::Handle::try_current().is_ok() {
+            backend.refill(None);
+        }
+        Ok(backend)
+    }
+
+    fn spares_lock(&self) -> std::sync::MutexGuard<'_, Spares> {
+        self.spares.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn count_spares(st: &Spares) {
+        metrics::gauge!(SPARES_READY_METRIC).set(st.ready.len() as f64);
+    }
+
+    /// Takes a ready spare made with `host_ports`.
+    fn take_spare(&self, host_ports: &[u16]) -> Option<Spare> {
+        let mut st = self.spares_lock();
+        let i = st.ready.iter().position(|s| s.host_ports == host_ports)?;
+        let taken = st.ready.swap_remove(i);
+        Self::count_spares(&st);
+        Some(taken)
+    }
+
+    /// Starts the background task that brings the spares back to their number (made with
+    /// `host_ports` from now on, when given), unless it runs already.
+    fn refill(&self, host_ports: Option<&[u16]>) {
+        if self.opts.spares == 0 {
+            return;
+        }
+        let Some(me) = self.me.upgrade() else { return };
+        {
+            let mut st = self.spares_lock();
+            if let Some(p) = host_ports {
+                st.host_ports = Some(p.to_vec());
+            }
+            let stale = st
+                .ready
+                .iter()
+                .any(|s| Some(&s.host_ports) != st.host_ports.as_ref());
+            let short = st.host_ports.is_some() && st.ready.len() < self.opts.spares;
+            if st.making || st.stopped || (st.cleared && !stale && !short) {
+                return;
+            }
+            st.making = true;
+        }
+        tokio::spawn(async move { me.fill_spares().await });
+    }
+
+    async fn fill_spares(&self) {
+        /// However the task ends (a panic included), the next VM may start another.
+        struct Done<'a>(&'a SandboxBackend);
+        impl Drop for Done<'_> {
+            fn drop(&mut self) {
+                self.0.spares_lock().making = false;
+                self.0.spares_changed.notify_waiters();
+            }
+        }
+        let _done = Done(self);
+        if !self.spares_lock().cleared {
+            self.clear_spares().await;
+            self.spares_lock().cleared = true;
+        }
+        loop {
+            let (stale, want) = {
+                let mut st = self.spares_lock();
+                let ports = st.host_ports.clone();
+                let (keep, stale): (Vec<Spare>, Vec<Spare>) = std::mem::take(&mut st.ready)
+                    .into_iter()
+                    .partition(|s| Some(&s.host_ports) == ports.as_ref());
+                st.ready = keep;
+                Self::count_spares(&st);
+                let want = ports.filter(|_| !st.stopped && st.ready.len() < self.opts.spares);
+                (stale, want)
+            };
+            for s in stale {
+                let _ = self.destroy_spare(&s.container).await;
+            }
+            let Some(ports) = want else { return };
+            match self.make_spare(&ports).await {
+                Ok(spare) => {
+                    let late = {
+                        let mut st = self.spares_lock();
+                        if st.stopped {
+                            Some(spare)
+                        } else {
+                            st.ready.push(spare);
+                            Self::count_spares(&st);
+                            None
+                        }
+                    };
+                    if let Some(s) = late {
+                        let _ = self.destroy_spare(&s.container).await;
+                    }
+                    self.spares_changed.notify_waiters();
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        "could not start a VM ahead of need (the next VM starts afresh): {e}"
+                    );
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Starts a VM that belongs to nobody yet, and waits until its network and agent are up.
+    async fn make_spare(&self, host_ports: &[u16]) -> Result<Spare, BackendError> {
+        let container = new_container_id();
+        let dir = self.opts.spares_dir.join(&container);
+        let token = ids::random_secret(40);
+        let made = async {
+            let handle = self
+                .boot(
+                    &Boot {
+                        container: &container,
+                        hostname: &container,
+                        token: &token,
+                        resources: &Resources::default(),
+                        host_ports,
+                        network_key: &container,
+                    },
+                    &dir,
+                )
+                .await?;
+            self.wait_network_of(&container, &dir).await?;
+            let agent = HttpAgent::new(self.client.clone(), &handle.agent_url, &token);
+            let deadline = tokio::time::Instant::now() + self.opts.start_timeout;
+            // The socket listens before the agent runs, so a request waits for the agent.
+            while let Err(e) = agent.health().await {
+                if tokio::time::Instant::now() > deadline {
+                    return Err(err(format!("the agent never answered: {e}")));
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Ok(handle)
+        }
+        .await;
+        match made {
+            Ok(h) => Ok(Spare {
+                container,
+                token,
+                agent_url: h.agent_url,
+                host_ports: host_ports.to_vec(),
+            }),
+            Err(e) => {
+                let _ = self.destroy_spare(&container).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Makes spare `s` the VM of `spec`: its directory becomes the VM's, then its hostname,
+    /// `/etc` files, machine id, limits and agent token become the VM's own.
+    async fn adopt(&self, s: &Spare, spec: &VmSpec, dir: &Path) -> Result<VmHandle, BackendError> {
+        let io = |what: &str, e: std::io::Error| err(format!("{what}: {e}"));
+        // First, so that from here on the VM's own destroy removes everything.
+        std::fs::rename(self.opts.spares_dir.join(&s.container), dir)
+            .map_err(|e| io("cannot move the VM's directory", e))?;
+        let machine_id = crate::random_hex(16);
+        write_guest_files(
+            &self.opts.roots_dir.join(&s.container),
+            &spec.vm_id,
+            &machine_id,
+            self.opts.ids,
+        )
+        .map_err(|e| io("cannot write the VM's /etc files", e))?;
+        let (pid, start) = crate::process::read_pid_file(&dir.join("init.pid"))
+            .ok_or_else(|| err("the VM has no init.pid"))?;
+        set_hostname(pid, start, &spec.vm_id).map_err(err)?;
+        cgroup::apply(&s.container, &spec.resources, self.limit_swap).map_err(err)?;
+        disk::set_limit(&dir.join("rw"), spec.resources.disk_mb)
+            .map_err(|e| io("cannot set the VM's disk limit", e))?;
+        HttpAgent::new(self.client.clone(), &s.agent_url, &s.token)
+            .set_identity(&IdentityRequest {
+                token: spec.agent_token.clone(),
+                hostname: spec.vm_id.clone(),
+                machine_id,
+                time_ms: None,
+                entropy: None,
+            })
+            .await
+            .map_err(|e| err(format!("cannot give the VM its identity: {e}")))?;
+        Ok(VmHandle {
+            agent_url: s.agent_url.clone(),
+            started_ahead: true,
         })
+    }
+
+    /// Waits until a spare is ready, or no task is making one; true when one is ready. For the
+    /// benchmark, which measures a VM that takes a spare.
+    pub async fn wait_for_spare(&self, limit: Duration) -> bool {
+        self.wait_spares(limit, |st| !st.ready.is_empty() || !st.making)
+            .await;
+        !self.spares_lock().ready.is_empty()
+    }
+
+    /// Waits (at most `limit`) until `done` holds of the spares.
+    async fn wait_spares(&self, limit: Duration, done: impl Fn(&Spares) -> bool) {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let changed = self.spares_changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if done(&self.spares_lock()) {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Destroys every spare in the spares directory (an earlier server's; none is in use).
+    pub async fn clear_spares(&self) -> Vec<String> {
+        let mut done = Vec::new();
+        let Ok(rd) = std::fs::read_dir(&self.opts.spares_dir) else {
+            return done;
+        };
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().to_string();
+            if is_container_id(&name) && self.destroy_spare(&name).await.is_ok() {
+                done.push(name);
+            }
+        }
+        done
+    }
+
+    /// Destroys the spare `container`, wherever it got to.
+    pub async fn destroy_spare(&self, container: &str) -> Result<(), BackendError> {
+        if !is_container_id(container) {
+            return Err(err(format!("`{container}` is not a spare VM")));
+        }
+        let dir = self.opts.spares_dir.join(container);
+        self.destroy_dir(&dir, container, container).await
     }
 
     fn networks_lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, NetworkState>> {
@@ -219,8 +562,8 @@ impl SandboxBackend {
     }
 
     /// Where a VM's network namespace is pinned.
-    fn net_pin(&self, vm_id: &str) -> PathBuf {
-        self.opts.vms_dir.join(vm_id).join("ns/net")
+    fn net_pin(dir: &Path) -> PathBuf {
+        dir.join("ns/net")
     }
 
     fn vm_dir(&self, vm_id: &str) -> Result<PathBuf, BackendError> {
@@ -269,7 +612,26 @@ impl SandboxBackend {
         Ok(made)
     }
 
+    /// Starts a VM afresh, in `dir`, for `spec`.
     async fn start(&self, spec: &VmSpec, dir: &Path) -> Result<VmHandle, BackendError> {
+        let container = new_container_id();
+        self.boot(
+            &Boot {
+                container: &container,
+                hostname: &spec.vm_id,
+                token: &spec.agent_token,
+                resources: &spec.resources,
+                host_ports: &spec.host_ports,
+                network_key: &spec.vm_id,
+            },
+            dir,
+        )
+        .await
+    }
+
+    /// Starts container `b.container` in `dir`: its root, namespaces and runc; its network
+    /// attaches meanwhile (see `networks`).
+    async fn boot(&self, b: &Boot<'_>, dir: &Path) -> Result<VmHandle, BackendError> {
         let t0 = std::time::Instant::now();
         let (agent_layer, rootfs) = self.layers().await?;
         let ids = self.opts.ids;
@@ -277,13 +639,16 @@ impl SandboxBackend {
         tokio::fs::create_dir_all(dir)
             .await
             .map_err(|e| io("cannot create the VM's directory", e))?;
-        let root = self.opts.roots_dir.join(&spec.vm_id);
+        // First: whatever is made from here on is found by its name.
+        std::fs::write(dir.join("container"), b.container)
+            .map_err(|e| io("cannot write the container's name", e))?;
+        let root = self.opts.roots_dir.join(b.container);
         tokio::fs::create_dir_all(&root)
             .await
             .map_err(|e| io("cannot create the VM's root", e))?;
         // `rw` holds the overlay's upper and work dirs: one subvolume where the disk limit is
         // kept (overlayfs renames between the two, which cannot cross subvolumes).
-        let upper = disk::make_upper(dir, "rw", spec.resources.disk_mb)
+        let upper = disk::make_upper(dir, "rw", b.resources.disk_mb)
             .map_err(|e| io("cannot create the VM's writable layer", e))?;
         if upper == disk::Upper::Unlimited
             && !self
@@ -311,7 +676,7 @@ impl SandboxBackend {
         let (d, r, n, exe) = (
             dir.to_path_buf(),
             root.clone(),
-            self.net_pin(&spec.vm_id),
+            Self::net_pin(dir),
             self.opts.helper_exe.clone(),
         );
         tokio::task::spawn_blocking(move || netns::prepare(&d, &r, &n, &names, ids, &exe))
@@ -319,18 +684,18 @@ impl SandboxBackend {
             .map_err(|e| err(format!("the namespace task failed: {e}")))?
             .map_err(err)?;
         let prepared = t0.elapsed();
-        write_guest_files(&root, &spec.vm_id, ids)
+        write_guest_files(&root, b.hostname, &crate::random_hex(16), ids)
             .map_err(|e| err(format!("cannot write the VM's /etc files: {e}")))?;
         let config = spec::build(&spec::SpecInput {
-            vm_id: &spec.vm_id,
-            token: &spec.agent_token,
+            hostname: b.hostname,
+            token: b.token,
             ids,
-            resources: &spec.resources,
+            resources: b.resources,
             seccomp: Some(self.seccomp.clone()),
             userns: &dir.join("ns/user"),
-            netns: &self.net_pin(&spec.vm_id),
+            netns: &Self::net_pin(dir),
             limit_swap: self.limit_swap,
-            cgroups_path: &format!("/warmpool/{}", spec.vm_id),
+            cgroups_path: &cgroup::path(b.container),
             root: &root,
         })
         .map_err(|e| err(format!("cannot build the VM's runtime config: {e}")))?;
@@ -352,13 +717,13 @@ impl SandboxBackend {
         // its agent can answer, and the first step that needs the network waits for it
         // (`wait_network`).
         let (tx, rx) = tokio::sync::watch::channel(None);
-        self.networks_lock().insert(spec.vm_id.clone(), rx);
+        self.networks_lock().insert(b.network_key.to_string(), rx);
         let net = Network {
             pasta: self.opts.pasta.clone(),
             gid: egress_gid(self.opts.ids),
-            netns: self.net_pin(&spec.vm_id),
+            netns: Self::net_pin(dir),
             dir: dir.to_path_buf(),
-            host_ports: spec.host_ports.clone(),
+            host_ports: b.host_ports.to_vec(),
         };
         let limit = self.opts.start_timeout;
         tokio::spawn(async move {
@@ -372,9 +737,10 @@ impl SandboxBackend {
             let _ = tx.send(Some(r));
         });
         let configured = t0.elapsed();
-        let started = tokio::time::timeout(limit, self.run_container(spec, dir, &listener)).await;
+        let started =
+            tokio::time::timeout(limit, self.run_container(b.container, dir, &listener)).await;
         tracing::debug!(
-            vm = %spec.vm_id,
+            container = %b.container,
             "sandbox start: root and namespaces {prepared:?}, config {configured:?}, runc {:?}",
             t0.elapsed()
         );
@@ -388,7 +754,7 @@ impl SandboxBackend {
         // The VM's init, by pid and start time: destroy kills it (which ends every process of
         // the VM's pid namespace) and waits for it even if runc's state is gone.
         let state =
-            std::fs::read_to_string(self.opts.runc_root.join(&spec.vm_id).join("state.json"))
+            std::fs::read_to_string(self.opts.runc_root.join(b.container).join("state.json"))
                 .map_err(|e| io("cannot read runc's state of the VM", e))?;
         let pid = serde_json::from_str::<serde_json::Value>(&state)
             .ok()
@@ -398,7 +764,76 @@ impl SandboxBackend {
             .map_err(|e| io("cannot write init.pid", e))?;
         Ok(VmHandle {
             agent_url: format!("http://127.0.0.1:{port}"),
+            ..Default::default()
         })
+    }
+
+    /// Waits until the network of the VM (or spare) in `dir`, attached under `key`, is up.
+    async fn wait_network_of(&self, key: &str, dir: &Path) -> Result<(), BackendError> {
+        let attaching = self.networks_lock().get(key).cloned();
+        let Some(mut rx) = attaching else {
+            // Attached before this server started (an adopted VM), or before a spare was taken:
+            // pasta must still run.
+            return match crate::process::read_pid_file(&dir.join("pasta.pid")) {
+                Some((pid, start)) if crate::process::alive(pid, start) => Ok(()),
+                _ => Err(err("the VM's network is gone (its pasta is not running)")),
+            };
+        };
+        let done = rx
+            .wait_for(Option::is_some)
+            .await
+            .map_err(|_| err("the VM's network setup was abandoned"))?
+            .clone();
+        self.networks_lock().remove(key);
+        done.unwrap_or(Ok(())).map_err(err)
+    }
+
+    /// Removes every piece of the VM (or spare) in `dir` running as `container`, whose network
+    /// attaches under `network_key`: its processes, runc's state, cgroups, pasta, mounts and
+    /// files, whichever of them exist.
+    async fn destroy_dir(
+        &self,
+        dir: &Path,
+        container: &str,
+        network_key: &str,
+    ) -> Result<(), BackendError> {
+        crate::process::kill_from_pid_file(&dir.join("init.pid")).await;
+        let out = self
+            .runc_cmd()
+            .args(["delete", "--force", container])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .await
+            .map_err(|e| err(format!("cannot run runc: {e}")))?;
+        if !out.status.success() {
+            let msg = String::from_utf8_lossy(&out.stderr);
+            if !msg.contains("does not exist") {
+                tracing::warn!(container, "runc delete: {}", msg.trim());
+            }
+        }
+        cgroup::remove(container);
+        // A pasta still starting is let finish first, so its pid is known when it is killed.
+        let attaching = self.networks_lock().remove(network_key);
+        if let Some(mut rx) = attaching {
+            let _ =
+                tokio::time::timeout(self.opts.start_timeout, rx.wait_for(Option::is_some)).await;
+        }
+        let net = Self::net_pin(dir);
+        kill_pasta(dir, &net).await;
+        let root = self.opts.roots_dir.join(container);
+        let _ = umount2(&root, MntFlags::MNT_DETACH);
+        let _ = std::fs::remove_dir(&root);
+        let _ = umount2(&dir.join("ns/user"), MntFlags::MNT_DETACH);
+        let _ = umount2(&net, MntFlags::MNT_DETACH);
+        let _ = std::fs::remove_file(&net);
+        // A writable layer that is a subvolume goes with its quota group, whatever it holds.
+        disk::remove_upper(dir, "rw");
+        match tokio::fs::remove_dir_all(dir).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(err(format!("cannot remove {}: {e}", dir.display()))),
+        }
     }
 
     fn runc_cmd(&self) -> tokio::process::Command {
@@ -414,7 +849,7 @@ impl SandboxBackend {
 
     async fn run_container(
         &self,
-        spec: &VmSpec,
+        container: &str,
         dir: &Path,
         listener: &std::net::TcpListener,
     ) -> Result<(), BackendError> {
@@ -430,7 +865,7 @@ impl SandboxBackend {
             .arg(dir)
             .arg("--preserve-fds")
             .arg("1")
-            .arg(&spec.vm_id)
+            .arg(container)
             .stdout(console)
             .stderr(console2);
         let fd = listener.as_raw_fd();
@@ -464,28 +899,6 @@ impl SandboxBackend {
             .find_map(runc_msg)
             .unwrap_or_else(|| format!("runc {status}"));
         Err(err(format!("the sandbox did not start: {last}")))
-    }
-
-    /// Removes a VM's cgroups when runc could not (its state was lost in a crash mid-start).
-    fn remove_cgroups(vm_id: &str) {
-        let mut dirs = Vec::new();
-        if let Ok(rd) = std::fs::read_dir("/sys/fs/cgroup") {
-            for e in rd.flatten() {
-                dirs.push(e.path().join("warmpool").join(vm_id));
-            }
-        }
-        dirs.push(Path::new("/sys/fs/cgroup/warmpool").join(vm_id));
-        for d in dirs.into_iter().filter(|d| d.is_dir()) {
-            if let Ok(procs) = std::fs::read_to_string(d.join("cgroup.procs")) {
-                for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
-                    let _ = nix::sys::signal::kill(
-                        nix::unistd::Pid::from_raw(pid),
-                        nix::sys::signal::Signal::SIGKILL,
-                    );
-                }
-            }
-            let _ = std::fs::remove_dir(&d);
-        }
     }
 }
 
@@ -615,8 +1028,13 @@ fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
     f.write_all(data)
 }
 
-/// hostname, hosts, resolv.conf and the directories the agent writes to, owned by the VM's root.
-fn write_guest_files(root: &Path, host: &str, ids: IdRange) -> std::io::Result<()> {
+/// hostname, hosts, resolv.conf, machine-id and the directories the agent writes to, owned by the VM's root.
+fn write_guest_files(
+    root: &Path,
+    host: &str,
+    machine_id: &str,
+    ids: IdRange,
+) -> std::io::Result<()> {
     let own = |p: &Path| std::os::unix::fs::lchown(p, Some(ids.base), Some(ids.base));
     let write = |rel: &str, text: &str| -> std::io::Result<()> {
         let p = root.join(rel);
@@ -636,6 +1054,7 @@ fn write_guest_files(root: &Path, host: &str, ids: IdRange) -> std::io::Result<(
         ),
     )?;
     write("etc/resolv.conf", &resolv_conf())?;
+    write("etc/machine-id", &format!("{machine_id}\n"))?;
     for d in ["var/log/warmpool", "home", "root"] {
         let p = root.join(d);
         if !p.exists() {
@@ -676,7 +1095,24 @@ impl Backend for SandboxBackend {
 
     async fn create(&self, spec: &VmSpec) -> Result<VmHandle, BackendError> {
         let dir = self.vm_dir(&spec.vm_id)?;
-        match self.start(spec, &dir).await {
+        let mut started = None;
+        if let Some(spare) = self.take_spare(&spec.host_ports) {
+            match self.adopt(&spare, spec, &dir).await {
+                Ok(h) => started = Some(Ok(h)),
+                Err(e) => {
+                    tracing::warn!(vm = %spec.vm_id, "a VM started ahead could not be taken ({e}); starting one afresh");
+                    let _ = self.destroy(&spec.vm_id).await;
+                    let _ = self.destroy_spare(&spare.container).await;
+                }
+            }
+        }
+        let started = match started {
+            Some(s) => s,
+            None => self.start(spec, &dir).await,
+        };
+        // After a start afresh, so that the two do not share the CPU.
+        self.refill(Some(&spec.host_ports));
+        match started {
             Ok(h) => Ok(h),
             Err(mut e) => {
                 e.log_tail = self.log_tail(&spec.vm_id).await;
@@ -689,43 +1125,8 @@ impl Backend for SandboxBackend {
 
     async fn destroy(&self, vm_id: &str) -> Result<(), BackendError> {
         let dir = self.vm_dir(vm_id)?;
-        crate::process::kill_from_pid_file(&dir.join("init.pid")).await;
-        let out = self
-            .runc_cmd()
-            .args(["delete", "--force", vm_id])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .output()
-            .await
-            .map_err(|e| err(format!("cannot run runc: {e}")))?;
-        if !out.status.success() {
-            let msg = String::from_utf8_lossy(&out.stderr);
-            if !msg.contains("does not exist") {
-                tracing::warn!(vm_id, "runc delete: {}", msg.trim());
-            }
-        }
-        Self::remove_cgroups(vm_id);
-        // A pasta still starting is let finish first, so its pid is known when it is killed.
-        let attaching = self.networks_lock().remove(vm_id);
-        if let Some(mut rx) = attaching {
-            let _ =
-                tokio::time::timeout(self.opts.start_timeout, rx.wait_for(Option::is_some)).await;
-        }
-        kill_pasta(&dir, &self.net_pin(vm_id)).await;
-        let root = self.opts.roots_dir.join(vm_id);
-        let _ = umount2(&root, MntFlags::MNT_DETACH);
-        let _ = std::fs::remove_dir(&root);
-        let _ = umount2(&dir.join("ns/user"), MntFlags::MNT_DETACH);
-        let net = self.net_pin(vm_id);
-        let _ = umount2(&net, MntFlags::MNT_DETACH);
-        let _ = std::fs::remove_file(&net);
-        // A writable layer that is a subvolume goes with its quota group, whatever it holds.
-        disk::remove_upper(&dir, "rw");
-        match tokio::fs::remove_dir_all(&dir).await {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(err(format!("cannot remove {}: {e}", dir.display()))),
-        }
+        let container = container_of(&dir, vm_id);
+        self.destroy_dir(&dir, &container, vm_id).await
     }
 
     async fn list(&self) -> Result<Vec<String>, BackendError> {
@@ -744,22 +1145,24 @@ impl Backend for SandboxBackend {
     }
 
     async fn wait_network(&self, vm_id: &str) -> Result<(), BackendError> {
-        let attaching = self.networks_lock().get(vm_id).cloned();
-        let Some(mut rx) = attaching else {
-            // Attached before this server started (an adopted VM): pasta must still run.
-            let dir = self.vm_dir(vm_id)?;
-            return match crate::process::read_pid_file(&dir.join("pasta.pid")) {
-                Some((pid, start)) if crate::process::alive(pid, start) => Ok(()),
-                _ => Err(err("the VM's network is gone (its pasta is not running)")),
-            };
+        let dir = self.vm_dir(vm_id)?;
+        self.wait_network_of(vm_id, &dir).await
+    }
+
+    async fn stop(&self) {
+        self.spares_lock().stopped = true;
+        // A spare being made is let finish (and destroys itself).
+        self.wait_spares(self.opts.start_timeout, |st| !st.making)
+            .await;
+        let ready = {
+            let mut st = self.spares_lock();
+            let ready = std::mem::take(&mut st.ready);
+            Self::count_spares(&st);
+            ready
         };
-        let done = rx
-            .wait_for(Option::is_some)
-            .await
-            .map_err(|_| err("the VM's network setup was abandoned"))?
-            .clone();
-        self.networks_lock().remove(vm_id);
-        done.unwrap_or(Ok(())).map_err(err)
+        for s in ready {
+            let _ = self.destroy_spare(&s.container).await;
+        }
     }
 
     fn host_address_for_vm(&self) -> &str {

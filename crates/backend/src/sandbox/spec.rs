@@ -44,7 +44,7 @@ pub struct IdRange {
 }
 
 pub struct SpecInput<'a> {
-    pub vm_id: &'a str,
+    pub hostname: &'a str,
     pub token: &'a str,
     pub ids: IdRange,
     pub resources: &'a Resources,
@@ -241,7 +241,7 @@ pub fn build(i: &SpecInput) -> Result<Spec, String> {
                 .build()
                 .map_err(e)?,
         )
-        .hostname(i.vm_id)
+        .hostname(i.hostname)
         .process(process)
         .mounts(mounts)
         .linux(linux.build().map_err(e)?)
@@ -322,7 +322,7 @@ mod tests {
 
     fn input(res: &Resources) -> SpecInput<'_> {
         SpecInput {
-            vm_id: "vm-abc",
+            hostname: "vm-abc",
             token: "tok",
             ids: IdRange {
                 base: 1_000_000_000,

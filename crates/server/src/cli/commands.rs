@@ -1073,7 +1073,12 @@ async fn local_vms(cmd: VmsCmd, json_out: bool) -> anyhow::Result<i32> {
                         Some(pid) => format!("running (pid {pid})"),
                         None => "not running".into(),
                     };
-                    println!("{}  {}  {state}", v.id, kind.as_str().unwrap_or(""));
+                    let spare = if v.spare {
+                        " (started ahead, no project's)"
+                    } else {
+                        ""
+                    };
+                    println!("{}  {}{spare}  {state}", v.id, kind.as_str().unwrap_or(""));
                 }
             }
         }

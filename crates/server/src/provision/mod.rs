@@ -715,6 +715,12 @@ impl Pipeline {
             log.line(
                 "the VM is running with its own token, hostname, machine id, clock and entropy",
             );
+        } else if handle.started_ahead {
+            meta.insert("startedAhead".into(), json!(true));
+            log.line(
+                "the VM is running: it was started ahead of need and is now this VM, with its own \
+                 hostname, machine id, limits and token",
+            );
         } else {
             log.line("the VM is running");
         }

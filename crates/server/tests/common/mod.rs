@@ -155,6 +155,19 @@ impl TestServer {
         }
     }
 
+    /// Stops the server as an operator would (SIGTERM) and waits until it has exited; true when
+    /// it exited successfully.
+    pub fn terminate(&mut self) -> bool {
+        let Some(mut c) = self.child.take() else {
+            return false;
+        };
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(c.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        c.wait().is_ok_and(|st| st.success())
+    }
+
     /// Starts the server again on the same data dir (after `kill9`).
     pub fn restart(&mut self) {
         self.kill9();
@@ -290,13 +303,45 @@ impl TestServer {
         .await
     }
 
-    /// The host pid of a VM's init, from runc's state of it.
+    /// The host pid of a VM's init, from its pid file.
     pub fn vm_init_pid(&self, vm_id: &str) -> Option<i32> {
         let text =
-            std::fs::read_to_string(self.data_dir().join("runc").join(vm_id).join("state.json"))
+            std::fs::read_to_string(self.data_dir().join("vms").join(vm_id).join("init.pid"))
                 .ok()?;
-        let v: serde_json::Value = serde_json::from_str(&text).ok()?;
-        v["init_process_pid"].as_i64().map(|p| p as i32)
+        text.split_whitespace().next()?.parse().ok()
+    }
+
+    /// The runc container a VM runs as (`sp-...`: VMs may have been started ahead of need).
+    pub fn vm_container(&self, vm_id: &str) -> String {
+        std::fs::read_to_string(self.data_dir().join("vms").join(vm_id).join("container"))
+            .map(|t| t.trim().to_string())
+            .unwrap_or_else(|_| vm_id.to_string())
+    }
+
+    /// Whether the server reports a sandbox VM started ahead of need and ready to be taken.
+    pub async fn spare_ready(&self) -> bool {
+        let text = self
+            .http
+            .get(format!("{}/metrics", self.url))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .any(|l| l.starts_with("warmpool_sandbox_vms_started_ahead ") && !l.ends_with(" 0"))
+    }
+
+    /// The VMs started ahead of need (`sp-...`) in the data dir.
+    pub fn spare_dirs(&self) -> Vec<String> {
+        match std::fs::read_dir(self.data_dir().join("vm-spares")) {
+            Ok(rd) => rd
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().to_string())
+                .collect(),
+            Err(_) => vec![],
+        }
     }
 
     pub fn vm_dirs(&self) -> Vec<String> {
@@ -316,26 +361,41 @@ impl Drop for TestServer {
         // Tests end their VMs through the API; whatever is left is killed here so runs never leak.
         // runc's delete also removes the VM's cgroups; the namespace pins and the root mount go
         // with their directories.
-        for vm in self.vm_dirs() {
-            if let Some(pid) = self.vm_init_pid(&vm) {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
+        let dirs = self
+            .vm_dirs()
+            .into_iter()
+            .map(|vm| (self.vm_container(&vm), self.data_dir().join("vms").join(vm)))
+            .chain(
+                self.spare_dirs()
+                    .into_iter()
+                    .map(|c| (c.clone(), self.data_dir().join("vm-spares").join(c))),
+            );
+        for (container, dir) in dirs.collect::<Vec<_>>() {
+            for f in ["init.pid", "pasta.pid"] {
+                let pid = std::fs::read_to_string(dir.join(f))
+                    .ok()
+                    .and_then(|t| t.split_whitespace().next()?.parse::<i32>().ok());
+                if let Some(pid) = pid.filter(|p| *p > 1) {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
             }
             let _ = std::process::Command::new("runc")
                 .arg("--root")
                 .arg(self.data_dir().join("runc"))
-                .args(["delete", "--force", &vm])
+                .args(["delete", "--force", &container])
                 .stdout(std::process::Stdio::null())
                 .stderr(std::process::Stdio::null())
                 .status();
-            let dir = self.data_dir().join("vms").join(&vm);
             let _ = nix::mount::umount2(&dir.join("ns/user"), nix::mount::MntFlags::MNT_DETACH);
+            let _ = nix::mount::umount2(&dir.join("ns/net"), nix::mount::MntFlags::MNT_DETACH);
             // The VM's root is mounted outside the data dir, under /run/warmpool.
             let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
             for point in mounts.lines().filter_map(|l| l.split(' ').nth(4)) {
-                if point.starts_with("/run/warmpool/") && point.ends_with(&format!("/{vm}")) {
+                if point.starts_with("/run/warmpool/") && point.ends_with(&format!("/{container}"))
+                {
                     let _ = nix::mount::umount2(point, nix::mount::MntFlags::MNT_DETACH);
                     let _ = std::fs::remove_dir(point).or_else(|_| std::fs::remove_file(point));
                 }

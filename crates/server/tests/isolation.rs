@@ -373,9 +373,16 @@ async fn limits_stop_the_vm_alone_and_the_server_answers_throughout() {
         create.contains("limits: 1 CPUs, 256 MiB of memory, 100 processes and threads"),
         "{create}"
     );
-    let mem = cgroup_file(a_vm, "memory", "memory.limit_in_bytes", "memory.max").unwrap();
+    let a_container = s.vm_container(a_vm);
+    let mem = cgroup_file(
+        &a_container,
+        "memory",
+        "memory.limit_in_bytes",
+        "memory.max",
+    )
+    .unwrap();
     assert_eq!(mem, (256u64 << 20).to_string());
-    let pids = cgroup_file(a_vm, "pids", "pids.max", "pids.max").unwrap();
+    let pids = cgroup_file(&a_container, "pids", "pids.max", "pids.max").unwrap();
     assert_eq!(pids, "100");
 
     // A memory hog is killed inside the VM; the server answers all the while.
@@ -488,35 +495,18 @@ impl Drop for Btrfs {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn disk_mb_holds_where_the_filesystem_keeps_it() {
-    let fs = Btrfs::new();
-    let s = TestServer::start_under(&fs.path, &[]);
-    let pid = s.create_project("disk", json!([])).await;
-    s.ok(
-        "PATCH",
-        &format!("/v1/projects/{pid}/warm-pool"),
-        Some(json!({"enabled": false})),
-    )
-    .await;
-    s.ok(
-        "PATCH",
-        &format!("/v1/projects/{pid}/resources"),
-        Some(json!({"diskMb": 256})),
-    )
-    .await;
-    let d = s.test_boot(&pid, json!({})).await;
-    assert_eq!(d["status"], "ready", "{d:#}");
-    let id = d["id"].as_str().unwrap();
+/// A VM of `pid` (whose `diskMb` is 256) cannot write more than that: writing fails with
+/// `error` inside it, and what it frees is its own again.
+async fn disk_limit_holds(s: &TestServer, pid: &str, id: &str, error: &str) {
     let r = s
         .exec(
-            &pid,
+            pid,
             id,
             "head -c 400m /dev/zero > /root/big; echo status=$?; sync; du -sm /root/big | cut -f1",
         )
         .await;
     let out = r["output"].as_str().unwrap();
-    assert!(out.contains("Disk quota exceeded"), "{out}");
+    assert!(out.contains(error), "{out}");
     assert!(out.contains("status=1"), "{out}");
     let written: u64 = out.lines().last().unwrap().trim().parse().unwrap();
     assert!(
@@ -526,24 +516,140 @@ async fn disk_mb_holds_where_the_filesystem_keeps_it() {
     // The VM carries on, and space it frees is its own again.
     let r = s
         .exec(
-            &pid,
+            pid,
             id,
             "rm /root/big && echo freed && head -c 10m /dev/zero > /root/small && echo wrote",
         )
         .await;
     assert_eq!(r["output"], "freed\nwrote\n", "{r}");
-    // Destroying the VM takes its subvolume with it.
-    assert!(!fs.subvolumes().is_empty());
+}
+
+/// Two VMs of a project whose `diskMb` is 256: one started afresh, one started ahead of need
+/// for a larger disk and given the limit when taken.
+async fn two_limited_vms(s: &TestServer) -> (String, [Value; 2]) {
+    let pid = s.create_project("disk", json!([])).await;
+    s.ok(
+        "PATCH",
+        &format!("/v1/projects/{pid}/warm-pool"),
+        Some(json!({"enabled": false})),
+    )
+    .await;
+    let disk = async |mb: u64| {
+        s.ok(
+            "PATCH",
+            &format!("/v1/projects/{pid}/resources"),
+            Some(json!({ "diskMb": mb })),
+        )
+        .await
+    };
+    // A server's first VM starts afresh.
+    disk(256).await;
+    let fresh = s.test_boot(&pid, json!({})).await;
+    // After a VM with a 1 GiB disk, the spare is made for 1 GiB.
+    disk(1024).await;
+    let before = s.spare_dirs();
+    let big = s.test_boot(&pid, json!({})).await;
+    assert_eq!(big["status"], "ready", "{big:#}");
+    wait_for("a VM started ahead for 1 GiB", async || {
+        let now = s.spare_dirs();
+        s.spare_ready().await && now.len() == 1 && !before.contains(&now[0])
+    })
+    .await;
+    disk(256).await;
+    let ahead = s.test_boot(&pid, json!({})).await;
+    for (d, taken) in [(&fresh, false), (&ahead, true)] {
+        assert_eq!(d["status"], "ready", "{d:#}");
+        assert_eq!(
+            step(d, "create_vm")["metadata"]["startedAhead"].as_bool() == Some(true),
+            taken,
+            "{d:#}"
+        );
+    }
+    (pid, [fresh, ahead])
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn disk_mb_holds_on_a_filesystem_of_the_vms_own() {
+    let mut s = TestServer::start(&[]);
+    let (pid, vms) = two_limited_vms(&s).await;
+    for d in &vms {
+        let id = d["id"].as_str().unwrap();
+        disk_limit_holds(&s, &pid, id, "No space left on device").await;
+    }
+    // Each VM's disk is an image of its own that takes only what the VM wrote.
+    let vm = vms[0]["instanceId"].as_str().unwrap();
+    let image = s.data_dir().join("vms").join(vm).join("rw.img");
+    let used = std::os::unix::fs::MetadataExt::blocks(&std::fs::metadata(&image).unwrap()) * 512;
+    assert!(used < 64 << 20, "the image takes {used} bytes");
+    // Destroying a VM takes its filesystem, loop device and image with it; so does stopping
+    // the server for the spare.
     let (st, _) = s
         .call(
             "DELETE",
-            &format!("/v1/projects/{pid}/warm-pool/instances/{id}"),
+            &format!(
+                "/v1/projects/{pid}/warm-pool/instances/{}",
+                vms[0]["id"].as_str().unwrap()
+            ),
             None,
         )
         .await;
     assert_eq!(st, 204);
-    wait_for("the VM destroyed", async || s.vm_dirs().is_empty()).await;
-    assert_eq!(fs.subvolumes(), "", "a subvolume is left");
+    wait_for("the VM destroyed", async || {
+        !s.vm_dirs().iter().any(|v| v == vm)
+    })
+    .await;
+    let loops = || {
+        std::process::Command::new("losetup")
+            .arg("-a")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+            .unwrap_or_default()
+    };
+    wait_for("its loop device detached", async || !loops().contains(vm)).await;
+    // The spare's goes when the server stops (the test boots' when they are destroyed).
+    assert!(s.terminate());
+    let spares = s.data_dir().join("vm-spares").display().to_string();
+    wait_for("the spare's loop device detached", async || {
+        !loops().contains(&spares)
+    })
+    .await;
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains(&spares), "a mount of the spare is left");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn disk_mb_holds_on_btrfs_with_quotas() {
+    let fs = Btrfs::new();
+    let mut s = TestServer::start_under(&fs.path, &[]);
+    let (pid, vms) = two_limited_vms(&s).await;
+    for d in &vms {
+        let id = d["id"].as_str().unwrap();
+        disk_limit_holds(&s, &pid, id, "Disk quota exceeded").await;
+    }
+    // A subvolume per VM, no image. Destroying the VM takes its subvolume with it.
+    let vm = vms[0]["instanceId"].as_str().unwrap();
+    assert!(!s.data_dir().join("vms").join(vm).join("rw.img").exists());
+    assert!(fs.subvolumes().contains(vm));
+    let (st, _) = s
+        .call(
+            "DELETE",
+            &format!(
+                "/v1/projects/{pid}/warm-pool/instances/{}",
+                vms[0]["id"].as_str().unwrap()
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(st, 204);
+    wait_for("the VM destroyed", async || !fs.subvolumes().contains(vm)).await;
+    // The rest go with the server (the test boots when their time runs out, the spare when
+    // the server stops): here, destroyed by the harness after the server stopped.
+    assert!(s.terminate());
+    assert!(
+        !fs.subvolumes().contains("vm-spares"),
+        "{}",
+        fs.subvolumes()
+    );
 }
 
 /// The processes in a spare's (or VM's) pid files, its init and its pasta, as (pid, start time).

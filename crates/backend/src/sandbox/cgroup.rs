@@ -95,3 +95,83 @@ pub fn remove(container: &str) {
         let _ = std::fs::remove_dir(&d);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(container: &str, v1_ctl: &str, v1_file: &str, v2_file: &str) -> String {
+        let p = match v2(container) {
+            Some(d) => d.join(v2_file),
+            None => v1(v1_ctl, container).unwrap().join(v1_file),
+        };
+        std::fs::read_to_string(p).unwrap().trim().to_string()
+    }
+
+    /// Limits go down and up again (memory + swap in the order the kernel takes), on a real
+    /// cgroup made as runc makes one. Needs root.
+    #[test]
+    fn limits_are_lowered_and_raised() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: needs root (cgroups)");
+            return;
+        }
+        let name = format!("sp-test{}", std::process::id());
+        let v2_host = Path::new(ROOT).join("cgroup.controllers").is_file();
+        let dirs: Vec<PathBuf> = if v2_host {
+            let parent = Path::new(ROOT).join("warmpool");
+            std::fs::create_dir_all(&parent).unwrap();
+            let _ = std::fs::write(parent.join("cgroup.subtree_control"), "+memory +pids +cpu");
+            vec![parent.join(&name)]
+        } else {
+            ["memory", "pids", "cpu"]
+                .iter()
+                .map(|c| Path::new(ROOT).join(c).join("warmpool").join(&name))
+                .collect()
+        };
+        for d in &dirs {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        let swap = std::fs::metadata(
+            Path::new(ROOT)
+                .join("memory/warmpool")
+                .join(&name)
+                .join("memory.memsw.limit_in_bytes"),
+        )
+        .is_ok();
+        let result = std::panic::catch_unwind(|| {
+            for (mb, pids, cpus) in [(256u64, 100u64, 1u32), (4096, 5000, 3), (512, 64, 2)] {
+                let r = Resources {
+                    cpus,
+                    memory_mb: mb,
+                    pids_max: pids,
+                    ..Resources::default()
+                };
+                apply(&name, &r, true).unwrap();
+                let bytes = (mb << 20).to_string();
+                assert_eq!(
+                    read(&name, "memory", "memory.limit_in_bytes", "memory.max"),
+                    bytes
+                );
+                if swap {
+                    assert_eq!(
+                        read(&name, "memory", "memory.memsw.limit_in_bytes", "memory.max"),
+                        bytes
+                    );
+                }
+                assert_eq!(
+                    read(&name, "pids", "pids.max", "pids.max"),
+                    pids.to_string()
+                );
+                let quota = (100_000 * cpus as u64).to_string();
+                let cpu = read(&name, "cpu", "cpu.cfs_quota_us", "cpu.max");
+                assert!(cpu.starts_with(&quota), "{cpu}");
+            }
+        });
+        remove(&name);
+        for d in &dirs {
+            let _ = std::fs::remove_dir(d);
+        }
+        result.unwrap();
+    }
+}

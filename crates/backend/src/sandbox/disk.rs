@@ -1,13 +1,21 @@
-//! A VM's disk limit (`diskMb`), where the host's filesystem can keep one: when the data dir is on
-//! btrfs with quotas enabled (`btrfs quota enable <mount>`), each VM's writable layer (the
-//! overlay's upper and work dirs) is a subvolume of its own with a qgroup limit, so a VM that writes past it gets "Disk quota
-//! exceeded" and nothing else is touched. Elsewhere the layer is a plain directory and nothing
-//! is enforced. (btrfs qgroups need no quota support in the kernel build, which ext4 and XFS
-//! project quotas do.)
+//! A VM's disk limit (`diskMb`): what its writable layer (the overlay's upper and work dirs, in
+//! `<vm-dir>/rw`) may hold.
+//!
+//! - When the data dir is on btrfs with quotas enabled (`btrfs quota enable <mount>`), `rw` is a
+//!   subvolume of its own with a qgroup limit: a VM that writes past it gets "Disk quota
+//!   exceeded".
+//! - Elsewhere `rw` is an ext4 filesystem of its own, in a sparse image file (`rw.img`, which
+//!   takes only the host space the VM uses) on a loop device: a VM that writes past it gets "No
+//!   space left on device". ext4 and XFS project quotas would need quota support built into the
+//!   kernel, and a mount option, which hosts often lack; a loop device needs neither.
+//! - Where neither can be made (no loop devices, say in a container), `rw` is a plain directory
+//!   and nothing is enforced.
+//!
+//! Either way nothing outside the VM is touched when it fills its disk.
 
 use std::ffi::CString;
 use std::os::fd::AsRawFd;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 const BTRFS_SUPER_MAGIC: i64 = 0x9123_683e;
 /// The inode number of every subvolume's root directory.
@@ -55,12 +63,167 @@ nix::ioctl_write_ptr!(qgroup_create, 0x94, 42, QgroupCreateArgs);
 nix::ioctl_read!(qgroup_limit, 0x94, 43, QgroupLimitArgs);
 
 /// How a VM's writable layer was made.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Upper {
-    /// A btrfs subvolume with its limit set.
-    Limited,
-    /// A plain directory: the filesystem keeps no limit (not btrfs, or quotas off).
-    Unlimited,
+    /// A btrfs subvolume with its limit set (a later limit may be anything).
+    Subvolume,
+    /// An ext4 filesystem of `size_mb` MiB of its own: a later limit may be at most that.
+    Image { size_mb: u64 },
+    /// A plain directory, no limit kept, for this reason.
+    Unlimited(String),
+}
+
+impl Upper {
+    /// The largest limit [`set_limit`] can give it later (`None`: any).
+    pub fn max_mb(&self) -> Option<u64> {
+        match self {
+            Upper::Image { size_mb } => Some(*size_mb),
+            _ => None,
+        }
+    }
+}
+
+/// `<linux/loop.h>`: `struct loop_info64`.
+#[repr(C)]
+struct LoopInfo64 {
+    device: u64,
+    inode: u64,
+    rdevice: u64,
+    offset: u64,
+    sizelimit: u64,
+    number: u32,
+    encrypt_type: u32,
+    encrypt_key_size: u32,
+    flags: u32,
+    file_name: [u8; 64],
+    crypt_name: [u8; 64],
+    encrypt_key: [u8; 32],
+    init: [u64; 2],
+}
+
+/// `<linux/loop.h>`: `struct loop_config`.
+#[repr(C)]
+struct LoopConfig {
+    fd: u32,
+    block_size: u32,
+    info: LoopInfo64,
+    reserved: [u64; 8],
+}
+
+/// The loop device goes away by itself once its filesystem is unmounted.
+const LO_FLAGS_AUTOCLEAR: u32 = 4;
+
+nix::ioctl_none_bad!(loop_ctl_get_free, 0x4C82);
+nix::ioctl_write_ptr_bad!(loop_configure, 0x4C0A, LoopConfig);
+
+/// Where a writable layer's image file is kept, next to it.
+fn image_path(dir: &Path, name: &str) -> PathBuf {
+    dir.join(format!("{name}.img"))
+}
+
+/// The file in an image's filesystem (outside the overlay's dirs, so the VM never sees it) that
+/// holds the space a VM may not use when its limit is below the image's size.
+const RESERVED: &str = ".reserved";
+
+/// Attaches `image` to a free loop device, detached again at its last close or unmount;
+/// answers its path and an open descriptor of it.
+fn attach_loop(image: &Path) -> std::io::Result<(PathBuf, std::fs::File)> {
+    let backing = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(image)?;
+    let control = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/loop-control")?;
+    // Another process may take the free device first: then ask again.
+    for _ in 0..16 {
+        // SAFETY: an ioctl without argument on a descriptor this function owns.
+        let n = unsafe { loop_ctl_get_free(control.as_raw_fd()) }.map_err(std::io::Error::from)?;
+        let dev = PathBuf::from(format!("/dev/loop{n}"));
+        let loop_fd = match std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&dev)
+        {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        let config = LoopConfig {
+            fd: backing.as_raw_fd() as u32,
+            block_size: 0,
+            info: LoopInfo64 {
+                device: 0,
+                inode: 0,
+                rdevice: 0,
+                offset: 0,
+                sizelimit: 0,
+                number: 0,
+                encrypt_type: 0,
+                encrypt_key_size: 0,
+                flags: LO_FLAGS_AUTOCLEAR,
+                file_name: [0; 64],
+                crypt_name: [0; 64],
+                encrypt_key: [0; 32],
+                init: [0; 2],
+            },
+            reserved: [0; 8],
+        };
+        // SAFETY: a properly laid out loop_config, alive for the call.
+        match unsafe { loop_configure(loop_fd.as_raw_fd(), &config) } {
+            Ok(_) => return Ok((dev, loop_fd)),
+            Err(nix::errno::Errno::EBUSY) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(std::io::Error::other("no free loop device"))
+}
+
+/// Makes `dir/name` an ext4 filesystem of `size_mb` MiB in a sparse image of its own.
+fn make_image(dir: &Path, name: &str, size_mb: u64) -> std::io::Result<()> {
+    let image = image_path(dir, name);
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&image)?;
+    f.set_len(size_mb.saturating_mul(1 << 20))?;
+    drop(f);
+    // No journal: the layer does not outlive the host's uptime anyway. Inode tables are left
+    // for the kernel to treat as empty (`noinit_itable` below), so nothing but metadata is
+    // written and the image stays a few MiB until the VM writes.
+    let out = std::process::Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-O", "^has_journal", "-m", "0"])
+        .args(["-E", "lazy_itable_init=1,nodiscard"])
+        .arg(&image)
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .stdin(std::process::Stdio::null())
+        .output()?;
+    if !out.status.success() {
+        return Err(std::io::Error::other(format!(
+            "mkfs.ext4 failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    let target = dir.join(name);
+    std::fs::create_dir(&target)?;
+    // Held open until mounted: a device set to clear itself does so at its last close.
+    let (dev, _held) = attach_loop(&image)?;
+    let mounted = nix::mount::mount(
+        Some(&dev),
+        &target,
+        Some("ext4"),
+        nix::mount::MsFlags::MS_NODEV | nix::mount::MsFlags::MS_NOATIME,
+        // `discard`: space the VM frees goes back to the host (holes punched in the image).
+        Some("noinit_itable,discard"),
+    );
+    // Unmounted, the device detaches itself when `_held` closes.
+    mounted?;
+    // Only root on the host may look at the filesystem's own root (its lost+found, the
+    // reserved space).
+    std::fs::set_permissions(&target, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+    Ok(())
 }
 
 // `f_type`'s width differs between architectures (i64 on x86_64).
@@ -82,29 +245,74 @@ fn vol_args(name: &str) -> std::io::Result<VolArgs> {
     Ok(a)
 }
 
-/// Makes `dir/name`, limited to `limit_mb` MiB of data where the filesystem allows it.
+/// Makes `dir/name`, limited to `limit_mb` MiB of data where the host allows it (see the module).
 pub fn make_upper(dir: &Path, name: &str, limit_mb: u64) -> std::io::Result<Upper> {
     let target = dir.join(name);
-    if !is_btrfs(dir) {
-        std::fs::create_dir(&target)?;
-        return Ok(Upper::Unlimited);
+    if is_btrfs(dir) {
+        let parent = std::fs::File::open(dir)?;
+        let args = vol_args(name)?;
+        // SAFETY: the argument is a properly laid out btrfs_ioctl_vol_args.
+        unsafe { subvol_create(parent.as_raw_fd(), &args) }.map_err(std::io::Error::from)?;
+        if set_qgroup_limit(&target, limit_mb)? {
+            return Ok(Upper::Subvolume);
+        }
+        // Quotas are off on this filesystem: an image of its own instead.
+        remove_upper(dir, name);
     }
-    let parent = std::fs::File::open(dir)?;
-    let args = vol_args(name)?;
-    // SAFETY: the argument is a properly laid out btrfs_ioctl_vol_args.
-    unsafe { subvol_create(parent.as_raw_fd(), &args) }.map_err(std::io::Error::from)?;
-    set_limit(&target, limit_mb)
+    match make_image(dir, name, limit_mb) {
+        Ok(()) => Ok(Upper::Image { size_mb: limit_mb }),
+        Err(e) => {
+            remove_upper(dir, name);
+            let _ = std::fs::remove_dir(&target);
+            std::fs::create_dir(&target)?;
+            Ok(Upper::Unlimited(format!(
+                "no filesystem of its own could be made for the VM's disk ({e})"
+            )))
+        }
+    }
 }
 
-/// Sets the limit of a writable layer made by [`make_upper`] to `limit_mb` MiB (a plain
-/// directory keeps none).
-pub fn set_limit(target: &Path, limit_mb: u64) -> std::io::Result<Upper> {
-    let is_subvol = std::fs::symlink_metadata(target)
+/// Sets the limit of the writable layer `dir/name` made by [`make_upper`] to `limit_mb` MiB: a
+/// subvolume's qgroup, or the space reserved in an image (which must be at least that large).
+pub fn set_limit(dir: &Path, name: &str, limit_mb: u64) -> std::io::Result<()> {
+    let image = image_path(dir, name);
+    if let Ok(md) = std::fs::metadata(&image) {
+        let size_mb = md.len() >> 20;
+        if limit_mb > size_mb {
+            return Err(std::io::Error::other(format!(
+                "its disk holds {size_mb} MiB, less than {limit_mb}"
+            )));
+        }
+        let reserved = dir.join(name).join(RESERVED);
+        let _ = std::fs::remove_file(&reserved);
+        if limit_mb < size_mb {
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&reserved)?;
+            // Allocated, never written: the image stays sparse.
+            nix::fcntl::fallocate(
+                f.as_raw_fd(),
+                nix::fcntl::FallocateFlags::empty(),
+                0,
+                ((size_mb - limit_mb) << 20) as i64,
+            )
+            .map_err(std::io::Error::from)?;
+        }
+        return Ok(());
+    }
+    let target = dir.join(name);
+    let is_subvol = std::fs::symlink_metadata(&target)
         .map(|m| std::os::unix::fs::MetadataExt::ino(&m) == SUBVOL_ROOT_INO)
         .unwrap_or(false);
-    if !is_subvol || !is_btrfs(target) {
-        return Ok(Upper::Unlimited);
+    if is_subvol && is_btrfs(&target) {
+        set_qgroup_limit(&target, limit_mb)?;
     }
+    Ok(())
+}
+
+/// Sets a subvolume's qgroup limit; false when quotas are off on its filesystem.
+fn set_qgroup_limit(target: &Path, limit_mb: u64) -> std::io::Result<bool> {
     let sub = std::fs::File::open(target)?;
     let mut lim = QgroupLimitArgs {
         // 0: the subvolume's own qgroup.
@@ -119,17 +327,26 @@ pub fn set_limit(target: &Path, limit_mb: u64) -> std::io::Result<Upper> {
     };
     // SAFETY: a properly laid out btrfs_ioctl_qgroup_limit_args.
     match unsafe { qgroup_limit(sub.as_raw_fd(), &mut lim) } {
-        Ok(_) => Ok(Upper::Limited),
+        Ok(_) => Ok(true),
         // Quotas are off on this filesystem: the operator has not asked for them.
-        Err(nix::errno::Errno::ENOTCONN) | Err(nix::errno::Errno::EINVAL) => Ok(Upper::Unlimited),
+        Err(nix::errno::Errno::ENOTCONN) | Err(nix::errno::Errno::EINVAL) => Ok(false),
         Err(e) => Err(e.into()),
     }
 }
 
-/// Removes `dir/name` if it is a subvolume (with its qgroup), whatever it holds; a plain
-/// directory is left to the caller.
+/// Removes `dir/name` if it is a filesystem of its own (unmounted, its loop device detached, its
+/// image deleted) or a subvolume (with its qgroup), whatever it holds; a plain directory is left
+/// to the caller.
 pub fn remove_upper(dir: &Path, name: &str) {
     let target = dir.join(name);
+    let image = image_path(dir, name);
+    if image.exists() {
+        // Lazily: the VM's overlay over it may still be going away.
+        let _ = nix::mount::umount2(&target, nix::mount::MntFlags::MNT_DETACH);
+        let _ = std::fs::remove_dir(&target);
+        let _ = std::fs::remove_file(&image);
+        return;
+    }
     let is_subvol = std::fs::symlink_metadata(&target)
         .map(|m| std::os::unix::fs::MetadataExt::ino(&m) == SUBVOL_ROOT_INO)
         .unwrap_or(false);
@@ -165,5 +382,39 @@ pub fn remove_upper(dir: &Path, name: &str) {
         // SAFETY: a properly laid out btrfs_ioctl_qgroup_create_args. A qgroup left behind
         // (quotas off, or still referenced) is only bookkeeping.
         let _ = unsafe { qgroup_create(parent.as_raw_fd(), &q) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// On a filesystem without quotas (not btrfs), the layer is an ext4 filesystem of its own
+    /// whose limit can be lowered later; removing it leaves nothing. Needs root (loop devices).
+    #[test]
+    fn an_image_layer_holds_its_limit_and_goes_away() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: needs root (loop devices, mounts)");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let upper = make_upper(dir.path(), "rw", 300).unwrap();
+        assert_eq!(upper, Upper::Image { size_mb: 300 });
+        let rw = dir.path().join("rw");
+        let free_mb = |p: &Path| {
+            let s = nix::sys::statvfs::statvfs(p).unwrap();
+            (s.blocks_available() as u64 * s.fragment_size() as u64) >> 20
+        };
+        assert!((250..=300).contains(&free_mb(&rw)), "{}", free_mb(&rw));
+        set_limit(dir.path(), "rw", 100).unwrap();
+        assert!((50..=100).contains(&free_mb(&rw)), "{}", free_mb(&rw));
+        assert!(set_limit(dir.path(), "rw", 400).is_err());
+        // Raised again, up to the image's size.
+        set_limit(dir.path(), "rw", 300).unwrap();
+        assert!((250..=300).contains(&free_mb(&rw)), "{}", free_mb(&rw));
+        remove_upper(dir.path(), "rw");
+        assert!(!rw.exists() && !image_path(dir.path(), "rw").exists());
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        assert!(!mounts.contains(&*dir.path().to_string_lossy()));
     }
 }

@@ -107,6 +107,15 @@ struct Spare {
     agent_url: String,
     /// The host ports it was given (a VM must want the same to take it).
     host_ports: Vec<u16>,
+    /// The largest disk limit it can be given (`None`: any).
+    max_disk_mb: Option<u64>,
+}
+
+impl Spare {
+    /// Whether a VM with these host ports and this disk limit can take it.
+    fn fits(&self, host_ports: &[u16], disk_mb: u64) -> bool {
+        self.host_ports == host_ports && self.max_disk_mb.is_none_or(|m| m >= disk_mb)
+    }
 }
 
 #[derive(Default)]
@@ -116,8 +125,8 @@ struct Spares {
     making: bool,
     /// Spares left by an earlier server have been destroyed.
     cleared: bool,
-    /// The host ports of the last VM created: what spares are made with.
-    host_ports: Option<Vec<u16>>,
+    /// The host ports and disk limit of the last VM created: what spares are made for.
+    shape: Option<(Vec<u16>, u64)>,
     /// The server stops: no more spares.
     stopped: bool,
 }
@@ -287,38 +296,45 @@ impl SandboxBackend {
         metrics::gauge!(SPARES_READY_METRIC).set(st.ready.len() as f64);
     }
 
-    /// Takes a ready spare made with `host_ports`.
-    fn take_spare(&self, host_ports: &[u16]) -> Option<Spare> {
+    /// Takes a ready spare that a VM of `spec` can be.
+    fn take_spare(&self, spec: &VmSpec) -> Option<Spare> {
         let mut st = self.spares_lock();
-        let i = st.ready.iter().position(|s| s.host_ports == host_ports)?;
+        let i = st
+            .ready
+            .iter()
+            .position(|s| s.fits(&spec.host_ports, spec.resources.disk_mb))?;
         let taken = st.ready.swap_remove(i);
         Self::count_spares(&st);
         Some(taken)
     }
 
-    /// Starts the background task that brings the spares back to their number (made with
-    /// `host_ports` from now on, when given), unless it runs already.
-    fn refill(&self, host_ports: Option<&[u16]>) {
+    /// Starts the background task that brings the spares back to their number (made for VMs
+    /// like `like` from now on, when given), unless it runs already.
+    fn refill(&self, like: Option<&VmSpec>) {
         if self.opts.spares == 0 {
             return;
         }
         let Some(me) = self.me.upgrade() else { return };
         {
             let mut st = self.spares_lock();
-            if let Some(p) = host_ports {
-                st.host_ports = Some(p.to_vec());
+            if let Some(spec) = like {
+                st.shape = Some((spec.host_ports.clone(), spec.resources.disk_mb));
             }
-            let stale = st
-                .ready
-                .iter()
-                .any(|s| Some(&s.host_ports) != st.host_ports.as_ref());
-            let short = st.host_ports.is_some() && st.ready.len() < self.opts.spares;
+            let stale = st.ready.iter().any(|s| !Self::current(&st, s));
+            let short = st.shape.is_some() && st.ready.len() < self.opts.spares;
             if st.making || st.stopped || (st.cleared && !stale && !short) {
                 return;
             }
             st.making = true;
         }
         tokio::spawn(async move { me.fill_spares().await });
+    }
+
+    /// Whether spare `s` still fits the VMs spares are made for.
+    fn current(st: &Spares, s: &Spare) -> bool {
+        st.shape
+            .as_ref()
+            .is_some_and(|(ports, disk)| s.fits(ports, *disk))
     }
 
     async fn fill_spares(&self) {
@@ -338,20 +354,22 @@ impl SandboxBackend {
         loop {
             let (stale, want) = {
                 let mut st = self.spares_lock();
-                let ports = st.host_ports.clone();
                 let (keep, stale): (Vec<Spare>, Vec<Spare>) = std::mem::take(&mut st.ready)
                     .into_iter()
-                    .partition(|s| Some(&s.host_ports) == ports.as_ref());
+                    .partition(|s| Self::current(&st, s));
                 st.ready = keep;
                 Self::count_spares(&st);
-                let want = ports.filter(|_| !st.stopped && st.ready.len() < self.opts.spares);
+                let want = st
+                    .shape
+                    .clone()
+                    .filter(|_| !st.stopped && st.ready.len() < self.opts.spares);
                 (stale, want)
             };
             for s in stale {
                 let _ = self.destroy_spare(&s.container).await;
             }
-            let Some(ports) = want else { return };
-            match self.make_spare(&ports).await {
+            let Some((ports, disk_mb)) = want else { return };
+            match self.make_spare(&ports, disk_mb).await {
                 Ok(spare) => {
                     let late = {
                         let mut st = self.spares_lock();
@@ -379,18 +397,21 @@ impl SandboxBackend {
     }
 
     /// Starts a VM that belongs to nobody yet, and waits until its network and agent are up.
-    async fn make_spare(&self, host_ports: &[u16]) -> Result<Spare, BackendError> {
+    async fn make_spare(&self, host_ports: &[u16], disk_mb: u64) -> Result<Spare, BackendError> {
         let container = new_container_id();
         let dir = self.opts.spares_dir.join(&container);
         let token = ids::random_secret(40);
         let made = async {
-            let handle = self
+            let (handle, upper) = self
                 .boot(
                     &Boot {
                         container: &container,
                         hostname: &container,
                         token: &token,
-                        resources: &Resources::default(),
+                        resources: &Resources {
+                            disk_mb,
+                            ..Resources::default()
+                        },
                         host_ports,
                         network_key: &container,
                     },
@@ -407,15 +428,16 @@ impl SandboxBackend {
                 }
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
-            Ok(handle)
+            Ok((handle, upper))
         }
         .await;
         match made {
-            Ok(h) => Ok(Spare {
+            Ok((h, upper)) => Ok(Spare {
                 container,
                 token,
                 agent_url: h.agent_url,
                 host_ports: host_ports.to_vec(),
+                max_disk_mb: upper.max_mb(),
             }),
             Err(e) => {
                 let _ = self.destroy_spare(&container).await;
@@ -443,7 +465,7 @@ impl SandboxBackend {
             .ok_or_else(|| err("the VM has no init.pid"))?;
         set_hostname(pid, start, &spec.vm_id).map_err(err)?;
         cgroup::apply(&s.container, &spec.resources, self.limit_swap).map_err(err)?;
-        disk::set_limit(&dir.join("rw"), spec.resources.disk_mb)
+        disk::set_limit(dir, "rw", spec.resources.disk_mb)
             .map_err(|e| io("cannot set the VM's disk limit", e))?;
         HttpAgent::new(self.client.clone(), &s.agent_url, &s.token)
             .set_identity(&IdentityRequest {
@@ -615,23 +637,29 @@ impl SandboxBackend {
     /// Starts a VM afresh, in `dir`, for `spec`.
     async fn start(&self, spec: &VmSpec, dir: &Path) -> Result<VmHandle, BackendError> {
         let container = new_container_id();
-        self.boot(
-            &Boot {
-                container: &container,
-                hostname: &spec.vm_id,
-                token: &spec.agent_token,
-                resources: &spec.resources,
-                host_ports: &spec.host_ports,
-                network_key: &spec.vm_id,
-            },
-            dir,
-        )
-        .await
+        let (handle, _) = self
+            .boot(
+                &Boot {
+                    container: &container,
+                    hostname: &spec.vm_id,
+                    token: &spec.agent_token,
+                    resources: &spec.resources,
+                    host_ports: &spec.host_ports,
+                    network_key: &spec.vm_id,
+                },
+                dir,
+            )
+            .await?;
+        Ok(handle)
     }
 
     /// Starts container `b.container` in `dir`: its root, namespaces and runc; its network
-    /// attaches meanwhile (see `networks`).
-    async fn boot(&self, b: &Boot<'_>, dir: &Path) -> Result<VmHandle, BackendError> {
+    /// attaches meanwhile (see `networks`). Answers how its writable layer was made, too.
+    async fn boot(
+        &self,
+        b: &Boot<'_>,
+        dir: &Path,
+    ) -> Result<(VmHandle, disk::Upper), BackendError> {
         let t0 = std::time::Instant::now();
         let (agent_layer, rootfs) = self.layers().await?;
         let ids = self.opts.ids;
@@ -646,18 +674,20 @@ impl SandboxBackend {
         tokio::fs::create_dir_all(&root)
             .await
             .map_err(|e| io("cannot create the VM's root", e))?;
-        // `rw` holds the overlay's upper and work dirs: one subvolume where the disk limit is
-        // kept (overlayfs renames between the two, which cannot cross subvolumes).
-        let upper = disk::make_upper(dir, "rw", b.resources.disk_mb)
+        // `rw` holds the overlay's upper and work dirs: one filesystem (or subvolume) where the
+        // disk limit is kept (overlayfs renames between the two, which cannot cross them).
+        let (d, limit) = (dir.to_path_buf(), b.resources.disk_mb);
+        let upper = tokio::task::spawn_blocking(move || disk::make_upper(&d, "rw", limit))
+            .await
+            .map_err(|e| err(format!("the disk task failed: {e}")))?
             .map_err(|e| io("cannot create the VM's writable layer", e))?;
-        if upper == disk::Upper::Unlimited
-            && !self
+        if let disk::Upper::Unlimited(why) = &upper {
+            if !self
                 .disk_unlimited_said
                 .swap(true, std::sync::atomic::Ordering::Relaxed)
-        {
-            tracing::info!(
-                "VMs' diskMb is not enforced: the data dir is not on btrfs with quotas enabled"
-            );
+            {
+                tracing::warn!("VMs' diskMb is not enforced here: {why}");
+            }
         }
         for sub in ["rw/upper", "rw/work"] {
             tokio::fs::create_dir(dir.join(sub))
@@ -762,10 +792,11 @@ impl SandboxBackend {
             .ok_or_else(|| err("runc's state of the VM has no init pid"))?;
         crate::process::write_pid_file(&dir.join("init.pid"), pid as i32)
             .map_err(|e| io("cannot write init.pid", e))?;
-        Ok(VmHandle {
+        let handle = VmHandle {
             agent_url: format!("http://127.0.0.1:{port}"),
             ..Default::default()
-        })
+        };
+        Ok((handle, upper))
     }
 
     /// Waits until the network of the VM (or spare) in `dir`, attached under `key`, is up.
@@ -1096,7 +1127,7 @@ impl Backend for SandboxBackend {
     async fn create(&self, spec: &VmSpec) -> Result<VmHandle, BackendError> {
         let dir = self.vm_dir(&spec.vm_id)?;
         let mut started = None;
-        if let Some(spare) = self.take_spare(&spec.host_ports) {
+        if let Some(spare) = self.take_spare(spec) {
             match self.adopt(&spare, spec, &dir).await {
                 Ok(h) => started = Some(Ok(h)),
                 Err(e) => {
@@ -1111,7 +1142,7 @@ impl Backend for SandboxBackend {
             None => self.start(spec, &dir).await,
         };
         // After a start afresh, so that the two do not share the CPU.
-        self.refill(Some(&spec.host_ports));
+        self.refill(Some(spec));
         match started {
             Ok(h) => Ok(h),
             Err(mut e) => {
@@ -1189,5 +1220,34 @@ impl Backend for SandboxBackend {
         }
         let tail = tail_lines(&text, 20);
         (!tail.is_empty()).then_some(tail)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn container_names_are_recognised_and_found() {
+        let c = new_container_id();
+        assert!(is_container_id(&c), "{c}");
+        for bad in [
+            "",
+            "sp-",
+            "vm-abc",
+            "sp-../../etc",
+            &c.to_uppercase(),
+            &format!("{c}x"),
+        ] {
+            assert!(!is_container_id(bad), "{bad}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        // A VM started by an older server has no `container` file: its container is its id.
+        assert_eq!(container_of(dir.path(), "vm-old"), "vm-old");
+        std::fs::write(dir.path().join("container"), format!("{c}\n")).unwrap();
+        assert_eq!(container_of(dir.path(), "vm-new"), c);
+        // Anything else in the file is not trusted as a name (it becomes paths).
+        std::fs::write(dir.path().join("container"), "../../etc").unwrap();
+        assert_eq!(container_of(dir.path(), "vm-new"), "vm-new");
     }
 }

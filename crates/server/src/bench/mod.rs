@@ -39,6 +39,15 @@ pub struct BenchArgs {
 }
 
 /// Nearest-rank percentile of unsorted samples.
+/// A ratio as the table shows it: a fraction of the baseline keeps two significant digits.
+fn ratio(r: f64) -> String {
+    if r < 0.1 {
+        format!("{r:.3}x")
+    } else {
+        format!("{r:.1}x")
+    }
+}
+
 pub fn percentile(samples: &[Duration], q: f64) -> Option<f64> {
     if samples.is_empty() {
         return None;
@@ -107,7 +116,7 @@ impl Report {
                 .unwrap_or_else(|| "-".into());
             let (baseline, ratio) = match (&r.baseline, r.value) {
                 (Some((label, b)), Some(v)) if *b > 0.0 => {
-                    (format!("{label} {b:.2}"), format!("{:.1}x", v / b))
+                    (format!("{label} {b:.2}"), ratio(v / b))
                 }
                 (Some((label, b)), _) => (format!("{label} {b:.2}"), "-".into()),
                 _ => (String::new(), String::new()),

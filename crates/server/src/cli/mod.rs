@@ -212,7 +212,7 @@ pub enum VmsCmd {
         /// Every VM of the data dir.
         #[arg(long)]
         all: bool,
-        /// The VMs to destroy (`vm-...`).
+        /// The VMs to destroy (`vm-...`, or `sp-...` for one started ahead of need).
         ids: Vec<String>,
     },
 }

@@ -391,6 +391,8 @@ impl Drop for TestServer {
                 .status();
             let _ = nix::mount::umount2(&dir.join("ns/user"), nix::mount::MntFlags::MNT_DETACH);
             let _ = nix::mount::umount2(&dir.join("ns/net"), nix::mount::MntFlags::MNT_DETACH);
+            // The VM's disk, a filesystem of its own on a loop device (detached with it).
+            let _ = nix::mount::umount2(&dir.join("rw"), nix::mount::MntFlags::MNT_DETACH);
             // The VM's root is mounted outside the data dir, under /run/warmpool.
             let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
             for point in mounts.lines().filter_map(|l| l.split(' ').nth(4)) {

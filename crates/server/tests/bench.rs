@@ -15,6 +15,7 @@ const KEYS: &[&str] = &[
     "warm_first_output_ms",
     "cold_first_output_ms",
     "sandbox_start_ms",
+    "sandbox_cold_start_ms",
     "runc_floor_ms",
     "qemu_boot_ms",
     "qemu_restore_ms",
@@ -56,6 +57,7 @@ fn bench_measures_the_selected_rows_and_explains_the_others() {
         "claim_p99_ms",
         "commit_floor_p50_ms",
         "sandbox_start_ms",
+        "sandbox_cold_start_ms",
         "runc_floor_ms",
     ];
     for k in measured {

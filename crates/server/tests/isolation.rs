@@ -524,6 +524,16 @@ async fn disk_limit_holds(s: &TestServer, pid: &str, id: &str, error: &str) {
     assert_eq!(r["output"], "freed\nwrote\n", "{r}");
 }
 
+/// Destroys the instance whose detail is `d`.
+async fn destroy(s: &TestServer, pid: &str, d: &Value) {
+    let path = format!(
+        "/v1/projects/{pid}/warm-pool/instances/{}",
+        d["id"].as_str().unwrap()
+    );
+    let (st, v) = s.call("DELETE", &path, None).await;
+    assert_eq!(st, 204, "{v}");
+}
+
 /// Two VMs of a project whose `diskMb` is 256: one started afresh, one started ahead of need
 /// for a larger disk and given the limit when taken.
 async fn two_limited_vms(s: &TestServer) -> (String, [Value; 2]) {
@@ -583,17 +593,7 @@ async fn disk_mb_holds_on_a_filesystem_of_the_vms_own() {
     assert!(used < 64 << 20, "the image takes {used} bytes");
     // Destroying a VM takes its filesystem, loop device and image with it; so does stopping
     // the server for the spare.
-    let (st, _) = s
-        .call(
-            "DELETE",
-            &format!(
-                "/v1/projects/{pid}/warm-pool/instances/{}",
-                vms[0]["id"].as_str().unwrap()
-            ),
-            None,
-        )
-        .await;
-    assert_eq!(st, 204);
+    destroy(&s, &pid, &vms[0]).await;
     wait_for("the VM destroyed", async || {
         !s.vm_dirs().iter().any(|v| v == vm)
     })
@@ -630,17 +630,7 @@ async fn disk_mb_holds_on_btrfs_with_quotas() {
     let vm = vms[0]["instanceId"].as_str().unwrap();
     assert!(!s.data_dir().join("vms").join(vm).join("rw.img").exists());
     assert!(fs.subvolumes().contains(vm));
-    let (st, _) = s
-        .call(
-            "DELETE",
-            &format!(
-                "/v1/projects/{pid}/warm-pool/instances/{}",
-                vms[0]["id"].as_str().unwrap()
-            ),
-            None,
-        )
-        .await;
-    assert_eq!(st, 204);
+    destroy(&s, &pid, &vms[0]).await;
     wait_for("the VM destroyed", async || !fs.subvolumes().contains(vm)).await;
     // The rest go with the server (the test boots when their time runs out, the spare when
     // the server stops): here, destroyed by the harness after the server stopped.

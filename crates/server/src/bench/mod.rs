@@ -230,7 +230,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
 
     eprintln!("[3/6] sandbox start vs a bare runc run");
-    let sandbox = ["sandbox_start_ms", "runc_floor_ms"];
+    let sandbox = ["sandbox_start_ms", "sandbox_cold_start_ms", "runc_floor_ms"];
     if !wanted("sandbox") {
         report.skip(&sandbox, not_selected);
     } else if !root {

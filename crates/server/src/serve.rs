@@ -373,6 +373,7 @@ fn make_backend(args: &ServeArgs, data_dir: &Path) -> anyhow::Result<Arc<dyn Bac
                 guest,
             )
             .map_err(anyhow::Error::msg)?;
+            backend.start_spares();
             tracing::info!(
                 "backend: sandbox ({} VM(s) kept started ahead of need)",
                 args.sandbox_spares
@@ -588,34 +589,40 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
     };
     let header_timeout = Duration::from_secs(args.header_read_timeout_secs.max(1));
-    match tls {
-        None => {
-            tracing::info!("listening on http://{addr}");
-            serve_http(
-                tokio::net::TcpListener::from_std(listener)?,
-                router,
-                header_timeout,
-                stop,
-            )
-            .await;
+    let served: anyhow::Result<()> = async {
+        match tls {
+            None => {
+                tracing::info!("listening on http://{addr}");
+                serve_http(
+                    tokio::net::TcpListener::from_std(listener)?,
+                    router,
+                    header_timeout,
+                    stop,
+                )
+                .await;
+            }
+            Some(config) => {
+                tracing::info!("listening on https://{addr}");
+                let handle = axum_server::Handle::new();
+                let stopper = handle.clone();
+                tokio::spawn(async move {
+                    stop.await;
+                    stopper.graceful_shutdown(Some(Duration::from_secs(10)));
+                });
+                let mut server = axum_server::from_tcp_rustls(listener, config).handle(handle);
+                connection_limits(server.http_builder(), header_timeout);
+                server
+                    .serve(router.into_make_service())
+                    .await
+                    .context("the HTTPS server failed")?;
+            }
         }
-        Some(config) => {
-            tracing::info!("listening on https://{addr}");
-            let handle = axum_server::Handle::new();
-            let stopper = handle.clone();
-            tokio::spawn(async move {
-                stop.await;
-                stopper.graceful_shutdown(Some(Duration::from_secs(10)));
-            });
-            let mut server = axum_server::from_tcp_rustls(listener, config).handle(handle);
-            connection_limits(server.http_builder(), header_timeout);
-            server
-                .serve(router.into_make_service())
-                .await
-                .context("the HTTPS server failed")?;
-        }
+        Ok(())
     }
+    .await;
+    // However serving ended, what the backend keeps for itself goes (VMs stay).
     backend.stop().await;
+    served?;
     if lost.load(std::sync::atomic::Ordering::SeqCst) {
         bail!("stopped: this node's lease was taken over by another node");
     }

@@ -535,8 +535,8 @@ async fn destroy(s: &TestServer, pid: &str, d: &Value) {
 }
 
 /// Two VMs of a project whose `diskMb` is 256: one started afresh, one started ahead of need
-/// for a larger disk and given the limit when taken.
-async fn two_limited_vms(s: &TestServer) -> (String, [Value; 2]) {
+/// after a VM with `spare_for` MiB, and given the limit when taken.
+async fn two_limited_vms(s: &TestServer, spare_for: u64) -> (String, [Value; 2]) {
     let pid = s.create_project("disk", json!([])).await;
     s.ok(
         "PATCH",
@@ -555,16 +555,11 @@ async fn two_limited_vms(s: &TestServer) -> (String, [Value; 2]) {
     // A server's first VM starts afresh.
     disk(256).await;
     let fresh = s.test_boot(&pid, json!({})).await;
-    // After a VM with a 1 GiB disk, the spare is made for 1 GiB.
-    disk(1024).await;
-    let before = s.spare_dirs();
-    let big = s.test_boot(&pid, json!({})).await;
-    assert_eq!(big["status"], "ready", "{big:#}");
-    wait_for("a VM started ahead for 1 GiB", async || {
-        let now = s.spare_dirs();
-        s.spare_ready().await && now.len() == 1 && !before.contains(&now[0])
-    })
-    .await;
+    // The spare is made for VMs like the last one.
+    disk(spare_for).await;
+    let other = s.test_boot(&pid, json!({})).await;
+    assert_eq!(other["status"], "ready", "{other:#}");
+    wait_for("a VM started ahead", async || s.spare_ready().await).await;
     disk(256).await;
     let ahead = s.test_boot(&pid, json!({})).await;
     for (d, taken) in [(&fresh, false), (&ahead, true)] {
@@ -581,11 +576,22 @@ async fn two_limited_vms(s: &TestServer) -> (String, [Value; 2]) {
 #[tokio::test(flavor = "multi_thread")]
 async fn disk_mb_holds_on_a_filesystem_of_the_vms_own() {
     let mut s = TestServer::start(&[]);
-    let (pid, vms) = two_limited_vms(&s).await;
+    // An image's size is its limit for good: a VM takes only a spare of its own size (a larger
+    // one would show it another VM's limit), and the spare is made again for it.
+    let (pid, vms) = two_limited_vms(&s, 256).await;
     for d in &vms {
         let id = d["id"].as_str().unwrap();
         disk_limit_holds(&s, &pid, id, "No space left on device").await;
     }
+    let r = s
+        .exec(
+            &pid,
+            vms[1]["id"].as_str().unwrap(),
+            "df -m --output=size / | tail -1",
+        )
+        .await;
+    let size: u64 = r["output"].as_str().unwrap().trim().parse().unwrap();
+    assert!((200..=256).contains(&size), "{r}");
     // Each VM's disk is an image of its own that takes only what the VM wrote.
     let vm = vms[0]["instanceId"].as_str().unwrap();
     let image = s.data_dir().join("vms").join(vm).join("rw.img");
@@ -621,7 +627,8 @@ async fn disk_mb_holds_on_a_filesystem_of_the_vms_own() {
 async fn disk_mb_holds_on_btrfs_with_quotas() {
     let fs = Btrfs::new();
     let mut s = TestServer::start_under(&fs.path, &[]);
-    let (pid, vms) = two_limited_vms(&s).await;
+    // A subvolume's limit is anything: a spare made after a VM with 1 GiB takes 256 MiB.
+    let (pid, vms) = two_limited_vms(&s, 1024).await;
     for d in &vms {
         let id = d["id"].as_str().unwrap();
         disk_limit_holds(&s, &pid, id, "Disk quota exceeded").await;

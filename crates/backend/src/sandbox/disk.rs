@@ -67,15 +67,15 @@ nix::ioctl_read!(qgroup_limit, 0x94, 43, QgroupLimitArgs);
 pub enum Upper {
     /// A btrfs subvolume with its limit set (a later limit may be anything).
     Subvolume,
-    /// An ext4 filesystem of `size_mb` MiB of its own: a later limit may be at most that.
+    /// An ext4 filesystem of `size_mb` MiB of its own: its limit for good.
     Image { size_mb: u64 },
     /// A plain directory, no limit kept, for this reason.
     Unlimited(String),
 }
 
 impl Upper {
-    /// The largest limit [`set_limit`] can give it later (`None`: any).
-    pub fn max_mb(&self) -> Option<u64> {
+    /// The one limit [`set_limit`] can give it later (`None`: any).
+    pub fn fixed_mb(&self) -> Option<u64> {
         match self {
             Upper::Image { size_mb } => Some(*size_mb),
             _ => None,
@@ -121,13 +121,9 @@ fn image_path(dir: &Path, name: &str) -> PathBuf {
     dir.join(format!("{name}.img"))
 }
 
-/// The file in an image's filesystem (outside the overlay's dirs, so the VM never sees it) that
-/// holds the space a VM may not use when its limit is below the image's size.
-const RESERVED: &str = ".reserved";
-
 /// Attaches `image` to a free loop device, detached again at its last close or unmount;
 /// answers its path and an open descriptor of it.
-fn attach_loop(image: &Path) -> std::io::Result<(PathBuf, std::fs::File)> {
+fn attach_loop(image: &Path) -> Result<(PathBuf, std::fs::File), ImageError> {
     let backing = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -135,11 +131,18 @@ fn attach_loop(image: &Path) -> std::io::Result<(PathBuf, std::fs::File)> {
     let control = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
-        .open("/dev/loop-control")?;
+        .open("/dev/loop-control")
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied => {
+                ImageError::Unavailable(format!("no loop devices here (/dev/loop-control: {e})"))
+            }
+            _ => ImageError::Failed(e),
+        })?;
     // Another process may take the free device first: then ask again.
     for _ in 0..16 {
         // SAFETY: an ioctl without argument on a descriptor this function owns.
-        let n = unsafe { loop_ctl_get_free(control.as_raw_fd()) }.map_err(std::io::Error::from)?;
+        let n = unsafe { loop_ctl_get_free(control.as_raw_fd()) }
+            .map_err(|e| ImageError::Failed(e.into()))?;
         let dev = PathBuf::from(format!("/dev/loop{n}"));
         let loop_fd = match std::fs::OpenOptions::new()
             .read(true)
@@ -148,7 +151,7 @@ fn attach_loop(image: &Path) -> std::io::Result<(PathBuf, std::fs::File)> {
         {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(e),
+            Err(e) => return Err(e.into()),
         };
         let config = LoopConfig {
             fd: backing.as_raw_fd() as u32,
@@ -174,14 +177,36 @@ fn attach_loop(image: &Path) -> std::io::Result<(PathBuf, std::fs::File)> {
         match unsafe { loop_configure(loop_fd.as_raw_fd(), &config) } {
             Ok(_) => return Ok((dev, loop_fd)),
             Err(nix::errno::Errno::EBUSY) => continue,
-            Err(e) => return Err(e.into()),
+            Err(nix::errno::Errno::EINVAL) => {
+                return Err(ImageError::Unavailable(
+                    "the kernel cannot configure loop devices in one call (Linux 5.8 or later)"
+                        .into(),
+                ))
+            }
+            Err(e) => return Err(ImageError::Failed(e.into())),
         }
     }
-    Err(std::io::Error::other("no free loop device"))
+    Err(ImageError::Failed(std::io::Error::other(
+        "no free loop device",
+    )))
+}
+
+/// Why an image could not be made.
+enum ImageError {
+    /// This host cannot make one at all (no loop devices, no `mkfs.ext4`, a kernel before 5.8).
+    Unavailable(String),
+    /// It could, but this one failed.
+    Failed(std::io::Error),
+}
+
+impl From<std::io::Error> for ImageError {
+    fn from(e: std::io::Error) -> Self {
+        ImageError::Failed(e)
+    }
 }
 
 /// Makes `dir/name` an ext4 filesystem of `size_mb` MiB in a sparse image of its own.
-fn make_image(dir: &Path, name: &str, size_mb: u64) -> std::io::Result<()> {
+fn make_image(dir: &Path, name: &str, size_mb: u64) -> Result<(), ImageError> {
     let image = image_path(dir, name);
     let f = std::fs::OpenOptions::new()
         .write(true)
@@ -199,12 +224,18 @@ fn make_image(dir: &Path, name: &str, size_mb: u64) -> std::io::Result<()> {
         .env_clear()
         .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
         .stdin(std::process::Stdio::null())
-        .output()?;
+        .output()
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => {
+                ImageError::Unavailable("mkfs.ext4 is not installed (e2fsprogs)".into())
+            }
+            _ => ImageError::Failed(e),
+        })?;
     if !out.status.success() {
-        return Err(std::io::Error::other(format!(
+        return Err(ImageError::Failed(std::io::Error::other(format!(
             "mkfs.ext4 failed: {}",
             String::from_utf8_lossy(&out.stderr).trim()
-        )));
+        ))));
     }
     let target = dir.join(name);
     std::fs::create_dir(&target)?;
@@ -219,7 +250,7 @@ fn make_image(dir: &Path, name: &str, size_mb: u64) -> std::io::Result<()> {
         Some("noinit_itable,discard"),
     );
     // Unmounted, the device detaches itself when `_held` closes.
-    mounted?;
+    mounted.map_err(|e| ImageError::Failed(e.into()))?;
     // Only root on the host may look at the filesystem's own root (its lost+found, the
     // reserved space).
     std::fs::set_permissions(&target, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
@@ -261,43 +292,34 @@ pub fn make_upper(dir: &Path, name: &str, limit_mb: u64) -> std::io::Result<Uppe
     }
     match make_image(dir, name, limit_mb) {
         Ok(()) => Ok(Upper::Image { size_mb: limit_mb }),
-        Err(e) => {
+        // A host that cannot make one at all keeps no limit (and the log says so); a host that
+        // can never lets a VM go without one.
+        Err(ImageError::Unavailable(why)) => {
             remove_upper(dir, name);
             let _ = std::fs::remove_dir(&target);
             std::fs::create_dir(&target)?;
-            Ok(Upper::Unlimited(format!(
-                "no filesystem of its own could be made for the VM's disk ({e})"
-            )))
+            Ok(Upper::Unlimited(why))
+        }
+        Err(ImageError::Failed(e)) => {
+            remove_upper(dir, name);
+            Err(std::io::Error::new(
+                e.kind(),
+                format!("cannot make the VM's disk: {e}"),
+            ))
         }
     }
 }
 
 /// Sets the limit of the writable layer `dir/name` made by [`make_upper`] to `limit_mb` MiB: a
-/// subvolume's qgroup, or the space reserved in an image (which must be at least that large).
+/// subvolume's qgroup; an image keeps the size it was made with (a VM would see the size of a
+/// larger one in `df`, and so learn another VM's limit), which must be that.
 pub fn set_limit(dir: &Path, name: &str, limit_mb: u64) -> std::io::Result<()> {
-    let image = image_path(dir, name);
-    if let Ok(md) = std::fs::metadata(&image) {
+    if let Ok(md) = std::fs::metadata(image_path(dir, name)) {
         let size_mb = md.len() >> 20;
-        if limit_mb > size_mb {
+        if limit_mb != size_mb {
             return Err(std::io::Error::other(format!(
-                "its disk holds {size_mb} MiB, less than {limit_mb}"
+                "its disk holds {size_mb} MiB, not {limit_mb}"
             )));
-        }
-        let reserved = dir.join(name).join(RESERVED);
-        let _ = std::fs::remove_file(&reserved);
-        if limit_mb < size_mb {
-            let f = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&reserved)?;
-            // Allocated, never written: the image stays sparse.
-            nix::fcntl::fallocate(
-                f.as_raw_fd(),
-                nix::fcntl::FallocateFlags::empty(),
-                0,
-                ((size_mb - limit_mb) << 20) as i64,
-            )
-            .map_err(std::io::Error::from)?;
         }
         return Ok(());
     }
@@ -390,7 +412,7 @@ mod tests {
     use super::*;
 
     /// On a filesystem without quotas (not btrfs), the layer is an ext4 filesystem of its own
-    /// whose limit can be lowered later; removing it leaves nothing. Needs root (loop devices).
+    /// whose size is its limit; removing it leaves nothing. Needs root (loop devices).
     #[test]
     fn an_image_layer_holds_its_limit_and_goes_away() {
         if !nix::unistd::geteuid().is_root() {
@@ -406,12 +428,10 @@ mod tests {
             (s.blocks_available() as u64 * s.fragment_size() as u64) >> 20
         };
         assert!((250..=300).contains(&free_mb(&rw)), "{}", free_mb(&rw));
-        set_limit(dir.path(), "rw", 100).unwrap();
-        assert!((50..=100).contains(&free_mb(&rw)), "{}", free_mb(&rw));
-        assert!(set_limit(dir.path(), "rw", 400).is_err());
-        // Raised again, up to the image's size.
+        // Its size is its limit for good.
         set_limit(dir.path(), "rw", 300).unwrap();
-        assert!((250..=300).contains(&free_mb(&rw)), "{}", free_mb(&rw));
+        assert!(set_limit(dir.path(), "rw", 100).is_err());
+        assert!(set_limit(dir.path(), "rw", 400).is_err());
         remove_upper(dir.path(), "rw");
         assert!(!rw.exists() && !image_path(dir.path(), "rw").exists());
         let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();

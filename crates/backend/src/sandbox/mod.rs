@@ -107,14 +107,14 @@ struct Spare {
     agent_url: String,
     /// The host ports it was given (a VM must want the same to take it).
     host_ports: Vec<u16>,
-    /// The largest disk limit it can be given (`None`: any).
-    max_disk_mb: Option<u64>,
+    /// The one disk limit it can have (`None`: any).
+    disk_mb: Option<u64>,
 }
 
 impl Spare {
     /// Whether a VM with these host ports and this disk limit can take it.
     fn fits(&self, host_ports: &[u16], disk_mb: u64) -> bool {
-        self.host_ports == host_ports && self.max_disk_mb.is_none_or(|m| m >= disk_mb)
+        self.host_ports == host_ports && self.disk_mb.is_none_or(|m| m == disk_mb)
     }
 }
 
@@ -127,7 +127,7 @@ struct Spares {
     cleared: bool,
     /// The host ports and disk limit of the last VM created: what spares are made for.
     shape: Option<(Vec<u16>, u64)>,
-    /// The server stops: no more spares.
+    /// The server stops, or spares cannot be used here: no more spares.
     stopped: bool,
 }
 
@@ -243,8 +243,8 @@ fn err(msg: impl Into<String>) -> BackendError {
 }
 
 impl SandboxBackend {
-    /// Starts making spares at once when `opts.spares` > 0 and a runtime runs (destroying those
-    /// an earlier server left first).
+    /// A backend that destroys VMs and starts them; [`SandboxBackend::start_spares`] has it
+    /// keep spares too.
     pub fn new(opts: SandboxOptions, image: Arc<GuestImage>) -> Result<Arc<Self>, String> {
         for d in [&opts.vms_dir, &opts.spares_dir, &opts.runc_root] {
             std::fs::create_dir_all(d)
@@ -282,10 +282,13 @@ impl SandboxBackend {
             spares_changed: tokio::sync::Notify::new(),
             me: me.clone(),
         });
-        if tokio::runtime::Handle::try_current().is_ok() {
-            backend.refill(None);
-        }
         Ok(backend)
+    }
+
+    /// For the server: destroys the spares an earlier server left (whatever `opts.spares` is),
+    /// then keeps `opts.spares` ready, in the background. Needs a tokio runtime.
+    pub fn start_spares(&self) {
+        self.refill(None);
     }
 
     fn spares_lock(&self) -> std::sync::MutexGuard<'_, Spares> {
@@ -311,9 +314,6 @@ impl SandboxBackend {
     /// Starts the background task that brings the spares back to their number (made for VMs
     /// like `like` from now on, when given), unless it runs already.
     fn refill(&self, like: Option<&VmSpec>) {
-        if self.opts.spares == 0 {
-            return;
-        }
         let Some(me) = self.me.upgrade() else { return };
         {
             let mut st = self.spares_lock();
@@ -437,7 +437,7 @@ impl SandboxBackend {
                 token,
                 agent_url: h.agent_url,
                 host_ports: host_ports.to_vec(),
-                max_disk_mb: upper.max_mb(),
+                disk_mb: upper.fixed_mb(),
             }),
             Err(e) => {
                 let _ = self.destroy_spare(&container).await;
@@ -451,8 +451,19 @@ impl SandboxBackend {
     async fn adopt(&self, s: &Spare, spec: &VmSpec, dir: &Path) -> Result<VmHandle, BackendError> {
         let io = |what: &str, e: std::io::Error| err(format!("{what}: {e}"));
         // First, so that from here on the VM's own destroy removes everything.
-        std::fs::rename(self.opts.spares_dir.join(&s.container), dir)
-            .map_err(|e| io("cannot move the VM's directory", e))?;
+        if let Err(e) = std::fs::rename(self.opts.spares_dir.join(&s.container), dir) {
+            if e.raw_os_error() == Some(libc::EXDEV) {
+                // The two directories are on different filesystems (or subvolumes): no spare
+                // can ever be taken here.
+                self.spares_lock().stopped = true;
+                tracing::warn!(
+                    "VMs are not started ahead of need: {} and {} are on different filesystems",
+                    self.opts.spares_dir.display(),
+                    self.opts.vms_dir.display()
+                );
+            }
+            return Err(io("cannot move the VM's directory", e));
+        }
         let machine_id = crate::random_hex(16);
         write_guest_files(
             &self.opts.roots_dir.join(&s.container),
@@ -1182,8 +1193,9 @@ impl Backend for SandboxBackend {
 
     async fn stop(&self) {
         self.spares_lock().stopped = true;
-        // A spare being made is let finish (and destroys itself).
-        self.wait_spares(self.opts.start_timeout, |st| !st.making)
+        // A spare being made is let finish (and destroys itself): its runc start, network and
+        // agent each have `start_timeout`.
+        self.wait_spares(self.opts.start_timeout * 3, |st| !st.making)
             .await;
         let ready = {
             let mut st = self.spares_lock();

@@ -85,6 +85,7 @@ pub async fn sandbox_start(report: &mut Report, quick: bool, cache: &Path) -> an
         .map_err(anyhow::Error::msg)
     };
     let warm = backend(warm_dir.path(), 1)?;
+    warm.start_spares();
     let cold = backend(cold_dir.path(), 0)?;
     let result = sandbox_rounds(report, quick, &warm, &cold, cold_dir.path()).await;
     warm.stop().await;

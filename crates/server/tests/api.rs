@@ -16,7 +16,9 @@ async fn wait_ready(s: &TestServer, pid: &str, n: u64) {
             .ok("GET", &format!("/v1/projects/{pid}/warm-pool"), None)
             .await;
         assert_valid("GetWarmPoolResponse", &v);
-        if v["status"]["ready"] == n {
+        assert_eq!(v["status"]["failed"], 0, "a pool boot failed: {v}");
+        // Settled: nothing being replaced (a stale VM's replacement boots beside it).
+        if v["status"] == json!({"ready": n, "provisioning": 0, "failed": 0}) {
             return;
         }
         assert!(
@@ -279,7 +281,7 @@ async fn warm_pool_config_follows_the_published_contract() {
     wait_ready(&s, &pid, 3).await;
     let v = s.ok("POST", &clear, Some(json!({"replenish": true}))).await;
     assert_valid("ClearWarmPoolResponse", &v);
-    assert_eq!(v["cleared"], 3);
+    assert_eq!(v["cleared"], 3, "{v}");
     assert_eq!(s.ok("GET", &path, None).await["config"]["enabled"], true);
     wait_ready(&s, &pid, 3).await;
     let v = s.ok("POST", &clear, Some(json!({}))).await;

@@ -82,12 +82,14 @@ pub fn shifted_copy(src: &Path, dest: &Path, r: IdRange) -> Result<PathBuf, Stri
         .ok_or_else(|| format!("{} has no parent", dest.display()))?;
     std::fs::create_dir_all(parent)
         .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+    // A name of this call's own: a start that was given up on (its caller cancelled) may still
+    // be copying in the background while the next one starts.
     let tmp = parent.join(format!(
-        ".{}.tmp-{}",
+        ".{}.tmp-{}-{}",
         dest.file_name().and_then(|n| n.to_str()).unwrap_or("layer"),
-        std::process::id()
+        std::process::id(),
+        crate::random_hex(4)
     ));
-    let _ = std::fs::remove_dir_all(&tmp);
     let status = std::process::Command::new("cp")
         .arg("-a")
         .arg("--reflink=auto")

@@ -176,20 +176,7 @@ impl App {
         body: ClearWarmPoolBody,
     ) -> AppResult<ClearWarmPoolResponse> {
         self.project_for(caller, project_id).await?;
-        let active = [
-            InstanceStatus::Ready,
-            InstanceStatus::Provisioning,
-            InstanceStatus::Failed,
-        ];
-        let mut cleared = 0;
-        for inst in self.store.instances_in(&active).await? {
-            if inst.project_id == project_id
-                && inst.kind == InstanceKind::Pool
-                && self.destroy_instance(&inst, &active).await?
-            {
-                cleared += 1;
-            }
-        }
+        // Disabled first: otherwise the reconciler would refill the pool while it is emptied.
         if !body.replenish.unwrap_or(false) {
             let disable = UpdateWarmPoolBody {
                 enabled: Some(false),
@@ -197,6 +184,27 @@ impl App {
             };
             if self.store.get_pool_config(project_id).await?.is_some() {
                 self.apply_pool_update(project_id, &disable, false).await?;
+            }
+        }
+        let active = [
+            InstanceStatus::Ready,
+            InstanceStatus::Provisioning,
+            InstanceStatus::Failed,
+        ];
+        let mut cleared = 0;
+        for inst in self.store.instances_in(&active).await? {
+            if inst.project_id != project_id || inst.kind != InstanceKind::Pool {
+                continue;
+            }
+            // The reconciler empties a disabled pool too, and may have got there first.
+            if self.destroy_instance(&inst, &active).await?
+                || self
+                    .store
+                    .get_instance(&inst.id)
+                    .await?
+                    .is_some_and(|i| i.status == InstanceStatus::Destroyed)
+            {
+                cleared += 1;
             }
         }
         tracing::info!(project = %project_id, cleared, "warm pool cleared");

@@ -160,10 +160,20 @@ impl Sink<'_> {
     }
 }
 
+/// The longest a command may be given: far beyond any real one, and far from where the
+/// deadline (now + timeout) would overflow the clock.
+const MAX_EXEC_TIMEOUT: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// A command's time limit: the one asked for (the default when none), at most
+/// [`MAX_EXEC_TIMEOUT`].
+fn exec_timeout(ms: Option<u64>) -> Duration {
+    Duration::from_millis(ms.unwrap_or(DEFAULT_EXEC_TIMEOUT_MS)).min(MAX_EXEC_TIMEOUT)
+}
+
 /// Runs to the end (or the timeout), handing each piece of output to `sink`.
 async fn run(req: &AgentExecRequest, mut sink: Sink<'_>) -> Result<Finished, String> {
     let started = Instant::now();
-    let timeout = Duration::from_millis(req.timeout_ms.unwrap_or(DEFAULT_EXEC_TIMEOUT_MS));
+    let timeout = exec_timeout(req.timeout_ms);
     let (mut child, mut reader) = spawn_piped(build(req)?)?;
     let pgid = child.id().map(|p| Pid::from_raw(p as i32));
     let deadline = tokio::time::Instant::now() + timeout;
@@ -365,4 +375,23 @@ pub async fn background(settle: std::time::Duration) -> Vec<AgentBackground> {
             exit_code: b.exit.get().copied(),
         })
         .collect()
+}
+
+#[cfg(test)]
+mod timeout_tests {
+    use super::*;
+
+    #[test]
+    fn any_timeout_makes_a_deadline() {
+        for ms in [None, Some(0), Some(1), Some(u64::MAX / 2), Some(u64::MAX)] {
+            let t = exec_timeout(ms);
+            assert!(t <= MAX_EXEC_TIMEOUT);
+            // What `run` does with it: must not overflow.
+            let _ = tokio::time::Instant::now() + t;
+        }
+        assert_eq!(
+            exec_timeout(None),
+            Duration::from_millis(DEFAULT_EXEC_TIMEOUT_MS)
+        );
+    }
 }

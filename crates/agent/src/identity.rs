@@ -19,13 +19,15 @@ fn fail(what: &str, e: impl std::fmt::Display) -> Response {
         .into_response()
 }
 
+/// The bytes `s` spells in hex, if it is hex (any other character, ASCII or not, is refused).
 fn hex_bytes(s: &str) -> Option<Vec<u8>> {
+    let digit = |b: u8| (b as char).to_digit(16);
     if !s.len().is_multiple_of(2) {
         return None;
     }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).ok())
+    s.as_bytes()
+        .chunks(2)
+        .map(|p| Some((digit(p[0])? * 16 + digit(p[1])?) as u8))
         .collect()
 }
 
@@ -139,4 +141,18 @@ pub async fn set_identity(
     }
     *token.write().unwrap_or_else(|p| p.into_inner()) = req.token;
     StatusCode::NO_CONTENT.into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::hex_bytes;
+
+    #[test]
+    fn hex_is_read_and_anything_else_refused() {
+        assert_eq!(hex_bytes("00ff7A"), Some(vec![0, 255, 122]));
+        assert_eq!(hex_bytes(""), Some(vec![]));
+        for bad in ["0", "0g", "+1", "é1", "1é", "ééé", "€0", " 00"] {
+            assert_eq!(hex_bytes(bad), None, "{bad:?}");
+        }
+    }
 }

@@ -146,7 +146,12 @@ impl SimAgent {
             ),
             Some("false") => (1, String::new()),
             Some("sleep") => {
-                let secs: f64 = words.next().and_then(|n| n.parse().ok()).unwrap_or(0.0);
+                // `nan`, `inf`, negative: whatever a test writes, no panic.
+                let secs: f64 = words
+                    .next()
+                    .and_then(|n| n.parse::<f64>().ok())
+                    .filter(|s| !s.is_nan())
+                    .unwrap_or(0.0);
                 tokio::time::sleep(Duration::from_secs_f64(secs.clamp(0.0, 3600.0))).await;
                 (0, String::new())
             }
@@ -254,5 +259,35 @@ impl Agent for SimAgent {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whatever `sleep` is given, the fake answers (a test's typo never panics the server).
+    #[tokio::test]
+    async fn sleep_takes_any_word() {
+        let b = SimBackend::new(SimOptions {
+            create_delay: Duration::ZERO,
+        });
+        let spec = VmSpec {
+            vm_id: "vm-sleeptest000000".into(),
+            agent_token: "t".repeat(20),
+            ..VmSpec::default()
+        };
+        let h = b.create(&spec).await.unwrap();
+        let agent = b.agent(&spec.vm_id, &h.agent_url, &spec.agent_token);
+        for w in ["nan", "NaN", "-nan", "-inf", "-5", "1e-300", "x", ""] {
+            let r = agent
+                .exec(AgentExecRequest {
+                    command: Some(format!("sleep {w}")),
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            assert_eq!(r.exit_code, 0, "sleep {w}");
+        }
     }
 }

@@ -107,9 +107,11 @@ pub struct ServeArgs {
     #[arg(long, env = "WARMPOOL_MAX_PARALLEL_BOOTS", default_value_t = 8)]
     pub max_parallel_boots: usize,
     /// Sandbox VMs kept started ahead of need (owned by no project until a new VM takes one,
-    /// which then starts in a few milliseconds instead of a runc start); 0 keeps none.
-    #[arg(long, env = "WARMPOOL_SANDBOX_SPARES", default_value_t = 1)]
-    pub sandbox_spares: usize,
+    /// which then starts in a few milliseconds instead of a runc start); 0 keeps none, 16 at most
+    /// (each holds a running VM).
+    #[arg(long, env = "WARMPOOL_SANDBOX_SPARES", default_value_t = 1,
+          value_parser = clap::value_parser!(u16).range(0..=16))]
+    pub sandbox_spares: u16,
     /// Requests per second allowed per token (0: unlimited).
     #[arg(long, env = "WARMPOOL_RATE_LIMIT_PER_SEC", default_value_t = 100)]
     pub rate_limit_per_sec: u32,
@@ -369,7 +371,12 @@ fn make_backend(args: &ServeArgs, data_dir: &Path) -> anyhow::Result<Arc<dyn Bac
             let agent_layer =
                 image::ensure_agent_layer(data_dir, &agent_bin).map_err(anyhow::Error::msg)?;
             let backend = SandboxBackend::new(
-                sandbox_options(data_dir, &cache_dir, agent_layer, args.sandbox_spares)?,
+                sandbox_options(
+                    data_dir,
+                    &cache_dir,
+                    agent_layer,
+                    args.sandbox_spares.into(),
+                )?,
                 guest,
             )
             .map_err(anyhow::Error::msg)?;

@@ -306,3 +306,18 @@ async fn vms_of_a_stopped_server_are_listed_and_destroyed_without_it() {
     s.restart();
     wait_for("2 ready again", async || ready(&s).await).await;
 }
+
+/// A count of VMs to keep started ahead that the host could not hold is refused before anything
+/// starts, naming the flag.
+#[test]
+fn serve_refuses_an_unreasonable_number_of_spares() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    for bad in ["17", "-1", "many", "1e9"] {
+        let flag = format!("--sandbox-spares={bad}");
+        let (ok, _, err) = warmpool(&["serve", "--data-dir", data.to_str().unwrap(), &flag]);
+        assert!(!ok, "{bad}");
+        assert!(err.contains("--sandbox-spares"), "{bad}: {err}");
+    }
+    assert!(!data.exists(), "nothing was made");
+}

@@ -627,7 +627,8 @@ async fn disk_mb_holds_on_a_filesystem_of_the_vms_own() {
 async fn disk_mb_holds_on_btrfs_with_quotas() {
     let fs = Btrfs::new();
     let mut s = TestServer::start_under(&fs.path, &[]);
-    // A subvolume's limit is anything: a spare made after a VM with 1 GiB takes 256 MiB.
+    // A subvolume's limit is anything: the spare, made after a VM with 1 GiB (or before it, for
+    // 256 MiB), takes whichever it is given.
     let (pid, vms) = two_limited_vms(&s, 1024).await;
     for d in &vms {
         let id = d["id"].as_str().unwrap();

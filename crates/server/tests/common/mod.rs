@@ -335,17 +335,16 @@ impl TestServer {
 
     /// The VMs started ahead of need (`sp-...`) in the data dir.
     pub fn spare_dirs(&self) -> Vec<String> {
-        match std::fs::read_dir(self.data_dir().join("vm-spares")) {
-            Ok(rd) => rd
-                .flatten()
-                .map(|e| e.file_name().to_string_lossy().to_string())
-                .collect(),
-            Err(_) => vec![],
-        }
+        self.names_in("vm-spares")
     }
 
     pub fn vm_dirs(&self) -> Vec<String> {
-        match std::fs::read_dir(self.data_dir().join("vms")) {
+        self.names_in("vms")
+    }
+
+    /// The entries of a directory of the data dir (none when it does not exist).
+    fn names_in(&self, dir: &str) -> Vec<String> {
+        match std::fs::read_dir(self.data_dir().join(dir)) {
             Ok(rd) => rd
                 .flatten()
                 .map(|e| e.file_name().to_string_lossy().to_string())

@@ -19,6 +19,8 @@ use crate::{Agent, AgentCallError, Backend, BackendError, VmHandle, VmSpec};
 pub struct SimOptions {
     /// How long `create` takes.
     pub create_delay: Duration,
+    /// `create` fails with this message (after its delay), as a host out of resources would.
+    pub create_error: Option<String>,
 }
 
 #[derive(Default)]
@@ -59,6 +61,9 @@ impl Backend for SimBackend {
 
     async fn create(&self, spec: &VmSpec) -> Result<VmHandle, BackendError> {
         tokio::time::sleep(self.opts.create_delay).await;
+        if let Some(e) = &self.opts.create_error {
+            return Err(BackendError::new(e.clone()));
+        }
         let vm = Arc::new(SimVm {
             token: spec.agent_token.clone(),
             files: Mutex::default(),
@@ -269,9 +274,7 @@ mod tests {
     /// Whatever `sleep` is given, the fake answers (a test's typo never panics the server).
     #[tokio::test]
     async fn sleep_takes_any_word() {
-        let b = SimBackend::new(SimOptions {
-            create_delay: Duration::ZERO,
-        });
+        let b = SimBackend::new(SimOptions::default());
         let spec = VmSpec {
             vm_id: "vm-sleeptest000000".into(),
             agent_token: "t".repeat(20),

@@ -298,6 +298,7 @@ fn make_backend(args: &ServeArgs, data_dir: &Path) -> anyhow::Result<Arc<dyn Bac
             tracing::info!("backend: sim (VMs are in-process fakes)");
             Ok(Arc::new(SimBackend::new(SimOptions {
                 create_delay: Duration::from_millis(args.sim_create_ms),
+                ..SimOptions::default()
             })))
         }
         BackendKind::Sandbox | BackendKind::Qemu => {

@@ -41,7 +41,10 @@ async fn harness(create_delay: Duration, repos: serde_json::Value) -> Harness {
     let app = App::new(AppParts {
         admin_token: "test-admin-token-0123456789".into(),
         store,
-        backend: Arc::new(SimBackend::new(SimOptions { create_delay })),
+        backend: Arc::new(SimBackend::new(SimOptions {
+            create_delay,
+            ..SimOptions::default()
+        })),
         cfg: AppConfig::default(),
         mirrors,
         git,

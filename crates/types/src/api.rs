@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::state::StepResult;
 use serde::{Deserialize, Deserializer, Serialize};
 use utoipa::ToSchema;
 
@@ -214,8 +215,7 @@ pub struct InstanceSummary {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct StepRecord {
     pub name: String,
-    /// `success` or `error`.
-    pub status: String,
+    pub status: StepResult,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

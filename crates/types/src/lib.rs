@@ -4,6 +4,7 @@
 
 pub mod agent;
 pub mod api;
+pub mod events;
 pub mod ids;
 pub mod output;
 pub mod repo_url;

@@ -3,9 +3,13 @@
 use std::fmt;
 use std::str::FromStr;
 
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
 /// Where an instance is in its life: `provisioning → ready → claimed → destroyed`,
 /// `provisioning → failed → destroyed`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum InstanceStatus {
     Provisioning,
     Ready,
@@ -85,7 +89,8 @@ impl FromStr for InstanceKind {
 }
 
 /// The eight kinds of provisioning step, in pipeline order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum StepName {
     CreateVm,
     EnsureServer,
@@ -121,4 +126,121 @@ impl fmt::Display for StepName {
 /// `totalSteps` for a project with `repos` repositories: five fixed steps plus three per repo.
 pub const fn total_steps(repos: usize) -> u32 {
     5 + 3 * repos as u32
+}
+
+/// How a finished step ended, as its record says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum StepResult {
+    Success,
+    Error,
+}
+
+impl StepResult {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Success => "success",
+            Self::Error => "error",
+        }
+    }
+
+    pub const fn from_success(success: bool) -> Self {
+        if success {
+            Self::Success
+        } else {
+            Self::Error
+        }
+    }
+}
+
+impl fmt::Display for StepResult {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where a step is, as the live event stream tells it: started, or ended one way or the other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepStatus {
+    Running,
+    Success,
+    Error,
+}
+
+impl StepStatus {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Running => "running",
+            Self::Success => "success",
+            Self::Error => "error",
+        }
+    }
+}
+
+impl From<StepResult> for StepStatus {
+    fn from(r: StepResult) -> Self {
+        match r {
+            StepResult::Success => Self::Success,
+            StepResult::Error => Self::Error,
+        }
+    }
+}
+
+impl FromStr for StepName {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|n| n.as_str() == s)
+            .ok_or_else(|| format!("unknown step `{s}`"))
+    }
+}
+
+impl StepName {
+    /// Every kind of step, in pipeline order.
+    pub const ALL: [StepName; 8] = [
+        Self::CreateVm,
+        Self::EnsureServer,
+        Self::SetEnvVars,
+        Self::CloneRepo,
+        Self::InitRepo,
+        Self::ProjectSetup,
+        Self::RepoSetup,
+        Self::WarmPoolSetup,
+    ];
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The wire names are the ones `as_str` gives (the store and the API both use them).
+    #[test]
+    fn serde_names_match_as_str() {
+        for n in StepName::ALL {
+            assert_eq!(serde_json::to_value(n).unwrap(), n.as_str());
+            assert_eq!(n.as_str().parse::<StepName>().unwrap(), n);
+        }
+        for s in [
+            InstanceStatus::Provisioning,
+            InstanceStatus::Ready,
+            InstanceStatus::Claimed,
+            InstanceStatus::Failed,
+            InstanceStatus::Destroyed,
+        ] {
+            assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
+        }
+        for r in [StepResult::Success, StepResult::Error] {
+            assert_eq!(serde_json::to_value(r).unwrap(), r.as_str());
+            assert_eq!(
+                serde_json::to_value(StepStatus::from(r)).unwrap(),
+                r.as_str()
+            );
+        }
+        assert_eq!(
+            serde_json::to_value(StepStatus::Running).unwrap(),
+            "running"
+        );
+    }
 }

@@ -104,7 +104,7 @@ fn sse(events: BoxStream<'static, Arc<Sequenced>>) -> EventStream {
     let stream = events
         .map(|e| {
             let ev = SseEvent::default()
-                .event(e.event.kind())
+                .event(e.event.kind().as_str())
                 .id(e.seq.to_string())
                 .json_data(&e.event)
                 .unwrap_or_else(|_| SseEvent::default().comment("unserializable event"));

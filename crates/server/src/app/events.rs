@@ -6,9 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde::Serialize;
 use tokio::sync::broadcast;
-use warmpool_types::api::InstanceSummary;
 
 /// History kept per step for late subscribers; live subscribers see everything.
 const HISTORY_OUTPUT_PER_STEP: usize = 64 * 1024;
@@ -17,54 +15,7 @@ const HISTORY_OUTPUT_PER_STEP: usize = 64 * 1024;
 /// Short, because a burst of boots would otherwise hold every history at once.
 pub const LINGER: Duration = Duration::from_secs(5);
 
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct StepEvent {
-    pub instance_id: String,
-    pub name: String,
-    /// `running`, `success` or `error`.
-    pub status: String,
-    pub metadata: serde_json::Map<String, serde_json::Value>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub duration_ms: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct OutputEvent {
-    pub instance_id: String,
-    pub step: String,
-    pub data: String,
-}
-
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct DoneEvent {
-    pub instance_id: String,
-    pub status: String,
-    pub summary: InstanceSummary,
-}
-
-#[derive(Debug, Clone, Serialize)]
-#[serde(untagged)]
-pub enum Event {
-    Step(StepEvent),
-    Output(OutputEvent),
-    Done(DoneEvent),
-}
-
-impl Event {
-    /// The SSE event name.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Event::Step(_) => "step",
-            Event::Output(_) => "output",
-            Event::Done(_) => "done",
-        }
-    }
-}
+pub use warmpool_types::events::{DoneEvent, Event, OutputEvent, StepEvent};
 
 /// What a subscriber gets: the history so far and the channel of what follows.
 pub type Subscription = (Vec<Arc<Sequenced>>, broadcast::Receiver<Arc<Sequenced>>);
@@ -218,7 +169,7 @@ impl EventHub {
 use futures_util::stream::{self, BoxStream, StreamExt};
 use tokio_stream::wrappers::BroadcastStream;
 use warmpool_store::InstanceRow;
-use warmpool_types::state::InstanceStatus;
+use warmpool_types::state::{InstanceStatus, StepName, StepResult, StepStatus};
 
 use super::{summary, App, Caller};
 use crate::error::AppResult;
@@ -235,10 +186,14 @@ fn replay_steps(
         *seq += 1;
     };
     for s in steps {
+        let Ok(name) = s.name.parse::<StepName>() else {
+            tracing::warn!(instance = %inst.id, step = %s.name, "a stored step of an unknown kind is left out of the events");
+            continue;
+        };
         push(Event::Step(StepEvent {
             instance_id: inst.id.clone(),
-            name: s.name.clone(),
-            status: "running".into(),
+            name,
+            status: StepStatus::Running,
             metadata: Default::default(),
             duration_ms: None,
             error: None,
@@ -246,14 +201,14 @@ fn replay_steps(
         if let Some(o) = s.output.as_ref().filter(|o| !o.is_empty()) {
             push(Event::Output(OutputEvent {
                 instance_id: inst.id.clone(),
-                step: s.name.clone(),
+                step: name,
                 data: o.clone(),
             }));
         }
         push(Event::Step(StepEvent {
             instance_id: inst.id.clone(),
-            name: s.name.clone(),
-            status: if s.success { "success" } else { "error" }.into(),
+            name,
+            status: StepResult::from_success(s.success).into(),
             metadata: s.metadata.clone().unwrap_or_default(),
             duration_ms: Some(s.duration_ms),
             error: s.error.clone(),
@@ -308,7 +263,7 @@ impl App {
                                 seq,
                                 event: Event::Done(DoneEvent {
                                     instance_id: inst.id.clone(),
-                                    status: inst.status.as_str().to_string(),
+                                    status: inst.status,
                                     summary: summary(&inst, &steps),
                                 }),
                             });

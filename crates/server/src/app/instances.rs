@@ -10,7 +10,7 @@ use warmpool_types::api::{
     StepRecord, WarmPoolInstanceDetail,
 };
 use warmpool_types::ids;
-use warmpool_types::state::{InstanceKind, InstanceStatus};
+use warmpool_types::state::{InstanceKind, InstanceStatus, StepResult};
 use warmpool_types::time::fmt_ms;
 use warmpool_types::validate;
 
@@ -33,7 +33,7 @@ pub fn list_item(i: &InstanceRow) -> InstanceListItem {
 pub fn step_record(s: &StepRow) -> StepRecord {
     StepRecord {
         name: s.name.clone(),
-        status: if s.success { "success" } else { "error" }.to_string(),
+        status: StepResult::from_success(s.success),
         error: s.error.clone(),
         output: s.output.clone(),
         duration_ms: Some(s.duration_ms),

@@ -2,6 +2,7 @@
 //! commands in VMs, clean up. Never talks HTTP and never builds SQL: handlers call in here, and
 //! this calls the store, the backend and the provisioner.
 
+mod boot;
 mod claim;
 pub mod clock;
 mod devbox;
@@ -176,6 +177,8 @@ pub struct App {
     pub events: Arc<EventHub>,
     clock: Arc<dyn Clock>,
     sealer: Arc<Sealer>,
+    /// What every boot's pipeline is given.
+    boot: provision::Services,
     pub limits: limits::Limits,
     heads: Arc<Heads>,
     nudge: Notify,
@@ -195,7 +198,25 @@ pub struct App {
 impl App {
     pub fn new(parts: AppParts) -> Arc<Self> {
         crate::metrics::init();
+        let boot = provision::Services {
+            backend: parts.backend.clone(),
+            repos: Arc::new(boot::MirrorRepos {
+                store: parts.store.clone(),
+                clock: parts.clock.clone(),
+                mirrors: parts.mirrors.clone(),
+                git: parts.git.clone(),
+                backend: parts.backend.clone(),
+            }),
+            timeouts: provision::Timeouts {
+                command: parts.cfg.command_timeout,
+                server_wait: parts.cfg.server_wait,
+            },
+            // The mirror is the one service of the host a VM may reach.
+            host_ports: vec![parts.git.port()],
+            host_paths: parts.cfg.host_paths.clone(),
+        };
         Arc::new(Self {
+            boot,
             admin_token_hash: hash_token(&parts.admin_token),
             heads: Heads::new(parts.cfg.head_check_interval, parts.clock.clone()),
             limits: limits::Limits::new(parts.cfg.rate_per_sec, parts.cfg.rate_burst),
@@ -411,7 +432,7 @@ impl App {
             .insert(inst.id.clone(), cancel.clone());
         let app = self.clone();
         tokio::spawn(async move {
-            provision::run(app.clone(), inst.clone(), plan, cancel, live).await;
+            app.clone().run_boot(inst.clone(), plan, cancel, live).await;
             app.running
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())

@@ -13,6 +13,9 @@ use warmpool_types::api::{
     Resources, StepRecord, TestWarmPoolBootResponse, UpdateResourcesBody, WarmPoolInstanceDetail,
 };
 
+use warmpool_types::events::Event;
+use warmpool_types::state::{StepResult, StepStatus};
+
 use super::client::Client;
 use super::{
     Cli, Command, DevboxCmd, EnvCmd, ImageCmd, InstanceCmd, PoolCmd, ProjectCmd, ResourcesCmd,
@@ -128,7 +131,10 @@ fn print_project(p: &Project) {
 }
 
 fn step_line(s: &StepRecord) -> String {
-    let mark = if s.status == "success" { "ok " } else { "ERR" };
+    let mark = match s.status {
+        StepResult::Success => "ok ",
+        StepResult::Error => "ERR",
+    };
     let what = s
         .metadata
         .as_ref()
@@ -180,35 +186,38 @@ impl LivePrinter {
     }
 
     /// Handles one event; true when it was the last (`done`).
-    fn event(&mut self, kind: &str, data: &Value) -> bool {
+    fn event(&mut self, event: &Event) -> bool {
         use std::io::Write;
-        match kind {
-            "step" if data["status"] == "running" => {
-                self.step = data["name"].as_str().unwrap_or("").to_string();
+        match event {
+            Event::Step(s) if s.status == StepStatus::Running => {
+                self.step = s.name.as_str().to_string();
                 self.header_shown = false;
             }
-            "step" => {
+            Event::Step(s) => {
                 self.end_line();
                 let rec = StepRecord {
-                    name: data["name"].as_str().unwrap_or("").to_string(),
-                    status: data["status"].as_str().unwrap_or("").to_string(),
-                    error: data["error"].as_str().map(str::to_string),
+                    name: s.name.as_str().to_string(),
+                    status: if s.status == StepStatus::Success {
+                        StepResult::Success
+                    } else {
+                        StepResult::Error
+                    },
+                    error: s.error.clone(),
                     output: None,
-                    duration_ms: data["durationMs"].as_u64(),
+                    duration_ms: s.duration_ms,
                     timestamp: String::new(),
-                    metadata: data["metadata"].as_object().cloned(),
+                    metadata: Some(s.metadata.clone()),
                 };
                 println!("{}{}", self.prefix, step_line(&rec));
             }
-            "output" => {
+            Event::Output(o) => {
                 if !self.header_shown {
                     self.end_line();
                     println!("{}  ..  {}", self.prefix, self.step);
                     self.header_shown = true;
                 }
-                let text = data["data"].as_str().unwrap_or("");
                 let mut out = String::new();
-                for piece in text.split_inclusive('\n') {
+                for piece in o.data.split_inclusive('\n') {
                     if self.at_line_start {
                         out.push_str(&self.prefix);
                         out.push_str("      ");
@@ -219,11 +228,10 @@ impl LivePrinter {
                 print!("{out}");
                 let _ = std::io::stdout().flush();
             }
-            "done" => {
+            Event::Done(_) => {
                 self.end_line();
                 return true;
             }
-            _ => {}
         }
         false
     }
@@ -254,14 +262,15 @@ async fn follow(c: &Client, pid: &str, id: &str, show: Show) -> anyhow::Result<b
     let mut printer = LivePrinter::new(String::new());
     while let Some(ev) = events.next().await {
         let ev = ev?;
-        let data: Value = serde_json::from_str(&ev.data).unwrap_or(Value::Null);
+        let event = Event::decode(&ev.event, &ev.data)
+            .map_err(|e| anyhow::anyhow!("the server sent an event this CLI cannot read: {e}"))?;
         if json_out {
-            if ev.event == "done" {
+            if matches!(event, Event::Done(_)) {
                 break;
             }
             continue;
         }
-        if printer.event(&ev.event, &data) {
+        if printer.event(&event) {
             break;
         }
     }
@@ -289,7 +298,7 @@ async fn follow(c: &Client, pid: &str, id: &str, show: Show) -> anyhow::Result<b
         d.summary.failed_step.as_deref().unwrap_or("(no step)"),
         d.summary.error.as_deref().unwrap_or("unknown error")
     );
-    if let Some(s) = d.steps.iter().find(|s| s.status == "error") {
+    if let Some(s) = d.steps.iter().find(|s| s.status == StepResult::Error) {
         let tail = output_tail(s, 25);
         if !tail.is_empty() {
             println!("--- the end of {}'s output ---\n{tail}", s.name);
@@ -313,20 +322,26 @@ async fn watch(c: &Client, pid: &str) -> anyhow::Result<()> {
     let mut printers: std::collections::HashMap<String, LivePrinter> = Default::default();
     while let Some(ev) = events.next().await {
         let ev = ev?;
-        let data: Value = serde_json::from_str(&ev.data).unwrap_or(Value::Null);
-        let id = data["instanceId"].as_str().unwrap_or("?").to_string();
+        let event = Event::decode(&ev.event, &ev.data)
+            .map_err(|e| anyhow::anyhow!("the server sent an event this CLI cannot read: {e}"))?;
+        let id = match &event {
+            Event::Step(s) => s.instance_id.clone(),
+            Event::Output(o) => o.instance_id.clone(),
+            Event::Done(d) => d.instance_id.clone(),
+        };
         let printer = printers
             .entry(id.clone())
             .or_insert_with(|| LivePrinter::new(format!("[{id}] ")));
-        if printer.event(&ev.event, &data) {
+        if printer.event(&event) {
             printers.remove(&id);
+            let status = match &event {
+                Event::Done(d) => d.status.as_str(),
+                _ => "?",
+            };
             let w: GetWarmPoolResponse = c.get(&format!("/v1/projects/{pid}/warm-pool")).await?;
             println!(
-                "[{id}] {} — pool: ready {}, provisioning {}, failed {}",
-                data["status"].as_str().unwrap_or("?"),
-                w.status.ready,
-                w.status.provisioning,
-                w.status.failed
+                "[{id}] {status} — pool: ready {}, provisioning {}, failed {}",
+                w.status.ready, w.status.provisioning, w.status.failed
             );
         }
     }

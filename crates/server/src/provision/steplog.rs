@@ -5,14 +5,15 @@ use std::sync::Arc;
 
 use warmpool_types::output::CappedOutput;
 
-use super::redact::Redactor;
-use crate::app::events::{Event, LiveRun, OutputEvent};
+use warmpool_types::state::StepName;
 
-/// Where a step's redacted output also goes as it arrives: its instance's live event stream.
+use super::recorder::RunRecorder;
+use super::redact::Redactor;
+
+/// Where a step's redacted output also goes as it arrives: its boot's recorder.
 pub struct OutputSink {
-    pub live: Arc<LiveRun>,
-    pub instance_id: String,
-    pub step: &'static str,
+    pub recorder: Arc<dyn RunRecorder>,
+    pub step: StepName,
 }
 
 /// Longest stretch without a newline held back for redaction before it is flushed anyway.
@@ -75,11 +76,7 @@ impl StepLog {
         let red = self.redactor.redact(text);
         self.out.push(&red);
         if let Some(s) = &self.sink {
-            s.live.publish(Event::Output(OutputEvent {
-                instance_id: s.instance_id.clone(),
-                step: s.step.to_string(),
-                data: red.into_owned(),
-            }));
+            s.recorder.output(s.step, &red);
         }
     }
 

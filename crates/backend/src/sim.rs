@@ -1,7 +1,8 @@
 //! `sim`: VMs that exist only in this process, for reconciler tests and scale benchmarks. Creating
 //! one takes a configurable delay; its "agent" keeps files in memory and understands a tiny command
-//! language so tests can steer outcomes: `exit N`, `false`, `sleep SECONDS`, `echo TEXT`; anything
-//! else succeeds silently. It is never the only test of a feature.
+//! language so tests can steer outcomes: `exit N`, `false`, `sleep SECONDS`, `echo TEXT`, and
+//! `panic` (the server's own code panics, to test that it survives that); anything else succeeds
+//! silently. It is never the only test of a feature.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -161,6 +162,7 @@ impl SimAgent {
                 (0, String::new())
             }
             Some("echo") => (0, format!("{}\n", command[4..].trim())),
+            Some("panic") => panic!("the sim backend was told to panic"),
             _ => (0, String::new()),
         })
     }

@@ -11,5 +11,7 @@ pub mod git;
 pub mod local_vms;
 pub mod metrics;
 pub mod provision;
+pub mod reconcile;
 pub mod sealed;
 pub mod serve;
+pub mod tasks;

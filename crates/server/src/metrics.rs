@@ -14,6 +14,10 @@ pub const BOOTS: &str = "warmpool_boots_total";
 pub const RECONCILE_RUNS: &str = "warmpool_reconcile_runs_total";
 pub const RECONCILE_ERRORS: &str = "warmpool_reconcile_errors_total";
 pub const RECONCILE_SECONDS: &str = "warmpool_reconcile_duration_seconds";
+pub const TASK_PANICS: &str = "warmpool_task_panics_total";
+pub const LOOP_LAST_ACTIVATION: &str = "warmpool_loop_last_activation_seconds";
+pub const LOOP_ACTIVATIONS: &str = "warmpool_loop_activations_total";
+pub const LOOP_LAST_DID: &str = "warmpool_loop_last_did";
 
 /// The process-wide recorder (installed on first use).
 pub fn handle() -> &'static PrometheusHandle {
@@ -78,6 +82,22 @@ fn describe() {
     metrics::describe_counter!(BOOTS, "Finished boots, by kind and result");
     metrics::describe_counter!(RECONCILE_RUNS, "Reconciler passes");
     metrics::describe_counter!(RECONCILE_ERRORS, "Reconciler passes that failed");
+    metrics::describe_counter!(
+        TASK_PANICS,
+        "Background tasks (a boot, a loop's pass) that panicked; the server carried on"
+    );
+    metrics::describe_gauge!(
+        LOOP_LAST_ACTIVATION,
+        "When each background loop last ran (Unix time, seconds)"
+    );
+    metrics::describe_counter!(
+        LOOP_ACTIVATIONS,
+        "Activations of each background loop, by result (ok, error, panic)"
+    );
+    metrics::describe_gauge!(
+        LOOP_LAST_DID,
+        "What each background loop's last completed activation did, by kind"
+    );
     metrics::describe_histogram!(
         RECONCILE_SECONDS,
         metrics::Unit::Seconds,

@@ -546,7 +546,8 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         );
     }
     tracing::info!(node = %app.cfg.node.name, url = %app.cfg.node.url, capacity = app.cfg.node.capacity, "node registered");
-    let lease_lost = tokio::spawn(app.clone().keep_lease());
+    // Ends when the lease is lost (or its keeper panicked: then too this node stops, safely).
+    let lease_lost = crate::tasks::spawn("lease", app.clone().keep_lease());
     let sealed = app
         .seal_stored_credentials()
         .await

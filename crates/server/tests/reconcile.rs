@@ -273,6 +273,35 @@ async fn failures_back_off_then_degrade_until_the_config_changes() {
     );
 }
 
+/// A panic in a step (here the sim backend's, on purpose) fails the boot at that step with a
+/// clear reason; the pool backs off and replaces it like any failure, and the server goes on.
+#[tokio::test]
+async fn a_panicking_step_is_a_failure_like_any_other() {
+    let h = harness(Duration::ZERO, json!([])).await;
+    h.pool(json!({"targetSize": 1, "setupCommands": [{"name": "boom", "command": "panic"}]}))
+        .await;
+    assert_eq!(h.reconcile().await.launched, 1);
+    h.settle().await;
+    let failed = h.pool_instances(InstanceStatus::Failed).await;
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0].failed_step.as_deref(), Some("warm_pool_setup"));
+    let reason = failed[0].failure_reason.clone().unwrap();
+    assert!(
+        reason.starts_with("internal error: the step stopped unexpectedly"),
+        "{reason}"
+    );
+    assert_eq!(h.vms().await, 0, "the failed boot's VM is destroyed");
+    let stats = h.app.pool_stats(&Caller::Admin, &h.pid).await.unwrap();
+    assert!(stats.next_attempt_at.is_some(), "the pool backs off");
+    // Once the backoff is over it is replaced, and a working setup fills the pool.
+    h.pool(json!({"setupCommands": [{"name": "fine", "command": "true"}]}))
+        .await;
+    h.clock.advance(15 * 60_000);
+    assert_eq!(h.reconcile().await.launched, 1);
+    h.settle().await;
+    assert_eq!(h.pool_instances(InstanceStatus::Ready).await.len(), 1);
+}
+
 #[tokio::test]
 async fn a_successful_test_boot_lifts_the_degraded_stop() {
     // The repository is missing at first: clone_repo fails the same way every time.

@@ -253,6 +253,22 @@ impl App {
         }
     }
 
+    /// A boot whose own settling panicked: its VM goes and its instance fails with the reason, so
+    /// the pool replaces it like any failure.
+    pub(crate) async fn boot_panicked(&self, inst: &InstanceRow, msg: &str) {
+        self.destroy_vm(inst).await;
+        let reason = format!("internal error: the boot stopped unexpectedly ({msg})");
+        if let Err(e) = self
+            .store
+            .mark_failed(&inst.id, None, &reason, self.now())
+            .await
+        {
+            tracing::error!(instance = %inst.id, "cannot mark the instance failed: {e}");
+        }
+        self.events.finish(&inst.id);
+        self.nudge();
+    }
+
     /// Saves a golden boot's VM as the golden its pool's VMs will be cloned from.
     async fn save_golden(
         &self,

@@ -50,7 +50,7 @@ impl Heads {
             if let Some(src) = source() {
                 e.in_flight = true;
                 let me = self.clone();
-                tokio::spawn(async move { me.refresh(key, src).await });
+                crate::tasks::spawn("head check", async move { me.refresh(key, src).await });
             }
         }
         e.head.clone()

@@ -432,7 +432,12 @@ impl App {
             .insert(inst.id.clone(), cancel.clone());
         let app = self.clone();
         tokio::spawn(async move {
-            app.clone().run_boot(inst.clone(), plan, cancel, live).await;
+            let boot = app.clone().run_boot(inst.clone(), plan, cancel, live);
+            // A step's panic is already a failed step; this catches one in the app's own
+            // settling, so the instance never stays provisioning for good.
+            if let Err(msg) = crate::tasks::catch("boot", boot).await {
+                app.boot_panicked(&inst, &msg).await;
+            }
             app.running
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
@@ -533,7 +538,7 @@ impl App {
             .collect();
         self.recover_goldens().await?;
         let app = self.clone();
-        tokio::spawn(async move { app.readopt(ready).await });
+        crate::tasks::spawn("readopt", async move { app.readopt(ready).await });
         Ok(())
     }
 
@@ -596,22 +601,15 @@ impl App {
                 InstanceStatus::Claimed,
             ])
             .await?;
-        let owned: std::collections::HashSet<&str> = live
-            .iter()
-            .filter(|i| self.is_mine(i))
-            .filter(|i| i.status != InstanceStatus::Provisioning || self.is_running(&i.id))
-            .map(|i| i.vm_id.as_str())
-            .collect();
-        let mut n = 0;
-        for vm in vms {
-            if !owned.contains(vm.as_str()) {
-                tracing::warn!(%vm, "destroying a VM no live instance owns");
-                if let Err(e) = self.backend.destroy(&vm).await {
-                    tracing::warn!(%vm, "destroying an orphaned VM failed: {e}");
-                }
-                n += 1;
+        let orphans =
+            crate::reconcile::orphans(&vms, &live, &|i| self.is_mine(i), &|id| self.is_running(id));
+        for vm in &orphans {
+            tracing::warn!(%vm, "destroying a VM no live instance owns");
+            if let Err(e) = self.backend.destroy(vm).await {
+                tracing::warn!(%vm, "destroying an orphaned VM failed: {e}");
             }
         }
+        let n = orphans.len();
         Ok(n)
     }
 

@@ -103,7 +103,7 @@ impl App {
             if local {
                 task.await;
             } else {
-                tokio::spawn(task);
+                crate::tasks::spawn("default branch check", task);
             }
         }
     }

@@ -1,29 +1,23 @@
-//! The reconciler: keeps every enabled pool at its target size with fresh instances. A pass takes
-//! no input — it reads the store, decides, acts — and is idempotent: running it twice in a row does
-//! nothing the second time. It runs on a timer and whenever something is nudged (a config change,
-//! a claim, a boot ending); tests call [`App::reconcile`] directly.
-//!
-//! Rules (the README's "The pool"):
-//! - a ready instance is *stale* when the configuration it was built from changed, a repo's branch
-//!   moved past its commit, or it is older than `maxAgeMinutes`;
-//! - stale instances stay claimable until fresh replacements are ready (replace-before-destroy);
-//! - failures back off exponentially with jitter (5 s … 10 min), and after 3 identical failures (same
-//!   step, same configuration) the pool stops — *degraded* — until the configuration changes or a
-//!   test boot succeeds;
-//! - claimed instances are never touched.
+//! The reconciler's executor: keeps every enabled pool at its target size with fresh instances.
+//! A pass reads the store, asks the planner (`crate::reconcile`, where the pool's rules are) what
+//! to do with each pool, and does it. It is idempotent: running it twice in a row does nothing the
+//! second time. It runs on a timer and whenever something is nudged (a config change, a claim, a
+//! boot ending); tests call [`App::reconcile`] directly.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand::Rng;
-use warmpool_store::{InstanceRow, PoolConfigRow, PoolState, ProjectRow};
+use warmpool_store::{GoldenRow, InstanceRow, PoolState, ProjectRow};
 use warmpool_types::state::{InstanceKind, InstanceStatus};
 
 use super::App;
 use crate::error::AppResult;
 use crate::metrics as m;
 use crate::provision::config_hash;
+use crate::reconcile as plan;
+use crate::tasks::{self, Activation};
 
 /// Failures before a pool with the same failing step and configuration stops trying.
 pub const DEGRADED_AFTER: u32 = 3;
@@ -69,28 +63,17 @@ pub fn backoff(failures: u32, jitter: f64) -> Duration {
     Duration::from_secs_f64((capped * jitter).min(BACKOFF_MAX.as_secs_f64() * 1.2))
 }
 
-struct PoolView<'a> {
-    cfg: &'a PoolConfigRow,
-    project: &'a ProjectRow,
-    hash: String,
-    state: PoolState,
-    /// Whether a golden of this configuration is ready to clone (backends with goldens only).
-    golden_ready: bool,
-    /// Each repo's source key (see [`App::source_key`]), in the order of `project.repos`: worked
-    /// out once per pass, not once per instance.
-    source_keys: Vec<String>,
-}
-
 impl App {
     /// Wakes the reconciler (it runs once more soon, however often it is nudged meanwhile).
     pub fn nudge(&self) {
         self.nudge.notify_one();
     }
 
-    /// Runs passes forever: every `interval` and whenever nudged.
+    /// Runs passes forever: every `interval` and whenever nudged. Each pass is supervised: one
+    /// that fails or panics is recorded (see [`crate::tasks`]) and the next runs as usual.
     pub fn spawn_reconciler(self: &Arc<Self>, interval: Duration) {
         let app = self.clone();
-        tokio::spawn(async move {
+        tasks::spawn("reconciler", async move {
             let mut last_sweep = Instant::now();
             loop {
                 tokio::select! {
@@ -105,13 +88,35 @@ impl App {
                 app.limits.tidy();
                 if last_sweep.elapsed() >= SWEEP_EVERY {
                     last_sweep = Instant::now();
-                    if let Err(e) = app.sweep_orphans().await {
-                        tracing::warn!("orphan sweep failed: {e}");
+                    match tasks::catch("orphan sweep", app.sweep_orphans()).await {
+                        Ok(Ok(n)) => {
+                            tasks::record("orphan_sweep", Activation::Done(&[("destroyed", n)]))
+                        }
+                        Ok(Err(e)) => {
+                            tasks::record("orphan_sweep", Activation::Failed(&e.to_string()))
+                        }
+                        Err(_) => tasks::record("orphan_sweep", Activation::Panicked),
                     }
                 }
-                if let Err(e) = app.reconcile().await {
-                    metrics::counter!(m::RECONCILE_ERRORS).increment(1);
-                    tracing::warn!("reconciler pass failed: {e}");
+                match tasks::catch("reconciler pass", app.reconcile()).await {
+                    Ok(Ok(r)) => tasks::record(
+                        "reconciler",
+                        Activation::Done(&[
+                            ("launched", r.launched),
+                            ("destroyed", r.destroyed),
+                            ("marked_stale", r.marked_stale),
+                            ("expired", r.expired),
+                            ("lost", r.lost),
+                        ]),
+                    ),
+                    Ok(Err(e)) => {
+                        metrics::counter!(m::RECONCILE_ERRORS).increment(1);
+                        tasks::record("reconciler", Activation::Failed(&e.to_string()));
+                    }
+                    Err(_) => {
+                        metrics::counter!(m::RECONCILE_ERRORS).increment(1);
+                        tasks::record("reconciler", Activation::Panicked);
+                    }
                 }
             }
         });
@@ -166,13 +171,20 @@ impl App {
         for i in &all {
             by_project.entry(&i.project_id).or_default().push(i);
         }
-        report.expired += self.expire(&all, now).await?;
+        for action in plan::expiry(
+            &all,
+            now,
+            self.cfg.test_instance_ttl.as_millis() as i64,
+            FAILED_RETENTION.as_millis() as i64,
+        ) {
+            self.apply(&cache.rows, &action, &mut report).await?;
+        }
         let mut provisioning_here = all
             .iter()
             .filter(|i| i.status == InstanceStatus::Provisioning && self.is_mine(i))
             .count();
         // Goldens are only the concern of backends that have them.
-        let goldens = if self.backend.supports_goldens() {
+        let goldens: Vec<GoldenRow> = if self.backend.supports_goldens() {
             // A golden's files are on its own node: only this node's can be cloned or deleted here.
             snap.goldens
                 .into_iter()
@@ -199,26 +211,55 @@ impl App {
             if cfg.enabled {
                 current.insert(cfg.project_id.clone(), hash.clone());
             }
-            let view = PoolView {
-                cfg,
-                project,
-                source_keys: project.repos.iter().map(|r| self.source_key(r)).collect(),
-                golden_ready: goldens
-                    .iter()
-                    .any(|g| g.project_id == cfg.project_id && g.config_hash == hash),
-                hash,
-                state: snap
-                    .states
-                    .get(&cfg.project_id)
-                    .cloned()
-                    .unwrap_or_default(),
-            };
             let instances = by_project
                 .get(cfg.project_id.as_str())
                 .map(Vec::as_slice)
                 .unwrap_or(&[]);
-            self.reconcile_pool(&view, instances, now, &mut provisioning_here, &mut report)
-                .await?;
+            self.publish_gauges(&cfg.project_id, instances);
+            // Each repo's source key, worked out once per pass rather than once per instance.
+            let keys: Vec<String> = project.repos.iter().map(|r| self.source_key(r)).collect();
+            let moved = |inst: &InstanceRow| self.head_moved(project, &keys, inst);
+            let state = snap
+                .states
+                .get(&cfg.project_id)
+                .cloned()
+                .unwrap_or_default();
+            let view = plan::PoolView {
+                project_id: &cfg.project_id,
+                enabled: cfg.enabled && self.cfg.warm_pool_allowed,
+                target: cfg.target_size as usize,
+                max_age_ms: cfg.max_age_minutes as i64 * 60_000,
+                hash: &hash,
+                state: &state,
+                goldens: if !self.backend.supports_goldens() {
+                    plan::Goldens::Unsupported
+                } else if goldens
+                    .iter()
+                    .any(|g| g.project_id == cfg.project_id && g.config_hash == hash)
+                {
+                    plan::Goldens::Ready
+                } else {
+                    plan::Goldens::Missing
+                },
+                moved: &moved,
+            };
+            let capacity = self
+                .cfg
+                .max_parallel_boots
+                .saturating_sub(provisioning_here);
+            for action in plan::plan(&view, instances, now, capacity) {
+                provisioning_here = match &action {
+                    plan::Action::Destroy { from, .. }
+                        if from.contains(&InstanceStatus::Provisioning) =>
+                    {
+                        provisioning_here.saturating_sub(1)
+                    }
+                    _ => provisioning_here,
+                };
+                provisioning_here += self
+                    .apply_to_pool(&cache.rows, &view, &action, &mut report)
+                    .await?;
+            }
         }
         if !goldens.is_empty() {
             report.destroyed += self.collect_goldens(&goldens, &current, &all).await?;
@@ -231,47 +272,14 @@ impl App {
         Ok(report)
     }
 
-    /// Test instances past their TTL and failed pool instances past retention are destroyed.
-    async fn expire(&self, instances: &[&InstanceRow], now: i64) -> AppResult<usize> {
-        let ttl = self.cfg.test_instance_ttl.as_millis() as i64;
-        let retention = FAILED_RETENTION.as_millis() as i64;
-        let mut n = 0;
-        for inst in instances {
-            let finished = inst.finished_at.unwrap_or(inst.created_at);
-            let due = match (inst.kind, inst.status) {
-                (InstanceKind::Test, InstanceStatus::Ready | InstanceStatus::Failed) => {
-                    finished + ttl <= now
-                }
-                (_, InstanceStatus::Failed) => finished + retention <= now,
-                _ => false,
-            };
-            if due
-                && self
-                    .destroy_instance(inst, &[InstanceStatus::Ready, InstanceStatus::Failed])
-                    .await?
-            {
-                n += 1;
-            }
-        }
-        Ok(n)
-    }
-
-    /// Whether a ready instance no longer matches its pool.
-    fn is_stale(&self, view: &PoolView<'_>, inst: &InstanceRow, now: i64) -> bool {
-        if inst.config_hash.as_deref() != Some(view.hash.as_str()) {
-            return true;
-        }
-        let max_age = view.cfg.max_age_minutes as i64 * 60_000;
-        if inst.provisioned_at.is_some_and(|t| t + max_age <= now) {
-            return true;
-        }
-        // Only a head seen after the instance was set up says it moved past the instance's commit
-        // (one seen before may simply be older than it).
+    /// Whether a repo of `inst` has a branch head, seen after the instance was set up, past its
+    /// commit (a head seen before may simply be older than it).
+    fn head_moved(&self, project: &ProjectRow, keys: &[String], inst: &InstanceRow) -> bool {
         let set_up = inst.provisioned_at.unwrap_or(i64::MAX);
-        view.project
+        project
             .repos
             .iter()
-            .zip(&view.source_keys)
+            .zip(keys)
             .any(|(r, key)| match inst.commits.get(&r.full_name) {
                 Some(c) => self
                     .heads
@@ -281,192 +289,83 @@ impl App {
             })
     }
 
-    async fn reconcile_pool(
-        self: &Arc<Self>,
-        view: &PoolView<'_>,
-        instances: &[&InstanceRow],
-        now: i64,
-        provisioning_here: &mut usize,
+    /// Does one planned action that is not about a particular pool (`rows`: the instances the
+    /// plan was made from).
+    async fn apply(
+        &self,
+        rows: &HashMap<String, InstanceRow>,
+        action: &plan::Action,
         report: &mut ReconcileReport,
     ) -> AppResult<()> {
-        let project_id = &view.cfg.project_id;
-        let pool: Vec<&InstanceRow> = instances
-            .iter()
-            .copied()
-            .filter(|i| i.kind == InstanceKind::Pool)
-            .collect();
-        self.publish_gauges(project_id, instances);
-        if !view.cfg.enabled || !self.cfg.warm_pool_allowed {
-            for inst in pool.iter().filter(|i| {
-                matches!(
-                    i.status,
-                    InstanceStatus::Ready | InstanceStatus::Provisioning
-                )
-            }) {
-                if self
-                    .destroy_instance(inst, &[InstanceStatus::Ready, InstanceStatus::Provisioning])
-                    .await?
-                {
-                    report.destroyed += 1;
-                }
-            }
-            return Ok(());
-        }
-        let target = view.cfg.target_size as usize;
-
-        // Which ready instances are fresh, which stale.
-        let mut fresh = Vec::new();
-        let mut stale = Vec::new();
-        for inst in pool.iter().filter(|i| i.status == InstanceStatus::Ready) {
-            if inst.stale_at.is_some() {
-                stale.push(*inst);
-            } else if self.is_stale(view, inst, now) {
-                if self.store.set_stale(&inst.id, now).await? {
-                    report.marked_stale += 1;
-                    tracing::info!(instance = %inst.id, "instance is stale; it stays claimable until replaced");
-                }
-                stale.push(*inst);
-            } else {
-                fresh.push(*inst);
-            }
-        }
-        // A boot of an outdated configuration would only come up stale: stop it now.
-        let mut booting = 0;
-        let mut building_golden = false;
-        for inst in instances
-            .iter()
-            .filter(|i| i.kind == InstanceKind::Golden && i.status == InstanceStatus::Provisioning)
-        {
-            if inst.config_hash.as_deref() == Some(view.hash.as_str()) {
-                building_golden = true;
-            } else if self
-                .destroy_instance(inst, &[InstanceStatus::Provisioning])
-                .await?
-            {
-                report.destroyed += 1;
-                *provisioning_here = provisioning_here.saturating_sub(1);
-            }
-        }
-        for inst in pool
-            .iter()
-            .filter(|i| i.status == InstanceStatus::Provisioning)
-        {
-            if inst.config_hash.as_deref() == Some(view.hash.as_str()) {
-                booting += 1;
-            } else if self
-                .destroy_instance(inst, &[InstanceStatus::Provisioning])
-                .await?
-            {
-                report.destroyed += 1;
-                *provisioning_here = provisioning_here.saturating_sub(1);
-            }
-        }
-
-        // Boot what is missing, unless backing off or degraded.
-        let mut state = view.state.clone();
-        if state.degraded_since.is_some()
-            && state.last_failed_config.as_deref() != Some(view.hash.as_str())
-        {
-            // The configuration changed since the pool degraded: try again.
-            state = self
-                .store
-                .update_pool_state(
-                    project_id,
-                    now,
-                    Box::new(|s: &mut PoolState| *s = PoolState::default()),
-                )
-                .await?;
-            tracing::info!(project = %project_id, "the pool's configuration changed; it is no longer degraded");
-        }
-        let waiting = state.next_attempt_at.is_some_and(|t| now < t);
-        let missing = target.saturating_sub(fresh.len() + booting);
-        if missing > 0 && state.degraded_since.is_none() && !waiting {
-            // After a failure, probe with one boot at a time instead of a burst.
-            let mut n = if state.consecutive_failures > 0 {
-                usize::from(booting == 0)
-            } else {
-                missing
+        if let plan::Action::Destroy { id, from, why } = action {
+            let Some(inst) = rows.get(id) else {
+                return Ok(());
             };
-            n = n.min(
-                self.cfg
-                    .max_parallel_boots
-                    .saturating_sub(*provisioning_here),
-            );
-            let golden_first = self.backend.supports_goldens() && !view.golden_ready;
-            if golden_first {
-                // Set up one VM fully and save it as the golden; the pool's VMs are its clones.
-                if !building_golden && n > 0 {
-                    let inst = self.launch(project_id, InstanceKind::Golden, None).await?;
-                    tracing::info!(project = %project_id, instance = %inst.id, "building the pool's golden");
-                    report.launched += 1;
-                    *provisioning_here += 1;
-                }
-            } else {
-                for inst in self
-                    .launch_pool(project_id, n, view.cfg.target_size)
-                    .await?
-                {
-                    tracing::info!(project = %project_id, instance = %inst.id, "booting a pool instance");
-                    report.launched += 1;
-                    *provisioning_here += 1;
-                }
-            }
-        }
-
-        // Replace before destroy: stale instances go once fresh ones can take their place.
-        stale.sort_by_key(|i| std::cmp::Reverse(i.provisioned_at));
-        let keep = target.saturating_sub(fresh.len());
-        for inst in stale.iter().skip(keep) {
-            if self
-                .destroy_instance(inst, &[InstanceStatus::Ready])
-                .await?
-            {
-                report.destroyed += 1;
-            }
-        }
-        // Scale down: the oldest fresh instances beyond the target.
-        if fresh.len() > target {
-            fresh.sort_by_key(|i| i.provisioned_at);
-            for inst in &fresh[..fresh.len() - target] {
-                if self
-                    .destroy_instance(inst, &[InstanceStatus::Ready])
-                    .await?
-                {
-                    report.destroyed += 1;
+            if self.destroy_instance(inst, from).await? {
+                tracing::info!(instance = %id, ?why, "instance ended");
+                match why {
+                    plan::Why::TestExpired | plan::Why::FailedExpired => report.expired += 1,
+                    _ => report.destroyed += 1,
                 }
             }
         }
         Ok(())
     }
 
-    /// Deletes goldens no pool wants any more (its configuration moved on, or it was disabled) and
-    /// no VM uses (clones read their golden's files for as long as they live). Of several goldens
-    /// of one configuration, the newest is kept.
+    /// Does one planned action of a pool; answers how many boots it started on this node.
+    async fn apply_to_pool(
+        self: &Arc<Self>,
+        rows: &HashMap<String, InstanceRow>,
+        view: &plan::PoolView<'_>,
+        action: &plan::Action,
+        report: &mut ReconcileReport,
+    ) -> AppResult<usize> {
+        let project_id = view.project_id;
+        match action {
+            plan::Action::MarkStale { id } => {
+                if self.store.set_stale(id, self.now()).await? {
+                    report.marked_stale += 1;
+                    tracing::info!(instance = %id, "instance is stale; it stays claimable until replaced");
+                }
+            }
+            plan::Action::Destroy { .. } => self.apply(rows, action, report).await?,
+            plan::Action::ResetDegraded => {
+                self.store
+                    .update_pool_state(
+                        project_id,
+                        self.now(),
+                        Box::new(|s: &mut PoolState| *s = PoolState::default()),
+                    )
+                    .await?;
+                tracing::info!(project = %project_id, "the pool's configuration changed; it is no longer degraded");
+            }
+            plan::Action::BuildGolden => {
+                let inst = self.launch(project_id, InstanceKind::Golden, None).await?;
+                tracing::info!(project = %project_id, instance = %inst.id, "building the pool's golden");
+                report.launched += 1;
+                return Ok(1);
+            }
+            plan::Action::Boot { n } => {
+                let started = self.launch_pool(project_id, *n, view.target as u32).await?;
+                for inst in &started {
+                    tracing::info!(project = %project_id, instance = %inst.id, "booting a pool instance");
+                }
+                report.launched += started.len();
+                return Ok(started.len());
+            }
+        }
+        Ok(0)
+    }
+
+    /// Deletes the goldens no pool wants and no VM uses.
     async fn collect_goldens(
         &self,
-        goldens: &[warmpool_store::GoldenRow],
+        goldens: &[GoldenRow],
         current: &HashMap<String, String>,
         instances: &[&InstanceRow],
     ) -> AppResult<usize> {
-        let in_use: std::collections::HashSet<&str> = instances
-            .iter()
-            .filter(|i| {
-                matches!(
-                    i.status,
-                    InstanceStatus::Provisioning | InstanceStatus::Ready | InstanceStatus::Claimed
-                )
-            })
-            .filter_map(|i| i.golden_id.as_deref())
-            .collect();
         let mut n = 0;
-        for (idx, g) in goldens.iter().enumerate() {
-            let wanted = current.get(&g.project_id) == Some(&g.config_hash);
-            let newest = !goldens[idx + 1..]
-                .iter()
-                .any(|h| h.project_id == g.project_id && h.config_hash == g.config_hash);
-            if (wanted && newest) || in_use.contains(g.id.as_str()) {
-                continue;
-            }
+        for g in plan::unwanted_goldens(goldens, current, instances) {
             if let Err(e) = self.backend.delete_golden(&g.id).await {
                 tracing::warn!(golden = %g.id, "cannot delete a golden: {e}");
                 continue;

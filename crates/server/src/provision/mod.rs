@@ -13,11 +13,9 @@ pub mod steplog;
 pub mod steps;
 
 use std::collections::BTreeMap;
-use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::FutureExt;
 use serde_json::{json, Map, Value};
 use warmpool_backend::Backend;
 use warmpool_store::{EnvVarRow, GoldenRow, ProjectRow, RepoCommit, StepRow};
@@ -231,20 +229,13 @@ pub(crate) async fn run_one(
             None => step.run(cx).await,
         }
     };
-    match AssertUnwindSafe(fut).catch_unwind().await {
-        Ok(r) => r,
-        Err(panic) => {
-            let what = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "no message".into());
-            tracing::error!(step = %step.name(), "a step panicked: {what}");
+    crate::tasks::catch("step", fut)
+        .await
+        .unwrap_or_else(|what| {
             Err(format!(
                 "internal error: the step stopped unexpectedly ({what})"
             ))
-        }
-    }
+        })
 }
 
 /// Everything secret a boot may show: the project's variables and the repositories' credentials,

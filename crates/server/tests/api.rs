@@ -39,6 +39,7 @@ fn details_fields(v: &Value) -> Vec<String> {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "tier root: runs sandbox VMs, so it needs root; run every tier with `cargo test -- --include-ignored`"]
 async fn auth_and_not_found() {
     let s = TestServer::start(&[]);
     let pid = s.create_project("auth", json!([])).await;
@@ -118,6 +119,7 @@ async fn auth_and_not_found() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "tier root: runs sandbox VMs, so it needs root; run every tier with `cargo test -- --include-ignored`"]
 async fn warm_pool_config_follows_the_published_contract() {
     let s = TestServer::start(&[]);
     let pid = s.create_project("pool config", json!([])).await;
@@ -308,6 +310,7 @@ async fn warm_pool_config_follows_the_published_contract() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "tier root: runs sandbox VMs, so it needs root; run every tier with `cargo test -- --include-ignored`"]
 async fn projects_env_vars_and_devbox() {
     let s = TestServer::start(&[]);
     let repo = TestRepo::new(&[("f", "x")]);
@@ -522,6 +525,7 @@ async fn projects_env_vars_and_devbox() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "tier root: runs sandbox VMs, so it needs root; run every tier with `cargo test -- --include-ignored`"]
 async fn exec_only_where_it_makes_sense() {
     let s = TestServer::start(&[]);
     let pid = s.create_project("exec", json!([])).await;
@@ -585,6 +589,7 @@ async fn exec_only_where_it_makes_sense() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "tier root: runs sandbox VMs, so it needs root; run every tier with `cargo test -- --include-ignored`"]
 async fn test_instances_expire() {
     let s = TestServer::start(&[
         "--test-instance-ttl-secs",
@@ -617,6 +622,7 @@ async fn test_instances_expire() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "tier root: runs sandbox VMs, so it needs root; run every tier with `cargo test -- --include-ignored`"]
 async fn a_crash_mid_boot_leaves_nothing_hanging() {
     let mut s = TestServer::start(&[]);
     let pid = s.create_project("crash", json!([])).await;
@@ -722,6 +728,7 @@ async fn the_sim_backend_runs_the_same_pipeline() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "tier root: runs sandbox VMs, so it needs root; run every tier with `cargo test -- --include-ignored`"]
 async fn odd_names_and_commands_are_passed_through_untouched() {
     let s = TestServer::start(&[]);
     let pid = s.create_project("odd", json!([])).await;

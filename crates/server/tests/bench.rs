@@ -27,6 +27,7 @@ const KEYS: &[&str] = &[
 ];
 
 #[test]
+#[ignore = "tier root: runs sandbox VMs, so it needs root; run every tier with `cargo test -- --include-ignored`"]
 fn bench_measures_the_selected_rows_and_explains_the_others() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("bench.json");

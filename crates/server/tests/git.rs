@@ -50,6 +50,7 @@ fn git_daemon(base: &std::path::Path) -> GitDaemon {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "tier root: runs sandbox VMs, so it needs root; run every tier with `cargo test -- --include-ignored`"]
 async fn network_urls_and_remote_default_branches() {
     let s = TestServer::start(&[]);
     // A repository whose default branch is `develop`, served over git://.
@@ -90,6 +91,7 @@ async fn network_urls_and_remote_default_branches() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "tier root: runs sandbox VMs, so it needs root; run every tier with `cargo test -- --include-ignored`"]
 async fn the_pool_branch_wins_and_new_commits_are_picked_up() {
     let s = TestServer::start(&[]);
     let a = TestRepo::new(&[("a", "1\n")]);

@@ -51,6 +51,7 @@ fn port_of(url: &str) -> u16 {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "tier root: runs sandbox VMs, so it needs root; run every tier with `cargo test -- --include-ignored`"]
 async fn vms_have_their_own_network_and_reach_nothing_of_the_hosts() {
     let s = TestServer::start(&[]);
     let remote = RemoteHost::new();
@@ -214,6 +215,7 @@ fn status_field(pid: i32, field: &str) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "tier root: runs sandbox VMs, so it needs root; run every tier with `cargo test -- --include-ignored`"]
 async fn vm_root_is_an_unprivileged_host_id_without_the_hosts_devices() {
     let s = TestServer::start(&[]);
     let pid = s.create_project("own-root", json!([])).await;
@@ -287,6 +289,7 @@ fn cgroup_file(vm: &str, v1: &str, file_v1: &str, file_v2: &str) -> Option<Strin
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "tier root: runs sandbox VMs, so it needs root; run every tier with `cargo test -- --include-ignored`"]
 async fn limits_stop_the_vm_alone_and_the_server_answers_throughout() {
     let s = TestServer::start(&[]);
     let pid = s.create_project("limits", json!([])).await;
@@ -574,6 +577,7 @@ async fn two_limited_vms(s: &TestServer, spare_for: u64) -> (String, [Value; 2])
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "tier root: runs sandbox VMs, so it needs root; run every tier with `cargo test -- --include-ignored`"]
 async fn disk_mb_holds_on_a_filesystem_of_the_vms_own() {
     let mut s = TestServer::start(&[]);
     // An image's size is its limit for good: a VM takes only a spare of its own size (a larger
@@ -624,6 +628,7 @@ async fn disk_mb_holds_on_a_filesystem_of_the_vms_own() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "tier root: runs sandbox VMs, so it needs root; run every tier with `cargo test -- --include-ignored`"]
 async fn disk_mb_holds_on_btrfs_with_quotas() {
     let fs = Btrfs::new();
     let mut s = TestServer::start_under(&fs.path, &[]);
@@ -666,6 +671,7 @@ fn dir_pids(dir: &Path) -> Vec<(i32, u64)> {
 /// token, limits and network — and no spare outlives its server: a stopped server destroys
 /// its own, a restarted one those a killed one left.
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "tier root: runs sandbox VMs, so it needs root; run every tier with `cargo test -- --include-ignored`"]
 async fn a_vm_started_ahead_becomes_the_new_vms_own() {
     let mut s = TestServer::start(&[]);
     let repo = TestRepo::new(&[("README", "ahead\n")]);

@@ -107,6 +107,7 @@ async fn make_pool(s: &TestServer, name: &str, repo: &TestRepo, size: u32) -> St
 }
 
 #[tokio::test]
+#[ignore = "tier postgres: starts a PostgreSQL 15 cluster of its own; run every tier with `cargo test -- --include-ignored`"]
 async fn three_nodes_are_one_pool_service() {
     let pg = PgCluster::new().unwrap();
     let url = pg.create_database("wp_nodes").unwrap();
@@ -273,6 +274,7 @@ async fn three_nodes_are_one_pool_service() {
 }
 
 #[tokio::test]
+#[ignore = "tier postgres: starts a PostgreSQL 15 cluster of its own; run every tier with `cargo test -- --include-ignored`"]
 async fn a_lost_node_is_replaced_and_returns_clean() {
     let pg = PgCluster::new().unwrap();
     let url = pg.create_database("wp_loss").unwrap();
@@ -357,6 +359,7 @@ async fn a_lost_node_is_replaced_and_returns_clean() {
 }
 
 #[tokio::test]
+#[ignore = "tier postgres: starts a PostgreSQL 15 cluster of its own; run every tier with `cargo test -- --include-ignored`"]
 async fn a_database_restart_during_claims_loses_and_duplicates_nothing() {
     let pg = PgCluster::new().unwrap();
     let url = pg.create_database("wp_dbloss").unwrap();

@@ -20,6 +20,7 @@ const STEPS_TWO_REPOS: [&str; 11] = [
 ];
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "tier root: runs sandbox VMs, so it needs root; run every tier with `cargo test -- --include-ignored`"]
 async fn two_repos_reach_ready_with_all_steps_in_order() {
     let s = TestServer::start(&[]);
     let api = TestRepo::new(&[
@@ -207,6 +208,7 @@ async fn two_repos_reach_ready_with_all_steps_in_order() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "tier root: runs sandbox VMs, so it needs root; run every tier with `cargo test -- --include-ignored`"]
 async fn env_values_round_trip_through_home_env() {
     let s = TestServer::start(&[]);
     let pid = s.create_project("env", json!([])).await;
@@ -300,6 +302,7 @@ async fn failed_boot(s: &TestServer, pid: &str, body: Value) -> Value {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "tier root: runs sandbox VMs, so it needs root; run every tier with `cargo test -- --include-ignored`"]
 async fn each_failure_names_its_step_and_says_why() {
     let s = TestServer::start(&[]);
     let good = TestRepo::new(&[("a.txt", "a\n")]);
@@ -462,6 +465,7 @@ async fn each_failure_names_its_step_and_says_why() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "tier root: runs sandbox VMs, so it needs root; run every tier with `cargo test -- --include-ignored`"]
 async fn command_timeouts_fail_the_step() {
     let s = TestServer::start(&["--command-timeout-secs", "2"]);
     let pid = s.create_project("slow", json!([])).await;
@@ -479,6 +483,7 @@ async fn command_timeouts_fail_the_step() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "tier root: runs sandbox VMs, so it needs root; run every tier with `cargo test -- --include-ignored`"]
 async fn secrets_are_redacted_everywhere() {
     let s = TestServer::start(&[]);
     let pid = s.create_project("secrets", json!([])).await;
@@ -533,6 +538,7 @@ async fn secrets_are_redacted_everywhere() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "tier root: runs sandbox VMs, so it needs root; run every tier with `cargo test -- --include-ignored`"]
 async fn big_output_is_capped_keeping_head_and_tail() {
     let s = TestServer::start(&[]);
     let pid = s.create_project("loud", json!([])).await;
@@ -565,6 +571,7 @@ async fn big_output_is_capped_keeping_head_and_tail() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "tier root: runs sandbox VMs, so it needs root; run every tier with `cargo test -- --include-ignored`"]
 async fn background_commands_are_started_and_not_waited_for() {
     let s = TestServer::start(&[]);
     let pid = s.create_project("bg", json!([])).await;
@@ -607,6 +614,7 @@ async fn background_commands_are_started_and_not_waited_for() {
 /// A background service that dies before its boot is over fails the boot, named, with the end
 /// of its log; one that ends well (a daemon forking away) does not.
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "tier root: runs sandbox VMs, so it needs root; run every tier with `cargo test -- --include-ignored`"]
 async fn background_commands_that_die_fail_the_boot_with_their_log() {
     let s = TestServer::start(&[]);
     let pid = s.create_project("bg-dies", json!([])).await;
@@ -661,6 +669,7 @@ async fn background_commands_that_die_fail_the_boot_with_their_log() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "tier root: runs sandbox VMs, so it needs root; run every tier with `cargo test -- --include-ignored`"]
 async fn the_sandbox_is_its_own_machine() {
     let s = TestServer::start(&[]);
     let marker = s.dir.path().join("host-only-marker");

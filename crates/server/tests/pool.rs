@@ -24,6 +24,7 @@ async fn stats(s: &TestServer, pid: &str) -> Value {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "tier root: runs sandbox VMs, so it needs root; run every tier with `cargo test -- --include-ignored`"]
 async fn a_pool_fills_and_hands_out_each_vm_once() {
     let s = TestServer::start(&["--max-cold-claims", "20"]);
     let repo = TestRepo::new(&[("README", "v1\n")]);
@@ -206,6 +207,7 @@ async fn a_pool_fills_and_hands_out_each_vm_once() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "tier root: runs sandbox VMs, so it needs root; run every tier with `cargo test -- --include-ignored`"]
 async fn stale_vms_stay_claimable_until_replaced() {
     let s = TestServer::start(&["--head-check-interval-secs", "1"]);
     let repo = TestRepo::new(&[("README", "v1\n")]);
@@ -356,6 +358,7 @@ fn check_event_log(events: &[(String, Value)], id: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "tier root: runs sandbox VMs, so it needs root; run every tier with `cargo test -- --include-ignored`"]
 async fn events_replay_then_follow() {
     let s = TestServer::start(&[]);
     let pid = s.create_project("events", json!([])).await;
@@ -412,6 +415,7 @@ async fn events_replay_then_follow() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "tier root: runs sandbox VMs, so it needs root; run every tier with `cargo test -- --include-ignored`"]
 async fn metrics_show_the_pool() {
     let s = TestServer::start(&[]);
     let pid = s.create_project("metrics", json!([])).await;
@@ -468,6 +472,7 @@ async fn metrics_show_the_pool() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "tier root: runs sandbox VMs, so it needs root; run every tier with `cargo test -- --include-ignored`"]
 async fn kill_9_loses_and_leaks_nothing() {
     let mut s = TestServer::start(&[]);
     let pid = s.create_project("crash", json!([])).await;

@@ -37,6 +37,7 @@ async fn instance_ids(s: &TestServer, pid: &str, status: &str) -> Vec<String> {
 }
 
 #[tokio::test]
+#[ignore = "tier postgres: starts a PostgreSQL 15 cluster of its own; run every tier with `cargo test -- --include-ignored`"]
 async fn a_pool_on_postgres_fills_claims_once_and_survives_kill_9() {
     let pg = PgCluster::new().unwrap();
     let url = pg.create_database("wp_e2e").unwrap();
@@ -134,6 +135,7 @@ async fn a_pool_on_postgres_fills_claims_once_and_survives_kill_9() {
 }
 
 #[tokio::test]
+#[ignore = "tier postgres: starts a PostgreSQL 15 cluster of its own; run every tier with `cargo test -- --include-ignored`"]
 async fn a_database_outage_answers_503_and_heals() {
     let pg = PgCluster::new().unwrap();
     let url = pg.create_database("wp_outage").unwrap();

@@ -69,6 +69,7 @@ fn host_kernel() -> String {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "tier qemu: boots QEMU guests (root, qemu-system-x86); run every tier with `cargo test -- --include-ignored`"]
 async fn test_boots_run_every_step_in_a_real_vm() {
     let s = TestServer::start(QEMU);
     let repo = TestRepo::new(&[("README", "from the host\n")]);
@@ -325,6 +326,7 @@ fn golden_files(data: &Path) -> Vec<(PathBuf, String)> {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "tier qemu: boots QEMU guests (root, qemu-system-x86); run every tier with `cargo test -- --include-ignored`"]
 async fn pool_vms_are_distinct_copy_on_write_clones_of_a_golden() {
     let mut s = TestServer::start(QEMU);
     let repo = TestRepo::new(&[("README", "v1\n")]);
@@ -510,6 +512,7 @@ async fn pool_vms_are_distinct_copy_on_write_clones_of_a_golden() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "tier qemu: boots QEMU guests (root, qemu-system-x86); run every tier with `cargo test -- --include-ignored`"]
 async fn kill_9_during_a_boot_leaves_no_qemu_behind() {
     let mut s = TestServer::start(QEMU);
     let pid = s.create_project("crash", json!([])).await;

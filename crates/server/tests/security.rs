@@ -160,6 +160,7 @@ async fn a_project_token_acts_on_its_project_only() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "tier root: runs sandbox VMs, so it needs root; run every tier with `cargo test -- --include-ignored`"]
 async fn secrets_stay_secret_at_rest_in_logs_and_in_events() {
     let s = TestServer::start(&[]);
     let pid = s.create_project("secrets at rest", json!([])).await;
@@ -254,6 +255,7 @@ async fn reqwest_text(s: &TestServer, path: &str) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "tier root: runs sandbox VMs, so it needs root; run every tier with `cargo test -- --include-ignored`"]
 async fn a_vm_token_opens_that_vm_only() {
     let s = TestServer::start(&[]);
     let pid = s.create_project("agents", json!([])).await;
@@ -312,6 +314,7 @@ async fn a_vm_token_opens_that_vm_only() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "tier root: runs sandbox VMs, so it needs root; run every tier with `cargo test -- --include-ignored`"]
 async fn limits_answer_429_and_floods_do_not_stall_the_server() {
     let s = TestServer::start(&[
         "--rate-limit-per-sec",

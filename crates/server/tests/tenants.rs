@@ -105,6 +105,7 @@ async fn all_step_text(s: &TestServer, project: &str) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "tier root: runs sandbox VMs, so it needs root; run every tier with `cargo test -- --include-ignored`"]
 async fn sources_on_the_server_are_the_admins_alone_and_lead_nowhere_else() {
     let root = tempfile::Builder::new()
         .prefix("wp-allowed-")
@@ -318,6 +319,7 @@ async fn sources_on_the_server_are_the_admins_alone_and_lead_nowhere_else() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "tier root: runs sandbox VMs, so it needs root; run every tier with `cargo test -- --include-ignored`"]
 async fn credentials_in_urls_are_sealed_and_the_servers_own_serve_the_admin_only() {
     let repos = tempfile::Builder::new()
         .prefix("wp-remote-")

@@ -116,12 +116,17 @@ pub fn link() -> Result<(OwnedFd, OwnedFd), BackendError> {
 /// # Safety
 /// For `pre_exec`: runs between fork and exec.
 pub unsafe fn inherit_as_link(fd: i32) -> std::io::Result<()> {
-    if fd == LINK_FD {
-        let flags = libc::fcntl(fd, libc::F_GETFD);
-        if flags < 0 || libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
-            return Err(std::io::Error::last_os_error());
+    // SAFETY: fcntl and dup2 on plain descriptors are async-signal-safe and touch no memory of
+    // ours; the caller guarantees we are between fork and exec.
+    let failed = unsafe {
+        if fd == LINK_FD {
+            let flags = libc::fcntl(fd, libc::F_GETFD);
+            flags < 0 || libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0
+        } else {
+            libc::dup2(fd, LINK_FD) < 0
         }
-    } else if libc::dup2(fd, LINK_FD) < 0 {
+    };
+    if failed {
         return Err(std::io::Error::last_os_error());
     }
     Ok(())

@@ -1,5 +1,5 @@
-//! The provisioning pipeline (docs/PIPELINE.md): eight kinds of step, in order, each a unit of its
-//! own under [`steps`]. Every step is reported when it ends — output redacted and capped, a
+//! The provisioning pipeline (the README's "What a boot does"): eight kinds of step, in order,
+//! each a unit of its own under [`steps`]. Every step is reported when it ends — output redacted and capped, a
 //! one-line error a person can act on, metadata — so the instance detail reads as a step-by-step
 //! log. The pipeline only runs steps and says how the boot ended ([`Outcome`]); what that means
 //! for the instance, its pool and its VM is the app's to decide.

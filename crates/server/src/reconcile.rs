@@ -14,9 +14,49 @@
 //! - claimed instances are never touched.
 
 use std::collections::{HashMap, HashSet};
+use std::time::Duration;
 
 use warmpool_store::{GoldenRow, InstanceRow, PoolState};
 use warmpool_types::state::{InstanceKind, InstanceStatus};
+
+/// Failures before a pool with the same failing step and configuration stops trying.
+pub const DEGRADED_AFTER: u32 = 3;
+pub const BACKOFF_MIN: Duration = Duration::from_secs(5);
+pub const BACKOFF_MAX: Duration = Duration::from_secs(600);
+/// Failed pool instances are kept (and counted) this long, then hidden.
+pub const FAILED_RETENTION: Duration = Duration::from_secs(24 * 3600);
+
+/// The delay before the next attempt after `failures` consecutive failures: 5 s doubling up to
+/// 10 min, times `jitter` (the caller draws it from 0.8–1.2) so pools that failed together do
+/// not retry together.
+pub fn backoff(failures: u32, jitter: f64) -> Duration {
+    let base = BACKOFF_MIN.as_secs_f64() * 2f64.powi(failures.saturating_sub(1).min(16) as i32);
+    let capped = base.min(BACKOFF_MAX.as_secs_f64());
+    Duration::from_secs_f64((capped * jitter).min(BACKOFF_MAX.as_secs_f64() * 1.2))
+}
+
+/// A pool boot failed at `step` of configuration `config` at `now`: count it, back off, and
+/// degrade the pool after [`DEGRADED_AFTER`] identical failures (same step, same configuration).
+pub fn record_failure(
+    s: &mut PoolState,
+    step: String,
+    config: String,
+    error: String,
+    now: i64,
+    jitter: f64,
+) {
+    let same = s.last_failed_step.as_deref() == Some(step.as_str())
+        && s.last_failed_config.as_deref() == Some(config.as_str());
+    s.consecutive_failures += 1;
+    s.identical_failures = if same { s.identical_failures + 1 } else { 1 };
+    s.last_failed_step = Some(step);
+    s.last_failed_config = Some(config);
+    s.last_error = Some(error);
+    s.next_attempt_at = Some(now + backoff(s.consecutive_failures, jitter).as_millis() as i64);
+    if s.identical_failures >= DEGRADED_AFTER && s.degraded_since.is_none() {
+        s.degraded_since = Some(now);
+    }
+}
 
 /// What the planner knows of one pool.
 pub struct PoolView<'a> {

@@ -19,12 +19,7 @@ use crate::provision::config_hash;
 use crate::reconcile as plan;
 use crate::tasks::{self, Activation};
 
-/// Failures before a pool with the same failing step and configuration stops trying.
-pub const DEGRADED_AFTER: u32 = 3;
-pub const BACKOFF_MIN: Duration = Duration::from_secs(5);
-pub const BACKOFF_MAX: Duration = Duration::from_secs(600);
-/// Failed pool instances are kept (and counted) this long, then hidden.
-pub const FAILED_RETENTION: Duration = Duration::from_secs(24 * 3600);
+pub use plan::{backoff, BACKOFF_MAX, BACKOFF_MIN, DEGRADED_AFTER, FAILED_RETENTION};
 
 /// How often a pass reads every live instance again instead of only what changed: a safety net,
 /// so that nothing a change feed could miss stays wrong for long.
@@ -53,14 +48,6 @@ pub struct ReconcileReport {
     pub expired: usize,
     /// Instances of lost nodes failed (to be replaced).
     pub lost: usize,
-}
-
-/// The delay before the next attempt after `failures` consecutive failures: 5 s doubling up to
-/// 10 min, ±20 % jitter so pools that failed together do not retry together.
-pub fn backoff(failures: u32, jitter: f64) -> Duration {
-    let base = BACKOFF_MIN.as_secs_f64() * 2f64.powi(failures.saturating_sub(1).min(16) as i32);
-    let capped = base.min(BACKOFF_MAX.as_secs_f64());
-    Duration::from_secs_f64((capped * jitter).min(BACKOFF_MAX.as_secs_f64() * 1.2))
 }
 
 impl App {
@@ -425,18 +412,7 @@ impl App {
                 project_id,
                 now,
                 Box::new(move |s: &mut PoolState| {
-                    let same = s.last_failed_step.as_deref() == Some(step.as_str())
-                        && s.last_failed_config.as_deref() == Some(config.as_str());
-                    s.consecutive_failures += 1;
-                    s.identical_failures = if same { s.identical_failures + 1 } else { 1 };
-                    s.last_failed_step = Some(step);
-                    s.last_failed_config = Some(config);
-                    s.last_error = Some(error);
-                    s.next_attempt_at =
-                        Some(now + backoff(s.consecutive_failures, jitter).as_millis() as i64);
-                    if s.identical_failures >= DEGRADED_AFTER && s.degraded_since.is_none() {
-                        s.degraded_since = Some(now);
-                    }
+                    plan::record_failure(s, step, config, error, now, jitter)
                 }),
             )
             .await;
@@ -471,19 +447,5 @@ impl App {
         {
             tracing::error!(project = %project_id, "cannot reset the pool's failure state: {e}");
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_and_caps() {
-        assert_eq!(backoff(1, 1.0), Duration::from_secs(5));
-        assert_eq!(backoff(2, 1.0), Duration::from_secs(10));
-        assert_eq!(backoff(4, 1.0), Duration::from_secs(40));
-        assert_eq!(backoff(30, 1.0), Duration::from_secs(600));
-        assert!(backoff(1, 1.2) > backoff(1, 0.8));
     }
 }

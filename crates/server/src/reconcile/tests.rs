@@ -390,3 +390,38 @@ fn orphans_are_vms_no_live_instance_of_this_node_owns() {
         ["vm-c", "vm-e", "vm-x"]
     );
 }
+
+#[test]
+fn backoff_doubles_and_caps() {
+    use std::time::Duration;
+    assert_eq!(backoff(1, 1.0), Duration::from_secs(5));
+    assert_eq!(backoff(2, 1.0), Duration::from_secs(10));
+    assert_eq!(backoff(4, 1.0), Duration::from_secs(40));
+    assert_eq!(backoff(30, 1.0), Duration::from_secs(600));
+    assert!(backoff(1, 1.2) > backoff(1, 0.8));
+}
+
+#[test]
+fn identical_failures_degrade_the_pool_and_others_do_not() {
+    let mut s = PoolState::default();
+    let fail = |s: &mut PoolState, step: &str, config: &str, now: i64| {
+        record_failure(s, step.into(), config.into(), "e".into(), now, 1.0)
+    };
+    fail(&mut s, "clone_repo", "h1", 0);
+    assert_eq!((s.consecutive_failures, s.identical_failures), (1, 1));
+    assert_eq!(s.next_attempt_at, Some(5_000));
+    // Another step: identical failures start over, backoff keeps growing.
+    fail(&mut s, "warm_pool_setup", "h1", 10_000);
+    fail(&mut s, "warm_pool_setup", "h1", 20_000);
+    assert_eq!((s.consecutive_failures, s.identical_failures), (3, 2));
+    assert_eq!(s.next_attempt_at, Some(20_000 + 20_000));
+    assert_eq!(s.degraded_since, None);
+    fail(&mut s, "warm_pool_setup", "h1", 30_000);
+    assert_eq!(s.degraded_since, Some(30_000));
+    // Degraded since the first time it happened, not the last.
+    fail(&mut s, "warm_pool_setup", "h1", 40_000);
+    assert_eq!(s.degraded_since, Some(30_000));
+    // The same step of another configuration is another failure.
+    fail(&mut s, "warm_pool_setup", "h2", 50_000);
+    assert_eq!(s.identical_failures, 1);
+}

@@ -38,7 +38,9 @@ pub enum BackendKind {
 pub enum AccelArg {
     /// Probe KVM with a short boot, fall back to TCG.
     Auto,
+    /// KVM without probing it first (boots fail where it does not work).
     Kvm,
+    /// QEMU's software emulation: slower, but needs no KVM.
     Tcg,
 }
 

@@ -21,31 +21,33 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{IntoResponses, Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
-use warmpool_types::api::{ErrorResponse, HealthResponse};
+use warmpool_types::api::{ErrorBody, ErrorResponse, FieldError, HealthResponse};
 
 use crate::app::App;
 use crate::error::AppError;
 
 pub type ApiResult<T> = Result<T, AppError>;
 
-/// The error answers every authenticated endpoint may give.
+/// The error answers every authenticated endpoint may give. Each refers to the one
+/// `ErrorResponse` component rather than inlining it (`#[to_schema]` would): a client generated
+/// from the document then has one error type, not a copy per endpoint and status.
 #[derive(IntoResponses)]
 #[allow(dead_code)]
 pub enum StdErrors {
     #[response(status = 401, description = "Unauthorized")]
-    Unauthorized(#[to_schema] ErrorResponse),
+    Unauthorized(ErrorResponse),
     #[response(status = 403, description = "Forbidden")]
-    Forbidden(#[to_schema] ErrorResponse),
+    Forbidden(ErrorResponse),
     #[response(status = 404, description = "Not found")]
-    NotFound(#[to_schema] ErrorResponse),
+    NotFound(ErrorResponse),
     #[response(status = 413, description = "Body too large")]
-    PayloadTooLarge(#[to_schema] ErrorResponse),
+    PayloadTooLarge(ErrorResponse),
     #[response(status = 422, description = "Validation error")]
-    Validation(#[to_schema] ErrorResponse),
+    Validation(ErrorResponse),
     #[response(status = 500, description = "Internal error")]
-    Internal(#[to_schema] ErrorResponse),
+    Internal(ErrorResponse),
     #[response(status = 503, description = "Temporarily unavailable; retry")]
-    Unavailable(#[to_schema] ErrorResponse),
+    Unavailable(ErrorResponse),
 }
 
 struct BearerAuth;
@@ -73,6 +75,9 @@ impl Modify for BearerAuth {
             step-by-step log, run commands in its VMs. The warm-pool endpoints are compatible with \
             the public warm-pool API (v1, 2026-06-26)."
     ),
+    // Registered here, not only through the endpoints that happen to name them, so that every
+    // `$ref` to the error shape resolves whichever endpoints exist.
+    components(schemas(ErrorResponse, ErrorBody, FieldError)),
     modifiers(&BearerAuth),
     tags(
         (name = "warm-pool", description = "The compatible warm-pool API"),
@@ -243,7 +248,7 @@ pub fn router(app: Arc<App>, opts: HttpOptions) -> Router {
         .fallback(|| async { AppError::not_found("no such endpoint") })
         .method_not_allowed_fallback(|| async {
             let body = Json(ErrorResponse {
-                error: warmpool_types::api::ErrorBody {
+                error: ErrorBody {
                     code: "method_not_allowed".into(),
                     message: "this endpoint does not support that method".into(),
                     details: None,

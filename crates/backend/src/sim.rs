@@ -1,8 +1,8 @@
 //! `sim`: VMs that exist only in this process, for reconciler tests and scale benchmarks. Creating
 //! one takes a configurable delay; its "agent" keeps files in memory and understands a tiny command
-//! language so tests can steer outcomes: `exit N`, `false`, `sleep SECONDS`, `echo TEXT`, and
-//! `panic` (the server's own code panics, to test that it survives that); anything else succeeds
-//! silently. It is never the only test of a feature.
+//! language so tests can steer outcomes: `exit N`, `false`, `sleep SECONDS`, `echo TEXT`, and —
+//! only when [`SimOptions::panic_command`] is on — `panic` (the server's own code panics, to test
+//! that it survives that); anything else succeeds silently. It is never the only test of a feature.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -22,6 +22,8 @@ pub struct SimOptions {
     pub create_delay: Duration,
     /// `create` fails with this message (after its delay), as a host out of resources would.
     pub create_error: Option<String>,
+    /// A command `panic` panics (off by default: no input panics a server).
+    pub panic_command: bool,
 }
 
 #[derive(Default)]
@@ -107,6 +109,7 @@ impl Backend for SimBackend {
             vm: self.vm(vm_id),
             token: token.to_string(),
             vm_id: vm_id.to_string(),
+            panic_command: self.opts.panic_command,
         })
     }
 
@@ -119,6 +122,7 @@ struct SimAgent {
     vm: Option<Arc<SimVm>>,
     token: String,
     vm_id: String,
+    panic_command: bool,
 }
 
 impl SimAgent {
@@ -162,7 +166,7 @@ impl SimAgent {
                 (0, String::new())
             }
             Some("echo") => (0, format!("{}\n", command[4..].trim())),
-            Some("panic") => panic!("the sim backend was told to panic"),
+            Some("panic") if self.panic_command => panic!("the sim backend was told to panic"),
             _ => (0, String::new()),
         })
     }

@@ -168,6 +168,10 @@ pub struct ServeArgs {
     /// How long creating a VM takes with the sim backend, in milliseconds.
     #[arg(long, env = "WARMPOOL_SIM_CREATE_MS", default_value_t = 0)]
     pub sim_create_ms: u64,
+    /// With the sim backend, a setup command `panic` panics inside the server (to test that a
+    /// boot survives that); off by default, so no input panics a server.
+    #[arg(long, hide = true)]
+    pub sim_panic_command: bool,
 }
 
 /// `$XDG_CACHE_HOME/warmpool`, else `~/.cache/warmpool`.
@@ -300,6 +304,7 @@ fn make_backend(args: &ServeArgs, data_dir: &Path) -> anyhow::Result<Arc<dyn Bac
             tracing::info!("backend: sim (VMs are in-process fakes)");
             Ok(Arc::new(SimBackend::new(SimOptions {
                 create_delay: Duration::from_millis(args.sim_create_ms),
+                panic_command: args.sim_panic_command,
                 ..SimOptions::default()
             })))
         }

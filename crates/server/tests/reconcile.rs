@@ -43,6 +43,7 @@ async fn harness(create_delay: Duration, repos: serde_json::Value) -> Harness {
         store,
         backend: Arc::new(SimBackend::new(SimOptions {
             create_delay,
+            panic_command: true,
             ..SimOptions::default()
         })),
         cfg: AppConfig::default(),

@@ -25,7 +25,7 @@ async fn metrics(s: &TestServer) -> String {
 
 #[tokio::test]
 async fn a_panic_in_a_step_fails_its_boot_and_the_server_carries_on() {
-    let s = TestServer::start(&["--backend", "sim"]);
+    let s = TestServer::start(&["--backend", "sim", "--sim-panic-command"]);
     let pid = s.create_project("panics", json!([])).await;
     // The sim backend panics (inside the server) when a setup command says `panic`.
     let d = s
@@ -91,4 +91,18 @@ async fn loops_report_their_last_activation() {
         .is_some(),
         "{text}"
     );
+}
+
+#[tokio::test]
+async fn no_input_panics_a_server_that_was_not_asked_to() {
+    let s = TestServer::start(&["--backend", "sim"]);
+    let pid = s.create_project("calm", json!([])).await;
+    let d = s
+        .test_boot(
+            &pid,
+            json!({"setupCommands": [{"name": "boom", "command": "panic"}]}),
+        )
+        .await;
+    assert_eq!(d["status"], "ready", "{d}");
+    assert!(!s.log_text().contains("panicked"), "{}", s.log_text());
 }

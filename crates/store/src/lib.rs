@@ -4,7 +4,6 @@
 //! both win, and a crash at any point leaves rows another run can reason about.
 
 mod model;
-pub mod pg_cluster;
 mod postgres;
 mod sqlite;
 
@@ -15,7 +14,6 @@ use warmpool_types::api::PoolStatus;
 use warmpool_types::state::InstanceStatus;
 
 pub use model::*;
-pub use pg_cluster::PgCluster;
 pub use postgres::PgStore;
 pub use sqlite::{durable_commit_times, SqliteStore};
 

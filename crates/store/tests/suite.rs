@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use warmpool_pg_cluster::PgCluster;
 use warmpool_store::*;
 use warmpool_types::api::{PoolStatus, SetupCommand};
 use warmpool_types::state::{InstanceKind, InstanceStatus};

@@ -3,8 +3,11 @@
 //! conditional update — on the current status or a generation number — so two actors can never
 //! both win, and a crash at any point leaves rows another run can reason about.
 
+mod engine;
+mod migrations;
 mod model;
 mod postgres;
+mod rows;
 mod sqlite;
 
 use std::collections::BTreeMap;

@@ -138,7 +138,8 @@ fn refs(values: &[Value]) -> Vec<&(dyn ToSql + Sync)> {
 
 impl Named<'_, tokio_postgres::Row> {
     fn get<T: FromSqlOwned>(&self, col: &str) -> Result<T> {
-        let i = self.columns.index(col)?;
+        let names = self.row.columns();
+        let i = self.columns.index(col, names.len(), |i| names[i].name())?;
         self.row
             .try_get(i)
             .map_err(|e| unreadable(col, describe(&e)))
@@ -175,7 +176,7 @@ async fn fetch<T>(
 ) -> Result<Vec<T>> {
     let st = c.prepare_cached(sql).await.map_err(map_err)?;
     let rows = c.query(&st, params).await.map_err(map_err)?;
-    let columns = Columns::new(st.columns().iter().map(|c| c.name()));
+    let columns = Columns::default();
     rows.iter()
         .map(|row| {
             decode(&Named {

@@ -53,41 +53,38 @@ pub fn unreadable(col: &str, e: impl Display) -> StoreError {
     StoreError::Internal(format!("unreadable row: column {col}: {e}"))
 }
 
-/// The column names of one result, for finding a column by name. Decoders read columns in the
-/// order their lists name them, so the one after the last found is tried first: a column is
-/// found with one comparison rather than a scan (scanning for each column of each row would
-/// make a read of 10,000 instance rows noticeably slower).
+/// Finds columns by name in the rows of one result. Decoders read columns in the order their
+/// lists name them, so the one after the last found is tried first: a column is found with one
+/// comparison rather than a scan of the names (scanning for each column of each row made reading
+/// rows by name several times slower than by position).
+#[derive(Default)]
 pub struct Columns {
-    names: Vec<String>,
     next: Cell<usize>,
 }
 
 impl Columns {
-    pub fn new<'a>(names: impl IntoIterator<Item = &'a str>) -> Self {
-        let names = names.into_iter().map(str::to_string).collect();
-        Self {
-            names,
-            next: Cell::new(0),
-        }
-    }
-
-    pub fn index(&self, col: &str) -> Result<usize> {
+    /// The position of column `col` among `count` columns, `name(i)` being the name of the i-th.
+    pub fn index<'a>(
+        &self,
+        col: &str,
+        count: usize,
+        name: impl Fn(usize) -> &'a str,
+    ) -> Result<usize> {
         let guess = self.next.get();
-        let i = if self.names.get(guess).is_some_and(|n| n == col) {
+        let i = if guess < count && name(guess) == col {
             guess
         } else {
-            self.names
-                .iter()
-                .position(|n| n == col)
+            (0..count)
+                .find(|&i| name(i) == col)
                 .ok_or_else(|| unreadable(col, "not in the result"))?
         };
-        // The next row starts over at the first column.
-        self.next.set((i + 1) % self.names.len());
+        // After the last column, the next row's first.
+        self.next.set((i + 1) % count);
         Ok(i)
     }
 }
 
-/// An engine's row with its result's column names: what each engine implements [`Row`] for.
+/// An engine's row, with where to look for its columns: what each engine implements [`Row`] for.
 pub struct Named<'a, R> {
     pub row: &'a R,
     pub columns: &'a Columns,

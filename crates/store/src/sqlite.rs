@@ -52,7 +52,9 @@ impl rusqlite::ToSql for Value {
 
 impl Named<'_, rusqlite::Row<'_>> {
     fn get<T: FromSql>(&self, col: &str) -> Result<T> {
-        let i = self.columns.index(col)?;
+        let st = self.row.as_ref();
+        let name = |i| st.column_name(i).unwrap_or_default();
+        let i = self.columns.index(col, st.column_count(), name)?;
         self.row.get(i).map_err(|e| unreadable(col, e))
     }
 }
@@ -83,7 +85,7 @@ fn run(c: &Connection, sql: &str, values: &[Value]) -> Result<usize> {
 /// The rows a statement returns, decoded.
 fn fetch<T>(c: &Connection, sql: &str, values: &[Value], decode: Decode<T>) -> Result<Vec<T>> {
     let mut st = c.prepare_cached(sql).map_err(map_err)?;
-    let columns = Columns::new(st.column_names());
+    let columns = Columns::default();
     let mut rows = st.query(params_from_iter(values)).map_err(map_err)?;
     let mut out = Vec::new();
     while let Some(row) = rows.next().map_err(map_err)? {

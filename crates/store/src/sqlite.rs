@@ -458,7 +458,7 @@ impl Engine for SqliteStore {
                             instance,
                             "FROM instances WHERE rev > $1 ORDER BY rev"
                         ));
-                        fetch(&tx, sql.sqlite, &values![since], instance_row)?
+                        fetch(&tx, sql.sqlite, &[since.into()], instance_row)?
                     }
                     None => fetch(&tx, snapshot::LIVE_INSTANCES.sqlite, &[], instance_row)?,
                 },
@@ -511,16 +511,11 @@ impl Engine for SqliteStore {
         change: PoolStateChange,
     ) -> Result<PoolState> {
         let project_id = project_id.to_string();
+        let (default, key) = (values![&project_id, now], values![&project_id]);
         // One write: changes run one at a time, each reading what the previous one wrote.
         self.write(move |c| {
-            run(c, POOL_STATE_DEFAULT.sqlite, &values![&project_id, now])?;
-            let state = fetch(
-                c,
-                POOL_STATE_LOCKED.sqlite,
-                &values![&project_id],
-                pool_state_row,
-            );
-            let mut st = one(state?)?;
+            run(c, POOL_STATE_DEFAULT.sqlite, &default)?;
+            let mut st = one(fetch(c, POOL_STATE_LOCKED.sqlite, &key, pool_state_row)?)?;
             change(&mut st);
             run(
                 c,

@@ -1423,6 +1423,27 @@ async fn reopening_keeps_data_and_migrations_run_once() {
 
 // PostgreSQL only -----------------------------------------------------------------------------
 
+/// A plain client of the database at `url`, to look under the store.
+async fn pg_client(url: &str) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    client
+}
+
+/// The migrations a PostgreSQL database has recorded.
+async fn pg_versions(client: &tokio_postgres::Client) -> Vec<i64> {
+    let rows = client
+        .query(
+            "SELECT version FROM schema_migrations ORDER BY version",
+            &[],
+        )
+        .await
+        .unwrap();
+    rows.iter().map(|r| r.get(0)).collect()
+}
+
 /// Nodes starting together: each opens the same new database at once; the schema is made once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_migrations_run_once_across_concurrent_opens() {
@@ -1445,21 +1466,8 @@ async fn postgres_migrations_run_once_across_concurrent_opens() {
     s.ping().await.unwrap();
     assert_eq!(s.engine(), "postgres");
 
-    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let versions: Vec<i64> = client
-        .query(
-            "SELECT version FROM schema_migrations ORDER BY version",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    assert_eq!(versions, [1, 2, 3, 4]);
+    let client = pg_client(&url).await;
+    assert_eq!(pg_versions(&client).await, [1, 2, 3, 4]);
 }
 
 /// A database of a server from before nodes opens: PostgreSQL's migrations 2 to 4 apply once,
@@ -1467,10 +1475,7 @@ async fn postgres_migrations_run_once_across_concurrent_opens() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_database_of_an_older_server_is_migrated() {
     let url = fresh_pg_database().await;
-    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let client = pg_client(&url).await;
     client
         .batch_execute(concat!(
             "CREATE TABLE schema_migrations (
@@ -1483,17 +1488,7 @@ async fn postgres_database_of_an_older_server_is_migrated() {
     client.batch_execute(OLD_ROWS).await.unwrap();
     let s = PgStore::connect(&url).await.unwrap();
     check_old_rows(&s).await;
-    let versions: Vec<i64> = client
-        .query(
-            "SELECT version FROM schema_migrations ORDER BY version",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    assert_eq!(versions, [1, 2, 3, 4]);
+    assert_eq!(pg_versions(&client).await, [1, 2, 3, 4]);
 }
 
 /// Two nodes on one database: claims from both never take the same instance, and pool state

@@ -5,16 +5,16 @@
 //! migration twice, or skip one. Up to SQLite's 8 the numbers differ: PostgreSQL support came
 //! after SQLite's fifth migration, and its first folds SQLite's first five into one.
 //!
-//! | SQLite             | PostgreSQL         | what it does                                          |
-//! |--------------------|--------------------|-------------------------------------------------------|
-//! | 1 `init`           | 1 `init`           | projects, remotes, env vars, pools, instances, steps  |
-//! | 2 `pool`           | in 1               | stale and commits of instances, claim index, pool state |
-//! | 3 `goldens`        | in 1               | goldens, and the golden an instance was cloned from   |
-//! | 4 `tokens`         | in 1               | project tokens                                        |
-//! | 5 `instance_rev`   | in 1               | the instance revision (a counter; a transaction id)   |
-//! | 6 `nodes`          | 2 `nodes`          | nodes, the node of instances and goldens, settings    |
-//! | 7 `repo_sources`   | 3 `repo_sources`   | forgets default branches kept by URL                  |
-//! | 8 `resources`      | 4 `resources`      | what each VM of a project may use                     |
+//! | SQLite           | PostgreSQL       | what it does                                         |
+//! |------------------|------------------|------------------------------------------------------|
+//! | 1 `init`         | 1 `init`         | projects, remotes, env vars, pools, instances, steps |
+//! | 2 `pool`         | in 1             | stale and commits of instances, pool state           |
+//! | 3 `goldens`      | in 1             | goldens; the golden an instance was cloned from      |
+//! | 4 `tokens`       | in 1             | project tokens                                       |
+//! | 5 `instance_rev` | in 1             | the instance revision (a counter; transaction ids)   |
+//! | 6 `nodes`        | 2 `nodes`        | nodes, the node of instances and goldens, settings   |
+//! | 7 `repo_sources` | 3 `repo_sources` | forgets default branches kept by URL                 |
+//! | 8 `resources`    | 4 `resources`    | what each VM of a project may use                    |
 //!
 //! From 9 on, a migration has one number on both engines: add `NNNN_name.sql` to both
 //! `migrations/sqlite` and `migrations/postgres` under the same number, and to both lists below

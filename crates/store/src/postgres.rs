@@ -1,11 +1,12 @@
-//! The PostgreSQL engine, for many nodes sharing one database: the same [`Store`] semantics as the
-//! SQLite engine, but every guarantee has to hold across processes, so each state change is one
-//! conditional statement (or one transaction holding row locks), claims skip rows another node has
-//! locked, and migrations run under an advisory lock. Nodes hold leases on rows of their own;
-//! placing pool boots locks the pool's row (skipping a pool another node is filling) and then the
-//! node's row (its capacity spans pools), so neither a pool's target nor a node's capacity is
-//! overshot by nodes placing at once. Statements are prepared once per pooled connection and
-//! reused.
+//! The PostgreSQL engine, for many nodes sharing one database: the same [`Store`](crate::Store)
+//! semantics as the SQLite engine, but every guarantee has to hold across processes, so each state
+//! change is one conditional statement (or one transaction holding row locks), claims skip rows
+//! another node has locked, and migrations run under an advisory lock. Nodes hold leases on rows of
+//! their own; placing pool boots locks the pool's row (skipping a pool another node is filling)
+//! and then the node's row (its capacity spans pools), so neither a pool's target nor a node's
+//! capacity is overshot by nodes placing at once. Statements are prepared once per pooled
+//! connection and reused; they are mostly the shared core's (`engine`), and this module writes its
+//! own only the operations its row locks and its transaction-id revision make different.
 
 use std::time::Duration;
 

@@ -3,7 +3,9 @@
 //! anyway, and queueing in-process avoids the busy-retry sleeps that wreck tail latency), which
 //! commits whatever has queued up *together*: each write runs in a savepoint of its own (it
 //! succeeds or fails alone), and the batch shares one transaction and one fsync — group commit.
-//! Reads use a few connections of their own on tokio's blocking pool.
+//! Reads use a few connections of their own on tokio's blocking pool. The statements are mostly
+//! the shared core's (`engine`); this module runs them, and writes its own only the operations
+//! that one writer and SQLite's counter revision make different.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -1293,7 +1293,8 @@ const OLD_ROWS: &str = r#"
         created_at, updated_at)
     VALUES ('p', 'old', NULL, 'P', '[]', '{"setup_commands":[],"repos":{}}', 3, 1, 2);
     INSERT INTO repo_remotes (url, default_branch, updated_at) VALUES ('/srv/api', 'main', 1);
-    INSERT INTO env_vars (project_id, name, value, version, updated_at) VALUES ('p', 'X', 'x', 2, 5);
+    INSERT INTO env_vars (project_id, name, value, version, updated_at)
+    VALUES ('p', 'X', 'x', 2, 5);
     INSERT INTO warm_pools (project_id, enabled, target_size, max_age_minutes, branch,
         setup_commands_json, generation, created_at, updated_at)
     VALUES ('p', TRUE, 2, 60, NULL, NULL, 1, 1, 1);

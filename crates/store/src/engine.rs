@@ -268,8 +268,8 @@ pub const UPSERT_ENV_VAR: &Sql = sql!(
 
 pub const POOL_STATE: &Sql = sql!(select!(pool_state, "FROM pool_state WHERE project_id = $1"));
 
-/// A pool's state row at the defaults, unless it has one (`$1` the project, `$2` now): updating
-/// a row that exists is what lets a change lock it on PostgreSQL.
+/// A pool's state row at the defaults, unless it has one (`$1` the project, `$2` now): a change
+/// can lock the row on PostgreSQL only once it exists.
 pub const POOL_STATE_DEFAULT: &Sql = sql!(
     "INSERT INTO pool_state (project_id, consecutive_failures, identical_failures, updated_at)
      VALUES ($1, 0, 0, $2)

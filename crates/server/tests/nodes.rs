@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::{json, Value};
-use warmpool_store::pg_cluster::PgCluster;
+use warmpool_pg_cluster::PgCluster;
 use warmpool_store::{PgStore, Store};
 use warmpool_types::state::InstanceStatus;
 

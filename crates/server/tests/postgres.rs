@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::*;
 use serde_json::{json, Value};
-use warmpool_store::pg_cluster::PgCluster;
+use warmpool_pg_cluster::PgCluster;
 
 async fn ready_count(s: &TestServer, pid: &str) -> u64 {
     let v = s

@@ -3,9 +3,11 @@
 //! conditional update — on the current status or a generation number — so two actors can never
 //! both win, and a crash at any point leaves rows another run can reason about.
 
+mod engine;
+mod migrations;
 mod model;
-pub mod pg_cluster;
 mod postgres;
+mod rows;
 mod sqlite;
 
 use std::collections::BTreeMap;
@@ -15,7 +17,6 @@ use warmpool_types::api::PoolStatus;
 use warmpool_types::state::InstanceStatus;
 
 pub use model::*;
-pub use pg_cluster::PgCluster;
 pub use postgres::PgStore;
 pub use sqlite::{durable_commit_times, SqliteStore};
 

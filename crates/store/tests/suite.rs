@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use warmpool_pg_cluster::PgCluster;
 use warmpool_store::*;
 use warmpool_types::api::{PoolStatus, SetupCommand};
 use warmpool_types::state::{InstanceKind, InstanceStatus};
@@ -75,6 +76,8 @@ on_both_engines!(
     lost_nodes_lose_their_live_instances,
     nodes_round_trip_on_instances_and_goldens,
     interrupted_boots_record_the_step_they_were_in,
+    instances_are_found_by_any_set_of_statuses,
+    settings_keep_the_first_value,
 );
 
 fn project(id: &str) -> ProjectRow {
@@ -1231,6 +1234,174 @@ async fn nodes_round_trip_on_instances_and_goldens(s: Arc<dyn Store>) {
     assert_eq!(nodes, [Some("node-a".to_string()), None]);
 }
 
+async fn instances_are_found_by_any_set_of_statuses(s: Arc<dyn Store>) {
+    use InstanceStatus::*;
+    s.insert_project(&project("p")).await.unwrap();
+    let all = [Provisioning, Ready, Claimed, Failed, Destroyed];
+    for (n, status) in all.into_iter().enumerate() {
+        s.insert_instance(&instance(&format!("i{n}"), "p", InstanceKind::Pool, status))
+            .await
+            .unwrap();
+    }
+    let ids = |got: Vec<InstanceRow>| got.into_iter().map(|i| i.id).collect::<Vec<_>>();
+    assert!(s.instances_in(&[]).await.unwrap().is_empty());
+    assert_eq!(ids(s.instances_in(&[Claimed]).await.unwrap()), ["i2"]);
+    assert_eq!(
+        ids(s.instances_in(&[Failed, Ready, Failed]).await.unwrap()),
+        ["i1", "i3"],
+        "oldest first, each once"
+    );
+    assert_eq!(ids(s.instances_in(&all).await.unwrap()).len(), 5);
+    // Destroying is conditional on any set of statuses too.
+    assert!(!s.mark_destroyed("i1", &[], 5).await.unwrap());
+    assert!(!s
+        .mark_destroyed("i1", &[Provisioning, Claimed], 5)
+        .await
+        .unwrap());
+    assert!(s.mark_destroyed("i1", &all, 5).await.unwrap());
+    assert_eq!(
+        ids(s.instances_in(&[Ready]).await.unwrap()),
+        Vec::<String>::new()
+    );
+}
+
+async fn settings_keep_the_first_value(s: Arc<dyn Store>) {
+    assert_eq!(s.setting("key", "a").await.unwrap(), "a");
+    assert_eq!(s.setting("key", "b").await.unwrap(), "a");
+    assert_eq!(s.setting("other", "c").await.unwrap(), "c");
+    // Servers starting together on a new database: every one gets the first one's value.
+    let racing: Vec<_> = (0..8)
+        .map(|n| {
+            let s = s.clone();
+            tokio::spawn(async move { s.setting("race", &format!("v{n}")).await.unwrap() })
+        })
+        .collect();
+    let mut got = Vec::new();
+    for r in racing {
+        got.push(r.await.unwrap());
+    }
+    assert!(got.iter().all(|v| *v == got[0]), "{got:?}");
+    assert_eq!(s.setting("race", "late").await.unwrap(), got[0]);
+}
+
+// Databases of older servers ------------------------------------------------------------------
+
+/// Rows as a server from before nodes wrote them (SQLite's migrations 1 to 5, PostgreSQL's 1),
+/// in SQL both engines take.
+const OLD_ROWS: &str = r#"
+    INSERT INTO projects (id, name, description, task_code, repos_json, devbox_json, generation,
+        created_at, updated_at)
+    VALUES ('p', 'old', NULL, 'P', '[]', '{"setup_commands":[],"repos":{}}', 3, 1, 2);
+    INSERT INTO repo_remotes (url, default_branch, updated_at) VALUES ('/srv/api', 'main', 1);
+    INSERT INTO env_vars (project_id, name, value, version, updated_at)
+    VALUES ('p', 'X', 'x', 2, 5);
+    INSERT INTO warm_pools (project_id, enabled, target_size, max_age_minutes, branch,
+        setup_commands_json, generation, created_at, updated_at)
+    VALUES ('p', TRUE, 2, 60, NULL, NULL, 1, 1, 1);
+    INSERT INTO instances (id, vm_id, project_id, kind, status, total_steps, backend, created_at,
+        provisioned_at, finished_at)
+    VALUES ('i', 'vm-i', 'p', 'pool', 'ready', 8, 'sim', 10, 20, 20);
+    INSERT INTO steps (instance_id, seq, name, status, duration_ms, finished_at)
+    VALUES ('i', 0, 'clone', 'success', 5, 15);
+    INSERT INTO pool_state (project_id, consecutive_failures, identical_failures, last_error,
+        updated_at)
+    VALUES ('p', 2, 1, 'boom', 3);
+    INSERT INTO goldens (id, project_id, config_hash, backend, commits_json, status, created_at)
+    VALUES ('g', 'p', 'h', 'sim', '{}', 'ready', 4);
+    INSERT INTO tokens (id, project_id, hash, created_at) VALUES ('t', 'p', 'hash', 6);
+"#;
+
+/// Reads back `OLD_ROWS` once the store has migrated them, and uses what the later migrations
+/// added.
+async fn check_old_rows(s: &dyn Store) {
+    let p = s.get_project("p").await.unwrap().unwrap();
+    assert_eq!(
+        (p.name.as_str(), p.generation, p.description),
+        ("old", 3, None)
+    );
+    // Projects from before resources got the defaults.
+    let defaults = warmpool_types::api::Resources {
+        cpus: 2,
+        memory_mb: 2048,
+        pids_max: 4096,
+        disk_mb: 10240,
+    };
+    assert_eq!(p.resources, defaults);
+    // Default branches kept by URL were forgotten.
+    assert_eq!(s.get_default_branch("/srv/api").await.unwrap(), None);
+    let vars = s.list_env_vars("p").await.unwrap();
+    assert_eq!((vars[0].name.as_str(), vars[0].version), ("X", 2));
+    let pool = s.get_pool_config("p").await.unwrap().unwrap();
+    assert!(pool.enabled);
+    assert_eq!((pool.target_size, pool.setup_commands), (2, None));
+    let i = s.get_instance("i").await.unwrap().unwrap();
+    assert_eq!(
+        (i.status, i.node, i.commits),
+        (InstanceStatus::Ready, None, no_commits())
+    );
+    assert!(s.list_steps("i").await.unwrap()[0].success);
+    let st = s.get_pool_state("p").await.unwrap();
+    assert_eq!(
+        (st.consecutive_failures, st.last_error.as_deref()),
+        (2, Some("boom"))
+    );
+    let g = s.get_golden("g").await.unwrap().unwrap();
+    assert!(g.ready && g.node.is_none());
+    assert_eq!(s.token_by_hash("hash").await.unwrap().unwrap().id, "t");
+    assert_eq!(s.pool_snapshot(None).await.unwrap().instances.len(), 1);
+    // What came after works on the old rows.
+    assert!(s
+        .register_node(&node("n", "id-n", 4, 100), 0)
+        .await
+        .unwrap());
+    let claimed = s.claim_ready("p", Some("task"), 30).await.unwrap().unwrap();
+    assert_eq!(
+        (claimed.id.as_str(), claimed.status),
+        ("i", InstanceStatus::Claimed)
+    );
+}
+
+/// A database of a server from before nodes opens: SQLite's migrations 6 to 8 apply once, and
+/// every row reads back.
+#[tokio::test]
+async fn sqlite_database_of_an_older_server_is_migrated() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("wp.db");
+    let versions = |c: &rusqlite::Connection| -> Vec<i64> {
+        let mut st = c
+            .prepare("SELECT version FROM schema_migrations ORDER BY version")
+            .unwrap();
+        let rows = st.query_map([], |r| r.get(0)).unwrap();
+        rows.map(|r| r.unwrap()).collect()
+    };
+    {
+        let c = rusqlite::Connection::open(&path).unwrap();
+        c.execute_batch(
+            "CREATE TABLE schema_migrations (
+                version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)",
+        )
+        .unwrap();
+        let old = [
+            include_str!("../migrations/sqlite/0001_init.sql"),
+            include_str!("../migrations/sqlite/0002_pool.sql"),
+            include_str!("../migrations/sqlite/0003_goldens.sql"),
+            include_str!("../migrations/sqlite/0004_tokens.sql"),
+            include_str!("../migrations/sqlite/0005_instance_rev.sql"),
+        ];
+        for (version, sql) in (1..).zip(old) {
+            c.execute_batch(sql).unwrap();
+            c.execute("INSERT INTO schema_migrations VALUES (?1, 0)", [version])
+                .unwrap();
+        }
+        c.execute_batch(OLD_ROWS).unwrap();
+    }
+    let s = SqliteStore::open(&path).unwrap();
+    check_old_rows(&s).await;
+    drop(s);
+    let c = rusqlite::Connection::open(&path).unwrap();
+    assert_eq!(versions(&c), Vec::from_iter(1..=8));
+}
+
 // SQLite only ---------------------------------------------------------------------------------
 
 #[tokio::test]
@@ -1252,6 +1423,27 @@ async fn reopening_keeps_data_and_migrations_run_once() {
 }
 
 // PostgreSQL only -----------------------------------------------------------------------------
+
+/// A plain client of the database at `url`, to look under the store.
+async fn pg_client(url: &str) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    client
+}
+
+/// The migrations a PostgreSQL database has recorded.
+async fn pg_versions(client: &tokio_postgres::Client) -> Vec<i64> {
+    let rows = client
+        .query(
+            "SELECT version FROM schema_migrations ORDER BY version",
+            &[],
+        )
+        .await
+        .unwrap();
+    rows.iter().map(|r| r.get(0)).collect()
+}
 
 /// Nodes starting together: each opens the same new database at once; the schema is made once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1275,21 +1467,29 @@ async fn postgres_migrations_run_once_across_concurrent_opens() {
     s.ping().await.unwrap();
     assert_eq!(s.engine(), "postgres");
 
-    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+    let client = pg_client(&url).await;
+    assert_eq!(pg_versions(&client).await, [1, 2, 3, 4]);
+}
+
+/// A database of a server from before nodes opens: PostgreSQL's migrations 2 to 4 apply once,
+/// and every row reads back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_database_of_an_older_server_is_migrated() {
+    let url = fresh_pg_database().await;
+    let client = pg_client(&url).await;
+    client
+        .batch_execute(concat!(
+            "CREATE TABLE schema_migrations (
+                version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL);
+             INSERT INTO schema_migrations VALUES (1, 0);",
+            include_str!("../migrations/postgres/0001_init.sql")
+        ))
         .await
         .unwrap();
-    tokio::spawn(conn);
-    let versions: Vec<i64> = client
-        .query(
-            "SELECT version FROM schema_migrations ORDER BY version",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    assert_eq!(versions, [1, 2, 3, 4]);
+    client.batch_execute(OLD_ROWS).await.unwrap();
+    let s = PgStore::connect(&url).await.unwrap();
+    check_old_rows(&s).await;
+    assert_eq!(pg_versions(&client).await, [1, 2, 3, 4]);
 }
 
 /// Two nodes on one database: claims from both never take the same instance, and pool state

@@ -165,7 +165,7 @@ fn nodes_missing(root: bool) -> Option<String> {
     if !root {
         return Some("needs root (it starts its own PostgreSQL as user postgres)".into());
     }
-    match warmpool_store::pg_cluster::PgCluster::bin_dir() {
+    match warmpool_pg_cluster::PgCluster::bin_dir() {
         Ok(_) => None,
         Err(e) => Some(e.to_string()),
     }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use reqwest::Method;
 use serde_json::json;
-use warmpool_store::pg_cluster::PgCluster;
+use warmpool_pg_cluster::PgCluster;
 
 use super::{percentile, Report, Row, Server};
 

@@ -245,12 +245,12 @@ async fn background(Query(q): Query<BackgroundQuery>) -> Json<Vec<AgentBackgroun
 }
 
 /// An error of the filesystem as an answer: what the request named cannot be a file here (a
-/// component that is a file, a directory where the file would be, a loop) is the client's
-/// mistake; anything else is the agent's.
+/// component that is a file — EEXIST when a directory is to be made there —, a directory where
+/// the file would be, a loop) is the client's mistake; anything else is the agent's.
 fn fs_error(e: std::io::Error) -> Response {
     let status = match e.raw_os_error() {
         Some(libc::ENOENT) => StatusCode::NOT_FOUND,
-        Some(libc::ENOTDIR | libc::EISDIR | libc::ELOOP | libc::ENAMETOOLONG) => {
+        Some(libc::ENOTDIR | libc::EEXIST | libc::EISDIR | libc::ELOOP | libc::ENAMETOOLONG) => {
             StatusCode::UNPROCESSABLE_ENTITY
         }
         _ => StatusCode::INTERNAL_SERVER_ERROR,

@@ -20,7 +20,6 @@ use warmpool_types::agent::{
     AgentBackground, AgentExecEvent, AgentExecRequest, AgentExecResult, DEFAULT_EXEC_TIMEOUT_MS,
 };
 use warmpool_types::output::CappedOutput;
-use warmpool_types::validate;
 
 use crate::utf8::Utf8Decoder;
 
@@ -57,12 +56,8 @@ fn base_env() -> BTreeMap<&'static str, &'static str> {
 }
 
 fn build(req: &AgentExecRequest) -> Result<Command, String> {
-    for name in req.env.keys() {
-        validate::env_name(name).map_err(|m| format!("env name `{name}` {m}"))?;
-    }
-    if req.env.values().any(|v| v.contains('\0')) {
-        return Err("env values must not contain NUL bytes".into());
-    }
+    // The handler has checked already; checked again here so that no way in can skip it.
+    req.check()?;
     let mut cmd = match (&req.command, &req.argv) {
         (Some(command), None) => {
             let mut c = Command::new("bash");

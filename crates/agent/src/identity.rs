@@ -19,18 +19,6 @@ fn fail(what: &str, e: impl std::fmt::Display) -> Response {
         .into_response()
 }
 
-/// The bytes `s` spells in hex, if it is hex (any other character, ASCII or not, is refused).
-fn hex_bytes(s: &str) -> Option<Vec<u8>> {
-    let digit = |b: u8| (b as char).to_digit(16);
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    s.as_bytes()
-        .chunks(2)
-        .map(|p| Some((digit(p[0])? * 16 + digit(p[1])?) as u8))
-        .collect()
-}
-
 /// `RNDADDENTROPY` and `RNDRESEEDCRNG` of `<linux/random.h>`: `_IOW('R', 0x03, int[2])` and
 /// `_IO('R', 0x07)`.
 const RNDADDENTROPY: libc::c_ulong = 0x4008_5203;
@@ -71,34 +59,15 @@ pub async fn set_identity(
     Extension(token): Extension<Arc<RwLock<String>>>,
     Json(req): Json<IdentityRequest>,
 ) -> Response {
-    let bad = |m: &str| {
-        (
-            StatusCode::UNPROCESSABLE_ENTITY,
-            Json(warmpool_types::agent::AgentError {
-                error: m.to_string(),
-            }),
-        )
-            .into_response()
-    };
-    if req.token.len() < 16 {
-        return bad("the token must be at least 16 characters");
-    }
-    let valid_host = !req.hostname.is_empty()
-        && req.hostname.len() <= 63
-        && req
-            .hostname
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-    if !valid_host {
-        return bad("the hostname must be 1-63 lower-case letters, digits or -");
-    }
-    if hex_bytes(&req.machine_id).is_none_or(|b| b.len() != 16) {
-        return bad("machineId must be 32 hex digits");
-    }
-    let entropy = match req.entropy.as_deref().map(hex_bytes) {
-        None => None,
-        Some(Some(e)) => Some(e),
-        Some(None) => return bad("entropy must be hex"),
+    let entropy = match req.check() {
+        Ok(entropy) => entropy,
+        Err(m) => {
+            return (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                Json(warmpool_types::agent::AgentError { error: m }),
+            )
+                .into_response()
+        }
     };
     // The clock first: everything after (file times, TLS, git) wants the right time. A VM
     // sharing the host's kernel (the sandbox) shares its clock and is sent none.
@@ -141,18 +110,4 @@ pub async fn set_identity(
     }
     *token.write().unwrap_or_else(|p| p.into_inner()) = req.token;
     StatusCode::NO_CONTENT.into_response()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::hex_bytes;
-
-    #[test]
-    fn hex_is_read_and_anything_else_refused() {
-        assert_eq!(hex_bytes("00ff7A"), Some(vec![0, 255, 122]));
-        assert_eq!(hex_bytes(""), Some(vec![]));
-        for bad in ["0", "0g", "+1", "é1", "1é", "ééé", "€0", " 00"] {
-            assert_eq!(hex_bytes(bad), None, "{bad:?}");
-        }
-    }
 }

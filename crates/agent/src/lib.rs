@@ -9,20 +9,20 @@ mod utf8;
 
 use std::net::SocketAddr;
 use std::os::fd::FromRawFd;
-use std::path::{Component, Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Query, Request, State};
+use axum::extract::{DefaultBodyLimit, Query, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::Deserialize;
 use subtle::ConstantTimeEq;
 use warmpool_types::agent::{
-    AgentBackground, AgentError, AgentExecRequest, AgentHealth, TOKEN_ENV,
+    file_mode, file_path, AgentBackground, AgentError, AgentExecRequest, AgentHealth,
+    BackgroundQuery, FileQuery, TOKEN_ENV,
 };
 
 pub use exec::run_to_completion;
@@ -164,7 +164,14 @@ pub fn router(token: String) -> Router {
         .route("/v1/health", get(health))
         .route("/v1/identity", post(identity::set_identity))
         .route("/v1/exec", post(exec_handler))
-        .route("/v1/files", get(read_file).put(write_file))
+        // Axum's default limit on a body (2 MiB) is below the files the agent takes: a project's
+        // /home/.env alone can be larger.
+        .route(
+            "/v1/files",
+            get(read_file)
+                .put(write_file)
+                .layer(DefaultBodyLimit::max(MAX_FILE_BYTES)),
+        )
         .route("/v1/background", get(background))
         .layer(middleware::from_fn_with_state(state.clone(), require_token))
         .with_state(state)
@@ -214,16 +221,9 @@ async fn exec_handler(body: Bytes) -> Response {
             )
         }
     };
-    if req.command.is_some() == req.argv.is_some() {
-        return error(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "give exactly one of `command` and `argv`",
-        );
-    }
-    if let Some(cwd) = &req.cwd {
-        if !cwd.starts_with('/') {
-            return error(StatusCode::UNPROCESSABLE_ENTITY, "`cwd` must be absolute");
-        }
+    // Before anything runs or any file is made: a bad request has no side effect.
+    if let Err(m) = req.check() {
+        return error(StatusCode::UNPROCESSABLE_ENTITY, m);
     }
     if req.background_log.is_some() {
         return match exec::start_background(&req).await {
@@ -239,46 +239,31 @@ async fn exec_handler(body: Bytes) -> Response {
     Json(run_to_completion(req).await).into_response()
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct BackgroundQuery {
-    #[serde(default)]
-    settle_ms: u64,
-}
-
 async fn background(Query(q): Query<BackgroundQuery>) -> Json<Vec<AgentBackground>> {
     let settle = q.settle_ms.min(warmpool_types::agent::MAX_SETTLE_MS);
     Json(exec::background(std::time::Duration::from_millis(settle)).await)
 }
 
-#[derive(Deserialize)]
-struct FileQuery {
-    path: String,
-    #[serde(default)]
-    mode: Option<String>,
-}
-
-/// Only absolute, normalised paths: no `..`, no `.` components, no empty components.
-fn checked_path(p: &str) -> Result<PathBuf, &'static str> {
-    let path = Path::new(p);
-    let ok = path.is_absolute()
-        && !p.contains('\0')
-        && path
-            .components()
-            .all(|c| matches!(c, Component::RootDir | Component::Normal(_)));
-    if ok {
-        Ok(path.to_path_buf())
-    } else {
-        Err("path must be absolute and normalised")
-    }
+/// An error of the filesystem as an answer: what the request named cannot be a file here (a
+/// component that is a file — EEXIST when a directory is to be made there —, a directory where
+/// the file would be, a loop) is the client's mistake; anything else is the agent's.
+fn fs_error(e: std::io::Error) -> Response {
+    let status = match e.raw_os_error() {
+        Some(libc::ENOENT) => StatusCode::NOT_FOUND,
+        Some(libc::ENOTDIR | libc::EEXIST | libc::EISDIR | libc::ELOOP | libc::ENAMETOOLONG) => {
+            StatusCode::UNPROCESSABLE_ENTITY
+        }
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    error(status, e.to_string())
 }
 
 async fn read_file(Query(q): Query<FileQuery>) -> Response {
-    let path = match checked_path(&q.path) {
+    let path = match file_path(&q.path) {
         Ok(p) => p,
         Err(m) => return error(StatusCode::UNPROCESSABLE_ENTITY, m),
     };
-    match tokio::fs::metadata(&path).await {
+    match tokio::fs::metadata(path).await {
         Ok(m) if m.len() as usize > MAX_FILE_BYTES => {
             return error(StatusCode::PAYLOAD_TOO_LARGE, "file is too large to read")
         }
@@ -289,38 +274,32 @@ async fn read_file(Query(q): Query<FileQuery>) -> Response {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return error(StatusCode::NOT_FOUND, "no such file")
         }
-        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(e) => return fs_error(e),
     }
-    match tokio::fs::read(&path).await {
+    match tokio::fs::read(path).await {
         Ok(data) => ([(header::CONTENT_TYPE, "application/octet-stream")], data).into_response(),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(e) => fs_error(e),
     }
 }
 
 /// Writes atomically (temporary file + rename) with the requested mode, so a reader never sees a
 /// half-written file and the mode is right from the first byte.
 async fn write_file(Query(q): Query<FileQuery>, body: Bytes) -> Response {
-    let path = match checked_path(&q.path) {
-        Ok(p) => p,
+    let path = match file_path(&q.path) {
+        Ok(p) => p.to_path_buf(),
         Err(m) => return error(StatusCode::UNPROCESSABLE_ENTITY, m),
     };
     if body.len() > MAX_FILE_BYTES {
         return error(StatusCode::PAYLOAD_TOO_LARGE, "file is too large");
     }
-    let mode = match q.mode.as_deref().map(|m| u32::from_str_radix(m, 8)) {
-        None => 0o644,
-        Some(Ok(m)) if m <= 0o7777 => m,
-        _ => {
-            return error(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "mode must be octal, e.g. 600",
-            )
-        }
+    let mode = match file_mode(q.mode.as_deref()) {
+        Ok(m) => m,
+        Err(m) => return error(StatusCode::UNPROCESSABLE_ENTITY, m),
     };
     let res = tokio::task::spawn_blocking(move || write_atomically(&path, &body, mode)).await;
     match res {
         Ok(Ok(())) => StatusCode::NO_CONTENT.into_response(),
-        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Ok(Err(e)) => fs_error(e),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
@@ -330,18 +309,28 @@ fn write_atomically(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> 
     use std::os::unix::fs::OpenOptionsExt;
     let dir = path.parent().unwrap_or(Path::new("/"));
     std::fs::create_dir_all(dir)?;
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-    let tmp = dir.join(format!(".{name}.warmpool-tmp-{}", std::process::id()));
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(&tmp)?;
-    // The umask may have narrowed the mode; set it exactly.
-    std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(mode))?;
-    f.write_all(data)?;
-    f.sync_all()?;
-    drop(f);
-    std::fs::rename(&tmp, path)
+    // Named apart from the file, so that a file with the longest name a directory takes can be
+    // written too; numbered, so that two writes at once never share one.
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = dir.join(format!(".warmpool-tmp-{}-{n}", std::process::id()));
+    let written = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&tmp)?;
+        // The umask may have narrowed the mode; set it exactly.
+        std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(mode))?;
+        f.write_all(data)?;
+        f.sync_all()?;
+        drop(f);
+        std::fs::rename(&tmp, path)
+    })();
+    // A write that failed (say, onto a directory) leaves nothing behind.
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
 }

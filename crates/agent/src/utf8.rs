@@ -64,4 +64,38 @@ mod tests {
         assert_eq!(d.push(&[0xe2]), "");
         assert_eq!(d.finish(), "\u{FFFD}");
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig {
+            cases: 256,
+            failure_persistence: None,
+            ..Default::default()
+        })]
+
+        /// However a command's output is cut into reads, the text is what decoding it whole
+        /// gives: no character lost or split at a cut, invalid bytes replaced the same way.
+        #[test]
+        fn any_cuts_decode_as_the_whole(
+            bytes in proptest::collection::vec(
+                proptest::prop_oneof![
+                    proptest::prelude::any::<u8>(),
+                    proptest::sample::select(vec![0xe2u8, 0x82, 0xac, 0xf0, 0x9f, 0x98, 0x80, 0xc3, 0xa9]),
+                ],
+                0..64,
+            ),
+            cuts in proptest::collection::vec(0usize..64, 0..8),
+        ) {
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c.min(bytes.len())).collect();
+            cuts.sort_unstable();
+            let mut d = Utf8Decoder::default();
+            let mut text = String::new();
+            let mut from = 0;
+            for c in cuts.into_iter().chain([bytes.len()]) {
+                text.push_str(&d.push(&bytes[from..c]));
+                from = c;
+            }
+            text.push_str(&d.finish());
+            proptest::prop_assert_eq!(text, String::from_utf8_lossy(&bytes));
+        }
+    }
 }

@@ -100,10 +100,12 @@ pub fn percent_decode(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
+        // An escape is `%` and two hex digits, exactly: `u8::from_str_radix` alone would also
+        // read a sign (`%+0` as a NUL), which git sends as the three characters it is.
         if b[i] == b'%' && i + 2 < b.len() {
-            let hex = std::str::from_utf8(&b[i + 1..i + 3]).ok();
-            if let Some(v) = hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
-                out.push(v);
+            let (hi, lo) = (b[i + 1], b[i + 2]);
+            if let (Some(hi), Some(lo)) = ((hi as char).to_digit(16), (lo as char).to_digit(16)) {
+                out.push((hi * 16 + lo) as u8);
                 i += 3;
                 continue;
             }
@@ -356,6 +358,10 @@ mod tests {
             .unwrap()
             .secret_is_hidden());
         assert!(parse("https://u:a%0ab@example.com/a").is_err());
+        // Not an escape: a sign is no hex digit.
+        assert_eq!(percent_decode("%+0%-1%+a"), "%+0%-1%+a");
+        let p = parse("https://u:%2B%+0@example.com/a").unwrap();
+        assert_eq!(p.credentials(), Some(("u".into(), "+%+0".into())));
 
         let scp = parse("git@example.com:a/b.git").unwrap();
         assert_eq!(

@@ -50,6 +50,7 @@ macro_rules! on_both_engines {
         mod postgres {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                #[ignore = "tier postgres: starts a PostgreSQL 15 cluster of its own; run every tier with `cargo test -- --include-ignored`"]
                 async fn $name() {
                     super::$name(super::open_postgres().await).await;
                 }
@@ -1447,6 +1448,7 @@ async fn pg_versions(client: &tokio_postgres::Client) -> Vec<i64> {
 
 /// Nodes starting together: each opens the same new database at once; the schema is made once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "tier postgres: starts a PostgreSQL 15 cluster of its own; run every tier with `cargo test -- --include-ignored`"]
 async fn postgres_migrations_run_once_across_concurrent_opens() {
     let url = fresh_pg_database().await;
     let opens: Vec<_> = (0..4)
@@ -1474,6 +1476,7 @@ async fn postgres_migrations_run_once_across_concurrent_opens() {
 /// A database of a server from before nodes opens: PostgreSQL's migrations 2 to 4 apply once,
 /// and every row reads back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "tier postgres: starts a PostgreSQL 15 cluster of its own; run every tier with `cargo test -- --include-ignored`"]
 async fn postgres_database_of_an_older_server_is_migrated() {
     let url = fresh_pg_database().await;
     let client = pg_client(&url).await;
@@ -1495,6 +1498,7 @@ async fn postgres_database_of_an_older_server_is_migrated() {
 /// Two nodes on one database: claims from both never take the same instance, and pool state
 /// changes from both all count.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "tier postgres: starts a PostgreSQL 15 cluster of its own; run every tier with `cargo test -- --include-ignored`"]
 async fn postgres_nodes_never_claim_the_same_instance() {
     let url = fresh_pg_database().await;
     let nodes: Vec<Arc<dyn Store>> = vec![
@@ -1558,6 +1562,7 @@ async fn postgres_nodes_never_claim_the_same_instance() {
 /// goes over its target, no host over its capacity (which spans pools), and topping up afterwards
 /// fills the hosts exactly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "tier postgres: starts a PostgreSQL 15 cluster of its own; run every tier with `cargo test -- --include-ignored`"]
 async fn postgres_concurrent_placement_never_overshoots() {
     const POOLS: usize = 4;
     const TARGET: u32 = 6;
@@ -1659,6 +1664,7 @@ async fn postgres_concurrent_placement_never_overshoots() {
 /// The database going down answers Unavailable (the server's 503), never Internal, and the store
 /// works again once it is back, with what was acknowledged before the crash.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "tier postgres: starts a PostgreSQL 15 cluster of its own; run every tier with `cargo test -- --include-ignored`"]
 async fn postgres_outage_is_unavailable_then_recovers() {
     let cluster = Arc::new(
         tokio::task::spawn_blocking(PgCluster::new)

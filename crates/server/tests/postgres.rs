@@ -5,7 +5,6 @@
 mod common;
 
 use std::collections::HashSet;
-use std::time::Duration;
 
 use common::*;
 use serde_json::{json, Value};
@@ -63,7 +62,11 @@ async fn a_pool_on_postgres_fills_claims_once_and_survives_kill_9() {
         ]})),
     )
     .await;
-    wait_for("2 ready VMs", async || ready_count(&s, &pid).await == 2).await;
+    wait_for("2 ready VMs", s.boot(), async || {
+        let n = ready_count(&s, &pid).await;
+        seen(n == 2, format!("{n} ready"))
+    })
+    .await;
 
     // Concurrent claims: the two ready VMs go to two different callers, once each.
     let mut claims = Vec::new();
@@ -96,16 +99,15 @@ async fn a_pool_on_postgres_fills_claims_once_and_survives_kill_9() {
     assert_eq!(out["output"], "it's 42\n", "{out}");
 
     // The pool refills; a crash and a restart keep its ready VMs and add none.
-    wait_for("the pool refilled", async || {
-        ready_count(&s, &pid).await == 2
-    })
-    .await;
-    let before: HashSet<String> = instance_ids(&s, &pid, "ready").await.into_iter().collect();
+    let before: HashSet<String> = wait_ready_ids(&s, &pid, 2, s.boot())
+        .await
+        .into_iter()
+        .collect();
     s.kill9();
     s.restart();
     let after: HashSet<String> = instance_ids(&s, &pid, "ready").await.into_iter().collect();
     assert_eq!(before, after, "the restarted server kept its ready VMs");
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
     assert_eq!(ready_count(&s, &pid).await, 2);
     assert!(instance_ids(&s, &pid, "provisioning").await.is_empty());
 
@@ -113,14 +115,17 @@ async fn a_pool_on_postgres_fills_claims_once_and_survives_kill_9() {
     // node name of its own: each mismatch is refused at start with what to do.
     let other = tempfile::tempdir().unwrap();
     let second = |extra: &[&str]| {
-        let out = std::process::Command::new(BIN)
-            .args(["serve", "--listen", "127.0.0.1:0", "--backend", "sim"])
-            .arg("--data-dir")
-            .arg(other.path())
-            .args(["--store", &url])
-            .args(extra)
-            .output()
-            .unwrap();
+        // Refused at start: a server that starts instead is killed, failing the test.
+        let out = output_within(
+            std::process::Command::new(BIN)
+                .args(["serve", "--listen", "127.0.0.1:0", "--backend", "sim"])
+                .arg("--data-dir")
+                .arg(other.path())
+                .args(["--store", &url])
+                .args(extra),
+            "a second server on the database",
+            REQUEST,
+        );
         assert!(!out.status.success());
         String::from_utf8_lossy(&out.stderr).to_string()
     };
@@ -143,7 +148,7 @@ async fn a_database_outage_answers_503_and_heals() {
     let pid = s.create_project("outage", json!([])).await;
     let pool = format!("/v1/projects/{pid}/warm-pool");
     s.ok("PATCH", &pool, Some(json!({"targetSize": 3}))).await;
-    wait_for("3 ready VMs", async || ready_count(&s, &pid).await == 3).await;
+    wait_ready_ids(&s, &pid, 3, s.boot()).await;
 
     pg.stop_immediately().unwrap();
     for (method, path, body) in [
@@ -163,14 +168,17 @@ async fn a_database_outage_answers_503_and_heals() {
     assert_eq!(st, 503);
 
     pg.start().unwrap();
-    wait_for("the store is back", async || {
-        s.call("GET", "/readyz", None).await.0 == 200
+    // The server reconnects as soon as the database accepts connections again.
+    wait_for("the store is back", SETTLE, async || {
+        let (st, v) = s.call("GET", "/readyz", None).await;
+        seen(st == 200, format!("{st} {v}"))
     })
     .await;
     // Nothing was lost and nothing claimed twice: the three VMs are still there, and three claims
     // get three different ones.
-    wait_for("3 ready VMs again", async || {
-        s.call("GET", &pool, None).await.1["status"]["ready"] == 3
+    wait_for("3 ready VMs again", SETTLE, async || {
+        let (st, v) = s.call("GET", &pool, None).await;
+        seen(st == 200 && v["status"]["ready"] == 3, v)
     })
     .await;
     let mut got = HashSet::new();

@@ -207,11 +207,12 @@ async fn secrets_stay_secret_at_rest_in_logs_and_in_events() {
         Some(json!({"enabled": true})),
     )
     .await;
+    // The pool's first VM boots for this claim.
     let (st, c) = s
         .call(
             "POST",
             &format!("/v1/projects/{pid}/warm-pool/claim"),
-            Some(json!({})),
+            Some(json!({"waitSeconds": s.boot().as_secs()})),
         )
         .await;
     assert!(st == 200, "{c}");
@@ -271,7 +272,7 @@ async fn a_vm_token_opens_that_vm_only() {
             .call(
                 "POST",
                 &format!("/v1/projects/{pid}/warm-pool/claim"),
-                Some(json!({"waitSeconds": 120})),
+                Some(json!({"waitSeconds": s.boot().as_secs()})),
             )
             .await;
         assert_eq!(st, 200, "{c}");
@@ -452,8 +453,8 @@ async fn https_with_tls_cert_and_key() {
         .map(|r| r.status() != 200)
         .unwrap_or(true));
     // The CLI trusts it with --ca-cert.
-    let out = std::process::Command::new(BIN)
-        .args([
+    let out = output_within(
+        std::process::Command::new(BIN).args([
             "--url",
             &s.url,
             "--token",
@@ -463,9 +464,10 @@ async fn https_with_tls_cert_and_key() {
             "project",
             "create",
             "over tls",
-        ])
-        .output()
-        .unwrap();
+        ]),
+        "warmpool project create over TLS",
+        REQUEST,
+    );
     assert!(
         out.status.success(),
         "{}",

@@ -292,7 +292,9 @@ async fn warm_pool_config_follows_the_published_contract() {
         after["config"]["enabled"], false,
         "clear without replenish disables"
     );
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    // Nothing refills it: a reconciler pass that saw the cleared pool has run, and launched
+    // nothing.
+    s.wait_reconciler_pass().await;
     assert_eq!(
         s.ok("GET", &path, None).await["status"],
         json!({"ready": 0, "provisioning": 0, "failed": 0})

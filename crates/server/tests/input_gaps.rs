@@ -261,6 +261,9 @@ async fn a_test_boot_saving_commands_creates_a_disabled_pool() {
     assert_valid("GetWarmPoolResponse", &v);
     assert_eq!(v["config"]["enabled"], false, "{v}");
     assert_eq!(v["config"]["setupCommands"][0]["name"], "hi");
+    // A disabled pool boots nothing: a reconciler pass that saw it has run, and launched
+    // nothing.
+    s.wait_reconciler_pass().await;
     let items = s.ok("GET", &format!("{pool}/instances"), None).await;
     assert!(
         items["items"]

@@ -358,7 +358,10 @@ async fn a_lost_node_is_replaced_and_returns_clean() {
         seen(dirs.is_empty(), format!("VM directories {dirs:?}"))
     })
     .await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // ... and adds nothing: once passes of both nodes' reconcilers have seen the full pool,
+    // it still holds exactly its 4.
+    n1.wait_reconciler_pass().await;
+    n2.wait_reconciler_pass().await;
     assert_eq!(ready(&n1, &pid).await, 4);
     let live = store.instances_in(LIVE).await.unwrap();
     assert_eq!(live.len(), 4, "no duplicates: {live:?}");
@@ -386,14 +389,22 @@ async fn a_database_restart_during_claims_loses_and_duplicates_nothing() {
 
     // Claims keep coming on both nodes while the database goes down for longer than a lease.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Each worker's claims accepted so far (200: a VM handed out, 202: one booting for it).
+    let answered: [std::sync::Arc<std::sync::atomic::AtomicUsize>; 2] = Default::default();
+    let answered_now = || {
+        answered
+            .each_ref()
+            .map(|a| a.load(std::sync::atomic::Ordering::SeqCst))
+    };
     let mut workers = Vec::new();
-    for s in [&n1, &n2] {
-        let (http, base, token, pid, stop) = (
+    for (s, ok) in [&n1, &n2].into_iter().zip(&answered) {
+        let (http, base, token, pid, stop, ok) = (
             s.http.clone(),
             s.url.clone(),
             s.token.clone(),
             pid.clone(),
             stop.clone(),
+            ok.clone(),
         );
         workers.push(tokio::spawn(async move {
             let mut got = Vec::new();
@@ -409,6 +420,9 @@ async fn a_database_restart_during_claims_loses_and_duplicates_nothing() {
                 let status = r.status().as_u16();
                 let v: Value = r.json().await.unwrap();
                 codes.insert(status);
+                if matches!(status, 200 | 202) {
+                    ok.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
                 match status {
                     200 if v["warm"] == true => {
                         got.push(v["instance"]["id"].as_str().unwrap().to_string())
@@ -417,24 +431,51 @@ async fn a_database_restart_during_claims_loses_and_duplicates_nothing() {
                     503 => assert_eq!(v["error"]["code"], "unavailable", "{v}"),
                     other => panic!("a claim answered {other}: {v}"),
                 }
+                // A pace of claims, not a wait for anything.
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             (got, codes)
         }));
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    pg.stop_immediately().unwrap();
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    pg.start().unwrap();
-    wait_for("both nodes are ready again", SETTLE, async || {
-        let r = (
+    let readyz = async || {
+        (
             n1.call("GET", "/readyz", None).await.0,
             n2.call("GET", "/readyz", None).await.0,
-        );
+        )
+    };
+    wait_for("claims accepted on both nodes", SETTLE, async || {
+        let n = answered_now();
+        seen(n.iter().all(|n| *n > 0), format!("{n:?} accepted"))
+    })
+    .await;
+    pg.stop_immediately().unwrap();
+    let stopped = std::time::Instant::now();
+    wait_for("both nodes to see the outage", SETTLE, async || {
+        let r = readyz().await;
+        seen(r == (503, 503), format!("/readyz answered {r:?}"))
+    })
+    .await;
+    // The outage must outlast a lease (3 s): a duration the test sets, not a condition.
+    tokio::time::sleep(Duration::from_secs(5).saturating_sub(stopped.elapsed())).await;
+    pg.start().unwrap();
+    wait_for("both nodes are ready again", SETTLE, async || {
+        let r = readyz().await;
         seen(r == (200, 200), format!("/readyz answered {r:?}"))
     })
     .await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Claims succeed again on both nodes, and each node's reconciler has had passes after the
+    // outage — where it would have judged the other node lost — before the verdict.
+    let at_ready = answered_now();
+    wait_for("claims accepted again on both nodes", SETTLE, async || {
+        let n = answered_now();
+        seen(
+            n[0] > at_ready[0] && n[1] > at_ready[1],
+            format!("{n:?} accepted, {at_ready:?} when the database was back"),
+        )
+    })
+    .await;
+    n1.wait_reconciler_pass().await;
+    n2.wait_reconciler_pass().await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let mut claimed = Vec::new();
     let mut codes = HashSet::new();

@@ -107,7 +107,8 @@ async fn a_pool_on_postgres_fills_claims_once_and_survives_kill_9() {
     s.restart();
     let after: HashSet<String> = instance_ids(&s, &pid, "ready").await.into_iter().collect();
     assert_eq!(before, after, "the restarted server kept its ready VMs");
-    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    // And adds none: a reconciler pass after the start launched nothing.
+    s.wait_reconciler_pass().await;
     assert_eq!(ready_count(&s, &pid).await, 2);
     assert!(instance_ids(&s, &pid, "provisioning").await.is_empty());
 

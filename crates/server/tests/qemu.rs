@@ -521,16 +521,24 @@ async fn kill_9_during_a_boot_leaves_no_qemu_behind() {
         Some(json!({"targetSize": 1, "setupCommands": [{"name": "hang", "command": "sleep 600"}]})),
     )
     .await;
-    // The golden's boot gets to its setup command; then the server dies.
+    // The golden's boot (not listed with the pool's instances, but named in the log) gets to its
+    // setup command, the 4 steps before it recorded; then the server dies.
+    let line = s.wait_log_line("building the pool's golden", SETTLE).await;
+    let golden = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("instance="))
+        .unwrap_or_else(|| panic!("no instance in {line}"))
+        .to_string();
     wait_for("the golden's boot is in its setup", s.boot(), async || {
-        let st = s.ok("GET", &format!("{pool}/stats"), None).await;
+        let d = s
+            .ok("GET", &format!("{pool}/instances/{golden}"), None)
+            .await;
         seen(
-            st["provisioning"] == 1 && qemu_processes(&s.data_dir()).len() == 1,
-            st,
+            d["steps"].as_array().unwrap().len() == 4 && qemu_processes(&s.data_dir()).len() == 1,
+            d,
         )
     })
     .await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
     let before = qemu_processes(&s.data_dir());
     assert_eq!(before.len(), 1);
     s.kill9();

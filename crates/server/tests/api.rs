@@ -279,11 +279,17 @@ async fn warm_pool_config_follows_the_published_contract() {
     // disables it.
     let clear = format!("/v1/projects/{pid}/warm-pool/clear");
     wait_ready(&s, &pid, 3).await;
+    let cleared = ready_ids(&s, &pid).await;
     let v = s.ok("POST", &clear, Some(json!({"replenish": true}))).await;
     assert_valid("ClearWarmPoolResponse", &v);
     assert_eq!(v["cleared"], 3, "{v}");
     assert_eq!(s.ok("GET", &path, None).await["config"]["enabled"], true);
     wait_ready(&s, &pid, 3).await;
+    let fresh = ready_ids(&s, &pid).await;
+    assert!(
+        fresh.iter().all(|id| !cleared.contains(id)),
+        "the cleared VMs were replaced: {cleared:?} then {fresh:?}"
+    );
     let v = s.ok("POST", &clear, Some(json!({}))).await;
     assert_valid("ClearWarmPoolResponse", &v);
     assert_eq!(v["cleared"], 3);

@@ -226,7 +226,7 @@ async fn vms_of_a_stopped_server_are_listed_and_destroyed_without_it() {
     )
     .await;
     let ready = async |s: &TestServer| wait_ready_ids(s, &pid, 2, s.boot()).await;
-    ready(&s).await;
+    let first = ready(&s).await;
     s.wait_spare_ready().await;
     let data = s.data_dir().display().to_string();
 
@@ -317,9 +317,30 @@ async fn vms_of_a_stopped_server_are_listed_and_destroyed_without_it() {
         "the directory VM roots were mounted in is left in /run"
     );
 
-    // The next server sees its VMs gone and fills the pool again.
+    // The next server sees its VMs gone and fills the pool again: with VMs of its own, not the
+    // old instances (whose VMs are gone) still listed as ready.
     s.restart();
-    ready(&s).await;
+    let line = s
+        .wait_log_line("re-adopted the ready VMs that survived", SETTLE)
+        .await;
+    assert!(line.contains("adopted=0 replaced=2"), "{line}");
+    let again = ready(&s).await;
+    assert!(
+        again.iter().all(|id| !first.contains(id)),
+        "{first:?} then {again:?}"
+    );
+    let v = s
+        .ok(
+            "POST",
+            &format!("/v1/projects/{pid}/warm-pool/claim"),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(v["warm"], true, "{v}");
+    let out = s
+        .exec(&pid, v["instance"]["id"].as_str().unwrap(), "echo alive")
+        .await;
+    assert_eq!(out["output"], "alive\n");
 }
 
 /// A count of VMs to keep started ahead that the host could not hold is refused before anything

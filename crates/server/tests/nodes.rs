@@ -352,12 +352,19 @@ async fn a_lost_node_is_replaced_and_returns_clean() {
     // and the pool keeps exactly its 4.
     let leftovers = n1.vm_dirs();
     assert!(!leftovers.is_empty(), "n1's VMs outlived its crash");
+    let procs: Vec<(i32, u64)> = leftovers
+        .iter()
+        .filter_map(|vm| n1.vm_init_pid(vm))
+        .flat_map(vm_processes)
+        .collect();
+    assert!(any_alive(&procs), "n1's VMs still run");
     n1.restart();
     wait_for("n1 cleaned up", SETTLE, async || {
         let dirs = n1.vm_dirs();
         seen(dirs.is_empty(), format!("VM directories {dirs:?}"))
     })
     .await;
+    assert!(!any_alive(&procs), "n1's old VMs were destroyed");
     // ... and adds nothing: once passes of both nodes' reconcilers have seen the full pool,
     // it still holds exactly its 4.
     n1.wait_reconciler_pass().await;

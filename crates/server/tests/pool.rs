@@ -580,19 +580,38 @@ async fn kill_9_loses_and_leaks_nothing() {
         .await
         .into_iter()
         .collect();
+    // Each ready instance's VM and the processes it runs, to know them again after the crash.
+    let mut vms = std::collections::HashMap::new();
+    for id in &before {
+        let d = s.ok("GET", &format!("{pool}/instances/{id}"), None).await;
+        let vm = d["instanceId"].as_str().unwrap().to_string();
+        let procs = vm_processes(s.vm_init_pid(&vm).unwrap());
+        vms.insert(id.clone(), (vm, procs));
+    }
     s.kill9();
     s.restart();
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    // Re-adoption: the restarted server checks that each ready VM still answers and keeps it.
+    // Waiting for its report (not for "2 ready", which a refill would also reach) proves it ran.
+    let line = s
+        .wait_log_line("re-adopted the ready VMs that survived", SETTLE)
+        .await;
+    assert!(line.contains("adopted=2 replaced=0"), "{line}");
     let after: HashSet<String> = ready_ids(&s, &pid).await.into_iter().collect();
     assert_eq!(before, after, "the ready VMs were adopted again");
-    let (st, v) = s
-        .call("POST", &format!("{pool}/claim"), Some(json!({})))
-        .await;
-    assert_eq!((st, v["warm"].as_bool()), (200, Some(true)));
-    let out = s
-        .exec(&pid, v["instance"]["id"].as_str().unwrap(), "echo alive")
-        .await;
-    assert_eq!(out["output"], "alive\n");
+    // Both are handed out warm, each the very VM that ran before the crash, and commands run in
+    // them.
+    for _ in 0..2 {
+        let (st, v) = s
+            .call("POST", &format!("{pool}/claim"), Some(json!({})))
+            .await;
+        assert_eq!((st, v["warm"].as_bool()), (200, Some(true)), "{v}");
+        let id = v["instance"]["id"].as_str().unwrap();
+        let (vm, procs) = vms.remove(id).expect("a VM adopted again");
+        assert_eq!(v["vm"]["instanceId"], vm.as_str());
+        assert!(any_alive(&procs), "{vm} runs the processes it ran before");
+        let out = s.exec(&pid, id, "hostname").await;
+        assert_eq!(out["output"], format!("{vm}\n"));
+    }
     // Nothing on disk that no instance owns (a VM being destroyed — say, one that did not answer
     // its health check after the restart — is gone once its destroy finishes).
     wait_for(

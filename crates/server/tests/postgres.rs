@@ -105,12 +105,33 @@ async fn a_pool_on_postgres_fills_claims_once_and_survives_kill_9() {
         .collect();
     s.kill9();
     s.restart();
+    // The restarted server checks that each ready VM still answers and keeps it (its report
+    // proves the check ran: the same ids listed alone would not, the check runs after start).
+    let line = s
+        .wait_log_line("re-adopted the ready VMs that survived", SETTLE)
+        .await;
+    assert!(line.contains("adopted=2 replaced=0"), "{line}");
     let after: HashSet<String> = instance_ids(&s, &pid, "ready").await.into_iter().collect();
     assert_eq!(before, after, "the restarted server kept its ready VMs");
-    // And adds none: a reconciler pass after the start launched nothing.
+    // And adds none: a reconciler pass after the re-adoption launched nothing.
     s.wait_reconciler_pass().await;
     assert_eq!(ready_count(&s, &pid).await, 2);
     assert!(instance_ids(&s, &pid, "provisioning").await.is_empty());
+    // The kept VMs work: both are handed out warm and run commands.
+    for _ in 0..2 {
+        let v = s
+            .ok(
+                "POST",
+                &format!("/v1/projects/{pid}/warm-pool/claim"),
+                Some(json!({"waitSeconds": 0})),
+            )
+            .await;
+        assert_eq!(v["warm"], true, "{v}");
+        let id = v["instance"]["id"].as_str().unwrap();
+        assert!(before.contains(id), "{id} was ready before the crash");
+        let out = s.exec(&pid, id, "cat /home/marker").await;
+        assert_eq!(out["output"], "it's 42\n", "{out}");
+    }
 
     // A second server on the same database needs the same secrets key and admin token, and a
     // node name of its own: each mismatch is refused at start with what to do.
@@ -149,7 +170,10 @@ async fn a_database_outage_answers_503_and_heals() {
     let pid = s.create_project("outage", json!([])).await;
     let pool = format!("/v1/projects/{pid}/warm-pool");
     s.ok("PATCH", &pool, Some(json!({"targetSize": 3}))).await;
-    wait_ready_ids(&s, &pid, 3, s.boot()).await;
+    let ready: HashSet<String> = wait_ready_ids(&s, &pid, 3, s.boot())
+        .await
+        .into_iter()
+        .collect();
 
     pg.stop_immediately().unwrap();
     for (method, path, body) in [
@@ -175,13 +199,12 @@ async fn a_database_outage_answers_503_and_heals() {
         seen(st == 200, format!("{st} {v}"))
     })
     .await;
-    // Nothing was lost and nothing claimed twice: the three VMs are still there, and three claims
-    // get three different ones.
-    wait_for("3 ready VMs again", SETTLE, async || {
-        let (st, v) = s.call("GET", &pool, None).await;
-        seen(st == 200 && v["status"]["ready"] == 3, v)
-    })
-    .await;
+    // Nothing was lost and nothing claimed twice: the three VMs are still there — the same three,
+    // not replacements — and three claims get three different ones.
+    let (st, v) = s.call("GET", &pool, None).await;
+    assert_eq!((st, &v["status"]["ready"]), (200, &json!(3)), "{v}");
+    let again: HashSet<String> = instance_ids(&s, &pid, "ready").await.into_iter().collect();
+    assert_eq!(again, ready, "the ready VMs outlived the outage");
     let mut got = HashSet::new();
     for _ in 0..3 {
         let v = s
@@ -194,6 +217,10 @@ async fn a_database_outage_answers_503_and_heals() {
         assert_eq!(v["warm"], true, "{v}");
         assert!(got.insert(v["instance"]["id"].as_str().unwrap().to_string()));
     }
+    assert_eq!(
+        got, ready,
+        "the claims got the VMs that were ready before the outage"
+    );
     assert!(s.log_text().contains("store unavailable"));
     assert!(!s.log_text().contains("panicked"));
 }

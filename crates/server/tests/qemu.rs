@@ -493,17 +493,50 @@ async fn pool_vms_are_distinct_copy_on_write_clones_of_a_golden() {
     })
     .await;
     let ready_before: HashSet<String> = ready_ids(&s, &pid).await.into_iter().collect();
+    let qemu_before: HashSet<i32> = qemu_processes(&s.data_dir()).into_iter().collect();
+    assert_eq!(qemu_before.len(), 2, "{qemu_before:?}");
     s.kill9();
     s.restart();
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The restarted server checks that each running VM answers and keeps it; its report proves
+    // the check ran (the same ids listed right after the start would not).
+    let line = s
+        .wait_log_line("re-adopted the ready VMs that survived", SETTLE)
+        .await;
+    assert!(line.contains("adopted=2 replaced=0"), "{line}");
     let ready_after: HashSet<String> = ready_ids(&s, &pid).await.into_iter().collect();
     assert_eq!(
         ready_before, ready_after,
         "the running VMs were adopted again"
     );
-    assert_eq!(qemu_processes(&s.data_dir()).len(), 2);
+    // The very QEMU processes that ran before the crash, each handed out warm and running
+    // commands.
+    let qemu_after: HashSet<i32> = qemu_processes(&s.data_dir()).into_iter().collect();
+    assert_eq!(qemu_after, qemu_before, "the same QEMU processes");
     assert_eq!(passt_processes(&s.data_dir()).len(), 2);
-    // Disabling the pool destroys its VMs: no QEMU process remains.
+    let mut adopted = Vec::new();
+    for _ in 0..2 {
+        let (st, v) = s
+            .call(
+                "POST",
+                &format!("{pool}/claim"),
+                Some(json!({"waitSeconds": 0})),
+            )
+            .await;
+        assert_eq!((st, v["warm"].as_bool()), (200, Some(true)), "{v}");
+        let id = v["instance"]["id"].as_str().unwrap();
+        assert!(ready_before.contains(id), "{id} was ready before the crash");
+        let out = s.exec(&pid, id, "cat /home/prepared").await;
+        assert_eq!(out["output"], "prepared\n", "{out}");
+        adopted.push(id.to_string());
+    }
+    // Releasing the claimed VMs and disabling the pool destroys them all: no QEMU process
+    // remains.
+    for id in &adopted {
+        let (st, _) = s
+            .call("DELETE", &format!("{pool}/instances/{id}"), None)
+            .await;
+        assert_eq!(st, 204);
+    }
     s.ok("PATCH", &pool, Some(json!({"enabled": false}))).await;
     wait_no_vms(&s, true).await;
 }

@@ -3,30 +3,28 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
-
 use common::*;
 use serde_json::{json, Value};
 
-/// Waits until the project's pool has `n` ready instances.
+/// Waits until the project's pool has `n` ready instances (its boots run at once).
 async fn wait_ready(s: &TestServer, pid: &str, n: u64) {
-    let deadline = Instant::now() + Duration::from_secs(600);
-    loop {
-        let v = s
-            .ok("GET", &format!("/v1/projects/{pid}/warm-pool"), None)
-            .await;
-        assert_valid("GetWarmPoolResponse", &v);
-        assert_eq!(v["status"]["failed"], 0, "a pool boot failed: {v}");
-        // Settled: nothing being replaced (a stale VM's replacement boots beside it).
-        if v["status"] == json!({"ready": n, "provisioning": 0, "failed": 0}) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the pool did not reach {n} ready: {v}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for(
+        &format!("{n} ready and nothing else"),
+        s.boot(),
+        async || {
+            let v = s
+                .ok("GET", &format!("/v1/projects/{pid}/warm-pool"), None)
+                .await;
+            assert_valid("GetWarmPoolResponse", &v);
+            assert_eq!(v["status"]["failed"], 0, "a pool boot failed: {v}");
+            // Settled: nothing being replaced (a stale VM's replacement boots beside it).
+            seen(
+                v["status"] == json!({"ready": n, "provisioning": 0, "failed": 0}),
+                v,
+            )
+        },
+    )
+    .await;
 }
 
 fn details_fields(v: &Value) -> Vec<String> {
@@ -281,11 +279,17 @@ async fn warm_pool_config_follows_the_published_contract() {
     // disables it.
     let clear = format!("/v1/projects/{pid}/warm-pool/clear");
     wait_ready(&s, &pid, 3).await;
+    let cleared = ready_ids(&s, &pid).await;
     let v = s.ok("POST", &clear, Some(json!({"replenish": true}))).await;
     assert_valid("ClearWarmPoolResponse", &v);
     assert_eq!(v["cleared"], 3, "{v}");
     assert_eq!(s.ok("GET", &path, None).await["config"]["enabled"], true);
     wait_ready(&s, &pid, 3).await;
+    let fresh = ready_ids(&s, &pid).await;
+    assert!(
+        fresh.iter().all(|id| !cleared.contains(id)),
+        "the cleared VMs were replaced: {cleared:?} then {fresh:?}"
+    );
     let v = s.ok("POST", &clear, Some(json!({}))).await;
     assert_valid("ClearWarmPoolResponse", &v);
     assert_eq!(v["cleared"], 3);
@@ -294,7 +298,9 @@ async fn warm_pool_config_follows_the_published_contract() {
         after["config"]["enabled"], false,
         "clear without replenish disables"
     );
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Nothing refills it: a reconciler pass that saw the cleared pool has run, and launched
+    // nothing.
+    s.wait_reconciler_pass().await;
     assert_eq!(
         s.ok("GET", &path, None).await["status"],
         json!({"ready": 0, "provisioning": 0, "failed": 0})
@@ -601,8 +607,8 @@ async fn test_instances_expire() {
     let d = s.test_boot(&pid, json!({})).await;
     assert_eq!(d["status"], "ready");
     let vm = d["instanceId"].as_str().unwrap().to_string();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    // A second after it was ready, a reconciler pass (every 100 ms) destroys it.
+    wait_for("the expired test instance destroyed", SETTLE, async || {
         let list = s
             .ok(
                 "GET",
@@ -610,15 +616,13 @@ async fn test_instances_expire() {
                 None,
             )
             .await;
-        if list["items"].as_array().unwrap().is_empty() && !s.vm_dirs().contains(&vm) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the test instance was not destroyed: {list}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        let dirs = s.vm_dirs();
+        seen(
+            list["items"].as_array().unwrap().is_empty() && !dirs.contains(&vm),
+            format!("instances {list}, VM directories {dirs:?}"),
+        )
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -634,9 +638,9 @@ async fn a_crash_mid_boot_leaves_nothing_hanging() {
         )
         .await;
     let id = v["id"].as_str().unwrap().to_string();
-    // Wait until the VM runs its setup command, then kill the server.
-    let deadline = Instant::now() + Duration::from_secs(600);
-    let vm = loop {
+    // Wait until the VM runs its setup command (the 4 steps before it recorded), then kill the
+    // server.
+    let vm = wait_for("the boot in its setup command", s.boot(), async || {
         let d = s
             .ok(
                 "GET",
@@ -644,12 +648,12 @@ async fn a_crash_mid_boot_leaves_nothing_hanging() {
                 None,
             )
             .await;
-        if d["steps"].as_array().unwrap().len() >= 3 {
-            break d["instanceId"].as_str().unwrap().to_string();
-        }
-        assert!(Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+        seen(d["steps"].as_array().unwrap().len() >= 4, d)
+    })
+    .await["instanceId"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let init = s.vm_init_pid(&vm).unwrap();
     let procs = vm_processes(init);
     s.kill9();

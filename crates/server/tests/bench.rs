@@ -8,6 +8,10 @@ use std::process::Command;
 use common::*;
 use serde_json::Value;
 
+/// How long `bench --quick` of the claims and sandbox rows takes at most: 20 s alone
+/// (measured), more while other tests share the cores.
+const QUICK_BENCH: std::time::Duration = std::time::Duration::from_secs(120);
+
 const KEYS: &[&str] = &[
     "claim_p50_ms",
     "claim_p99_ms",
@@ -29,16 +33,21 @@ const KEYS: &[&str] = &[
 #[test]
 #[ignore = "tier root: runs sandbox VMs, so it needs root; run every tier with `cargo test -- --include-ignored`"]
 fn bench_measures_the_selected_rows_and_explains_the_others() {
+    ensure_guest_image(false);
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("bench.json");
-    let run = Command::new(BIN)
-        .current_dir(dir.path())
-        .args(["bench", "--quick", "--only", "claims,sandbox", "--out"])
-        .arg(&out)
-        .arg("--cache-dir")
-        .arg(cache_dir())
-        .output()
-        .unwrap();
+    // The quick rows: claims against a server of its own on the sim backend, then sandbox starts
+    // (one server, a few VMs started one at a time).
+    let run = output_within(
+        Command::new(BIN)
+            .current_dir(dir.path())
+            .args(["bench", "--quick", "--only", "claims,sandbox", "--out"])
+            .arg(&out)
+            .arg("--cache-dir")
+            .arg(cache_dir()),
+        "warmpool bench --quick",
+        QUICK_BENCH,
+    );
     let stdout = String::from_utf8_lossy(&run.stdout);
     assert!(
         run.status.success(),
@@ -82,10 +91,12 @@ fn bench_measures_the_selected_rows_and_explains_the_others() {
 
 #[test]
 fn bench_rejects_an_unknown_row() {
-    let run = Command::new(BIN)
-        .args(["bench", "--only", "claims,warp-drive"])
-        .output()
-        .unwrap();
+    // Refused before anything runs.
+    let run = output_within(
+        Command::new(BIN).args(["bench", "--only", "claims,warp-drive"]),
+        "warmpool bench with an unknown row",
+        REQUEST,
+    );
     assert!(!run.status.success());
     let err = String::from_utf8_lossy(&run.stderr);
     assert!(err.contains("warp-drive"), "{err}");

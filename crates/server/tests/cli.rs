@@ -41,13 +41,16 @@ async fn the_readme_walkthrough_works_verbatim() {
     let s = TestServer::start(&[]);
     let home = tempfile::tempdir().unwrap();
     let script = walkthrough();
-    let out = cli(&s, home.path())
-        .arg("-euo")
-        .arg("pipefail")
-        .arg("-c")
-        .arg(&script)
-        .output()
-        .unwrap();
+    // A test boot, then a claim that may wait for the pool's first VM: two boots' time.
+    let out = output_within(
+        cli(&s, home.path())
+            .arg("-euo")
+            .arg("pipefail")
+            .arg("-c")
+            .arg(&script),
+        "the walkthrough",
+        2 * s.boot(),
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -78,11 +81,13 @@ async fn a_failing_test_boot_exits_non_zero_and_says_why() {
     )
     .await;
     let home = tempfile::tempdir().unwrap();
-    let out = cli(&s, home.path())
-        .arg("-c")
-        .arg("warmpool pool test cli-fail --wait --cmd 'build=bash /home/app/missing.sh'")
-        .output()
-        .unwrap();
+    let out = output_within(
+        cli(&s, home.path())
+            .arg("-c")
+            .arg("warmpool pool test cli-fail --wait --cmd 'build=bash /home/app/missing.sh'"),
+        "pool test --wait",
+        s.boot(),
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{stdout}");
     assert!(stdout.contains("ok  clone_repo [acme/app]"), "{stdout}");
@@ -99,22 +104,26 @@ async fn a_failing_test_boot_exits_non_zero_and_says_why() {
         "{stdout}"
     );
     // Errors of the API reach the user as one clear line and a non-zero exit.
-    let out = cli(&s, home.path())
-        .arg("-c")
-        .arg("warmpool pool set cli-fail --size 99")
-        .output()
-        .unwrap();
+    let out = output_within(
+        cli(&s, home.path())
+            .arg("-c")
+            .arg("warmpool pool set cli-fail --size 99"),
+        "pool set",
+        REQUEST,
+    );
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains("targetSize: must be between 1 and 20"),
         "{stderr}"
     );
-    let out = cli(&s, home.path())
-        .arg("-c")
-        .arg("warmpool pool status no-such-project")
-        .output()
-        .unwrap();
+    let out = output_within(
+        cli(&s, home.path())
+            .arg("-c")
+            .arg("warmpool pool status no-such-project"),
+        "pool status",
+        REQUEST,
+    );
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no project is named `no-such-project`"));
 }
@@ -147,8 +156,10 @@ async fn pool_watch_follows_every_boot_live() {
             }
         }
     });
-    // The watcher is connected once it has printed its first line.
-    let first = rx.recv_timeout(std::time::Duration::from_secs(30)).unwrap();
+    // The watcher is connected once it has printed its first line (a CLI start and a request).
+    let first = rx
+        .recv_timeout(REQUEST)
+        .expect("pool watch printed nothing within its first request's time");
     assert!(first.starts_with(&format!("watching {pid}")), "{first}");
     let v = s
         .ok(
@@ -158,20 +169,21 @@ async fn pool_watch_follows_every_boot_live() {
         )
         .await;
     let id = v["id"].as_str().unwrap().to_string();
-    let mut seen = Vec::new();
-    loop {
-        let line = rx
-            .recv_timeout(std::time::Duration::from_secs(120))
-            .unwrap_or_else(|_| panic!("pool watch stopped short: {seen:#?}"));
-        let done = line.starts_with(&format!("[{id}] ready"));
-        seen.push(line);
-        if done {
-            break;
-        }
-    }
+    // The boot's lines come as it runs: all of them within a boot's time.
+    let mut lines = Vec::new();
+    let ready = format!("[{id}] ready");
+    wait_for("pool watch to show the boot ready", s.boot(), async || {
+        lines.extend(rx.try_iter());
+        seen(
+            lines.iter().any(|l| l.starts_with(&ready)),
+            format!("{lines:#?}"),
+        )
+        .map(|_| ())
+    })
+    .await;
     let _ = watch.kill();
     let _ = watch.wait();
-    let text = seen.join("\n");
+    let text = lines.join("\n");
     assert!(text.contains(&format!("[{id}]   ok  create_vm")), "{text}");
     assert!(
         text.contains(&format!("[{id}]       hello from the boot")),
@@ -183,13 +195,16 @@ async fn pool_watch_follows_every_boot_live() {
     );
 }
 
-/// Runs `warmpool ARGS` and answers (success, stdout, stderr).
+/// Runs `warmpool ARGS` and answers (success, stdout, stderr). These commands work on a data
+/// dir's files (destroying a VM is a few process kills and unmounts), or refuse at once.
 fn warmpool(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(BIN)
-        .args(args)
-        .env("WARMPOOL_CACHE_DIR", cache_dir())
-        .output()
-        .unwrap();
+    let out = output_within(
+        Command::new(BIN)
+            .args(args)
+            .env("WARMPOOL_CACHE_DIR", cache_dir()),
+        &format!("warmpool {}", args.join(" ")),
+        REQUEST,
+    );
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).to_string(),
@@ -210,13 +225,9 @@ async fn vms_of_a_stopped_server_are_listed_and_destroyed_without_it() {
         Some(json!({"targetSize": 2})),
     )
     .await;
-    let ready = async |s: &TestServer| {
-        s.ok("GET", &format!("/v1/projects/{pid}/warm-pool"), None)
-            .await["status"]["ready"]
-            == 2
-    };
-    wait_for("2 ready", async || ready(&s).await).await;
-    wait_for("a VM started ahead of need", async || s.spare_ready().await).await;
+    let ready = async |s: &TestServer| wait_ready_ids(s, &pid, 2, s.boot()).await;
+    let first = ready(&s).await;
+    s.wait_spare_ready().await;
     let data = s.data_dir().display().to_string();
 
     // While the server runs, it alone manages them.
@@ -306,9 +317,30 @@ async fn vms_of_a_stopped_server_are_listed_and_destroyed_without_it() {
         "the directory VM roots were mounted in is left in /run"
     );
 
-    // The next server sees its VMs gone and fills the pool again.
+    // The next server sees its VMs gone and fills the pool again: with VMs of its own, not the
+    // old instances (whose VMs are gone) still listed as ready.
     s.restart();
-    wait_for("2 ready again", async || ready(&s).await).await;
+    let line = s
+        .wait_log_line("re-adopted the ready VMs that survived", SETTLE)
+        .await;
+    assert!(line.contains("adopted=0 replaced=2"), "{line}");
+    let again = ready(&s).await;
+    assert!(
+        again.iter().all(|id| !first.contains(id)),
+        "{first:?} then {again:?}"
+    );
+    let v = s
+        .ok(
+            "POST",
+            &format!("/v1/projects/{pid}/warm-pool/claim"),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(v["warm"], true, "{v}");
+    let out = s
+        .exec(&pid, v["instance"]["id"].as_str().unwrap(), "echo alive")
+        .await;
+    assert_eq!(out["output"], "alive\n");
 }
 
 /// A count of VMs to keep started ahead that the host could not hold is refused before anything

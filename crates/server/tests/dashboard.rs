@@ -8,7 +8,7 @@ mod common;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use fantoccini::{Client, ClientBuilder, Locator};
@@ -64,47 +64,50 @@ async fn browser() -> (Driver, Client) {
                      "--window-size=1280,1400"],
         }),
     );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        match ClientBuilder::rustls()
+    // chromedriver listens within a second; the session starts a browser, a few more.
+    let client = wait_for("a browser session", SETTLE, async || {
+        ClientBuilder::rustls()
             .expect("a TLS setup")
             .capabilities(caps.clone())
             .connect(&format!("http://127.0.0.1:{port}"))
             .await
-        {
-            Ok(c) => return (driver, c),
-            Err(e) if Instant::now() < deadline => {
-                let _ = e;
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            Err(e) => panic!("cannot start a browser session: {e}"),
-        }
-    }
+    })
+    .await;
+    (driver, client)
 }
+
+/// How long the page takes to show the answer to what the user did (a request, a render).
+const PAGE: Duration = REQUEST;
 
 /// The element's text. The page re-renders itself as things change, so an element found a moment
 /// ago may be gone ("stale") when its text is read: it is found again until a read succeeds.
 async fn text_of(c: &Client, css: &str) -> String {
-    wait_text(c, css, css, |_| true).await
+    wait_text(c, css, css, PAGE, |_| true).await
 }
 
-/// Waits until the element's text satisfies `ok` (the page refreshes itself as things change).
-async fn wait_text(c: &Client, css: &str, what: &str, ok: impl Fn(&str) -> bool) -> String {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        if let Ok(e) = c.find(Locator::Css(css)).await {
-            if let Ok(t) = e.text().await {
-                if ok(&t) {
-                    return t;
-                }
-            }
-        }
-        if Instant::now() > deadline {
-            let page = c.source().await.unwrap_or_default();
-            panic!("timed out waiting for {what}; the page:\n{page}");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+/// Waits until the element's text satisfies `ok` (the page refreshes itself as things change),
+/// for as long as what it shows takes (`bound`).
+async fn wait_text(
+    c: &Client,
+    css: &str,
+    what: &str,
+    bound: Duration,
+    ok: impl Fn(&str) -> bool,
+) -> String {
+    wait_for(what, bound, async || {
+        let shown = match c.find(Locator::Css(css)).await {
+            Ok(e) => match e.text().await {
+                Ok(t) if ok(&t) => return Ok(t),
+                Ok(t) => format!("{css} reads {t:?}"),
+                Err(e) => format!("{css} could not be read: {e}"),
+            },
+            Err(e) => format!("no {css}: {e}"),
+        };
+        // The page says more than the element.
+        let page = c.source().await.unwrap_or_default();
+        Err(format!("{shown}; the page:\n{page}"))
+    })
+    .await
 }
 
 async fn fill(c: &Client, css: &str, value: &str) {
@@ -125,7 +128,7 @@ async fn click(c: &Client, css: &str) {
 async fn set_commands(c: &Client, commands: &str) {
     fill(c, "#pool-commands", commands).await;
     click(c, "#save-pool").await;
-    wait_text(c, "#toast", "the pool to be saved", |t| {
+    wait_text(c, "#toast", "the pool to be saved", PAGE, |t| {
         t.contains("Pool saved")
     })
     .await;
@@ -148,17 +151,20 @@ async fn a_newcomer_does_the_walkthrough_in_the_browser() {
     c.goto(&format!("{}/", s.url)).await.unwrap();
     fill(&c, "#token", "not-the-token").await;
     click(&c, "button[type=submit]").await;
-    wait_text(&c, "#toast", "a refusal", |t| t.contains("sign in again")).await;
+    wait_text(&c, "#toast", "a refusal", PAGE, |t| {
+        t.contains("sign in again")
+    })
+    .await;
     fill(&c, "#token", &s.token).await;
     click(&c, "button[type=submit]").await;
-    wait_text(&c, "h1", "the project list", |t| t == "Projects").await;
+    wait_text(&c, "h1", "the project list", PAGE, |t| t == "Projects").await;
 
     // A project from the repository.
     fill(&c, "#new-name", "demo 'ü' $x").await;
     fill(&c, "#new-repo", "acme/app").await;
     fill(&c, "#new-url", &repo.url()).await;
     click(&c, "form button[type=submit]").await;
-    wait_text(&c, "h1", "the project page", |t| t == "demo 'ü' $x").await;
+    wait_text(&c, "h1", "the project page", PAGE, |t| t == "demo 'ü' $x").await;
     let url = c.current_url().await.unwrap();
     let pid = url
         .fragment()
@@ -174,15 +180,22 @@ async fn a_newcomer_does_the_walkthrough_in_the_browser() {
         "#env-name ~ button, form:has(#env-name) button[type=submit]",
     )
     .await;
-    wait_text(&c, "ul", "the variable listed", |t| t.contains("GREETING")).await;
+    wait_text(&c, "ul", "the variable listed", PAGE, |t| {
+        t.contains("GREETING")
+    })
+    .await;
     assert!(!c.source().await.unwrap().contains("hello from warmpool"));
 
     // A broken setup command: the test boot fails and the page says where and why.
     set_commands(&c, "build=bash /home/app/missing.sh").await;
     click(&c, "#test-boot").await;
-    let err = wait_text(&c, ".step.failed .error", "the failed step", |t| {
-        !t.is_empty()
-    })
+    let err = wait_text(
+        &c,
+        ".step.failed .error",
+        "the failed step",
+        s.boot(),
+        |t| !t.is_empty(),
+    )
     .await;
     assert!(err.contains("exited with status 127"), "{err}");
     let failed = text_of(&c, ".step.failed h3").await;
@@ -197,7 +210,10 @@ async fn a_newcomer_does_the_walkthrough_in_the_browser() {
     c.goto(&format!("{}/#/projects/{pid}", s.url))
         .await
         .unwrap();
-    wait_text(&c, "h1", "the project page", |t| t.starts_with("demo")).await;
+    wait_text(&c, "h1", "the project page", PAGE, |t| {
+        t.starts_with("demo")
+    })
+    .await;
     set_commands(
         &c,
         "build=echo building now; sleep 3; bash /home/app/build.sh > /home/built.txt",
@@ -205,14 +221,14 @@ async fn a_newcomer_does_the_walkthrough_in_the_browser() {
     .await;
     click(&c, "#test-boot").await;
     // Output streams in while the boot is still running.
-    wait_text(&c, "#live-output", "live output", |t| {
+    wait_text(&c, "#live-output", "live output", s.boot(), |t| {
         t.contains("building now")
     })
     .await;
     assert!(text_of(&c, "#instance-status")
         .await
         .starts_with("provisioning"));
-    wait_text(&c, "#instance-status", "a ready test boot", |t| {
+    wait_text(&c, "#instance-status", "a ready test boot", s.boot(), |t| {
         t.starts_with("ready")
     })
     .await;
@@ -232,7 +248,7 @@ async fn a_newcomer_does_the_walkthrough_in_the_browser() {
     // A command in the VM, its output redacted as in the API.
     fill(&c, "#exec-command", "cat /home/built.txt").await;
     click(&c, "form:has(#exec-command) button[type=submit]").await;
-    let out = wait_text(&c, "#exec-output", "the command's output", |t| {
+    let out = wait_text(&c, "#exec-output", "the command's output", EXEC, |t| {
         t.contains("exit")
     })
     .await;
@@ -248,12 +264,15 @@ async fn a_newcomer_does_the_walkthrough_in_the_browser() {
     c.goto(&format!("{}/#/projects/{pid}", s.url))
         .await
         .unwrap();
-    wait_text(&c, "#pool-counts", "a ready pool VM", |t| {
+    wait_text(&c, "#pool-counts", "a ready pool VM", s.boot(), |t| {
         t.starts_with("1")
     })
     .await;
     click(&c, "#claim").await;
-    wait_text(&c, "#toast", "the claim", |t| t.contains("Claimed warm VM")).await;
+    wait_text(&c, "#toast", "the claim", PAGE, |t| {
+        t.contains("Claimed warm VM")
+    })
+    .await;
     c.find(Locator::Css("#instance-filter option[value=claimed]"))
         .await
         .unwrap()
@@ -264,13 +283,18 @@ async fn a_newcomer_does_the_walkthrough_in_the_browser() {
         &c,
         "table:last-of-type tbody",
         "the claimed VM listed",
+        PAGE,
         |t| t.contains("claimed"),
     )
     .await;
     click(&c, "button[aria-label^='Release']").await;
-    wait_text(&c, "table:last-of-type tbody", "the VM released", |t| {
-        t.contains("No instances")
-    })
+    wait_text(
+        &c,
+        "table:last-of-type tbody",
+        "the VM released",
+        PAGE,
+        |t| t.contains("No instances"),
+    )
     .await;
     // The chart of the pool's size has samples.
     let chart = c

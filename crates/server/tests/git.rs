@@ -5,7 +5,6 @@ mod common;
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::json;
@@ -41,11 +40,10 @@ fn git_daemon(base: &std::path::Path) -> GitDaemon {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "git daemon did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    // git daemon listens within a moment of its start.
+    wait_for_blocking("git daemon to listen", REQUEST, || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| format!("connecting: {e}"))
+    });
     GitDaemon { child, port }
 }
 

@@ -223,21 +223,23 @@ fn read_until_closed(stream: &mut std::net::TcpStream, limit: Duration) -> Vec<u
 async fn slow_and_idle_connections_are_closed() {
     let s = TestServer::start(&["--backend", "sim", "--header-read-timeout-secs", "1"]);
     let addr = s.url.trim_start_matches("http://").to_string();
+    // The server closes each within its 1 s header timeout; a loaded machine adds a few.
+    let closed_within = Duration::from_secs(10);
     // Headers that never end.
     let mut slow = std::net::TcpStream::connect(&addr).unwrap();
     slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
         .unwrap();
-    let got = read_until_closed(&mut slow, Duration::from_secs(20));
+    let got = read_until_closed(&mut slow, closed_within);
     assert!(!String::from_utf8_lossy(&got).contains("200 OK"));
     // A kept-alive connection left idle after its answer.
     let mut idle = std::net::TcpStream::connect(&addr).unwrap();
     idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
         .unwrap();
-    let got = read_until_closed(&mut idle, Duration::from_secs(20));
+    let got = read_until_closed(&mut idle, closed_within);
     assert!(String::from_utf8_lossy(&got).starts_with("HTTP/1.1 200"));
     // A connection that sends nothing at all.
     let mut silent = std::net::TcpStream::connect(&addr).unwrap();
-    read_until_closed(&mut silent, Duration::from_secs(20));
+    read_until_closed(&mut silent, closed_within);
     // Ordinary requests are unaffected.
     s.ok("GET", "/v1/projects", None).await;
 }
@@ -259,6 +261,9 @@ async fn a_test_boot_saving_commands_creates_a_disabled_pool() {
     assert_valid("GetWarmPoolResponse", &v);
     assert_eq!(v["config"]["enabled"], false, "{v}");
     assert_eq!(v["config"]["setupCommands"][0]["name"], "hi");
+    // A disabled pool boots nothing: a reconciler pass that saw it has run, and launched
+    // nothing.
+    s.wait_reconciler_pass().await;
     let items = s.ok("GET", &format!("{pool}/instances"), None).await;
     assert!(
         items["items"]
@@ -292,26 +297,34 @@ async fn a_boot_stopped_by_a_crash_names_its_step_and_lasts_as_long_as_it_ran() 
     let id = v["id"].as_str().unwrap().to_string();
     let path = format!("/v1/projects/{p}/warm-pool/instances/{id}");
     // Until warm_pool_setup runs: the four steps before it are recorded.
-    let mut began = 0i64;
-    wait_for("the boot reaches warm_pool_setup", async || {
+    let began = wait_for("the boot reaches warm_pool_setup", s.boot(), async || {
         let d = s.ok("GET", &path, None).await;
-        let steps = d["steps"].as_array().unwrap().clone();
-        if steps.len() == 4 {
-            began =
-                warmpool_types::time::parse_ts(steps[3]["timestamp"].as_str().unwrap()).unwrap();
+        let steps = d["steps"].as_array().unwrap();
+        match steps.get(3) {
+            Some(st) => {
+                Ok(warmpool_types::time::parse_ts(st["timestamp"].as_str().unwrap()).unwrap())
+            }
+            None => Err(d),
         }
-        steps.len() == 4
     })
     .await;
     // ... and until this node's lease was renewed while the step ran: the last moment the
     // server is known to have been running it.
     let store = warmpool_store::SqliteStore::open(&s.data_dir().join("warmpool.db")).unwrap();
-    let mut alive = 0i64;
-    wait_for("the lease is renewed a second into the step", async || {
-        use warmpool_store::Store;
-        alive = store.list_nodes().await.unwrap()[0].renewed_at;
-        alive >= began + 1000
-    })
+    // Leases of 3 s are renewed every second or so.
+    let alive = wait_for(
+        "the lease renewed a second into the step",
+        SETTLE,
+        async || {
+            use warmpool_store::Store;
+            let alive = store.list_nodes().await.unwrap()[0].renewed_at;
+            if alive >= began + 1000 {
+                Ok(alive)
+            } else {
+                Err(format!("renewed at {alive}, the step began at {began}"))
+            }
+        },
+    )
     .await;
     drop(store);
     s.restart();
@@ -348,13 +361,16 @@ async fn a_boot_stopped_by_a_crash_names_its_step_and_lasts_as_long_as_it_ran() 
 #[test]
 fn a_missing_local_repos_root_is_refused_at_start() {
     let dir = tempfile::tempdir().unwrap();
-    let out = std::process::Command::new(BIN)
-        .args(["serve", "--backend", "sim", "--listen", "127.0.0.1:0"])
-        .arg("--data-dir")
-        .arg(dir.path().join("data"))
-        .args(["--allow-local-repos", "/nonexistent/warmpool-repos"])
-        .output()
-        .unwrap();
+    // Refused at start: a server that starts instead is killed, failing the test.
+    let out = output_within(
+        std::process::Command::new(BIN)
+            .args(["serve", "--backend", "sim", "--listen", "127.0.0.1:0"])
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .args(["--allow-local-repos", "/nonexistent/warmpool-repos"]),
+        "a server with a missing repos root",
+        REQUEST,
+    );
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(

@@ -79,8 +79,7 @@ async fn vms_have_their_own_network_and_reach_nothing_of_the_hosts() {
         }]})),
     )
     .await;
-    wait_for("2 ready VMs", async || ready_ids(&s, &pid).await.len() == 2).await;
-    let ids = ready_ids(&s, &pid).await;
+    let ids = wait_ready_ids(&s, &pid, 2, s.boot()).await;
     // Both are claimed (commands run in claimed VMs); each claim answers how to reach its VM.
     let mut claims = Vec::new();
     for _ in 0..2 {
@@ -305,8 +304,7 @@ async fn limits_stop_the_vm_alone_and_the_server_answers_throughout() {
         Some(json!({"targetSize": 1})),
     )
     .await;
-    wait_for("a ready VM", async || ready_ids(&s, &pid).await.len() == 1).await;
-    let old = ready_ids(&s, &pid).await[0].clone();
+    let old = wait_ready_ids(&s, &pid, 1, s.boot()).await[0].clone();
 
     // Bad bodies: 422 naming the field, and nothing changes.
     for (body, field) in [
@@ -355,10 +353,17 @@ async fn limits_stop_the_vm_alone_and_the_server_answers_throughout() {
         set,
         json!({"cpus": 1, "memoryMb": 256, "pidsMax": 100, "diskMb": 10240})
     );
-    wait_for("the VM with the old limits replaced", async || {
-        let ids = ready_ids(&s, &pid).await;
-        ids.len() == 1 && ids[0] != old
-    })
+    wait_for(
+        "the VM with the old limits replaced",
+        s.boot(),
+        async || {
+            let ids = ready_ids(&s, &pid).await;
+            seen(
+                ids.len() == 1 && ids[0] != old,
+                format!("ready {ids:?}, with the old limits {old}"),
+            )
+        },
+    )
     .await;
 
     let a = s.test_boot(&pid, json!({})).await;
@@ -562,7 +567,7 @@ async fn two_limited_vms(s: &TestServer, spare_for: u64) -> (String, [Value; 2])
     disk(spare_for).await;
     let other = s.test_boot(&pid, json!({})).await;
     assert_eq!(other["status"], "ready", "{other:#}");
-    wait_for("a VM started ahead", async || s.spare_ready().await).await;
+    s.wait_spare_ready().await;
     disk(256).await;
     let ahead = s.test_boot(&pid, json!({})).await;
     for (d, taken) in [(&fresh, false), (&ahead, true)] {
@@ -604,8 +609,12 @@ async fn disk_mb_holds_on_a_filesystem_of_the_vms_own() {
     // Destroying a VM takes its filesystem, loop device and image with it; so does stopping
     // the server for the spare.
     destroy(&s, &pid, &vms[0]).await;
-    wait_for("the VM destroyed", async || {
-        !s.vm_dirs().iter().any(|v| v == vm)
+    wait_for("the VM destroyed", SETTLE, async || {
+        let dirs = s.vm_dirs();
+        seen(
+            !dirs.iter().any(|v| v == vm),
+            format!("VM directories {dirs:?}"),
+        )
     })
     .await;
     let loops = || {
@@ -615,12 +624,17 @@ async fn disk_mb_holds_on_a_filesystem_of_the_vms_own() {
             .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
             .unwrap_or_default()
     };
-    wait_for("its loop device detached", async || !loops().contains(vm)).await;
+    wait_for("its loop device detached", SETTLE, async || {
+        let l = loops();
+        seen(!l.contains(vm), format!("loop devices:\n{l}"))
+    })
+    .await;
     // The spare's goes when the server stops (the test boots' when they are destroyed).
     assert!(s.terminate());
     let spares = s.data_dir().join("vm-spares").display().to_string();
-    wait_for("the spare's loop device detached", async || {
-        !loops().contains(&spares)
+    wait_for("the spare's loop device detached", SETTLE, async || {
+        let l = loops();
+        seen(!l.contains(&spares), format!("loop devices:\n{l}"))
     })
     .await;
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
@@ -644,7 +658,11 @@ async fn disk_mb_holds_on_btrfs_with_quotas() {
     assert!(!s.data_dir().join("vms").join(vm).join("rw.img").exists());
     assert!(fs.subvolumes().contains(vm));
     destroy(&s, &pid, &vms[0]).await;
-    wait_for("the VM destroyed", async || !fs.subvolumes().contains(vm)).await;
+    wait_for("the VM destroyed", SETTLE, async || {
+        let v = fs.subvolumes();
+        seen(!v.contains(vm), format!("subvolumes:\n{v}"))
+    })
+    .await;
     // The rest go with the server (the test boots when their time runs out, the spare when
     // the server stops): here, destroyed by the harness after the server stopped.
     assert!(s.terminate());
@@ -694,7 +712,7 @@ async fn a_vm_started_ahead_becomes_the_new_vms_own() {
     let first = s.test_boot(&pid, json!({})).await;
     assert_eq!(first["status"], "ready", "{first}");
     assert!(step(&first, "create_vm")["metadata"]["startedAhead"].is_null());
-    wait_for("a VM started ahead", async || s.spare_ready().await).await;
+    s.wait_spare_ready().await;
     let spare = s.spare_dirs();
     assert_eq!(spare.len(), 1, "{spare:?}");
     let spare_dir = s.data_dir().join("vm-spares").join(&spare[0]);
@@ -713,10 +731,7 @@ async fn a_vm_started_ahead_becomes_the_new_vms_own() {
         Some(json!({"targetSize": 1})),
     )
     .await;
-    wait_for("a ready pool VM", async || {
-        ready_ids(&s, &pid).await.len() == 1
-    })
-    .await;
+    wait_ready_ids(&s, &pid, 1, s.boot()).await;
     let claim = s
         .ok(
             "POST",
@@ -780,21 +795,26 @@ async fn a_vm_started_ahead_becomes_the_new_vms_own() {
 
     // A server that stops destroys its spares; one killed leaves them to the next, which
     // destroys them when it starts.
-    wait_for("another VM started ahead", async || s.spare_ready().await).await;
+    s.wait_spare_ready().await;
     let left = s.spare_dirs();
     let left_pids = dir_pids(&s.data_dir().join("vm-spares").join(&left[0]));
     assert_eq!(left_pids.len(), 2, "{left_pids:?}");
     s.kill9();
     assert!(any_alive(&left_pids));
     s.restart();
-    wait_for("the killed server's spare destroyed", async || {
-        !any_alive(&left_pids) && !s.spare_dirs().contains(&left[0])
+    // The restarted server destroys it as it starts.
+    wait_for("the killed server's spare destroyed", SETTLE, async || {
+        let (alive, dirs) = (any_alive(&left_pids), s.spare_dirs());
+        seen(
+            !alive && !dirs.contains(&left[0]),
+            format!("processes alive: {alive}, spares {dirs:?}"),
+        )
     })
     .await;
     // The next server makes one after its first VM.
     let third = s.test_boot(&pid, json!({})).await;
     assert_eq!(third["status"], "ready", "{third}");
-    wait_for("a VM started ahead again", async || s.spare_ready().await).await;
+    s.wait_spare_ready().await;
     let left = s.spare_dirs();
     assert_eq!(left.len(), 1, "{left:?}");
     let left_pids = dir_pids(&s.data_dir().join("vm-spares").join(&left[0]));

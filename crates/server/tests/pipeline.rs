@@ -592,14 +592,17 @@ async fn background_commands_are_started_and_not_waited_for() {
     assert!(out.contains("$ after\nafter\n"));
     assert!(st["durationMs"].as_u64().unwrap() < 30_000);
     let id = d["id"].as_str().unwrap();
-    let r = s
-        .exec(
-            &pid,
-            id,
-            "sleep 0.2; cat /var/log/warmpool/dev_server.log; pgrep -c -x sleep",
-        )
-        .await;
-    assert_eq!(r["output"], "serving\n1\n");
+    // It runs on: its first line reaches its log (the boot did not wait for that), and it is
+    // still there.
+    wait_for("the background command's log line", SETTLE, async || {
+        let r = s
+            .exec(&pid, id, "cat /var/log/warmpool/dev_server.log")
+            .await;
+        seen(r["output"] == "serving\n", r)
+    })
+    .await;
+    let r = s.exec(&pid, id, "pgrep -c -x sleep").await;
+    assert_eq!(r["output"], "1\n");
     // The background command lives in its own session.
     let r = s
         .exec(

@@ -4,7 +4,6 @@
 mod common;
 
 use std::collections::HashSet;
-use std::time::Duration;
 
 use common::*;
 use futures_util::StreamExt;
@@ -40,13 +39,16 @@ async fn a_pool_fills_and_hands_out_each_vm_once() {
         Some(json!({"targetSize": 3})),
     )
     .await;
-    wait_for("3 ready", async || {
-        pool_status(&s, &pid).await["ready"] == 3
+    wait_for("3 ready", s.boot(), async || {
+        let st = pool_status(&s, &pid).await;
+        seen(st["ready"] == 3, st)
     })
     .await;
     let warm_ids: HashSet<String> = ready_ids(&s, &pid).await.into_iter().collect();
 
-    // 20 claims at once: the 3 ready VMs go to 3 of them, each once; 17 get a VM booted for them.
+    // 20 claims at once: the 3 ready VMs go to 3 of them, each once; 17 get a VM booted for them
+    // (booting at once: each claim waits as long as a boot takes).
+    let wait = s.boot().as_secs();
     let claims = (0..20).map(|n| {
         let s = &s;
         let pid = pid.clone();
@@ -54,7 +56,7 @@ async fn a_pool_fills_and_hands_out_each_vm_once() {
             s.call(
                 "POST",
                 &format!("/v1/projects/{pid}/warm-pool/claim"),
-                Some(json!({"taskId": format!("task {n}"), "waitSeconds": 300})),
+                Some(json!({"taskId": format!("task {n}"), "waitSeconds": wait})),
             )
             .await
         }
@@ -82,8 +84,9 @@ async fn a_pool_fills_and_hands_out_each_vm_once() {
     assert_eq!((warm, ids.len()), (3, 20));
 
     // The pool refills by itself.
-    wait_for("the pool refilled", async || {
-        pool_status(&s, &pid).await["ready"] == 3
+    wait_for("the pool refilled", s.boot(), async || {
+        let st = pool_status(&s, &pid).await;
+        seen(st["ready"] == 3, st)
     })
     .await;
     let st = stats(&s, &pid).await;
@@ -219,15 +222,21 @@ async fn stale_vms_stay_claimable_until_replaced() {
         .await;
     let pool = format!("/v1/projects/{pid}/warm-pool");
     s.ok("PATCH", &pool, Some(json!({"targetSize": 2, "setupCommands": [{"name": "v1", "command": "echo v1 > /home/version"}]}))).await;
-    wait_for("2 ready", async || {
-        pool_status(&s, &pid).await["ready"] == 2
+    wait_for("2 ready", s.boot(), async || {
+        let st = pool_status(&s, &pid).await;
+        seen(st["ready"] == 2, st)
     })
     .await;
     let old: HashSet<String> = ready_ids(&s, &pid).await.into_iter().collect();
 
     // New setup commands, slow to run: the old VMs are stale but stay ready and claimable.
     s.ok("PATCH", &pool, Some(json!({"setupCommands": [{"name": "v2", "command": "sleep 3; echo v2 > /home/version"}]}))).await;
-    wait_for("2 stale", async || stats(&s, &pid).await["stale"] == 2).await;
+    // The next reconciler pass marks them.
+    wait_for("2 stale", SETTLE, async || {
+        let st = stats(&s, &pid).await;
+        seen(st["stale"] == 2, st)
+    })
+    .await;
     assert_eq!(pool_status(&s, &pid).await["ready"], 2);
     let (st, v) = s
         .call("POST", &format!("{pool}/claim"), Some(json!({})))
@@ -240,9 +249,12 @@ async fn stale_vms_stay_claimable_until_replaced() {
         "v1\n"
     );
     // Once the replacements are ready, the remaining stale VM goes; the claimed one stays.
-    wait_for("2 fresh", async || {
+    wait_for("2 fresh", s.boot(), async || {
         let ids = ready_ids(&s, &pid).await;
-        ids.len() == 2 && ids.iter().all(|i| !old.contains(i))
+        seen(
+            ids.len() == 2 && ids.iter().all(|i| !old.contains(i)),
+            format!("ready {ids:?}, stale were {old:?}"),
+        )
     })
     .await;
     assert_eq!(stats(&s, &pid).await["stale"], 0);
@@ -267,12 +279,18 @@ async fn stale_vms_stay_claimable_until_replaced() {
     assert_eq!(c["status"], "claimed");
 
     // A new commit on the branch makes the pool's VMs stale too; replacements carry the commit.
-    wait_for("refilled", async || ready_ids(&s, &pid).await.len() == 2).await;
-    let before: HashSet<String> = ready_ids(&s, &pid).await.into_iter().collect();
+    let before: HashSet<String> = wait_ready_ids(&s, &pid, 2, s.boot())
+        .await
+        .into_iter()
+        .collect();
     let head = repo.commit(&[("README", "v3\n")], "v3");
-    wait_for("VMs at the new commit", async || {
+    // The head is checked every second; then the replacements boot.
+    wait_for("VMs at the new commit", SETTLE + s.boot(), async || {
         let ids = ready_ids(&s, &pid).await;
-        ids.len() == 2 && ids.iter().all(|i| !before.contains(i))
+        seen(
+            ids.len() == 2 && ids.iter().all(|i| !before.contains(i)),
+            format!("ready {ids:?}, at the old commit {before:?}"),
+        )
     })
     .await;
     for id in ready_ids(&s, &pid).await {
@@ -284,10 +302,12 @@ async fn stale_vms_stay_claimable_until_replaced() {
 /// Reads server-sent events until `done` (or the stream ends).
 async fn read_events(s: &TestServer, path: &str) -> Vec<(String, Value)> {
     use eventsource_stream::Eventsource;
+    // The stream lasts as long as the boot it follows.
     let resp = s
         .http
         .get(format!("{}{}", s.url, path))
         .bearer_auth(&s.token)
+        .timeout(s.boot())
         .send()
         .await
         .unwrap();
@@ -299,7 +319,7 @@ async fn read_events(s: &TestServer, path: &str) -> Vec<(String, Value)> {
     let mut stream = resp.bytes_stream().eventsource();
     let mut out = Vec::new();
     while let Some(ev) = stream.next().await {
-        let ev = ev.unwrap();
+        let ev = ev.unwrap_or_else(|e| panic!("reading the events of {path}: {e}"));
         let data: Value = serde_json::from_str(&ev.data).unwrap();
         let done = ev.event == "done";
         out.push((ev.event, data));
@@ -386,7 +406,7 @@ async fn events_replay_then_follow() {
     // One client from the start, one that joins mid-boot, one after the end: all see it all.
     let early = read_events(&s, &path);
     let late = async {
-        wait_for("the boot is in its last step", async || {
+        wait_for("the boot is in its last step", s.boot(), async || {
             let d = s
                 .ok(
                     "GET",
@@ -394,7 +414,7 @@ async fn events_replay_then_follow() {
                     None,
                 )
                 .await;
-            d["steps"].as_array().unwrap().len() == 4
+            seen(d["steps"].as_array().unwrap().len() == 4, d)
         })
         .await;
         read_events(&s, &path).await
@@ -425,33 +445,27 @@ async fn metrics_show_the_pool() {
         Some(json!({"targetSize": 2})),
     )
     .await;
-    wait_for("2 ready", async || {
-        pool_status(&s, &pid).await["ready"] == 2
+    wait_for("2 ready", s.boot(), async || {
+        let st = pool_status(&s, &pid).await;
+        seen(st["ready"] == 2, st)
     })
     .await;
-    let metrics = async || {
-        s.http
-            .get(format!("{}/metrics", s.url))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    };
     s.ok(
         "POST",
         &format!("/v1/projects/{pid}/warm-pool/claim"),
         Some(json!({})),
     )
     .await;
-    wait_for("gauges updated", async || {
-        metrics().await.contains(&format!(
-            "warmpool_pool_instances{{project=\"{pid}\",state=\"claimed\"}} 1"
-        ))
+    let text = wait_for("gauges updated", SETTLE, async || {
+        let text = s.metrics().await;
+        seen(
+            text.contains(&format!(
+                "warmpool_pool_instances{{project=\"{pid}\",state=\"claimed\"}} 1"
+            )),
+            text,
+        )
     })
     .await;
-    let text = metrics().await;
     for needle in [
         format!("warmpool_claims_total{{project=\"{pid}\",kind=\"warm\"}} 1"),
         "warmpool_claim_duration_seconds_bucket{kind=\"warm\"".to_string(),
@@ -496,7 +510,7 @@ async fn kill_9_loses_and_leaks_nothing() {
         (202, Some("provisioning"))
     );
     assert_eq!(cold["vm"], Value::Null);
-    wait_for("3 boots in their setup", async || {
+    wait_for("3 boots in their setup", s.boot(), async || {
         let v = s
             .ok(
                 "GET",
@@ -516,7 +530,10 @@ async fn kill_9_loses_and_leaks_nothing() {
                 .await;
             in_setup += (d["steps"].as_array().unwrap().len() >= 4) as usize;
         }
-        in_setup == 3
+        seen(
+            in_setup == 3,
+            format!("{in_setup} of {} in their setup", items.len()),
+        )
     })
     .await;
     let hung: Vec<Value> = s
@@ -559,27 +576,47 @@ async fn kill_9_loses_and_leaks_nothing() {
         Some(json!({"setupCommands": [{"name": "ok", "command": "true"}]})),
     )
     .await;
-    wait_for("2 ready", async || ready_ids(&s, &pid).await.len() == 2).await;
-    let before: HashSet<String> = ready_ids(&s, &pid).await.into_iter().collect();
+    let before: HashSet<String> = wait_ready_ids(&s, &pid, 2, s.boot())
+        .await
+        .into_iter()
+        .collect();
+    // Each ready instance's VM and the processes it runs, to know them again after the crash.
+    let mut vms = std::collections::HashMap::new();
+    for id in &before {
+        let d = s.ok("GET", &format!("{pool}/instances/{id}"), None).await;
+        let vm = d["instanceId"].as_str().unwrap().to_string();
+        let procs = vm_processes(s.vm_init_pid(&vm).unwrap());
+        vms.insert(id.clone(), (vm, procs));
+    }
     s.kill9();
     s.restart();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Re-adoption: the restarted server checks that each ready VM still answers and keeps it.
+    // Waiting for its report (not for "2 ready", which a refill would also reach) proves it ran.
+    let line = s
+        .wait_log_line("re-adopted the ready VMs that survived", SETTLE)
+        .await;
+    assert!(line.contains("adopted=2 replaced=0"), "{line}");
     let after: HashSet<String> = ready_ids(&s, &pid).await.into_iter().collect();
     assert_eq!(before, after, "the ready VMs were adopted again");
-    let (st, v) = s
-        .call("POST", &format!("{pool}/claim"), Some(json!({})))
-        .await;
-    assert_eq!((st, v["warm"].as_bool()), (200, Some(true)));
-    let out = s
-        .exec(&pid, v["instance"]["id"].as_str().unwrap(), "echo alive")
-        .await;
-    assert_eq!(out["output"], "alive\n");
+    // Both are handed out warm, each the very VM that ran before the crash, and commands run in
+    // them.
+    for _ in 0..2 {
+        let (st, v) = s
+            .call("POST", &format!("{pool}/claim"), Some(json!({})))
+            .await;
+        assert_eq!((st, v["warm"].as_bool()), (200, Some(true)), "{v}");
+        let id = v["instance"]["id"].as_str().unwrap();
+        let (vm, procs) = vms.remove(id).expect("a VM adopted again");
+        assert_eq!(v["vm"]["instanceId"], vm.as_str());
+        assert!(any_alive(&procs), "{vm} runs the processes it ran before");
+        let out = s.exec(&pid, id, "hostname").await;
+        assert_eq!(out["output"], format!("{vm}\n"));
+    }
     // Nothing on disk that no instance owns (a VM being destroyed — say, one that did not answer
     // its health check after the restart — is gone once its destroy finishes).
-    let mut stray = Vec::new();
-    wait_for_within(
+    wait_for(
         "every VM directory belongs to a live instance",
-        Duration::from_secs(60),
+        SETTLE,
         async || {
             let mut live = HashSet::new();
             for st in ["ready", "claimed", "provisioning"] {
@@ -594,14 +631,13 @@ async fn kill_9_loses_and_leaks_nothing() {
                     live.insert(i["instanceId"].as_str().unwrap().to_string());
                 }
             }
-            stray = s
+            let stray: Vec<String> = s
                 .vm_dirs()
                 .into_iter()
                 .filter(|d| !live.contains(d))
                 .collect();
-            stray.is_empty()
+            seen(stray.is_empty(), format!("stray VM directories {stray:?}"))
         },
     )
     .await;
-    assert!(stray.is_empty(), "{stray:?}");
 }

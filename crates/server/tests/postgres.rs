@@ -5,7 +5,6 @@
 mod common;
 
 use std::collections::HashSet;
-use std::time::Duration;
 
 use common::*;
 use serde_json::{json, Value};
@@ -63,7 +62,11 @@ async fn a_pool_on_postgres_fills_claims_once_and_survives_kill_9() {
         ]})),
     )
     .await;
-    wait_for("2 ready VMs", async || ready_count(&s, &pid).await == 2).await;
+    wait_for("2 ready VMs", s.boot(), async || {
+        let n = ready_count(&s, &pid).await;
+        seen(n == 2, format!("{n} ready"))
+    })
+    .await;
 
     // Concurrent claims: the two ready VMs go to two different callers, once each.
     let mut claims = Vec::new();
@@ -96,31 +99,55 @@ async fn a_pool_on_postgres_fills_claims_once_and_survives_kill_9() {
     assert_eq!(out["output"], "it's 42\n", "{out}");
 
     // The pool refills; a crash and a restart keep its ready VMs and add none.
-    wait_for("the pool refilled", async || {
-        ready_count(&s, &pid).await == 2
-    })
-    .await;
-    let before: HashSet<String> = instance_ids(&s, &pid, "ready").await.into_iter().collect();
+    let before: HashSet<String> = wait_ready_ids(&s, &pid, 2, s.boot())
+        .await
+        .into_iter()
+        .collect();
     s.kill9();
     s.restart();
+    // The restarted server checks that each ready VM still answers and keeps it (its report
+    // proves the check ran: the same ids listed alone would not, the check runs after start).
+    let line = s
+        .wait_log_line("re-adopted the ready VMs that survived", SETTLE)
+        .await;
+    assert!(line.contains("adopted=2 replaced=0"), "{line}");
     let after: HashSet<String> = instance_ids(&s, &pid, "ready").await.into_iter().collect();
     assert_eq!(before, after, "the restarted server kept its ready VMs");
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // And adds none: a reconciler pass after the re-adoption launched nothing.
+    s.wait_reconciler_pass().await;
     assert_eq!(ready_count(&s, &pid).await, 2);
     assert!(instance_ids(&s, &pid, "provisioning").await.is_empty());
+    // The kept VMs work: both are handed out warm and run commands.
+    for _ in 0..2 {
+        let v = s
+            .ok(
+                "POST",
+                &format!("/v1/projects/{pid}/warm-pool/claim"),
+                Some(json!({"waitSeconds": 0})),
+            )
+            .await;
+        assert_eq!(v["warm"], true, "{v}");
+        let id = v["instance"]["id"].as_str().unwrap();
+        assert!(before.contains(id), "{id} was ready before the crash");
+        let out = s.exec(&pid, id, "cat /home/marker").await;
+        assert_eq!(out["output"], "it's 42\n", "{out}");
+    }
 
     // A second server on the same database needs the same secrets key and admin token, and a
     // node name of its own: each mismatch is refused at start with what to do.
     let other = tempfile::tempdir().unwrap();
     let second = |extra: &[&str]| {
-        let out = std::process::Command::new(BIN)
-            .args(["serve", "--listen", "127.0.0.1:0", "--backend", "sim"])
-            .arg("--data-dir")
-            .arg(other.path())
-            .args(["--store", &url])
-            .args(extra)
-            .output()
-            .unwrap();
+        // Refused at start: a server that starts instead is killed, failing the test.
+        let out = output_within(
+            std::process::Command::new(BIN)
+                .args(["serve", "--listen", "127.0.0.1:0", "--backend", "sim"])
+                .arg("--data-dir")
+                .arg(other.path())
+                .args(["--store", &url])
+                .args(extra),
+            "a second server on the database",
+            REQUEST,
+        );
         assert!(!out.status.success());
         String::from_utf8_lossy(&out.stderr).to_string()
     };
@@ -143,7 +170,10 @@ async fn a_database_outage_answers_503_and_heals() {
     let pid = s.create_project("outage", json!([])).await;
     let pool = format!("/v1/projects/{pid}/warm-pool");
     s.ok("PATCH", &pool, Some(json!({"targetSize": 3}))).await;
-    wait_for("3 ready VMs", async || ready_count(&s, &pid).await == 3).await;
+    let ready: HashSet<String> = wait_ready_ids(&s, &pid, 3, s.boot())
+        .await
+        .into_iter()
+        .collect();
 
     pg.stop_immediately().unwrap();
     for (method, path, body) in [
@@ -163,16 +193,18 @@ async fn a_database_outage_answers_503_and_heals() {
     assert_eq!(st, 503);
 
     pg.start().unwrap();
-    wait_for("the store is back", async || {
-        s.call("GET", "/readyz", None).await.0 == 200
+    // The server reconnects as soon as the database accepts connections again.
+    wait_for("the store is back", SETTLE, async || {
+        let (st, v) = s.call("GET", "/readyz", None).await;
+        seen(st == 200, format!("{st} {v}"))
     })
     .await;
-    // Nothing was lost and nothing claimed twice: the three VMs are still there, and three claims
-    // get three different ones.
-    wait_for("3 ready VMs again", async || {
-        s.call("GET", &pool, None).await.1["status"]["ready"] == 3
-    })
-    .await;
+    // Nothing was lost and nothing claimed twice: the three VMs are still there — the same three,
+    // not replacements — and three claims get three different ones.
+    let (st, v) = s.call("GET", &pool, None).await;
+    assert_eq!((st, &v["status"]["ready"]), (200, &json!(3)), "{v}");
+    let again: HashSet<String> = instance_ids(&s, &pid, "ready").await.into_iter().collect();
+    assert_eq!(again, ready, "the ready VMs outlived the outage");
     let mut got = HashSet::new();
     for _ in 0..3 {
         let v = s
@@ -185,6 +217,10 @@ async fn a_database_outage_answers_503_and_heals() {
         assert_eq!(v["warm"], true, "{v}");
         assert!(got.insert(v["instance"]["id"].as_str().unwrap().to_string()));
     }
+    assert_eq!(
+        got, ready,
+        "the claims got the VMs that were ready before the outage"
+    );
     assert!(s.log_text().contains("store unavailable"));
     assert!(!s.log_text().contains("panicked"));
 }

@@ -22,12 +22,31 @@ async fn small_vms(s: &TestServer, pid: &str) {
     .await;
 }
 
-async fn wait_for(what: &str, mut check: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(900);
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+/// Waits until no QEMU or passt process of the server runs and (with `dirs`) no VM directory is
+/// left: a VM's directory goes once its processes have. A destroy stops QEMU at once.
+async fn wait_no_vms(s: &TestServer, dirs: bool) {
+    wait_for(
+        "no QEMU or passt process, no VM directory",
+        SETTLE,
+        async || {
+            let (q, p) = (
+                qemu_processes(&s.data_dir()),
+                passt_processes(&s.data_dir()),
+            );
+            let d = if dirs {
+                std::fs::read_dir(s.data_dir().join("qemu-vms"))
+                    .unwrap()
+                    .count()
+            } else {
+                0
+            };
+            seen(
+                q.is_empty() && p.is_empty() && d == 0,
+                format!("QEMU {q:?}, passt {p:?}, {d} VM directories"),
+            )
+        },
+    )
+    .await;
 }
 
 /// QEMU processes of this server's VMs (their command lines mention its data dir).
@@ -142,10 +161,7 @@ async fn test_boots_run_every_step_in_a_real_vm() {
         )
         .await;
     assert_eq!(st, 204);
-    wait_for("no QEMU or passt process", async || {
-        qemu_processes(&s.data_dir()).is_empty() && passt_processes(&s.data_dir()).is_empty()
-    })
-    .await;
+    wait_no_vms(&s, false).await;
 }
 
 /// Accepts connections on `addr`, greeting each with `marker`; answers the port.
@@ -233,7 +249,8 @@ impl OtherMachine {
             nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
             tx.send(greeter("0.0.0.0:0", marker)).unwrap();
         });
-        rx.recv_timeout(Duration::from_secs(10)).unwrap()
+        rx.recv_timeout(REQUEST)
+            .expect("the greeter in the namespace did not start")
     }
 }
 
@@ -340,8 +357,10 @@ async fn pool_vms_are_distinct_copy_on_write_clones_of_a_golden() {
     let pool = format!("/v1/projects/{pid}/warm-pool");
     s.ok("PATCH", &pool, Some(json!({"targetSize": 2, "setupCommands": [{"name": "prepare", "command": "echo prepared > /home/prepared"}]})))
         .await;
-    wait_for("2 ready clones", async || {
-        s.ok("GET", &pool, None).await["status"]["ready"] == 2
+    // The golden boots first, then its clones.
+    wait_for("2 ready clones", 2 * s.boot(), async || {
+        let v = s.ok("GET", &pool, None).await;
+        seen(v["status"]["ready"] == 2, v)
     })
     .await;
     let before = golden_files(&s.data_dir());
@@ -430,7 +449,7 @@ async fn pool_vms_are_distinct_copy_on_write_clones_of_a_golden() {
         "echo b > /home/disk-b; echo b > /dev/shm/mem-b; sync",
     )
     .await;
-    let seen = |id: String| {
+    let written = |id: String| {
         let s = &s;
         let pid = pid.clone();
         async move {
@@ -441,8 +460,8 @@ async fn pool_vms_are_distinct_copy_on_write_clones_of_a_golden() {
                 .to_string()
         }
     };
-    assert_eq!(seen(a.0.clone()).await, "/dev/shm/mem-a\n/home/disk-a\n");
-    assert_eq!(seen(b.0.clone()).await, "/dev/shm/mem-b\n/home/disk-b\n");
+    assert_eq!(written(a.0.clone()).await, "/dev/shm/mem-a\n/home/disk-a\n");
+    assert_eq!(written(b.0.clone()).await, "/dev/shm/mem-b\n/home/disk-b\n");
 
     // A VM's agent refuses another VM's token; the agents are not reachable on the host's
     // 127.0.0.1, which every guest can reach.
@@ -468,47 +487,58 @@ async fn pool_vms_are_distinct_copy_on_write_clones_of_a_golden() {
             .await;
         assert_eq!(st, 204);
     }
-    wait_for("refilled", async || {
-        s.ok("GET", &pool, None).await["status"]["ready"] == 2
+    wait_for("refilled", s.boot(), async || {
+        let v = s.ok("GET", &pool, None).await;
+        seen(v["status"]["ready"] == 2, v)
     })
     .await;
-    let ready_before: HashSet<String> = s
-        .ok("GET", &format!("{pool}/instances?status=ready"), None)
-        .await["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i["id"].as_str().unwrap().to_string())
-        .collect();
+    let ready_before: HashSet<String> = ready_ids(&s, &pid).await.into_iter().collect();
+    let qemu_before: HashSet<i32> = qemu_processes(&s.data_dir()).into_iter().collect();
+    assert_eq!(qemu_before.len(), 2, "{qemu_before:?}");
     s.kill9();
     s.restart();
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let ready_after: HashSet<String> = s
-        .ok("GET", &format!("{pool}/instances?status=ready"), None)
-        .await["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i["id"].as_str().unwrap().to_string())
-        .collect();
+    // The restarted server checks that each running VM answers and keeps it; its report proves
+    // the check ran (the same ids listed right after the start would not).
+    let line = s
+        .wait_log_line("re-adopted the ready VMs that survived", SETTLE)
+        .await;
+    assert!(line.contains("adopted=2 replaced=0"), "{line}");
+    let ready_after: HashSet<String> = ready_ids(&s, &pid).await.into_iter().collect();
     assert_eq!(
         ready_before, ready_after,
         "the running VMs were adopted again"
     );
-    assert_eq!(qemu_processes(&s.data_dir()).len(), 2);
+    // The very QEMU processes that ran before the crash, each handed out warm and running
+    // commands.
+    let qemu_after: HashSet<i32> = qemu_processes(&s.data_dir()).into_iter().collect();
+    assert_eq!(qemu_after, qemu_before, "the same QEMU processes");
     assert_eq!(passt_processes(&s.data_dir()).len(), 2);
-    // Disabling the pool destroys its VMs: no QEMU process remains.
+    let mut adopted = Vec::new();
+    for _ in 0..2 {
+        let (st, v) = s
+            .call(
+                "POST",
+                &format!("{pool}/claim"),
+                Some(json!({"waitSeconds": 0})),
+            )
+            .await;
+        assert_eq!((st, v["warm"].as_bool()), (200, Some(true)), "{v}");
+        let id = v["instance"]["id"].as_str().unwrap();
+        assert!(ready_before.contains(id), "{id} was ready before the crash");
+        let out = s.exec(&pid, id, "cat /home/prepared").await;
+        assert_eq!(out["output"], "prepared\n", "{out}");
+        adopted.push(id.to_string());
+    }
+    // Releasing the claimed VMs and disabling the pool destroys them all: no QEMU process
+    // remains.
+    for id in &adopted {
+        let (st, _) = s
+            .call("DELETE", &format!("{pool}/instances/{id}"), None)
+            .await;
+        assert_eq!(st, 204);
+    }
     s.ok("PATCH", &pool, Some(json!({"enabled": false}))).await;
-    // A VM's directory goes once its processes have: wait for both.
-    wait_for("no QEMU or passt process and no VM directory", async || {
-        qemu_processes(&s.data_dir()).is_empty()
-            && passt_processes(&s.data_dir()).is_empty()
-            && std::fs::read_dir(s.data_dir().join("qemu-vms"))
-                .unwrap()
-                .count()
-                == 0
-    })
-    .await;
+    wait_no_vms(&s, true).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -524,28 +554,31 @@ async fn kill_9_during_a_boot_leaves_no_qemu_behind() {
         Some(json!({"targetSize": 1, "setupCommands": [{"name": "hang", "command": "sleep 600"}]})),
     )
     .await;
-    // The golden's boot gets to its setup command; then the server dies.
-    wait_for("the golden's boot is in its setup", async || {
-        let st = s.ok("GET", &format!("{pool}/stats"), None).await;
-        st["provisioning"] == 1 && qemu_processes(&s.data_dir()).len() == 1
+    // The golden's boot (not listed with the pool's instances, but named in the log) gets to its
+    // setup command, the 4 steps before it recorded; then the server dies.
+    let line = s.wait_log_line("building the pool's golden", SETTLE).await;
+    let golden = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("instance="))
+        .unwrap_or_else(|| panic!("no instance in {line}"))
+        .to_string();
+    wait_for("the golden's boot is in its setup", s.boot(), async || {
+        let d = s
+            .ok("GET", &format!("{pool}/instances/{golden}"), None)
+            .await;
+        seen(
+            d["steps"].as_array().unwrap().len() == 4 && qemu_processes(&s.data_dir()).len() == 1,
+            d,
+        )
     })
     .await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
     let before = qemu_processes(&s.data_dir());
     assert_eq!(before.len(), 1);
     s.kill9();
     s.restart();
     // The interrupted boot's VM is gone; the pool tries again (and would hang again): disable it.
     s.ok("PATCH", &pool, Some(json!({"enabled": false}))).await;
-    wait_for("no QEMU or passt process and no VM directory", async || {
-        qemu_processes(&s.data_dir()).is_empty()
-            && passt_processes(&s.data_dir()).is_empty()
-            && std::fs::read_dir(s.data_dir().join("qemu-vms"))
-                .unwrap()
-                .count()
-                == 0
-    })
-    .await;
+    wait_no_vms(&s, true).await;
     let st = s.ok("GET", &format!("{pool}/stats"), None).await;
     assert!(st["failed"].as_u64().unwrap() >= 1, "{st}");
 }

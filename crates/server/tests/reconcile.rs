@@ -2,8 +2,12 @@
 //! SQLite store, a clock the test moves, and `App::reconcile` called by hand — no sleeping through
 //! timers. (End-to-end pool behaviour on real sandboxes is in `pool.rs`.)
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
+
+use common::{seen, wait_for, SIM_BOOT};
 
 use serde_json::json;
 use warmpool::app::clock::OffsetClock;
@@ -76,23 +80,23 @@ impl Harness {
         self.app.reconcile().await.unwrap()
     }
 
-    /// Waits until no instance of the project is provisioning.
+    /// Waits until no instance of the project is provisioning (its boots run at once, on the
+    /// sim backend).
     async fn settle(&self) {
-        for _ in 0..1000 {
-            let busy = self
+        wait_for("the boots to finish", SIM_BOOT, async || {
+            let busy: Vec<String> = self
                 .app
                 .store
                 .instances_in(&[InstanceStatus::Provisioning])
                 .await
                 .unwrap()
-                .iter()
-                .any(|i| i.project_id == self.pid);
-            if !busy {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        panic!("boots did not finish");
+                .into_iter()
+                .filter(|i| i.project_id == self.pid)
+                .map(|i| i.id)
+                .collect();
+            seen(busy.is_empty(), format!("provisioning {busy:?}"))
+        })
+        .await;
     }
 
     async fn pool_instances(&self, status: InstanceStatus) -> Vec<warmpool_store::InstanceRow> {

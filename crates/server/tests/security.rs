@@ -207,11 +207,12 @@ async fn secrets_stay_secret_at_rest_in_logs_and_in_events() {
         Some(json!({"enabled": true})),
     )
     .await;
+    // The pool's first VM boots for this claim.
     let (st, c) = s
         .call(
             "POST",
             &format!("/v1/projects/{pid}/warm-pool/claim"),
-            Some(json!({})),
+            Some(json!({"waitSeconds": s.boot().as_secs()})),
         )
         .await;
     assert!(st == 200, "{c}");
@@ -271,7 +272,7 @@ async fn a_vm_token_opens_that_vm_only() {
             .call(
                 "POST",
                 &format!("/v1/projects/{pid}/warm-pool/claim"),
-                Some(json!({"waitSeconds": 120})),
+                Some(json!({"waitSeconds": s.boot().as_secs()})),
             )
             .await;
         assert_eq!(st, 200, "{c}");
@@ -344,29 +345,43 @@ async fn limits_answer_429_and_floods_do_not_stall_the_server() {
         }
     }
     let (retry, body) = limited.expect("no 429 after 20 quick requests");
-    assert!(retry.parse::<u64>().unwrap() >= 1);
+    let retry: u64 = retry.parse().unwrap();
+    assert!(retry >= 1);
     assert_eq!(body["error"]["code"], "rate_limited");
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // ... and allowed again once the rate allows (5 a second: within Retry-After).
+    let project = format!("/v1/projects/{pid}");
+    wait_for(
+        "a request allowed again",
+        Duration::from_secs(retry) + REQUEST,
+        async || {
+            let (st, v) = s.call("GET", &project, None).await;
+            seen(st == 200, format!("{st} {v}"))
+        },
+    )
+    .await;
 
-    // One VM booting for claims at a time: a second claim is told to come back.
+    // The rest of the test stays within the rate: a request refused by it is sent again once
+    // the rate allows (a request's time, at 5 a second).
     let call = |method: &'static str, path: String, body: Value| {
         let s = &s;
         async move {
-            loop {
-                let (st, v) = s.call(method, &path, Some(body.clone())).await;
-                if st == 429
-                    && v["error"]["message"]
-                        .as_str()
-                        .unwrap_or("")
-                        .contains("too many requests")
-                {
-                    tokio::time::sleep(Duration::from_millis(300)).await;
-                    continue;
-                }
-                return (st, v);
-            }
+            wait_for(
+                &format!("{method} {path} allowed by the rate limit"),
+                REQUEST,
+                async || {
+                    let (st, v) = s.call(method, &path, Some(body.clone())).await;
+                    let limited = st == 429
+                        && v["error"]["message"]
+                            .as_str()
+                            .unwrap_or("")
+                            .contains("too many requests");
+                    seen(!limited, (st, v)).map_err(|(st, v)| format!("{st} {v}"))
+                },
+            )
+            .await
         }
     };
+    // One VM booting for claims at a time: a second claim is told to come back.
     let pool = format!("/v1/projects/{pid}/warm-pool");
     call("PATCH", pool.clone(), json!({"enabled": false, "setupCommands": [{"name": "flood", "command": "timeout 6 yes 'a line of flood output'; true"}]})).await;
     let (st, first) = call("POST", format!("{pool}/claim"), json!({"waitSeconds": 0})).await;
@@ -378,10 +393,20 @@ async fn limits_answer_429_and_floods_do_not_stall_the_server() {
         "{second}"
     );
 
-    // While that VM floods its output, the API answers promptly.
-    let started = Instant::now();
+    // While that VM floods its output (from when its setup runs until the boot ends), the API
+    // answers promptly. The flood is under way once the boot is in its setup step (the 4 steps
+    // before it recorded) and has output.
+    let id = first["instance"]["id"].as_str().unwrap();
+    let instance = format!("{pool}/instances/{id}");
+    wait_for("the boot flooding its output", s.boot(), async || {
+        let (_, d) = call("GET", instance.clone(), Value::Null).await;
+        assert_eq!(d["status"], "provisioning", "the boot ended early: {d}");
+        seen(d["steps"].as_array().map_or(0, Vec::len) >= 4, d)
+    })
+    .await;
     let mut answered = 0;
-    while started.elapsed() < Duration::from_secs(4) {
+    // The flood lasts 6 s: the boot ends a moment after.
+    let d = wait_for("the flooding boot to end", s.boot(), async || {
         let t = Instant::now();
         let (st, _) = call("GET", pool.clone(), Value::Null).await;
         assert_eq!(st, 200);
@@ -391,17 +416,11 @@ async fn limits_answer_429_and_floods_do_not_stall_the_server() {
             t.elapsed()
         );
         answered += 1;
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    assert!(answered >= 5);
-    let id = first["instance"]["id"].as_str().unwrap();
-    let d = loop {
-        let (_, d) = call("GET", format!("{pool}/instances/{id}"), Value::Null).await;
-        if d["status"] != "provisioning" {
-            break d;
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    };
+        let (_, d) = call("GET", instance.clone(), Value::Null).await;
+        seen(d["status"] != "provisioning", d)
+    })
+    .await;
+    assert!(answered >= 5, "{answered} requests during the flood");
     let out = step(&d, "warm_pool_setup")["output"].as_str().unwrap();
     assert!(
         out.len() <= 64 * 1024 + 64 && out.contains("bytes omitted"),
@@ -452,8 +471,8 @@ async fn https_with_tls_cert_and_key() {
         .map(|r| r.status() != 200)
         .unwrap_or(true));
     // The CLI trusts it with --ca-cert.
-    let out = std::process::Command::new(BIN)
-        .args([
+    let out = output_within(
+        std::process::Command::new(BIN).args([
             "--url",
             &s.url,
             "--token",
@@ -463,9 +482,10 @@ async fn https_with_tls_cert_and_key() {
             "project",
             "create",
             "over tls",
-        ])
-        .output()
-        .unwrap();
+        ]),
+        "warmpool project create over TLS",
+        REQUEST,
+    );
     assert!(
         out.status.success(),
         "{}",

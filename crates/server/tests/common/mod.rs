@@ -14,6 +14,142 @@ use serde_json::{json, Value};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_warmpool");
 
+// --- How long a test waits -------------------------------------------------------------------
+//
+// Every wait is bounded by what it waits for, measured on a loaded two-core machine (several
+// test binaries booting VMs at once) with a margin; a bound exceeded fails the test saying what
+// it waited for and what it saw last, so a hang costs the time of the thing awaited, not minutes.
+
+/// How often a condition is polled.
+pub const POLL: Duration = Duration::from_millis(50);
+/// An answer from the server that waits for nothing slow (a read, a write, a config change).
+pub const REQUEST: Duration = Duration::from_secs(30);
+/// A command run in a VM: the tests' commands take seconds (a memory hog or a disk filled to
+/// its limit a few more).
+pub const EXEC: Duration = Duration::from_secs(90);
+/// A boot on the sim backend: milliseconds of work.
+pub const SIM_BOOT: Duration = Duration::from_secs(15);
+/// A sandbox VM's boot with its steps and setup commands: a few seconds alone, up to a minute
+/// while other test binaries boot VMs on the same two cores.
+pub const SANDBOX_BOOT: Duration = Duration::from_secs(120);
+/// A QEMU guest's boot under TCG (no KVM on CI machines) with its steps: about a minute alone.
+pub const QEMU_BOOT: Duration = Duration::from_secs(300);
+/// Something the server does by itself soon: a reconciler pass (2 s apart by default), an
+/// orphan sweep (5 s apart), a destroy, a lease expiring (3 s in the tests that set one).
+pub const SETTLE: Duration = Duration::from_secs(30);
+/// The first-ever build of the guest image (debootstrap from a Debian mirror, and for QEMU a
+/// kernel, an initramfs and a disk): once per machine, and waited for only in
+/// [`ensure_guest_image`], before any server that boots VMs starts.
+pub const IMAGE_BUILD: Duration = Duration::from_secs(30 * 60);
+
+/// Polls `poll` every [`POLL`] until it answers `Ok`, and returns what it answered. After `bound`
+/// the test fails with `what` it waited for and what the last poll saw (its `Err`).
+pub async fn wait_for<T, E: std::fmt::Display>(
+    what: &str,
+    bound: Duration,
+    mut poll: impl AsyncFnMut() -> Result<T, E>,
+) -> T {
+    let started = Instant::now();
+    loop {
+        match poll().await {
+            Ok(v) => return v,
+            Err(seen) if started.elapsed() >= bound => {
+                panic!("waited {bound:?} for {what}; last seen: {seen}")
+            }
+            Err(_) => tokio::time::sleep(POLL).await,
+        }
+    }
+}
+
+/// [`wait_for`] outside async code (it blocks the thread between polls).
+pub fn wait_for_blocking<T, E: std::fmt::Display>(
+    what: &str,
+    bound: Duration,
+    mut poll: impl FnMut() -> Result<T, E>,
+) -> T {
+    let started = Instant::now();
+    loop {
+        match poll() {
+            Ok(v) => return v,
+            Err(seen) if started.elapsed() >= bound => {
+                panic!("waited {bound:?} for {what}; last seen: {seen}")
+            }
+            Err(_) => std::thread::sleep(POLL),
+        }
+    }
+}
+
+/// `seen` as a poll's answer: `Ok` when `done`, else `Err` (what [`wait_for`] reports).
+pub fn seen<S>(done: bool, seen: S) -> Result<S, S> {
+    if done {
+        Ok(seen)
+    } else {
+        Err(seen)
+    }
+}
+
+/// Runs `cmd` to its end and answers its output; a command still running after `bound` is
+/// killed and fails the test with what it printed until then.
+pub fn output_within(cmd: &mut Command, what: &str, bound: Duration) -> std::process::Output {
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(bound) {
+        Ok(out) => out.unwrap_or_else(|e| panic!("{what}: {e}")),
+        Err(_) => {
+            // The waiting thread then gets the output of the killed process.
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            let out = rx.recv().ok().and_then(Result::ok);
+            panic!(
+                "{what} did not finish within {bound:?}; its output until then:\n{}\n{}",
+                out.as_ref()
+                    .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+                    .unwrap_or_default(),
+                out.as_ref()
+                    .map(|o| String::from_utf8_lossy(&o.stderr).to_string())
+                    .unwrap_or_default(),
+            )
+        }
+    }
+}
+
+/// Makes sure the guest image is built (for QEMU also its kernel, initramfs and disk), once per
+/// test binary, before a server that boots VMs starts. This is the one place where the first
+/// build on a new machine can happen, so only here may a wait take [`IMAGE_BUILD`]; every boot
+/// after it is bounded by what a boot takes. Parallel test binaries build it once: the build
+/// holds a lock, and a built image makes this a quick check.
+pub fn ensure_guest_image(qemu: bool) {
+    static SANDBOX: OnceLock<()> = OnceLock::new();
+    static QEMU: OnceLock<()> = OnceLock::new();
+    (if qemu { &QEMU } else { &SANDBOX }).get_or_init(|| {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["image", "build", "--cache-dir"])
+            .arg(cache_dir())
+            .env("NO_COLOR", "1");
+        if qemu {
+            cmd.arg("--qemu");
+        }
+        let out = output_within(&mut cmd, "warmpool image build", IMAGE_BUILD);
+        assert!(
+            out.status.success(),
+            "cannot build the guest image:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    });
+}
+
 /// Where tests keep the guest image between runs (built once per machine, shared by all tests).
 pub fn cache_dir() -> PathBuf {
     std::env::var_os("WARMPOOL_TEST_CACHE_DIR")
@@ -32,6 +168,8 @@ pub struct TestServer {
     pub token: String,
     pub dir: tempfile::TempDir,
     pub log: Arc<Mutex<String>>,
+    /// Where the log of the server's current run starts in `log` (it spans its restarts).
+    run_log_start: usize,
     args: Vec<String>,
     envs: Vec<(String, String)>,
     pub http: reqwest::Client,
@@ -73,21 +211,48 @@ impl TestServer {
             token: String::new(),
             dir,
             log: Arc::new(Mutex::new(String::new())),
+            run_log_start: 0,
             args,
             envs: envs
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(600))
-                .build()
-                .unwrap(),
+            // Requests made through `call` get a bound of their own (see `request_bound`);
+            // this one bounds those a test makes with the client directly.
+            http: reqwest::Client::builder().timeout(REQUEST).build().unwrap(),
         };
+        match s.backend() {
+            "sandbox" => ensure_guest_image(false),
+            "qemu" => ensure_guest_image(true),
+            _ => {}
+        }
         s.launch();
         s
     }
 
+    /// The backend the server runs (`sandbox` unless its flags name another).
+    pub fn backend(&self) -> &str {
+        self.args
+            .iter()
+            .position(|a| a == "--backend")
+            .map(|i| self.args[i + 1].as_str())
+            .unwrap_or("sandbox")
+    }
+
+    /// How long one boot of this server's backend takes at most (boots running at once
+    /// included: the server runs a pool's boots in parallel).
+    pub fn boot(&self) -> Duration {
+        match self.backend() {
+            "sim" => SIM_BOOT,
+            "qemu" => QEMU_BOOT,
+            _ => SANDBOX_BOOT,
+        }
+    }
+
     fn launch(&mut self) {
+        // This run's lines come after those of the runs before (a killed run has written all of
+        // its own: `kill9` waits for it).
+        self.run_log_start = self.log.lock().unwrap().len();
         let data = self.data_dir();
         let mut cmd = Command::new(BIN);
         cmd.arg("serve")
@@ -124,14 +289,13 @@ impl TestServer {
                 l.push('\n');
             }
         });
-        let url = rx
-            .recv_timeout(Duration::from_secs(60))
-            .unwrap_or_else(|_| {
-                panic!(
-                    "the server did not start; its log:\n{}",
-                    self.log.lock().unwrap()
-                )
-            });
+        // Starting takes a second or two: opening the store, recovering VMs left running.
+        let url = rx.recv_timeout(REQUEST).unwrap_or_else(|_| {
+            panic!(
+                "the server did not start listening within {REQUEST:?}; its log:\n{}",
+                self.log.lock().unwrap()
+            )
+        });
         self.url = url;
         let given = self
             .args
@@ -178,6 +342,77 @@ impl TestServer {
         self.log.lock().unwrap().clone()
     }
 
+    /// The log of the server's current run (since its last start).
+    pub fn run_log(&self) -> String {
+        self.log.lock().unwrap()[self.run_log_start..].to_string()
+    }
+
+    /// Waits until the current run has logged a line containing `needle`; answers the line.
+    pub async fn wait_log_line(&self, needle: &str, bound: Duration) -> String {
+        wait_for(&format!("a log line with `{needle}`"), bound, async || {
+            let log = self.run_log();
+            log.lines()
+                .find(|l| l.contains(needle))
+                .map(str::to_string)
+                .ok_or_else(|| {
+                    let tail: Vec<&str> = log.lines().rev().take(20).collect();
+                    let tail: Vec<&str> = tail.into_iter().rev().collect();
+                    format!("the run's last log lines:\n{}", tail.join("\n"))
+                })
+        })
+        .await
+    }
+
+    /// The server's `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        let r = self
+            .http
+            .get(format!("{}/metrics", self.url))
+            .send()
+            .await
+            .expect("GET /metrics");
+        assert_eq!(r.status(), 200);
+        r.text().await.unwrap()
+    }
+
+    /// The value of the sample `series` (a metric's name with its labels, as exported), if the
+    /// server exports it.
+    pub async fn metric(&self, series: &str) -> Option<f64> {
+        self.metrics().await.lines().find_map(|l| {
+            l.strip_prefix(series)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+    }
+
+    /// The reconciler's completed passes so far.
+    pub async fn reconciler_passes(&self) -> u64 {
+        self.metric("warmpool_loop_activations_total{loop=\"reconciler\",result=\"ok\"}")
+            .await
+            .unwrap_or(0.0) as u64
+    }
+
+    /// Waits until the reconciler has run a whole pass that began after this call: what it
+    /// would do about a change made before the call, it has done. (The pass running at the call
+    /// may have read the state from before the change, so the one after it is awaited.)
+    pub async fn wait_reconciler_pass(&self) {
+        let at_call = self.reconciler_passes().await;
+        wait_for(
+            "a reconciler pass that began after the change",
+            SETTLE,
+            async || {
+                let n = self.reconciler_passes().await;
+                seen(
+                    n >= at_call + 2,
+                    format!("{n} passes, {at_call} at the change"),
+                )
+            },
+        )
+        .await;
+    }
+
     pub async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
         self.call_as(Some(&self.token.clone()), method, path, body)
             .await
@@ -191,16 +426,26 @@ impl TestServer {
         body: Option<Value>,
     ) -> (u16, Value) {
         let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
-        let mut req = self.http.request(m, format!("{}{}", self.url, path));
+        let bound = self.request_bound(path, body.as_ref());
+        let mut req = self
+            .http
+            .request(m, format!("{}{}", self.url, path))
+            .timeout(bound);
         if let Some(t) = token {
             req = req.bearer_auth(t);
         }
         if let Some(b) = body {
             req = req.json(&b);
         }
-        let resp = req.send().await.expect("request");
+        let resp = req
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{method} {path}: no answer within {bound:?}: {e}"));
         let status = resp.status().as_u16();
-        let text = resp.text().await.unwrap();
+        let text = resp
+            .text()
+            .await
+            .unwrap_or_else(|e| panic!("{method} {path}: no whole answer within {bound:?}: {e}"));
         let v = if text.is_empty() {
             Value::Null
         } else {
@@ -210,6 +455,25 @@ impl TestServer {
             assert_valid("ErrorResponse", &v);
         }
         (status, v)
+    }
+
+    /// How long a request may take: a claim as long as it may wait for a VM to boot (its
+    /// `waitSeconds`, 60 s unless it says) and then a request; a command in a VM as long as its
+    /// `timeoutSeconds` — unless it says, [`EXEC`], or [`QEMU_BOOT`] on QEMU, whose emulated
+    /// guests run commands many times slower — and then a request; anything else [`REQUEST`].
+    fn request_bound(&self, path: &str, body: Option<&Value>) -> Duration {
+        let secs = |key: &str| body.and_then(|b| b[key].as_u64()).map(Duration::from_secs);
+        if path.ends_with("/claim") {
+            secs("waitSeconds").unwrap_or(Duration::from_secs(60)) + REQUEST
+        } else if path.ends_with("/exec") {
+            let command = match self.backend() {
+                "qemu" => QEMU_BOOT,
+                _ => EXEC,
+            };
+            secs("timeoutSeconds").unwrap_or(command) + REQUEST
+        } else {
+            REQUEST
+        }
     }
 
     /// Sends raw bytes with a content type, for malformed-input tests.
@@ -229,7 +493,10 @@ impl TestServer {
         if let Some(ct) = content_type {
             req = req.header("content-type", ct);
         }
-        let resp = req.send().await.expect("request");
+        let resp = req
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{method} {path}: no answer within {REQUEST:?}: {e}"));
         let status = resp.status().as_u16();
         let text = resp.text().await.unwrap();
         (
@@ -271,27 +538,19 @@ impl TestServer {
         self.wait_instance(project, &id).await
     }
 
+    /// Waits until the instance is no longer provisioning (a boot: [`TestServer::boot`]).
     pub async fn wait_instance(&self, project: &str, id: &str) -> Value {
-        // The first boot on a new machine also builds the guest image (about a minute).
-        let deadline = Instant::now() + Duration::from_secs(600);
-        loop {
-            let d = self
-                .ok(
-                    "GET",
-                    &format!("/v1/projects/{project}/warm-pool/instances/{id}"),
-                    None,
-                )
-                .await;
-            assert_valid("WarmPoolInstanceDetail", &d);
-            if d["status"] != "provisioning" {
-                return d;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "instance {id} still provisioning: {d}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let path = format!("/v1/projects/{project}/warm-pool/instances/{id}");
+        wait_for(
+            &format!("instance {id} to finish its boot"),
+            self.boot(),
+            async || {
+                let d = self.ok("GET", &path, None).await;
+                assert_valid("WarmPoolInstanceDetail", &d);
+                seen(d["status"] != "provisioning", d)
+            },
+        )
+        .await
     }
 
     pub async fn exec(&self, project: &str, id: &str, command: &str) -> Value {
@@ -318,19 +577,14 @@ impl TestServer {
             .unwrap_or_else(|_| vm_id.to_string())
     }
 
-    /// Whether the server reports a sandbox VM started ahead of need and ready to be taken.
-    pub async fn spare_ready(&self) -> bool {
-        let text = self
-            .http
-            .get(format!("{}/metrics", self.url))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        text.lines()
-            .any(|l| l.starts_with("warmpool_sandbox_vms_started_ahead ") && !l.ends_with(" 0"))
+    /// Waits until the server reports a sandbox VM started ahead of need and ready to be taken
+    /// (it starts one after a VM is made: a runc start, seconds).
+    pub async fn wait_spare_ready(&self) {
+        wait_for("a VM started ahead of need", self.boot(), async || {
+            let n = self.metric("warmpool_sandbox_vms_started_ahead").await;
+            seen(n.is_some_and(|n| n > 0.0), format!("{n:?} started ahead"))
+        })
+        .await;
     }
 
     /// The VMs started ahead of need (`sp-...`) in the data dir.
@@ -405,20 +659,6 @@ impl Drop for TestServer {
         // And the directory the roots were mounted in: a test leaves nothing in /run.
         let _ = std::fs::remove_dir(warmpool::serve::roots_dir(&self.data_dir()));
     }
-}
-
-/// Polls `check` until it holds, failing the test after `limit`.
-pub async fn wait_for_within(what: &str, limit: Duration, mut check: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// [`wait_for_within`] ten minutes (the first boot on a new machine builds the guest image).
-pub async fn wait_for(what: &str, check: impl AsyncFnMut() -> bool) {
-    wait_for_within(what, Duration::from_secs(600), check).await
 }
 
 pub fn strip_ansi(s: &str) -> String {
@@ -576,6 +816,19 @@ pub async fn ready_ids(s: &TestServer, pid: &str) -> Vec<String> {
         .filter(|i| i["isTest"] == false)
         .map(|i| i["id"].as_str().unwrap().to_string())
         .collect()
+}
+
+/// Waits until the project's pool has `n` ready VMs (test boots left out); answers their ids.
+pub async fn wait_ready_ids(s: &TestServer, pid: &str, n: usize, bound: Duration) -> Vec<String> {
+    wait_for(&format!("{n} ready pool VMs"), bound, async || {
+        let ids = ready_ids(s, pid).await;
+        if ids.len() == n {
+            Ok(ids)
+        } else {
+            Err(format!("ready {ids:?}"))
+        }
+    })
+    .await
 }
 
 pub fn step_names(detail: &Value) -> Vec<String> {

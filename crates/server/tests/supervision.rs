@@ -60,13 +60,15 @@ async fn a_panic_in_a_step_fails_its_boot_and_the_server_carries_on() {
 async fn loops_report_their_last_activation() {
     let s = TestServer::start(&["--backend", "sim", "--reconcile-interval-ms", "50"]);
     let ok = r#"warmpool_loop_activations_total{loop="reconciler",result="ok"}"#;
-    let mut text = String::new();
-    wait_for_within(
-        "the reconciler's passes show in the metrics",
+    let text = wait_for(
+        "the reconciler's passes to show in the metrics",
         Duration::from_secs(30),
         async || {
-            text = metrics(&s).await;
-            metric(&text, ok).unwrap_or(0.0) >= 2.0
+            let text = metrics(&s).await;
+            match metric(&text, ok) {
+                Some(n) if n >= 2.0 => Ok(text),
+                other => Err(format!("{ok} = {other:?}")),
+            }
         },
     )
     .await;

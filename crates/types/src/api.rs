@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use crate::state::StepResult;
 use serde::{Deserialize, Deserializer, Serialize};
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 
 /// Deserializes a field that may be absent (outer `None`), `null` (`Some(None)`) or a value.
 pub fn double_option<'de, T, D>(de: D) -> Result<Option<Option<T>>, D::Error>
@@ -193,6 +193,18 @@ pub struct InstanceListItem {
     pub created_at: String,
 }
 
+/// The query of `GET .../warm-pool/instances`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListInstancesQuery {
+    /// 1 to 50, default 20.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit: Option<f64>,
+    /// ready, provisioning, failed or claimed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ListWarmPoolInstancesResponse {
@@ -332,6 +344,18 @@ pub struct Project {
     pub repos: Vec<ProjectRepo>,
     pub created_at: String,
     pub updated_at: String,
+}
+
+/// The query of `GET /v1/projects`: one page of projects.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListProjectsQuery {
+    /// 1 to 100, default 20.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+    /// `nextCursor` of the previous page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

@@ -6,12 +6,11 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::{Extension, Json};
-use serde::Deserialize;
-use utoipa::IntoParams;
 use warmpool_types::api::{
     CreateProjectBody, CreateTokenBody, CreatedToken, DeleteEnvVarResponse, Devbox,
-    EnvVarsResponse, ListProjectsResponse, ListReposResponse, ListTokensResponse, Project,
-    PutEnvVarsBody, Resources, UpdateDevboxBody, UpdateProjectBody, UpdateResourcesBody,
+    EnvVarsResponse, ListProjectsQuery, ListProjectsResponse, ListReposResponse,
+    ListTokensResponse, Project, PutEnvVarsBody, Resources, UpdateDevboxBody, UpdateProjectBody,
+    UpdateResourcesBody,
 };
 
 use super::extract::{ApiJson, ApiPath, ApiQuery};
@@ -36,15 +35,6 @@ pub async fn create_project(
 ) -> ApiResult<(StatusCode, Json<Project>)> {
     let p = app.create_project(&caller, body).await?;
     Ok((StatusCode::CREATED, Json(p)))
-}
-
-#[derive(Debug, Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct ListProjectsQuery {
-    /// 1 to 100, default 20.
-    limit: Option<u32>,
-    /// `nextCursor` of the previous page.
-    cursor: Option<String>,
 }
 
 #[utoipa::path(

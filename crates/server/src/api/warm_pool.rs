@@ -6,12 +6,10 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use serde::Deserialize;
-use utoipa::IntoParams;
 use warmpool_types::api::{
     ClearWarmPoolBody, ClearWarmPoolResponse, ExecBody, ExecResponse, GetWarmPoolResponse,
-    ListWarmPoolInstancesResponse, TestWarmPoolBootBody, TestWarmPoolBootResponse,
-    UpdateWarmPoolBody, UpdateWarmPoolResponse, WarmPoolInstanceDetail,
+    ListInstancesQuery, ListWarmPoolInstancesResponse, TestWarmPoolBootBody,
+    TestWarmPoolBootResponse, UpdateWarmPoolBody, UpdateWarmPoolResponse, WarmPoolInstanceDetail,
 };
 
 use super::extract::{ApiJson, ApiPath, ApiQuery};
@@ -68,15 +66,6 @@ pub async fn test_boot(
     ApiJson(body): ApiJson<TestWarmPoolBootBody>,
 ) -> ApiResult<Json<TestWarmPoolBootResponse>> {
     app.test_boot(&caller, &project_id, body).await.map(Json)
-}
-
-#[derive(Debug, Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct ListInstancesQuery {
-    /// 1 to 50, default 20.
-    limit: Option<f64>,
-    /// ready, provisioning, failed or claimed.
-    status: Option<String>,
 }
 
 #[utoipa::path(

@@ -8,10 +8,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use futures_util::StreamExt;
-use reqwest::Method;
-use serde_json::{json, Value};
+use serde_json::json;
+use warmpool_client::Claim;
+use warmpool_types::agent::AgentExecRequest;
+use warmpool_types::api::{
+    ClaimBody, CreateProjectBody, RepoInput, SetupCommand, UpdateWarmPoolBody,
+};
 
-use super::{percentile, Report, Row, Server};
+use super::{answered, percentile, Report, Row, Server};
 
 const PROJECTS: usize = 30;
 const PER_POOL: usize = 20;
@@ -52,21 +56,7 @@ pub async fn claim_latency(report: &mut Report, quick: bool) -> anyhow::Result<(
     let floor = percentile(&floor_samples, 0.5).unwrap_or(0.0);
     let mut projects = Vec::new();
     for i in 0..PROJECTS {
-        let p = s
-            .ok(
-                Method::POST,
-                "/v1/projects",
-                Some(&json!({"name": format!("claims {i}")})),
-            )
-            .await?;
-        let id = p["id"].as_str().context("project id")?.to_string();
-        s.ok(
-            Method::PATCH,
-            &format!("/v1/projects/{id}/warm-pool"),
-            Some(&json!({"targetSize": PER_POOL})),
-        )
-        .await?;
-        projects.push(id);
+        projects.push(s.pool_project(format!("claims {i}"), PER_POOL).await?);
     }
     let projects = Arc::new(projects);
     let full = (PROJECTS * PER_POOL) as f64;
@@ -79,8 +69,12 @@ pub async fn claim_latency(report: &mut Report, quick: bool) -> anyhow::Result<(
         let mut workers = Vec::new();
         for _ in 0..concurrency {
             let (next, samples, projects) = (next.clone(), samples.clone(), projects.clone());
-            let (http, url, token) = (s.http.clone(), s.url.clone(), s.token.clone());
+            let api = s.api.clone();
             workers.push(tokio::spawn(async move {
+                let body = ClaimBody {
+                    task_id: None,
+                    wait_seconds: Some(0.0),
+                };
                 loop {
                     let n = next.fetch_add(1, Ordering::Relaxed);
                     if n >= total {
@@ -88,18 +82,13 @@ pub async fn claim_latency(report: &mut Report, quick: bool) -> anyhow::Result<(
                     }
                     let pid = &projects[n % projects.len()];
                     let t = Instant::now();
-                    let resp = http
-                        .post(format!("{url}/v1/projects/{pid}/warm-pool/claim"))
-                        .bearer_auth(&token)
-                        .json(&json!({"waitSeconds": 0}))
-                        .send()
-                        .await?;
-                    let body: Value = resp.json().await?;
+                    let claim = answered(api.claim(pid, &body).await)?;
                     let took = t.elapsed();
+                    let warm = claim.is_some_and(|c| c.response().warm);
                     samples
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
-                        .push((took, body["warm"] == true));
+                        .push((took, warm));
                 }
             }));
         }
@@ -185,24 +174,32 @@ fn make_repo(dir: &Path) -> anyhow::Result<()> {
 
 /// Claims a VM and waits for a command's first output through the VM's own server.
 async fn claim_to_first_output(s: &Server, pid: &str) -> anyhow::Result<(Duration, bool, String)> {
+    let body = ClaimBody {
+        task_id: None,
+        wait_seconds: Some(600.0),
+    };
+    let exec = AgentExecRequest {
+        command: Some("echo first".into()),
+        stream: true,
+        ..Default::default()
+    };
     let t = Instant::now();
-    let (status, c) = s
-        .call(
-            Method::POST,
-            &format!("/v1/projects/{pid}/warm-pool/claim"),
-            Some(&json!({"waitSeconds": 600})),
-        )
-        .await?;
-    if status != 200 {
-        bail!("the claim answered {status}: {c}");
-    }
-    let url = c["vm"]["agentUrl"].as_str().context("agentUrl")?;
-    let token = c["vm"]["agentToken"].as_str().context("agentToken")?;
+    let c = match s.api.claim(pid, &body).await? {
+        Claim::Ready(c) => c,
+        Claim::Pending(c) => bail!(
+            "the claim answered 202: {} is {}",
+            c.instance.id,
+            c.instance.status
+        ),
+    };
+    let vm = c.vm.as_ref().context("the claim answered no VM")?;
+    // The VM's own server, reached directly as a claimant would.
     let resp = s
-        .http
-        .post(format!("{url}/v1/exec"))
-        .bearer_auth(token)
-        .json(&json!({"command": "echo first", "stream": true}))
+        .api
+        .http()
+        .post(format!("{}/v1/exec", vm.agent_url))
+        .bearer_auth(&vm.agent_token)
+        .json(&exec)
         .send()
         .await?;
     let mut stream = resp.bytes_stream();
@@ -211,11 +208,7 @@ async fn claim_to_first_output(s: &Server, pid: &str) -> anyhow::Result<(Duratio
             break;
         }
     }
-    Ok((
-        t.elapsed(),
-        c["warm"] == true,
-        c["instance"]["id"].as_str().unwrap_or("").to_string(),
-    ))
+    Ok((t.elapsed(), c.warm, c.instance.id))
 }
 
 /// Time from a claim request to a command's first output, warm (from the pool) vs cold (the full
@@ -225,33 +218,44 @@ pub async fn first_output(report: &mut Report, quick: bool, cache: &Path) -> any
     let repo = s.dir.path().join("repo");
     make_repo(&repo)?;
     let setup = 10;
-    let p = s
-        .ok(
-            Method::POST,
-            "/v1/projects",
-            Some(&json!({"name": "first output", "repos": [{"repoFullName": "bench/app", "url": repo.display().to_string()}]})),
+    let pid = s
+        .api
+        .create_project(&CreateProjectBody {
+            name: "first output".into(),
+            description: None,
+            repos: vec![RepoInput {
+                repo_full_name: "bench/app".into(),
+                url: repo.display().to_string(),
+                branch: None,
+            }],
+        })
+        .await?
+        .id;
+    s.api
+        .update_warm_pool(
+            &pid,
+            &UpdateWarmPoolBody {
+                target_size: Some(1.0),
+                setup_commands: Some(Some(vec![SetupCommand {
+                    name: "setup".into(),
+                    command: format!("sleep {setup}"),
+                    background: None,
+                }])),
+                ..Default::default()
+            },
         )
         .await?;
-    let pid = p["id"].as_str().context("project id")?.to_string();
-    s.ok(
-        Method::PATCH,
-        &format!("/v1/projects/{pid}/warm-pool"),
-        Some(&json!({"targetSize": 1, "setupCommands": [{"name": "setup", "command": format!("sleep {setup}")}]})),
-    )
-    .await?;
     let (mut warm, mut cold) = (Vec::new(), Vec::new());
     for _ in 0..if quick { 2 } else { 5 } {
         // The pool's VM is ready: the first claim takes it, the next one finds none and boots.
         let deadline = Instant::now() + Duration::from_secs(900);
         loop {
-            let w = s
-                .ok(Method::GET, &format!("/v1/projects/{pid}/warm-pool"), None)
-                .await?;
-            if w["status"]["ready"] == 1 {
+            let w = s.api.get_warm_pool(&pid).await?;
+            if w.status.ready == 1 {
                 break;
             }
             if Instant::now() > deadline {
-                bail!("the pool did not fill: {w}");
+                bail!("the pool did not fill: {:?}", w.status);
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -264,12 +268,7 @@ pub async fn first_output(report: &mut Report, quick: bool, cache: &Path) -> any
                 );
             }
             if was_warm { &mut warm } else { &mut cold }.push(took);
-            s.call(
-                Method::DELETE,
-                &format!("/v1/projects/{pid}/warm-pool/instances/{id}"),
-                None,
-            )
-            .await?;
+            answered(s.api.delete_instance(&pid, &id).await)?;
         }
     }
     let (w, c) = (percentile(&warm, 0.5), percentile(&cold, 0.5));

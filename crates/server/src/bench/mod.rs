@@ -18,8 +18,20 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde_json::{json, Map, Value};
+use warmpool_client::ClientError;
 
 pub use server::Server;
+
+/// An answer of the server for the load rows: the server saying no (an error status) is a sample
+/// like any other, as a busy server's refusals are part of what is measured; only a request that
+/// got no answer at all stops the row.
+fn answered<T>(r: Result<T, ClientError>) -> anyhow::Result<Option<T>> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if e.status().is_some() => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {

@@ -8,11 +8,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use reqwest::Method;
 use serde_json::json;
+use warmpool_client::Claim;
 use warmpool_pg_cluster::PgCluster;
+use warmpool_types::api::ClaimBody;
 
-use super::{percentile, Report, Row, Server};
+use super::{answered, percentile, Report, Row, Server};
 
 const PROJECTS: usize = 10;
 const PER_POOL: usize = 20;
@@ -29,33 +30,27 @@ async fn claim_rate(
     let mut workers = Vec::new();
     for w in 0..16usize {
         let s = &servers[w % servers.len()];
-        let (http, url, token) = (s.http.clone(), s.url.clone(), s.token.clone());
+        let api = s.api.clone();
         let (stop, samples, projects) = (stop.clone(), samples.clone(), projects.to_vec());
         workers.push(tokio::spawn(async move {
+            let body = ClaimBody {
+                task_id: None,
+                wait_seconds: Some(0.0),
+            };
             let mut i = w;
             while !stop.load(Ordering::Relaxed) {
                 i += 16;
                 let pid = &projects[i % projects.len()];
                 let t = Instant::now();
-                let resp = http
-                    .post(format!("{url}/v1/projects/{pid}/warm-pool/claim"))
-                    .bearer_auth(&token)
-                    .json(&json!({"waitSeconds": 0}))
-                    .send()
-                    .await?;
-                let ok = resp.status() == 200;
-                let v: serde_json::Value = resp.json().await?;
-                if ok && v["warm"] == true {
-                    samples
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .push(t.elapsed());
-                    // Give the VM back so the pool stays full: the rate is of claims, not boots.
-                    if let Some(id) = v["instance"]["id"].as_str() {
-                        http.delete(format!("{url}/v1/projects/{pid}/warm-pool/instances/{id}"))
-                            .bearer_auth(&token)
-                            .send()
-                            .await?;
+                if let Some(Claim::Ready(c)) = answered(api.claim(pid, &body).await)? {
+                    if c.warm {
+                        samples
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .push(t.elapsed());
+                        // Give the VM back so the pool stays full: the rate is of claims, not
+                        // boots.
+                        answered(api.delete_instance(pid, &c.instance.id).await)?;
                     }
                 }
             }
@@ -79,30 +74,13 @@ async fn claim_rate(
 async fn fill(s: &Server) -> anyhow::Result<Vec<String>> {
     let mut projects = Vec::new();
     for i in 0..PROJECTS {
-        let p = s
-            .ok(
-                Method::POST,
-                "/v1/projects",
-                Some(&json!({"name": format!("nodes {i}")})),
-            )
-            .await?;
-        let id = p["id"].as_str().context("project id")?.to_string();
-        s.ok(
-            Method::PATCH,
-            &format!("/v1/projects/{id}/warm-pool"),
-            Some(&json!({"targetSize": PER_POOL})),
-        )
-        .await?;
-        projects.push(id);
+        projects.push(s.pool_project(format!("nodes {i}"), PER_POOL).await?);
     }
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let mut ready = 0;
         for p in &projects {
-            let w = s
-                .ok(Method::GET, &format!("/v1/projects/{p}/warm-pool"), None)
-                .await?;
-            ready += w["status"]["ready"].as_u64().unwrap_or(0) as usize;
+            ready += s.api.get_warm_pool(p).await?.status.ready as usize;
         }
         if ready == PROJECTS * PER_POOL {
             return Ok(projects);

@@ -7,10 +7,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use reqwest::Method;
 use serde_json::json;
+use warmpool_types::api::ClaimBody;
 
-use super::{percentile, Report, Row, Server};
+use super::{answered, percentile, Report, Row, Server};
 
 const PER_POOL: usize = 20;
 
@@ -63,26 +63,20 @@ async fn measure(s: &Server, projects: &[String], quick: bool) -> anyhow::Result
     let mut claimers = Vec::new();
     for w in 0..4usize {
         let (stop, projects) = (stop.clone(), projects.clone());
-        let (http, url, token) = (s.http.clone(), s.url.clone(), s.token.clone());
+        let api = s.api.clone();
         claimers.push(tokio::spawn(async move {
+            let body = ClaimBody {
+                task_id: None,
+                wait_seconds: Some(0.0),
+            };
             let mut n = 0usize;
             let mut i = w * 7919;
             while !stop.load(Ordering::Relaxed) {
                 i = i.wrapping_mul(31).wrapping_add(17);
                 let pid = &projects[i % projects.len()];
-                let c: serde_json::Value = http
-                    .post(format!("{url}/v1/projects/{pid}/warm-pool/claim"))
-                    .bearer_auth(&token)
-                    .json(&json!({"waitSeconds": 0}))
-                    .send()
-                    .await?
-                    .json()
-                    .await?;
-                if let Some(id) = c["instance"]["id"].as_str() {
-                    http.delete(format!("{url}/v1/projects/{pid}/warm-pool/instances/{id}"))
-                        .bearer_auth(&token)
-                        .send()
-                        .await?;
+                // Ready or still booting, the instance is given back at once.
+                if let Some(c) = answered(api.claim(pid, &body).await)? {
+                    answered(api.delete_instance(pid, &c.response().instance.id).await)?;
                     n += 1;
                 }
             }
@@ -94,17 +88,10 @@ async fn measure(s: &Server, projects: &[String], quick: bool) -> anyhow::Result
     for i in 0..gets {
         let pid = &projects[(i * 104_729) % projects.len()];
         let t = Instant::now();
-        let resp = s
-            .http
-            .get(format!("{}/v1/projects/{pid}/warm-pool", s.url))
-            .bearer_auth(&s.token)
-            .send()
-            .await?;
-        let ok = resp.status().is_success();
-        resp.bytes().await?;
-        if !ok {
-            bail!("GET /warm-pool failed during the scale run");
-        }
+        s.api
+            .get_warm_pool(pid)
+            .await
+            .context("GET /warm-pool failed during the scale run")?;
         samples.push(t.elapsed());
     }
     stop.store(true, Ordering::Relaxed);
@@ -125,21 +112,7 @@ async fn measure(s: &Server, projects: &[String], quick: bool) -> anyhow::Result
 async fn grow_to(s: &Server, projects: &mut Vec<String>, n: usize) -> anyhow::Result<()> {
     while projects.len() < n {
         let i = projects.len();
-        let p = s
-            .ok(
-                Method::POST,
-                "/v1/projects",
-                Some(&json!({"name": format!("scale {i}")})),
-            )
-            .await?;
-        let id = p["id"].as_str().context("project id")?.to_string();
-        s.ok(
-            Method::PATCH,
-            &format!("/v1/projects/{id}/warm-pool"),
-            Some(&json!({"targetSize": PER_POOL})),
-        )
-        .await?;
-        projects.push(id);
+        projects.push(s.pool_project(format!("scale {i}"), PER_POOL).await?);
     }
     let want = (n * PER_POOL) as f64;
     let deadline = Instant::now() + Duration::from_secs(1200);

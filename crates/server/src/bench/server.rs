@@ -1,20 +1,21 @@
 //! A `warmpool serve` process of the benchmark's own, on port 0 with a data dir of its own,
-//! talked to over HTTP like any client, and stopped (with its VMs) when dropped.
+//! talked to through the typed client like any client, and stopped (with its VMs) when dropped.
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context};
-use serde_json::Value;
+use anyhow::{anyhow, Context};
+use warmpool_client::Client;
+use warmpool_types::api::{CreateProjectBody, UpdateWarmPoolBody};
 
 pub struct Server {
     child: Child,
-    pub url: String,
-    pub token: String,
     pub dir: tempfile::TempDir,
-    pub http: reqwest::Client,
+    /// The server's API as its admin. Clones share its connections: the load rows give one to
+    /// each worker.
+    pub api: Client,
 }
 
 impl Server {
@@ -61,47 +62,37 @@ impl Server {
                 .trim()
                 .to_string(),
         };
+        // Up to 64 workers claim at once: each keeps its connection between claims.
+        let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(128)
+            .build()?;
         Ok(Server {
             child,
-            url,
-            token,
             dir,
-            http: reqwest::Client::builder()
-                .pool_max_idle_per_host(128)
-                .build()?,
+            api: Client::with_http(http, &url, &token)?,
         })
     }
 
-    pub async fn call(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<&Value>,
-    ) -> anyhow::Result<(u16, Value)> {
-        let mut req = self
-            .http
-            .request(method, format!("{}{}", self.url, path))
-            .bearer_auth(&self.token);
-        if let Some(b) = body {
-            req = req.json(b);
-        }
-        let resp = req.send().await?;
-        let status = resp.status().as_u16();
-        let text = resp.text().await?;
-        Ok((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
-    }
-
-    pub async fn ok(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<&Value>,
-    ) -> anyhow::Result<Value> {
-        let (status, v) = self.call(method.clone(), path, body).await?;
-        if !(200..300).contains(&status) {
-            bail!("{method} {path} answered {status}: {v}");
-        }
-        Ok(v)
+    /// A project with no repository whose pool keeps `size` VMs ready; answers its id.
+    pub async fn pool_project(&self, name: String, size: usize) -> anyhow::Result<String> {
+        let project = self
+            .api
+            .create_project(&CreateProjectBody {
+                name,
+                description: None,
+                repos: Vec::new(),
+            })
+            .await?;
+        self.api
+            .update_warm_pool(
+                &project.id,
+                &UpdateWarmPoolBody {
+                    target_size: Some(size as f64),
+                    ..Default::default()
+                },
+            )
+            .await?;
+        Ok(project.id)
     }
 
     /// The server process's resident memory, in MiB.
@@ -119,13 +110,7 @@ impl Server {
 
     /// Ready pool instances over all projects, from `/metrics`.
     pub async fn ready_total(&self) -> anyhow::Result<f64> {
-        let text = self
-            .http
-            .get(format!("{}/metrics", self.url))
-            .send()
-            .await?
-            .text()
-            .await?;
+        let text = self.api.metrics().await?;
         Ok(text
             .lines()
             .filter(|l| l.starts_with("warmpool_pool_instances{") && l.contains("state=\"ready\""))
@@ -135,13 +120,7 @@ impl Server {
 
     /// A metric's value summed over its label sets, from `/metrics`.
     pub async fn metric_sum(&self, name: &str) -> anyhow::Result<f64> {
-        let text = self
-            .http
-            .get(format!("{}/metrics", self.url))
-            .send()
-            .await?
-            .text()
-            .await?;
+        let text = self.api.metrics().await?;
         Ok(text
             .lines()
             .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))

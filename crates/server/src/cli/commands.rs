@@ -5,18 +5,18 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use reqwest::Method;
-use serde_json::{json, Value};
+use futures_util::StreamExt;
+use serde_json::Value;
+use warmpool_client::{Claim, Client};
 use warmpool_types::api::{
-    ClaimResponse, CreatedToken, EnvVarsResponse, ExecResponse, GetWarmPoolResponse,
-    ListProjectsResponse, ListTokensResponse, ListWarmPoolInstancesResponse, PoolStats, Project,
-    Resources, StepRecord, TestWarmPoolBootResponse, UpdateResourcesBody, WarmPoolInstanceDetail,
+    ClaimBody, ClaimResponse, ClearWarmPoolBody, CreateProjectBody, DevboxRepo, EnvVarInput,
+    ExecBody, ListInstancesQuery, ListProjectsQuery, Project, PutEnvVarsBody, RepoInput, Resources,
+    SetupCommand, StepRecord, TestWarmPoolBootBody, UpdateDevboxBody, UpdateResourcesBody,
+    UpdateWarmPoolBody,
 };
-
 use warmpool_types::events::Event;
 use warmpool_types::state::{StepResult, StepStatus};
 
-use super::client::Client;
 use super::{
     Cli, Command, DevboxCmd, EnvCmd, ImageCmd, InstanceCmd, PoolCmd, ProjectCmd, ResourcesCmd,
     TokenCmd, VmsCmd,
@@ -43,8 +43,15 @@ fn print_json(v: &impl serde::Serialize) {
     println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
 }
 
+/// Prints an answer with its keys in alphabetical order, as these commands always have (they
+/// printed the server's JSON as a map): scripts reading their output keep working.
+fn print_json_sorted(v: &impl serde::Serialize) -> anyhow::Result<()> {
+    print_json(&serde_json::to_value(v)?);
+    Ok(())
+}
+
 /// `NAME=COMMAND` pairs, in order; names listed in `background` start in the background.
-fn parse_commands(cmds: &[String], background: &[String]) -> anyhow::Result<Value> {
+fn parse_commands(cmds: &[String], background: &[String]) -> anyhow::Result<Vec<SetupCommand>> {
     let bg: HashSet<&str> = background.iter().map(String::as_str).collect();
     let mut out = Vec::new();
     let mut seen = HashSet::new();
@@ -53,20 +60,20 @@ fn parse_commands(cmds: &[String], background: &[String]) -> anyhow::Result<Valu
             bail!("--cmd takes NAME=COMMAND, got `{c}`");
         };
         seen.insert(name);
-        let mut item = json!({"name": name, "command": command});
-        if bg.contains(name) {
-            item["background"] = json!(true);
-        }
-        out.push(item);
+        out.push(SetupCommand {
+            name: name.to_string(),
+            command: command.to_string(),
+            background: bg.contains(name).then_some(true),
+        });
     }
     if let Some(missing) = bg.iter().find(|b| !seen.contains(*b)) {
         bail!("--background {missing} names no --cmd");
     }
-    Ok(Value::Array(out))
+    Ok(out)
 }
 
 /// `owner/name=URL[#branch]`; a local path is made absolute (the server resolves nothing relative).
-fn parse_repo(spec: &str) -> anyhow::Result<Value> {
+fn parse_repo(spec: &str) -> anyhow::Result<RepoInput> {
     let Some((full, rest)) = spec.split_once('=') else {
         bail!("--repo takes owner/name=URL[#branch], got `{spec}`");
     };
@@ -80,28 +87,27 @@ fn parse_repo(spec: &str) -> anyhow::Result<Value> {
     } else {
         url.to_string()
     };
-    let mut v = json!({"repoFullName": full, "url": url});
-    if let Some(b) = branch {
-        v["branch"] = json!(b);
-    }
-    Ok(v)
+    Ok(RepoInput {
+        repo_full_name: full.to_string(),
+        url,
+        branch: branch.map(str::to_string),
+    })
 }
 
 async fn project_id(c: &Client, p: &str) -> anyhow::Result<String> {
     if p.starts_with("proj_") {
         return Ok(p.to_string());
     }
-    let mut cursor: Option<String> = None;
+    let mut query = ListProjectsQuery {
+        limit: Some(100),
+        cursor: None,
+    };
     let mut found = Vec::new();
     loop {
-        let path = match &cursor {
-            Some(cur) => format!("/v1/projects?limit=100&cursor={cur}"),
-            None => "/v1/projects?limit=100".to_string(),
-        };
-        let page: ListProjectsResponse = c.get(&path).await?;
+        let page = c.list_projects(&query).await?;
         found.extend(page.items.into_iter().filter(|x| x.name == p).map(|x| x.id));
         match page.next_cursor {
-            Some(n) if page.has_more => cursor = Some(n),
+            Some(n) if page.has_more => query.cursor = Some(n),
             _ => break,
         }
     }
@@ -252,18 +258,10 @@ enum Show {
 /// ready (or claimed).
 async fn follow(c: &Client, pid: &str, id: &str, show: Show) -> anyhow::Result<bool> {
     let json_out = show != Show::Live;
-    use futures_util::StreamExt;
-    let events = c
-        .events(&format!(
-            "/v1/projects/{pid}/warm-pool/instances/{id}/events"
-        ))
-        .await?;
-    futures_util::pin_mut!(events);
+    let mut events = c.instance_events(pid, id).await?;
     let mut printer = LivePrinter::new(String::new());
-    while let Some(ev) = events.next().await {
-        let ev = ev?;
-        let event = Event::decode(&ev.event, &ev.data)
-            .map_err(|e| anyhow::anyhow!("the server sent an event this CLI cannot read: {e}"))?;
+    while let Some(event) = events.next().await {
+        let event = event?;
         if json_out {
             if matches!(event, Event::Done(_)) {
                 break;
@@ -274,9 +272,7 @@ async fn follow(c: &Client, pid: &str, id: &str, show: Show) -> anyhow::Result<b
             break;
         }
     }
-    let d: WarmPoolInstanceDetail = c
-        .get(&format!("/v1/projects/{pid}/warm-pool/instances/{id}"))
-        .await?;
+    let d = c.get_instance(pid, id).await?;
     if json_out {
         if show == Show::Json {
             print_json(&d);
@@ -309,21 +305,15 @@ async fn follow(c: &Client, pid: &str, id: &str, show: Show) -> anyhow::Result<b
 
 /// Prints every boot of a project as it happens, until interrupted.
 async fn watch(c: &Client, pid: &str) -> anyhow::Result<()> {
-    use futures_util::StreamExt;
-    let w: GetWarmPoolResponse = c.get(&format!("/v1/projects/{pid}/warm-pool")).await?;
+    let w = c.get_warm_pool(pid).await?;
     println!(
         "watching {pid}: ready {}, provisioning {}, failed {} (Ctrl-C to stop)",
         w.status.ready, w.status.provisioning, w.status.failed
     );
-    let events = c
-        .events(&format!("/v1/projects/{pid}/warm-pool/events"))
-        .await?;
-    futures_util::pin_mut!(events);
+    let mut events = c.pool_events(pid).await?;
     let mut printers: std::collections::HashMap<String, LivePrinter> = Default::default();
-    while let Some(ev) = events.next().await {
-        let ev = ev?;
-        let event = Event::decode(&ev.event, &ev.data)
-            .map_err(|e| anyhow::anyhow!("the server sent an event this CLI cannot read: {e}"))?;
+    while let Some(event) = events.next().await {
+        let event = event?;
         let id = match &event {
             Event::Step(s) => s.instance_id.clone(),
             Event::Output(o) => o.instance_id.clone(),
@@ -338,7 +328,7 @@ async fn watch(c: &Client, pid: &str) -> anyhow::Result<()> {
                 Event::Done(d) => d.status.as_str(),
                 _ => "?",
             };
-            let w: GetWarmPoolResponse = c.get(&format!("/v1/projects/{pid}/warm-pool")).await?;
+            let w = c.get_warm_pool(pid).await?;
             println!(
                 "[{id}] {status} — pool: ready {}, provisioning {}, failed {}",
                 w.status.ready, w.status.provisioning, w.status.failed
@@ -379,19 +369,15 @@ async fn claim(
     json_out: bool,
     quiet: bool,
 ) -> anyhow::Result<i32> {
-    let mut body = json!({"waitSeconds": wait});
-    if let Some(t) = task_id {
-        body["taskId"] = json!(t);
-    }
-    let (status, v) = c
-        .call_status(
-            Method::POST,
-            &format!("/v1/projects/{pid}/warm-pool/claim"),
-            Some(&body),
-        )
-        .await?;
-    let mut r: ClaimResponse = serde_json::from_value(v)?;
-    if status == reqwest::StatusCode::ACCEPTED {
+    let body = ClaimBody {
+        task_id,
+        wait_seconds: Some(f64::from(wait)),
+    };
+    let (pending, mut r) = match c.claim(pid, &body).await? {
+        Claim::Ready(r) => (false, r),
+        Claim::Pending(r) => (true, r),
+    };
+    if pending {
         let id = r.instance.id.clone();
         if r.instance.status == "provisioning" {
             if !json_out && !quiet {
@@ -404,9 +390,7 @@ async fn claim(
             };
             follow(c, pid, &id, show).await?;
         }
-        let d: WarmPoolInstanceDetail = c
-            .get(&format!("/v1/projects/{pid}/warm-pool/instances/{id}"))
-            .await?;
+        let d = c.get_instance(pid, &id).await?;
         if d.status != "claimed" {
             bail!(
                 "the VM booted for this claim failed at {}: {}",
@@ -415,10 +399,7 @@ async fn claim(
             );
         }
         r.instance.status = d.status;
-        r.vm = Some(
-            c.get(&format!("/v1/projects/{pid}/warm-pool/instances/{id}/vm"))
-                .await?,
-        );
+        r.vm = Some(c.vm_access(pid, &id).await?);
     }
     if quiet {
         println!("{}", r.instance.id);
@@ -533,11 +514,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                     .iter()
                     .map(|r| parse_repo(r))
                     .collect::<anyhow::Result<Vec<_>>>()?;
-                let mut body = json!({"name": name, "repos": repos});
-                if let Some(d) = description {
-                    body["description"] = json!(d);
-                }
-                let p: Project = c.send(Method::POST, "/v1/projects", &body).await?;
+                let body = CreateProjectBody {
+                    name,
+                    description,
+                    repos,
+                };
+                let p = c.create_project(&body).await?;
                 if json_out {
                     print_json(&p);
                 } else {
@@ -545,7 +527,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                 }
             }
             ProjectCmd::List => {
-                let page: ListProjectsResponse = c.get("/v1/projects?limit=100").await?;
+                let page = c
+                    .list_projects(&ListProjectsQuery {
+                        limit: Some(100),
+                        cursor: None,
+                    })
+                    .await?;
                 if json_out {
                     print_json(&page);
                 } else {
@@ -554,7 +541,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             }
             ProjectCmd::Show { project } => {
                 let pid = project_id(&c, &project).await?;
-                let p: Project = c.get(&format!("/v1/projects/{pid}")).await?;
+                let p = c.get_project(&pid).await?;
                 if json_out {
                     print_json(&p);
                 } else {
@@ -563,8 +550,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             }
             ProjectCmd::Delete { project } => {
                 let pid = project_id(&c, &project).await?;
-                c.call(Method::DELETE, &format!("/v1/projects/{pid}"), None)
-                    .await?;
+                c.delete_project(&pid).await?;
                 println!("deleted {pid}");
             }
         },
@@ -576,14 +562,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                     let Some((name, value)) = v.split_once('=') else {
                         bail!("give NAME=VALUE, got `{v}`");
                     };
-                    items.push(json!({"name": name, "value": value}));
+                    items.push(EnvVarInput {
+                        name: name.to_string(),
+                        value: value.to_string(),
+                    });
                 }
-                let r: EnvVarsResponse = c
-                    .send(
-                        Method::PUT,
-                        &format!("/v1/projects/{pid}/environment-variables"),
-                        &json!({"variables": items}),
-                    )
+                let r = c
+                    .put_env_vars(&pid, &PutEnvVarsBody { variables: items })
                     .await?;
                 if json_out {
                     print_json(&r);
@@ -597,9 +582,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             }
             EnvCmd::List { project } => {
                 let pid = project_id(&c, &project).await?;
-                let r: EnvVarsResponse = c
-                    .get(&format!("/v1/projects/{pid}/environment-variables"))
-                    .await?;
+                let r = c.list_env_vars(&pid).await?;
                 if json_out {
                     print_json(&r);
                 } else {
@@ -610,20 +593,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             }
             EnvCmd::Rm { project, name } => {
                 let pid = project_id(&c, &project).await?;
-                c.call(
-                    Method::DELETE,
-                    &format!("/v1/projects/{pid}/environment-variables/{name}"),
-                    None,
-                )
-                .await?;
+                c.delete_env_var(&pid, &name).await?;
                 println!("deleted {name}");
             }
         },
         Command::Devbox(cmd) => match cmd {
             DevboxCmd::Show { project } => {
                 let pid = project_id(&c, &project).await?;
-                let d: Value = c.get(&format!("/v1/projects/{pid}/devbox")).await?;
-                print_json(&d);
+                print_json_sorted(&c.get_devbox(&pid).await?)?;
             }
             DevboxCmd::Set {
                 project,
@@ -634,19 +611,25 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                 let pid = project_id(&c, &project).await?;
                 let list = parse_commands(&cmds, &background)?;
                 let body = match repo {
-                    Some(r) => json!({"repos": [{"repoFullName": r, "setupCommands": list}]}),
-                    None => json!({"setupCommands": list}),
+                    Some(r) => UpdateDevboxBody {
+                        setup_commands: None,
+                        repos: Some(vec![DevboxRepo {
+                            repo_full_name: r,
+                            setup_commands: list,
+                        }]),
+                    },
+                    None => UpdateDevboxBody {
+                        setup_commands: Some(list),
+                        repos: None,
+                    },
                 };
-                let d: Value = c
-                    .send(Method::PATCH, &format!("/v1/projects/{pid}/devbox"), &body)
-                    .await?;
-                print_json(&d);
+                print_json_sorted(&c.update_devbox(&pid, &body).await?)?;
             }
         },
         Command::Resources(cmd) => match cmd {
             ResourcesCmd::Show { project } => {
                 let pid = project_id(&c, &project).await?;
-                let r: Resources = c.get(&format!("/v1/projects/{pid}/resources")).await?;
+                let r = c.get_resources(&pid).await?;
                 print_resources(&r, json_out);
             }
             ResourcesCmd::Set {
@@ -663,21 +646,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                     pids_max,
                     disk_mb,
                 };
-                let r: Resources = c
-                    .send(
-                        Method::PATCH,
-                        &format!("/v1/projects/{pid}/resources"),
-                        &serde_json::to_value(&body)?,
-                    )
-                    .await?;
+                let r = c.update_resources(&pid, &body).await?;
                 print_resources(&r, json_out);
             }
         },
         Command::Pool(cmd) => match cmd {
             PoolCmd::Status { project } => {
                 let pid = project_id(&c, &project).await?;
-                let w: GetWarmPoolResponse =
-                    c.get(&format!("/v1/projects/{pid}/warm-pool")).await?;
+                let w = c.get_warm_pool(&pid).await?;
                 if json_out {
                     print_json(&w);
                 } else {
@@ -709,9 +685,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             }
             PoolCmd::Stats { project } => {
                 let pid = project_id(&c, &project).await?;
-                let st: PoolStats = c
-                    .get(&format!("/v1/projects/{pid}/warm-pool/stats"))
-                    .await?;
+                let st = c.pool_stats(&pid).await?;
                 if json_out {
                     print_json(&st);
                 } else {
@@ -763,36 +737,24 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                 no_cmds,
             } => {
                 let pid = project_id(&c, &project).await?;
-                let mut body = json!({});
-                if let Some(s) = size {
-                    body["targetSize"] = json!(s);
-                }
-                if let Some(m) = max_age {
-                    body["maxAgeMinutes"] = json!(m);
-                }
-                if let Some(b) = branch {
-                    body["branch"] = json!(b);
-                }
+                // Absent fields stay as they are; `Some(None)` sets one to null.
+                let mut body = UpdateWarmPoolBody {
+                    enabled,
+                    target_size: size.map(f64::from),
+                    max_age_minutes: max_age.map(f64::from),
+                    branch: branch.map(Some),
+                    setup_commands: None,
+                };
                 if no_branch {
-                    body["branch"] = Value::Null;
-                }
-                if let Some(e) = enabled {
-                    body["enabled"] = json!(e);
+                    body.branch = Some(None);
                 }
                 if !cmds.is_empty() {
-                    body["setupCommands"] = parse_commands(&cmds, &background)?;
+                    body.setup_commands = Some(Some(parse_commands(&cmds, &background)?));
                 }
                 if no_cmds {
-                    body["setupCommands"] = Value::Null;
+                    body.setup_commands = Some(None);
                 }
-                let r: Value = c
-                    .send(
-                        Method::PATCH,
-                        &format!("/v1/projects/{pid}/warm-pool"),
-                        &body,
-                    )
-                    .await?;
-                print_json(&r);
+                print_json_sorted(&c.update_warm_pool(&pid, &body).await?)?;
             }
             PoolCmd::Test {
                 project,
@@ -801,18 +763,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                 background,
             } => {
                 let pid = project_id(&c, &project).await?;
-                let body = if cmds.is_empty() {
-                    json!({})
-                } else {
-                    json!({"setupCommands": parse_commands(&cmds, &background)?})
+                let body = TestWarmPoolBootBody {
+                    setup_commands: if cmds.is_empty() {
+                        None
+                    } else {
+                        Some(Some(parse_commands(&cmds, &background)?))
+                    },
                 };
-                let r: TestWarmPoolBootResponse = c
-                    .send(
-                        Method::POST,
-                        &format!("/v1/projects/{pid}/warm-pool/test"),
-                        &body,
-                    )
-                    .await?;
+                let r = c.test_boot(&pid, &body).await?;
                 if !wait {
                     if json_out {
                         print_json(&r);
@@ -841,14 +799,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             }
             PoolCmd::Clear { project, replenish } => {
                 let pid = project_id(&c, &project).await?;
-                let r: Value = c
-                    .send(
-                        Method::POST,
-                        &format!("/v1/projects/{pid}/warm-pool/clear"),
-                        &json!({"replenish": replenish}),
-                    )
-                    .await?;
-                print_json(&r);
+                let body = ClearWarmPoolBody {
+                    replenish: Some(replenish),
+                };
+                print_json_sorted(&c.clear_warm_pool(&pid, &body).await?)?;
             }
         },
         Command::Instance(cmd) => match cmd {
@@ -859,16 +813,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                 quiet,
             } => {
                 let pid = project_id(&c, &project).await?;
-                let mut q = vec![format!("limit={}", limit.unwrap_or(20))];
-                if let Some(s) = status {
-                    q.push(format!("status={s}"));
-                }
-                let r: ListWarmPoolInstancesResponse = c
-                    .get(&format!(
-                        "/v1/projects/{pid}/warm-pool/instances?{}",
-                        q.join("&")
-                    ))
-                    .await?;
+                let query = ListInstancesQuery {
+                    limit: Some(f64::from(limit.unwrap_or(20))),
+                    status,
+                };
+                let r = c.list_instances(&pid, &query).await?;
                 if json_out {
                     print_json(&r);
                 } else if quiet {
@@ -908,11 +857,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                     }
                     println!();
                 }
-                let d: WarmPoolInstanceDetail = c
-                    .get(&format!(
-                        "/v1/projects/{pid}/warm-pool/instances/{instance}"
-                    ))
-                    .await?;
+                let d = c.get_instance(&pid, &instance).await?;
                 if json_out {
                     print_json(&d);
                 } else {
@@ -943,12 +888,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             }
             InstanceCmd::Rm { project, instance } => {
                 let pid = project_id(&c, &project).await?;
-                c.call(
-                    Method::DELETE,
-                    &format!("/v1/projects/{pid}/warm-pool/instances/{instance}"),
-                    None,
-                )
-                .await?;
+                c.delete_instance(&pid, &instance).await?;
                 println!("destroyed {instance}");
             }
         },
@@ -964,13 +904,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Token(cmd) => match cmd {
             TokenCmd::Create { project } => {
                 let pid = project_id(&c, &project).await?;
-                let t: CreatedToken = c
-                    .send(
-                        Method::POST,
-                        &format!("/v1/projects/{pid}/tokens"),
-                        &json!({}),
-                    )
-                    .await?;
+                let t = c.create_token(&pid).await?;
                 if json_out {
                     print_json(&t);
                 } else {
@@ -979,7 +913,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             }
             TokenCmd::List { project } => {
                 let pid = project_id(&c, &project).await?;
-                let r: ListTokensResponse = c.get(&format!("/v1/projects/{pid}/tokens")).await?;
+                let r = c.list_tokens(&pid).await?;
                 if json_out {
                     print_json(&r);
                 } else {
@@ -995,23 +929,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             }
             TokenCmd::Rm { project, token_id } => {
                 let pid = project_id(&c, &project).await?;
-                c.call(
-                    Method::DELETE,
-                    &format!("/v1/projects/{pid}/tokens/{token_id}"),
-                    None,
-                )
-                .await?;
+                c.delete_token(&pid, &token_id).await?;
                 println!("revoked {token_id}");
             }
         },
         Command::Release { project, instance } => {
             let pid = project_id(&c, &project).await?;
-            c.call(
-                Method::DELETE,
-                &format!("/v1/projects/{pid}/warm-pool/instances/{instance}"),
-                None,
-            )
-            .await?;
+            c.delete_instance(&pid, &instance).await?;
             println!("released {instance}: its VM is destroyed");
         }
         Command::Exec {
@@ -1031,20 +955,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                     .collect::<Vec<_>>()
                     .join(" "),
             };
-            let mut body = json!({"command": command});
-            if let Some(d) = cwd {
-                body["cwd"] = json!(d);
-            }
-            if let Some(t) = timeout {
-                body["timeoutSeconds"] = json!(t);
-            }
-            let r: ExecResponse = c
-                .send(
-                    Method::POST,
-                    &format!("/v1/projects/{pid}/warm-pool/instances/{instance}/exec"),
-                    &body,
-                )
-                .await?;
+            let body = ExecBody {
+                command,
+                cwd,
+                env: None,
+                timeout_seconds: timeout.map(|t| t as f64),
+            };
+            let r = c.exec(&pid, &instance, &body).await?;
             if json_out {
                 print_json(&r);
             } else {

@@ -1,7 +1,6 @@
 //! The command line: `warmpool serve`, `warmpool bench` and `warmpool image build` run here; every other command is a
 //! client of a running server (`--url`, `--token`, defaulting to the local data dir's admin token).
 
-mod client;
 mod commands;
 
 use std::path::PathBuf;

@@ -143,13 +143,19 @@ pub fn is_stale(view: &PoolView<'_>, inst: &InstanceRow, now: i64) -> bool {
         || (view.moved)(inst)
 }
 
-/// What to do with one pool. `instances` are the pool's project's live instances (any kind);
-/// `capacity` is how many more boots this node may start now.
+/// How many boots a node may run at once, and how many of its own run now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capacity {
+    pub max_parallel: usize,
+    pub provisioning_here: usize,
+}
+
+/// What to do with one pool. `instances` are the pool's project's live instances (any kind).
 pub fn plan(
     view: &PoolView<'_>,
     instances: &[&InstanceRow],
     now: i64,
-    capacity: usize,
+    capacity: Capacity,
 ) -> Vec<Action> {
     let mut actions = Vec::new();
     let pool = || {
@@ -215,7 +221,11 @@ pub fn plan(
         } else {
             missing
         }
-        .min(capacity + freed);
+        .min(
+            capacity
+                .max_parallel
+                .saturating_sub(capacity.provisioning_here.saturating_sub(freed)),
+        );
         match view.goldens {
             Goldens::Missing if !building_golden && n > 0 => actions.push(Action::BuildGolden),
             Goldens::Missing => {}

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use warmpool_backend::Backend;
 use warmpool_store::{GoldenRow, InstanceRow, StepRow, Store};
 use warmpool_types::events::{DoneEvent, Event, OutputEvent, StepEvent};
-use warmpool_types::state::{InstanceKind, StepName, StepStatus};
+use warmpool_types::state::{InstanceKind, InstanceStatus, StepName, StepStatus};
 
 use super::clock::Clock;
 use super::events::LiveRun;
@@ -253,18 +253,46 @@ impl App {
         }
     }
 
-    /// A boot whose own settling panicked: its VM goes and its instance fails with the reason, so
-    /// the pool replaces it like any failure.
-    pub(crate) async fn boot_panicked(&self, inst: &InstanceRow, msg: &str) {
-        self.destroy_vm(inst).await;
+    /// A boot whose own settling panicked. If its instance is still `provisioning` (or was
+    /// destroyed meanwhile), its VM goes; one still provisioning fails with the reason, after the
+    /// pool's bookkeeping, so the pool backs off and replaces it like any failure. An instance
+    /// already settled (ready, claimed, failed) keeps its VM and its record.
+    pub(crate) async fn boot_panicked(
+        &self,
+        inst: &InstanceRow,
+        config: &str,
+        msg: &str,
+        live: &LiveRun,
+    ) {
         let reason = format!("internal error: the boot stopped unexpectedly ({msg})");
-        if let Err(e) = self
-            .store
-            .mark_failed(&inst.id, None, &reason, self.now())
-            .await
-        {
-            tracing::error!(instance = %inst.id, "cannot mark the instance failed: {e}");
+        let status = match self.store.get_instance(&inst.id).await {
+            Ok(Some(now)) => Some(now.status),
+            Ok(None) => Some(InstanceStatus::Destroyed),
+            // Unknown: leave it to the next start's recovery rather than guess.
+            Err(e) => {
+                tracing::error!(instance = %inst.id, "cannot read a panicked boot's instance: {e}");
+                None
+            }
+        };
+        match status {
+            Some(InstanceStatus::Provisioning) => {
+                self.destroy_vm(inst).await;
+                if matches!(inst.kind, InstanceKind::Pool | InstanceKind::Golden) {
+                    self.pool_boot_failed(&inst.project_id, "internal", config, &reason)
+                        .await;
+                }
+                if let Err(e) = self
+                    .store
+                    .mark_failed(&inst.id, None, &reason, self.now())
+                    .await
+                {
+                    tracing::error!(instance = %inst.id, "cannot mark the instance failed: {e}");
+                }
+            }
+            Some(InstanceStatus::Destroyed) => self.destroy_vm(inst).await,
+            _ => {}
         }
+        self.publish_done(&inst.id, live).await;
         self.events.finish(&inst.id);
         self.nudge();
     }

@@ -50,7 +50,12 @@ impl Heads {
             if let Some(src) = source() {
                 e.in_flight = true;
                 let me = self.clone();
-                crate::tasks::spawn("head check", async move { me.refresh(key, src).await });
+                crate::tasks::spawn("head check", async move {
+                    // A check that panics must not leave its branch never checked again.
+                    let done = InFlight(me.clone(), key.clone());
+                    me.refresh(key, src).await;
+                    drop(done);
+                });
             }
         }
         e.head.clone()
@@ -76,11 +81,22 @@ impl Heads {
         };
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         let e = entries.entry(key).or_default();
-        e.in_flight = false;
         e.checked = Some(Instant::now());
         // A remote that cannot be reached says nothing about staleness: keep what we knew.
         if let Some(c) = commit {
             e.head = Some((c, self.clock.now_ms()));
+        }
+    }
+}
+
+/// Marks a branch's check over when dropped, however the check ended.
+struct InFlight(Arc<Heads>, (String, String));
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut entries = self.0.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(e) = entries.get_mut(&self.1) {
+            e.in_flight = false;
         }
     }
 }

@@ -432,19 +432,42 @@ impl App {
             .insert(inst.id.clone(), cancel.clone());
         let app = self.clone();
         tokio::spawn(async move {
-            let boot = app.clone().run_boot(inst.clone(), plan, cancel, live);
+            // However the task ends, even by a panic of its own, the boot stops counting as
+            // running here.
+            let _running = RunningGuard {
+                app: app.clone(),
+                id: inst.id.clone(),
+            };
+            let config = plan.config_hash();
+            let boot = app
+                .clone()
+                .run_boot(inst.clone(), plan, cancel, live.clone());
             // A step's panic is already a failed step; this catches one in the app's own
             // settling, so the instance never stays provisioning for good.
             if let Err(msg) = crate::tasks::catch("boot", boot).await {
-                app.boot_panicked(&inst, &msg).await;
+                app.boot_panicked(&inst, &config, &msg, &live).await;
             }
-            app.running
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&inst.id);
         });
     }
+}
 
+/// Takes a boot off [`App::running`] when its task ends, however it ends.
+struct RunningGuard {
+    app: Arc<App>,
+    id: String,
+}
+
+impl Drop for RunningGuard {
+    fn drop(&mut self) {
+        self.app
+            .running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.id);
+    }
+}
+
+impl App {
     /// The ready golden built from `config_hash` for the project, if any.
     pub(crate) async fn golden_for(
         &self,

@@ -72,7 +72,12 @@ impl App {
                         tokio::time::sleep(NUDGE_COALESCE).await;
                     },
                 }
-                app.limits.tidy();
+                if tasks::catch("rate limit tidy", async { app.limits.tidy() })
+                    .await
+                    .is_err()
+                {
+                    tasks::record("rate_limit_tidy", Activation::Panicked);
+                }
                 if last_sweep.elapsed() >= SWEEP_EVERY {
                     last_sweep = Instant::now();
                     match tasks::catch("orphan sweep", app.sweep_orphans()).await {
@@ -230,22 +235,15 @@ impl App {
                 },
                 moved: &moved,
             };
-            let capacity = self
-                .cfg
-                .max_parallel_boots
-                .saturating_sub(provisioning_here);
+            let capacity = plan::Capacity {
+                max_parallel: self.cfg.max_parallel_boots,
+                provisioning_here,
+            };
             for action in plan::plan(&view, instances, now, capacity) {
-                provisioning_here = match &action {
-                    plan::Action::Destroy { from, .. }
-                        if from.contains(&InstanceStatus::Provisioning) =>
-                    {
-                        provisioning_here.saturating_sub(1)
-                    }
-                    _ => provisioning_here,
-                };
-                provisioning_here += self
+                let (launched, freed) = self
                     .apply_to_pool(&cache.rows, &view, &action, &mut report)
                     .await?;
+                provisioning_here = (provisioning_here + launched).saturating_sub(freed);
             }
         }
         if !goldens.is_empty() {
@@ -278,15 +276,16 @@ impl App {
 
     /// Does one planned action that is not about a particular pool (`rows`: the instances the
     /// plan was made from).
+    /// Answers 1 when it stopped a boot of this node (a slot freed), else 0.
     async fn apply(
         &self,
         rows: &HashMap<String, InstanceRow>,
         action: &plan::Action,
         report: &mut ReconcileReport,
-    ) -> AppResult<()> {
+    ) -> AppResult<usize> {
         if let plan::Action::Destroy { id, from, why } = action {
             let Some(inst) = rows.get(id) else {
-                return Ok(());
+                return Ok(0);
             };
             if self.destroy_instance(inst, from).await? {
                 tracing::info!(instance = %id, ?why, "instance ended");
@@ -294,19 +293,22 @@ impl App {
                     plan::Why::TestExpired | plan::Why::FailedExpired => report.expired += 1,
                     _ => report.destroyed += 1,
                 }
+                let freed = inst.status == InstanceStatus::Provisioning && self.is_mine(inst);
+                return Ok(usize::from(freed));
             }
         }
-        Ok(())
+        Ok(0)
     }
 
-    /// Does one planned action of a pool; answers how many boots it started on this node.
+    /// Does one planned action of a pool; answers how many boots it started on this node and
+    /// how many of this node's boots it stopped.
     async fn apply_to_pool(
         self: &Arc<Self>,
         rows: &HashMap<String, InstanceRow>,
         view: &plan::PoolView<'_>,
         action: &plan::Action,
         report: &mut ReconcileReport,
-    ) -> AppResult<usize> {
+    ) -> AppResult<(usize, usize)> {
         let project_id = view.project_id;
         match action {
             plan::Action::MarkStale { id } => {
@@ -315,7 +317,9 @@ impl App {
                     tracing::info!(instance = %id, "instance is stale; it stays claimable until replaced");
                 }
             }
-            plan::Action::Destroy { .. } => self.apply(rows, action, report).await?,
+            plan::Action::Destroy { .. } => {
+                return Ok((0, self.apply(rows, action, report).await?))
+            }
             plan::Action::ResetDegraded => {
                 self.store
                     .update_pool_state(
@@ -330,7 +334,7 @@ impl App {
                 let inst = self.launch(project_id, InstanceKind::Golden, None).await?;
                 tracing::info!(project = %project_id, instance = %inst.id, "building the pool's golden");
                 report.launched += 1;
-                return Ok(1);
+                return Ok((1, 0));
             }
             plan::Action::Boot { n } => {
                 let started = self.launch_pool(project_id, *n, view.target as u32).await?;
@@ -338,10 +342,10 @@ impl App {
                     tracing::info!(project = %project_id, instance = %inst.id, "booting a pool instance");
                 }
                 report.launched += started.len();
-                return Ok(started.len());
+                return Ok((started.len(), 0));
             }
         }
-        Ok(0)
+        Ok((0, 0))
     }
 
     /// Deletes the goldens no pool wants and no VM uses.

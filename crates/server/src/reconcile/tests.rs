@@ -53,7 +53,10 @@ struct Case {
     goldens: Goldens,
     moved: &'static [&'static str],
     instances: Vec<InstanceRow>,
+    /// Boots this node may start (its limit, with none of its own running).
     capacity: usize,
+    /// Boots of its own running beyond the pool's (boots for claims, other pools).
+    busy: usize,
     expect: Vec<Action>,
 }
 
@@ -68,6 +71,7 @@ impl Default for Case {
             moved: &[],
             instances: Vec::new(),
             capacity: 8,
+            busy: 0,
             expect: Vec::new(),
         }
     }
@@ -97,7 +101,20 @@ fn run(case: &Case) -> Vec<Action> {
         moved: &moved,
     };
     let refs: Vec<&InstanceRow> = case.instances.iter().collect();
-    plan(&view, &refs, NOW, case.capacity)
+    let own = case
+        .instances
+        .iter()
+        .filter(|i| i.status == InstanceStatus::Provisioning)
+        .count();
+    plan(
+        &view,
+        &refs,
+        NOW,
+        Capacity {
+            max_parallel: case.capacity,
+            provisioning_here: own + case.busy,
+        },
+    )
 }
 
 #[test]
@@ -191,12 +208,20 @@ fn pools_are_planned_by_their_rules() {
         },
         Case {
             name: "boots of an outdated configuration stop and free their capacity",
-            capacity: 0,
+            capacity: 1,
             instances: vec![with(booting("a"), |i| i.config_hash = Some("old".into()))],
             expect: vec![
                 gone("a", PROVISIONING, Why::Outdated),
                 Action::Boot { n: 1 },
             ],
+            ..Default::default()
+        },
+        Case {
+            name: "a node over its limit boots nothing, even after freeing one",
+            capacity: 4,
+            busy: 5,
+            instances: vec![with(booting("a"), |i| i.config_hash = Some("old".into()))],
+            expect: vec![gone("a", PROVISIONING, Why::Outdated)],
             ..Default::default()
         },
         Case {
@@ -246,6 +271,14 @@ fn pools_are_planned_by_their_rules() {
             target: 5,
             capacity: 3,
             expect: vec![Action::Boot { n: 3 }],
+            ..Default::default()
+        },
+        Case {
+            name: "other boots of the node count against its capacity",
+            target: 5,
+            capacity: 3,
+            busy: 2,
+            expect: vec![Action::Boot { n: 1 }],
             ..Default::default()
         },
         Case {

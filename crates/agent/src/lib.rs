@@ -321,9 +321,10 @@ fn write_atomically(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> 
             .truncate(true)
             .mode(mode)
             .open(&tmp)?;
-        // The umask may have narrowed the mode; set it exactly.
-        std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(mode))?;
         f.write_all(data)?;
+        // The umask may have narrowed the mode; set it exactly — after writing, because a write
+        // by a user without CAP_FSETID clears the setuid and setgid bits.
+        std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(mode))?;
         f.sync_all()?;
         drop(f);
         std::fs::rename(&tmp, path)

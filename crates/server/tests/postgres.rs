@@ -117,21 +117,29 @@ async fn a_pool_on_postgres_fills_claims_once_and_survives_kill_9() {
     s.wait_reconciler_pass().await;
     assert_eq!(ready_count(&s, &pid).await, 2);
     assert!(instance_ids(&s, &pid, "provisioning").await.is_empty());
-    // The kept VMs work: both are handed out warm and run commands.
-    for _ in 0..2 {
-        let v = s
-            .ok(
-                "POST",
-                &format!("/v1/projects/{pid}/warm-pool/claim"),
-                Some(json!({"waitSeconds": 0})),
-            )
-            .await;
-        assert_eq!(v["warm"], true, "{v}");
-        let id = v["instance"]["id"].as_str().unwrap();
-        assert!(before.contains(id), "{id} was ready before the crash");
-        let out = s.exec(&pid, id, "cat /home/marker").await;
-        assert_eq!(out["output"], "it's 42\n", "{out}");
-    }
+    // The kept VMs work: one is handed out warm and runs commands. (Only the first claim is sure
+    // to get one of them: its replacement may be ready, and handed out first, by the next.)
+    let v = s
+        .ok(
+            "POST",
+            &format!("/v1/projects/{pid}/warm-pool/claim"),
+            Some(json!({"waitSeconds": 0})),
+        )
+        .await;
+    assert_eq!(v["warm"], true, "{v}");
+    let id = v["instance"]["id"].as_str().unwrap();
+    assert!(before.contains(id), "{id} was ready before the crash");
+    let out = s.exec(&pid, id, "cat /home/marker").await;
+    assert_eq!(out["output"], "it's 42\n", "{out}");
+    let other = before.iter().find(|b| *b != id).unwrap();
+    let d = s
+        .ok(
+            "GET",
+            &format!("/v1/projects/{pid}/warm-pool/instances/{other}"),
+            None,
+        )
+        .await;
+    assert_eq!(d["status"], "ready", "{d}");
 
     // A second server on the same database needs the same secrets key and admin token, and a
     // node name of its own: each mismatch is refused at start with what to do.
@@ -205,7 +213,10 @@ async fn a_database_outage_answers_503_and_heals() {
     assert_eq!((st, &v["status"]["ready"]), (200, &json!(3)), "{v}");
     let again: HashSet<String> = instance_ids(&s, &pid, "ready").await.into_iter().collect();
     assert_eq!(again, ready, "the ready VMs outlived the outage");
-    let mut got = HashSet::new();
+    // Three claims get three different VMs. The first is one of those three; later ones may get
+    // a replacement of an earlier claim instead (sim boots are instant and the newest ready VM
+    // is handed out first).
+    let mut got = Vec::new();
     for _ in 0..3 {
         let v = s
             .ok(
@@ -215,11 +226,13 @@ async fn a_database_outage_answers_503_and_heals() {
             )
             .await;
         assert_eq!(v["warm"], true, "{v}");
-        assert!(got.insert(v["instance"]["id"].as_str().unwrap().to_string()));
+        let id = v["instance"]["id"].as_str().unwrap().to_string();
+        assert!(!got.contains(&id), "{id} was claimed twice");
+        got.push(id);
     }
-    assert_eq!(
-        got, ready,
-        "the claims got the VMs that were ready before the outage"
+    assert!(
+        ready.contains(&got[0]),
+        "the first claim got a VM that was ready before the outage"
     );
     assert!(s.log_text().contains("store unavailable"));
     assert!(!s.log_text().contains("panicked"));

@@ -1,5 +1,7 @@
-//! Supervised background work. Every task the server spawns goes through [`spawn`], so a panic is
-//! logged and counted (`warmpool_task_panics_total{task}`) rather than lost with its task; loops
+//! Supervised background work. Tasks whose loss would leave state wrong — boots (through
+//! [`catch`]), the reconciler, the lease keeper, head checks, re-adoption — go through [`spawn`] or
+//! [`catch`], so a panic is logged and counted (`warmpool_task_panics_total{task}`) rather than
+//! lost with its task (per-connection tasks and timers that only tidy up are plain spawns); loops
 //! report each activation through [`Activation`] — when it last ran, what it did, whether it
 //! failed — as metrics (`warmpool_loop_*{loop}`).
 

@@ -19,8 +19,6 @@ use crate::provision::config_hash;
 use crate::reconcile as plan;
 use crate::tasks::{self, Activation};
 
-pub use plan::{backoff, BACKOFF_MAX, BACKOFF_MIN, DEGRADED_AFTER, FAILED_RETENTION};
-
 /// How often a pass reads every live instance again instead of only what changed: a safety net,
 /// so that nothing a change feed could miss stays wrong for long.
 const FULL_RELOAD_EVERY: Duration = Duration::from_secs(300);
@@ -167,7 +165,7 @@ impl App {
             &all,
             now,
             self.cfg.test_instance_ttl.as_millis() as i64,
-            FAILED_RETENTION.as_millis() as i64,
+            plan::FAILED_RETENTION.as_millis() as i64,
         ) {
             self.apply(&cache.rows, &action, &mut report).await?;
         }

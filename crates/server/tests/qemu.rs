@@ -211,6 +211,8 @@ impl OtherMachine {
             name: format!("wpt{}", std::process::id()),
         };
         let (ns, host_if, ns_if) = (&m.name, m.host_if(), format!("{}n", m.name));
+        // Left over by an earlier run that was killed with the same process id.
+        m.remove();
         Self::ip(&["netns", "add", ns]);
         Self::ip(&[
             "link", "add", &host_if, "type", "veth", "peer", "name", &ns_if, "netns", ns,
@@ -236,6 +238,16 @@ impl OtherMachine {
         m
     }
 
+    fn remove(&self) {
+        // The greeter's thread keeps the namespace alive until the test ends: remove the link too.
+        for args in [
+            vec!["link", "del", &self.host_if()],
+            vec!["netns", "del", &self.name],
+        ] {
+            let _ = std::process::Command::new("ip").args(&args).output();
+        }
+    }
+
     fn host_if(&self) -> String {
         format!("{}h", self.name)
     }
@@ -256,19 +268,17 @@ impl OtherMachine {
 
 impl Drop for OtherMachine {
     fn drop(&mut self) {
-        // The greeter's thread keeps the namespace alive until the test ends: remove the link too.
-        for args in [
-            vec!["link", "del", &self.host_if()],
-            vec!["netns", "del", &self.name],
-        ] {
-            let _ = std::process::Command::new("ip").args(&args).output();
-        }
+        self.remove();
     }
 }
 
 /// From inside a VM: a machine other than the host answers; services on the host's loopback and
 /// on all its addresses (and the API) answer at none of the addresses a guest could try.
 async fn guest_network_reaches_out_but_not_the_host(s: &TestServer, pid: &str, id: &str) {
+    // The tests of this file run at once in one process, and the other machine's name and
+    // addresses are the process's: one probe at a time.
+    static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    let _turn = ONE_AT_A_TIME.lock().await;
     let other = OtherMachine::new();
     let other_port = other.greeter("other-machine");
     let lo = greeter("127.0.0.1:0", "host-loopback");

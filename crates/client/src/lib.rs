@@ -59,6 +59,28 @@ impl Claim {
     }
 }
 
+/// One answer as the client received it, shown to an [`Observer`] before it is read.
+#[derive(Debug)]
+pub struct Answer<'a> {
+    pub method: &'a Method,
+    pub url: &'a str,
+    pub status: StatusCode,
+    pub body: &'a [u8],
+    /// What the body is read as: the name of the [`warmpool_types::api`] type for a success
+    /// (`ClaimResponse`, say), `ErrorResponse` for an error.
+    pub shape: &'static str,
+}
+
+/// Sees every answer with a body: a test checks each against the published schemas, a tool may
+/// log them.
+pub type Observer = Arc<dyn Fn(&Answer<'_>) + Send + Sync>;
+
+/// The last segment of a type's path: `ClaimResponse` for `warmpool_types::api::ClaimResponse`.
+fn shape<T>() -> &'static str {
+    let name = std::any::type_name::<T>();
+    name.rsplit("::").next().unwrap_or(name)
+}
+
 /// A client of one warmpool server, acting with one token. Cloning it is cheap and shares its
 /// connections.
 #[derive(Clone)]
@@ -67,6 +89,7 @@ pub struct Client {
     base: Arc<str>,
     /// `Bearer <token>`, made once: every request carries it.
     auth: HeaderValue,
+    observer: Option<Observer>,
 }
 
 impl std::fmt::Debug for Client {
@@ -126,7 +149,14 @@ impl Client {
             http,
             base: base.trim_end_matches('/').into(),
             auth,
+            observer: None,
         })
+    }
+
+    /// This client, showing every answer with a body to `observer` before reading it.
+    pub fn observed(mut self, observer: Observer) -> Self {
+        self.observer = Some(observer);
+        self
     }
 
     /// The server's address, as given.
@@ -167,23 +197,43 @@ impl Client {
         }
     }
 
-    /// Sends a request; a success answers its status and body, anything else is an error.
+    /// Sends a request whose success is read as `shape`; a success answers its status and body,
+    /// anything else is an error.
     async fn send(
         &self,
         req: RequestBuilder,
         url: &str,
+        shape: &'static str,
     ) -> Result<(StatusCode, Bytes), ClientError> {
-        let resp = req.send().await.map_err(|e| self.transport(e, url))?;
+        let req = req.build().map_err(|e| self.transport(e, url))?;
+        let method = req.method().clone();
+        let resp = self
+            .http
+            .execute(req)
+            .await
+            .map_err(|e| self.transport(e, url))?;
         let status = resp.status();
         let body = resp.bytes().await.map_err(ClientError::Read)?;
-        if !status.is_success() {
+        let ok = status.is_success();
+        if let Some(observe) = self.observer.as_ref().filter(|_| !body.is_empty()) {
+            let shape = if ok { shape } else { "ErrorResponse" };
+            observe(&Answer {
+                method: &method,
+                url,
+                status,
+                body: &body,
+                shape,
+            });
+        }
+        if !ok {
             return Err(ClientError::api(status, &body));
         }
         Ok((status, body))
     }
 
     async fn get<T: DeserializeOwned>(&self, url: String) -> Result<T, ClientError> {
-        let (_, body) = self.send(self.request(Method::GET, &url), &url).await?;
+        let req = self.request(Method::GET, &url);
+        let (_, body) = self.send(req, &url, shape::<T>()).await?;
         decode(&body)
     }
 
@@ -193,7 +243,7 @@ impl Client {
         query: &Q,
     ) -> Result<T, ClientError> {
         let req = self.request(Method::GET, &url).query(query);
-        let (_, body) = self.send(req, &url).await?;
+        let (_, body) = self.send(req, &url, shape::<T>()).await?;
         decode(&body)
     }
 
@@ -203,15 +253,14 @@ impl Client {
         url: String,
         body: &B,
     ) -> Result<T, ClientError> {
-        let (_, answer) = self
-            .send(self.request(method, &url).json(body), &url)
-            .await?;
+        let req = self.request(method, &url).json(body);
+        let (_, answer) = self.send(req, &url, shape::<T>()).await?;
         decode(&answer)
     }
 
     /// A request whose success has no body (204).
     async fn no_content(&self, method: Method, url: String) -> Result<(), ClientError> {
-        self.send(self.request(method, &url), &url)
+        self.send(self.request(method, &url), &url, "")
             .await
             .map(|_| ())
     }
@@ -233,7 +282,8 @@ impl Client {
     /// `GET /metrics`: the Prometheus text.
     pub async fn metrics(&self) -> Result<String, ClientError> {
         let url = self.url(format_args!("/metrics"));
-        let (_, body) = self.send(self.request(Method::GET, &url), &url).await?;
+        let req = self.request(Method::GET, &url);
+        let (_, body) = self.send(req, &url, "metrics").await?;
         Ok(String::from_utf8_lossy(&body).into_owned())
     }
 
@@ -321,7 +371,10 @@ impl Client {
             seg(project),
             seg(name)
         ));
-        let (_, body) = self.send(self.request(Method::DELETE, &url), &url).await?;
+        let req = self.request(Method::DELETE, &url);
+        let (_, body) = self
+            .send(req, &url, shape::<DeleteEnvVarResponse>())
+            .await?;
         decode(&body)
     }
 
@@ -518,9 +571,8 @@ impl Client {
             "/v1/projects/{}/warm-pool/claim",
             seg(project)
         ));
-        let (status, answer) = self
-            .send(self.request(Method::POST, &url).json(body), &url)
-            .await?;
+        let req = self.request(Method::POST, &url).json(body);
+        let (status, answer) = self.send(req, &url, shape::<ClaimResponse>()).await?;
         let r = decode(&answer)?;
         Ok(if status == StatusCode::ACCEPTED {
             Claim::Pending(r)
@@ -547,6 +599,15 @@ impl Client {
         let status = resp.status();
         if !status.is_success() {
             let body = resp.bytes().await.unwrap_or_default();
+            if let Some(observe) = &self.observer {
+                observe(&Answer {
+                    method: &Method::GET,
+                    url: &url,
+                    status,
+                    body: &body,
+                    shape: "ErrorResponse",
+                });
+            }
             return Err(ClientError::api(status, &body));
         }
         Ok(resp

@@ -40,7 +40,7 @@ fn details_fields(v: &Value) -> Vec<String> {
 #[ignore = "tier root: runs sandbox VMs, so it needs root; run every tier with `cargo test -- --include-ignored`"]
 async fn auth_and_not_found() {
     let s = TestServer::start(&[]);
-    let pid = s.create_project("auth", json!([])).await;
+    let pid = s.create_project("auth", vec![]).await;
     let path = format!("/v1/projects/{pid}/warm-pool");
     let (st, v) = s.call_as(None, "GET", &path, None).await;
     assert_eq!(
@@ -120,7 +120,7 @@ async fn auth_and_not_found() {
 #[ignore = "tier root: runs sandbox VMs, so it needs root; run every tier with `cargo test -- --include-ignored`"]
 async fn warm_pool_config_follows_the_published_contract() {
     let s = TestServer::start(&[]);
-    let pid = s.create_project("pool config", json!([])).await;
+    let pid = s.create_project("pool config", vec![]).await;
     let path = format!("/v1/projects/{pid}/warm-pool");
     let v = s.ok("GET", &path, None).await;
     assert_valid("GetWarmPoolResponse", &v);
@@ -423,7 +423,7 @@ async fn projects_env_vars_and_devbox() {
         .await;
     assert_eq!(repos["items"][0]["url"], repo.url());
     for i in 0..4 {
-        s.create_project(&format!("p{i}"), json!([])).await;
+        s.create_project(&format!("p{i}"), vec![]).await;
     }
     let page1 = s.ok("GET", "/v1/projects?limit=2", None).await;
     assert_valid_project_list(&page1);
@@ -534,18 +534,13 @@ async fn projects_env_vars_and_devbox() {
 #[ignore = "tier root: runs sandbox VMs, so it needs root; run every tier with `cargo test -- --include-ignored`"]
 async fn exec_only_where_it_makes_sense() {
     let s = TestServer::start(&[]);
-    let pid = s.create_project("exec", json!([])).await;
-    let failed = s
-        .test_boot(
-            &pid,
-            json!({"setupCommands": [{"name": "f", "command": "false"}]}),
-        )
-        .await;
+    let pid = s.create_project("exec", vec![]).await;
+    let failed = s.test_boot(&pid, boot_with(&[("f", "false")])).await;
     let exec = |id: &str| format!("/v1/projects/{pid}/warm-pool/instances/{id}/exec");
     let (st, v) = s
         .call(
             "POST",
-            &exec(failed["id"].as_str().unwrap()),
+            &exec(failed.id.as_str()),
             Some(json!({"command": "true"})),
         )
         .await;
@@ -554,8 +549,8 @@ async fn exec_only_where_it_makes_sense() {
         (409, Some("conflict")),
         "{v}"
     );
-    let ok = s.test_boot(&pid, json!({"setupCommands": []})).await;
-    let path = exec(ok["id"].as_str().unwrap());
+    let ok = s.test_boot(&pid, boot_with(&[])).await;
+    let path = exec(ok.id.as_str());
     for body in [
         json!({}),
         json!({"command": ""}),
@@ -603,10 +598,10 @@ async fn test_instances_expire() {
         "--reconcile-interval-ms",
         "100",
     ]);
-    let pid = s.create_project("ttl", json!([])).await;
-    let d = s.test_boot(&pid, json!({})).await;
-    assert_eq!(d["status"], "ready");
-    let vm = d["instanceId"].as_str().unwrap().to_string();
+    let pid = s.create_project("ttl", vec![]).await;
+    let d = s.test_boot(&pid, Default::default()).await;
+    assert_eq!(d.status, "ready");
+    let vm = d.instance_id.clone();
     // A second after it was ready, a reconciler pass (every 100 ms) destroys it.
     wait_for("the expired test instance destroyed", SETTLE, async || {
         let list = s
@@ -629,7 +624,7 @@ async fn test_instances_expire() {
 #[ignore = "tier root: runs sandbox VMs, so it needs root; run every tier with `cargo test -- --include-ignored`"]
 async fn a_crash_mid_boot_leaves_nothing_hanging() {
     let mut s = TestServer::start(&[]);
-    let pid = s.create_project("crash", json!([])).await;
+    let pid = s.create_project("crash", vec![]).await;
     let v = s
         .ok(
             "POST",
@@ -680,7 +675,7 @@ async fn a_crash_mid_boot_leaves_nothing_hanging() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_server_without_warm_pools_says_so() {
     let s = TestServer::start(&["--warm-pool-allowed", "false", "--backend", "sim"]);
-    let pid = s.create_project("not allowed", json!([])).await;
+    let pid = s.create_project("not allowed", vec![]).await;
     let v = s
         .ok("GET", &format!("/v1/projects/{pid}/warm-pool"), None)
         .await;
@@ -707,45 +702,46 @@ async fn the_sim_backend_runs_the_same_pipeline() {
     let s = TestServer::start(&["--backend", "sim"]);
     let repo = TestRepo::new(&[("x", "y")]);
     let pid = s
-        .create_project(
-            "sim",
-            json!([{"repoFullName": "acme/x", "url": repo.url()}]),
-        )
+        .create_project("sim", vec![repo_input("acme/x", repo.url())])
         .await;
-    let d = s
-        .test_boot(
-            &pid,
-            json!({"setupCommands": [{"name": "ok", "command": "echo fine"}]}),
-        )
-        .await;
-    assert_eq!(d["status"], "ready", "{d:#}");
+    let d = s.test_boot(&pid, boot_with(&[("ok", "echo fine")])).await;
+    assert_eq!(d.status, "ready", "{d:#?}");
     assert_eq!(step_names(&d).len(), 8);
-    assert_eq!(step(&d, "create_vm")["metadata"]["backend"], "sim");
-    let d = s
-        .test_boot(
-            &pid,
-            json!({"setupCommands": [{"name": "bad", "command": "exit 5"}]}),
-        )
-        .await;
-    assert_eq!(d["summary"]["failedStep"], "warm_pool_setup");
-    assert_eq!(d["summary"]["error"], "command `bad` exited with status 5");
+    assert_eq!(meta(&d, "create_vm")["backend"], "sim");
+    let d = s.test_boot(&pid, boot_with(&[("bad", "exit 5")])).await;
+    assert_eq!(d.summary.failed_step.as_deref(), Some("warm_pool_setup"));
+    assert_eq!(
+        d.summary.error.as_deref(),
+        Some("command `bad` exited with status 5")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "tier root: runs sandbox VMs, so it needs root; run every tier with `cargo test -- --include-ignored`"]
 async fn odd_names_and_commands_are_passed_through_untouched() {
     let s = TestServer::start(&[]);
-    let pid = s.create_project("odd", json!([])).await;
-    let cmds = json!([
-        {"name": "it's \"quoted\" $HOME", "command": "printf '%s|' \"it's\" '$HOME' \"a b\"; echo"},
-        {"name": "ünïcødé ✓", "command": "echo 日本語"},
-        {"name": "multi\tline", "command": "echo one\necho two\n"},
-        {"name": "../../etc/passwd", "command": "echo bg", "background": true},
-        {"name": "-rf /", "command": "true"},
+    let pid = s.create_project("odd", vec![]).await;
+    let mut cmds = commands(&[
+        (
+            "it's \"quoted\" $HOME",
+            "printf '%s|' \"it's\" '$HOME' \"a b\"; echo",
+        ),
+        ("ünïcødé ✓", "echo 日本語"),
+        ("multi\tline", "echo one\necho two\n"),
+        ("../../etc/passwd", "echo bg"),
+        ("-rf /", "true"),
     ]);
-    let d = s.test_boot(&pid, json!({"setupCommands": cmds})).await;
-    assert_eq!(d["status"], "ready", "{d:#}");
-    let out = step(&d, "warm_pool_setup")["output"].as_str().unwrap();
+    cmds[3].background = Some(true);
+    let d = s
+        .test_boot(
+            &pid,
+            TestWarmPoolBootBody {
+                setup_commands: Some(Some(cmds.clone())),
+            },
+        )
+        .await;
+    assert_eq!(d.status, "ready", "{d:#?}");
+    let out = output(&d, "warm_pool_setup");
     assert!(
         out.contains("$ it's \"quoted\" $HOME\nit's|$HOME|a b|\n"),
         "{out}"
@@ -761,16 +757,17 @@ async fn odd_names_and_commands_are_passed_through_untouched() {
     let r = s
         .exec(
             &pid,
-            d["id"].as_str().unwrap(),
+            d.id.as_str(),
             "ls /var/log/warmpool; head -c 4 /etc/passwd",
         )
         .await;
-    assert!(r["output"].as_str().unwrap().ends_with("root"), "{r}");
+    assert!(r.output.as_str().ends_with("root"), "{r:?}");
     let pool = s
         .ok("GET", &format!("/v1/projects/{pid}/warm-pool"), None)
         .await;
     assert_eq!(
-        pool["config"]["setupCommands"], cmds,
+        pool["config"]["setupCommands"],
+        json!(cmds),
         "commands are stored exactly as given"
     );
 }

@@ -75,11 +75,8 @@ async fn the_readme_walkthrough_works_verbatim() {
 async fn a_failing_test_boot_exits_non_zero_and_says_why() {
     let s = TestServer::start(&[]);
     let repo = TestRepo::new(&[("build.sh", "echo ok\n")]);
-    s.create_project(
-        "cli-fail",
-        json!([{"repoFullName": "acme/app", "url": repo.url()}]),
-    )
-    .await;
+    s.create_project("cli-fail", vec![repo_input("acme/app", repo.url())])
+        .await;
     let home = tempfile::tempdir().unwrap();
     let out = output_within(
         cli(&s, home.path())
@@ -133,11 +130,13 @@ async fn a_failing_test_boot_exits_non_zero_and_says_why() {
 async fn pool_watch_follows_every_boot_live() {
     use std::io::{BufRead, BufReader};
     let s = TestServer::start(&[]);
-    let pid = s.create_project("watched", json!([])).await;
-    s.ok(
-        "PATCH",
-        &format!("/v1/projects/{pid}/warm-pool"),
-        Some(json!({"enabled": false})),
+    let pid = s.create_project("watched", vec![]).await;
+    s.configure_pool(
+        &pid,
+        UpdateWarmPoolBody {
+            enabled: Some(false),
+            ..Default::default()
+        },
     )
     .await;
     let home = tempfile::tempdir().unwrap();
@@ -218,13 +217,8 @@ fn warmpool(args: &[&str]) -> (bool, String, String) {
 #[ignore = "tier root: runs sandbox VMs, so it needs root; run every tier with `cargo test -- --include-ignored`"]
 async fn vms_of_a_stopped_server_are_listed_and_destroyed_without_it() {
     let mut s = TestServer::start(&[]);
-    let pid = s.create_project("offline", json!([])).await;
-    s.ok(
-        "PATCH",
-        &format!("/v1/projects/{pid}/warm-pool"),
-        Some(json!({"targetSize": 2})),
-    )
-    .await;
+    let pid = s.create_project("offline", vec![]).await;
+    s.configure_pool(&pid, target(2)).await;
     let ready = async |s: &TestServer| wait_ready_ids(s, &pid, 2, s.boot()).await;
     let first = ready(&s).await;
     s.wait_spare_ready().await;
@@ -281,13 +275,13 @@ async fn vms_of_a_stopped_server_are_listed_and_destroyed_without_it() {
         assert!(
             out.lines()
                 .any(|l| l.starts_with(v.as_str()) && l.contains("sandbox  running (pid ")),
-            "{out}"
+            "{out:?}"
         );
     }
     assert!(
         out.lines().any(|l| l.starts_with(spares[0])
             && l.contains("sandbox (started ahead, no project's)  running (pid ")),
-        "{out}"
+        "{out:?}"
     );
     let (ok, _, err) = warmpool(&["vms", "rm", "vm-doesnotexist0000", "--data-dir", &data]);
     assert!(!ok);
@@ -299,9 +293,9 @@ async fn vms_of_a_stopped_server_are_listed_and_destroyed_without_it() {
             .filter(|l| l.starts_with("destroyed vm-"))
             .count(),
         2,
-        "{out}"
+        "{out:?}"
     );
-    assert!(out.contains(&format!("destroyed {}", spares[0])), "{out}");
+    assert!(out.contains(&format!("destroyed {}", spares[0])), "{out:?}");
     assert!(!any_alive(&procs), "processes of destroyed VMs still run");
     assert!(s.vm_dirs().is_empty());
     assert!(s.spare_dirs().is_empty());
@@ -311,7 +305,7 @@ async fn vms_of_a_stopped_server_are_listed_and_destroyed_without_it() {
     }
     let (ok, out, _) = warmpool(&["vms", "list", "--data-dir", &data]);
     assert!(ok);
-    assert!(out.starts_with("no VMs in "), "{out}");
+    assert!(out.starts_with("no VMs in "), "{out:?}");
     assert!(
         !warmpool::serve::roots_dir(&s.data_dir()).exists(),
         "the directory VM roots were mounted in is left in /run"
@@ -340,7 +334,7 @@ async fn vms_of_a_stopped_server_are_listed_and_destroyed_without_it() {
     let out = s
         .exec(&pid, v["instance"]["id"].as_str().unwrap(), "echo alive")
         .await;
-    assert_eq!(out["output"], "alive\n");
+    assert_eq!(out.output, "alive\n");
 }
 
 /// A count of VMs to keep started ahead that the host could not hold is refused before anything

@@ -66,23 +66,20 @@ async fn network_urls_and_remote_default_branches() {
     let daemon = git_daemon(served.path());
     let url = format!("git://127.0.0.1:{}/net.git", daemon.port);
     let pid = s
-        .create_project(
-            "network",
-            json!([{"repoFullName": "acme/my.repo-2", "url": url}]),
-        )
+        .create_project("network", vec![repo_input("acme/my.repo-2", &url)])
         .await;
     let p = s.ok("GET", &format!("/v1/projects/{pid}"), None).await;
     assert_valid_project(&p);
-    let d = s.test_boot(&pid, json!({})).await;
-    assert_eq!(d["status"], "ready", "{d:#}");
+    let d = s.test_boot(&pid, Default::default()).await;
+    assert_eq!(d.status, "ready", "{d:#?}");
     assert_eq!(
-        step(&d, "clone_repo")["metadata"],
+        meta(&d, "clone_repo"),
         json!({"repo": "acme/my.repo-2", "branch": "develop", "commit": work.head()})
     );
     let r = s
-        .exec(&pid, d["id"].as_str().unwrap(), "cd /home/my.repo-2 && git remote get-url origin && git branch --show-current && cat README")
+        .exec(&pid, d.id.as_str(), "cd /home/my.repo-2 && git remote get-url origin && git branch --show-current && cat README")
         .await;
-    assert_eq!(r["output"], format!("{url}\ndevelop\nnetwork\n"));
+    assert_eq!(r.output, format!("{url}\ndevelop\nnetwork\n"));
     // The project now knows the remote's default branch.
     let p = s.ok("GET", &format!("/v1/projects/{pid}"), None).await;
     assert_eq!(p["repos"][0]["branch"], "develop");
@@ -99,26 +96,30 @@ async fn the_pool_branch_wins_and_new_commits_are_picked_up() {
     let pid = s
         .create_project(
             "branches",
-            json!([
-                {"repoFullName": "acme/a", "url": a.url(), "branch": "main"},
-                {"repoFullName": "acme/b", "url": format!("file://{}", b.url())},
-            ]),
+            vec![
+                RepoInput {
+                    branch: Some("main".into()),
+                    ..repo_input("acme/a", a.url())
+                },
+                repo_input("acme/b", format!("file://{}", b.url())),
+            ],
         )
         .await;
-    s.ok(
-        "PATCH",
-        &format!("/v1/projects/{pid}/warm-pool"),
-        Some(json!({"branch": "feature"})),
+    s.configure_pool(
+        &pid,
+        UpdateWarmPoolBody {
+            branch: Some(Some("feature".into())),
+            ..Default::default()
+        },
     )
     .await;
-    let d = s.test_boot(&pid, json!({})).await;
-    assert_eq!(d["status"], "ready", "{d:#}");
-    let clones: Vec<_> = d["steps"]
-        .as_array()
-        .unwrap()
+    let d = s.test_boot(&pid, Default::default()).await;
+    assert_eq!(d.status, "ready", "{d:#?}");
+    let clones: Vec<_> = d
+        .steps
         .iter()
-        .filter(|s| s["name"] == "clone_repo")
-        .map(|s| s["metadata"].clone())
+        .filter(|s| s.name == "clone_repo")
+        .map(|s| json!(s.metadata))
         .collect();
     assert_eq!(
         clones,
@@ -130,39 +131,43 @@ async fn the_pool_branch_wins_and_new_commits_are_picked_up() {
 
     // Without the pool branch: each repo's own branch, else the remote default; and the mirror
     // brings in commits made since the last boot.
-    s.ok(
-        "PATCH",
-        &format!("/v1/projects/{pid}/warm-pool"),
-        Some(json!({"branch": null})),
+    s.configure_pool(
+        &pid,
+        UpdateWarmPoolBody {
+            branch: Some(None),
+            ..Default::default()
+        },
     )
     .await;
     let newer = a.commit(&[("a", "2\n")], "second");
-    let d = s.test_boot(&pid, json!({})).await;
-    assert_eq!(d["status"], "ready", "{d:#}");
-    let steps = d["steps"].as_array().unwrap();
+    let d = s.test_boot(&pid, Default::default()).await;
+    assert_eq!(d.status, "ready", "{d:#?}");
+    let steps: Vec<_> = d.steps.iter().map(|s| json!(s.metadata)).collect();
     assert_eq!(
-        steps[3]["metadata"],
+        steps[3],
         json!({"repo": "acme/a", "branch": "main", "commit": newer})
     );
     assert_eq!(
-        steps[4]["metadata"],
+        steps[4],
         json!({"repo": "acme/b", "branch": "main", "commit": b.head()})
     );
 
     // A pool branch that one repo lacks fails that repo's clone with a clear error.
-    s.ok(
-        "PATCH",
-        &format!("/v1/projects/{pid}/warm-pool"),
-        Some(json!({"branch": "only-in-a"})),
+    s.configure_pool(
+        &pid,
+        UpdateWarmPoolBody {
+            branch: Some(Some("only-in-a".into())),
+            ..Default::default()
+        },
     )
     .await;
     git(a.path(), &["branch", "only-in-a"]);
-    let d = s.test_boot(&pid, json!({})).await;
-    assert_eq!(d["status"], "failed", "{d:#}");
-    assert_eq!(d["summary"]["failedStep"], "clone_repo");
+    let d = s.test_boot(&pid, Default::default()).await;
+    assert_eq!(d.status, "failed", "{d:#?}");
+    assert_eq!(d.summary.failed_step.as_deref(), Some("clone_repo"));
     assert_eq!(
-        d["summary"]["error"],
-        "git clone of acme/b failed: branch `only-in-a` not found"
+        d.summary.error.as_deref(),
+        Some("git clone of acme/b failed: branch `only-in-a` not found")
     );
-    assert_eq!(d["summary"]["completedSteps"], 4);
+    assert_eq!(d.summary.completed_steps, 4);
 }

@@ -25,7 +25,7 @@ fn first_field(v: &Value) -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn bodies_names_and_commands_that_would_mislead_are_refused() {
     let s = TestServer::start(&["--backend", "sim"]);
-    let p = s.create_project("gaps", json!([])).await;
+    let p = s.create_project("gaps", vec![]).await;
     let pool = format!("/v1/projects/{p}/warm-pool");
     s.ok(
         "PATCH",
@@ -173,7 +173,7 @@ async fn bodies_names_and_commands_that_would_mislead_are_refused() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_data_dir_and_its_secrets_are_the_owners_alone() {
     let mut s = TestServer::start(&["--backend", "sim"]);
-    s.create_project("modes", json!([])).await;
+    s.create_project("modes", vec![]).await;
     let data = s.data_dir();
     assert_eq!(mode(&data), 0o700);
     for f in [
@@ -247,16 +247,11 @@ async fn slow_and_idle_connections_are_closed() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_test_boot_saving_commands_creates_a_disabled_pool() {
     let s = TestServer::start(&["--backend", "sim"]);
-    let p = s.create_project("quiet", json!([])).await;
+    let p = s.create_project("quiet", vec![]).await;
     let pool = format!("/v1/projects/{p}/warm-pool");
     assert_eq!(s.ok("GET", &pool, None).await["config"], Value::Null);
-    let d = s
-        .test_boot(
-            &p,
-            json!({"setupCommands": [{"name": "hi", "command": "echo hi"}]}),
-        )
-        .await;
-    assert_eq!(d["status"], "ready", "{d:#}");
+    let d = s.test_boot(&p, boot_with(&[("hi", "echo hi")])).await;
+    assert_eq!(d.status, "ready", "{d:#?}");
     let v = s.ok("GET", &pool, None).await;
     assert_valid("GetWarmPoolResponse", &v);
     assert_eq!(v["config"]["enabled"], false, "{v}");
@@ -275,18 +270,14 @@ async fn a_test_boot_saving_commands_creates_a_disabled_pool() {
     );
     // An existing pool keeps its `enabled`.
     s.ok("PATCH", &pool, Some(json!({"enabled": true}))).await;
-    s.test_boot(
-        &p,
-        json!({"setupCommands": [{"name": "hi", "command": "echo again"}]}),
-    )
-    .await;
+    s.test_boot(&p, boot_with(&[("hi", "echo again")])).await;
     assert_eq!(s.ok("GET", &pool, None).await["config"]["enabled"], true);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_boot_stopped_by_a_crash_names_its_step_and_lasts_as_long_as_it_ran() {
     let mut s = TestServer::start(&["--backend", "sim", "--lease-secs", "3"]);
-    let p = s.create_project("crash", json!([])).await;
+    let p = s.create_project("crash", vec![]).await;
     let v = s
         .ok(
             "POST",
@@ -329,33 +320,34 @@ async fn a_boot_stopped_by_a_crash_names_its_step_and_lasts_as_long_as_it_ran() 
     drop(store);
     s.restart();
     let d = s.wait_instance(&p, &id).await;
-    assert_eq!(d["status"], "failed", "{d:#}");
-    assert_eq!(d["summary"]["failedStep"], "warm_pool_setup", "{d:#}");
+    assert_eq!(d.status, "failed", "{d:#?}");
     assert_eq!(
-        d["summary"]["error"], "server restarted during provisioning",
-        "{d:#}"
+        d.summary.failed_step.as_deref(),
+        Some("warm_pool_setup"),
+        "{d:#?}"
     );
-    let steps = d["steps"].as_array().unwrap();
-    assert_eq!(steps.len(), 5, "{d:#}");
-    let last = &steps[4];
     assert_eq!(
-        (last["name"].as_str(), last["status"].as_str()),
-        (Some("warm_pool_setup"), Some("error")),
-        "{d:#}"
+        d.summary.error.as_deref(),
+        Some("server restarted during provisioning"),
+        "{d:#?}"
     );
-    let lasted = last["durationMs"].as_i64().unwrap();
+    assert_eq!(d.steps.len(), 5, "{d:#?}");
+    let last = &d.steps[4];
+    assert_eq!(
+        (last.name.as_str(), last.status),
+        ("warm_pool_setup", StepResult::Error),
+        "{d:#?}"
+    );
+    let lasted = last.duration_ms.unwrap() as i64;
     assert!(
         lasted >= alive - began,
-        "{lasted} ms < {} ms: {d:#}",
+        "{lasted} ms < {} ms: {d:#?}",
         alive - began
     );
-    let created = warmpool_types::time::parse_ts(d["createdAt"].as_str().unwrap()).unwrap();
-    let ended = warmpool_types::time::parse_ts(last["timestamp"].as_str().unwrap()).unwrap();
-    assert_eq!(
-        d["summary"]["totalDurationMs"].as_i64().unwrap(),
-        ended - created
-    );
-    assert_eq!(d["summary"]["completedSteps"], 4);
+    let created = warmpool_types::time::parse_ts(&d.created_at).unwrap();
+    let ended = warmpool_types::time::parse_ts(&last.timestamp).unwrap();
+    assert_eq!(d.summary.total_duration_ms as i64, ended - created);
+    assert_eq!(d.summary.completed_steps, 4);
 }
 
 #[test]

@@ -35,7 +35,7 @@ async fn probe(s: &TestServer, pid: &str, id: &str, targets: &[(&str, String, u1
     }
     let r = s.exec(pid, id, &script).await;
     let mut out = serde_json::Map::new();
-    for line in r["output"].as_str().unwrap().lines() {
+    for line in r.output.as_str().lines() {
         if let Some((name, state)) = line.rsplit_once(' ') {
             out.insert(name.to_string(), json!(state));
         }
@@ -64,10 +64,7 @@ async fn vms_have_their_own_network_and_reach_nothing_of_the_hosts() {
     // A pool of two whose setup starts a server on :3000 in the background in each VM.
     let repo = TestRepo::new(&[("README", "hello\n")]);
     let pid = s
-        .create_project(
-            "own-network",
-            json!([{"repoFullName": "acme/app", "url": repo.url()}]),
-        )
+        .create_project("own-network", vec![repo_input("acme/app", repo.url())])
         .await;
     s.ok(
         "PATCH",
@@ -103,7 +100,7 @@ async fn vms_have_their_own_network_and_reach_nothing_of_the_hosts() {
                 "git ls-remote git://127.0.0.1:3000/app HEAD | head -n1 | cut -c1-40; cat /home/app/README",
             )
             .await;
-        assert_eq!(r["output"], format!("{}\nhello\n", repo.head()), "{r}");
+        assert_eq!(r.output, format!("{}\nhello\n", repo.head()), "{r:?}");
     }
 
     // B's agent URL works from the server's machine; from A it is closed.
@@ -123,9 +120,8 @@ async fn vms_have_their_own_network_and_reach_nothing_of_the_hosts() {
     let b_port = port_of(&b_url);
     let gateway = s
         .exec(&pid, &a, "ip route show default | awk '{print $3; exit}'")
-        .await["output"]
-        .as_str()
-        .unwrap()
+        .await
+        .output
         .trim()
         .to_string();
     assert!(!gateway.is_empty());
@@ -170,11 +166,11 @@ async fn vms_have_their_own_network_and_reach_nothing_of_the_hosts() {
             &format!("exec 3<>/dev/tcp/{}/{remote_port}; head -n1 <&3", remote.ip),
         )
         .await;
-    assert_eq!(r["output"], "remote\n", "{r}");
+    assert_eq!(r.output, "remote\n", "{r:?}");
 
     // A takes its own loopback down: the host's stays up, the other VM still serves.
     let r = s.exec(&pid, &a, "ip link set lo down && echo down").await;
-    assert_eq!(r["output"], "down\n", "{r}");
+    assert_eq!(r.output, "down\n", "{r:?}");
     let flags = std::fs::read_to_string("/sys/class/net/lo/flags").unwrap();
     let flags = u32::from_str_radix(flags.trim().trim_start_matches("0x"), 16).unwrap();
     assert_eq!(flags & 1, 1, "the host's lo must stay up");
@@ -189,7 +185,7 @@ async fn vms_have_their_own_network_and_reach_nothing_of_the_hosts() {
             "git ls-remote git://127.0.0.1:3000/app HEAD | head -n1 | cut -c1-40",
         )
         .await;
-    assert_eq!(r["output"], format!("{}\n", repo.head()), "{r}");
+    assert_eq!(r.output, format!("{}\n", repo.head()), "{r:?}");
 }
 
 /// The block device the host's root filesystem is on, as `major:minor`.
@@ -217,11 +213,11 @@ fn status_field(pid: i32, field: &str) -> String {
 #[ignore = "tier root: runs sandbox VMs, so it needs root; run every tier with `cargo test -- --include-ignored`"]
 async fn vm_root_is_an_unprivileged_host_id_without_the_hosts_devices() {
     let s = TestServer::start(&[]);
-    let pid = s.create_project("own-root", json!([])).await;
-    let d = s.test_boot(&pid, json!({})).await;
-    assert_eq!(d["status"], "ready", "{d:#}");
-    let id = d["id"].as_str().unwrap();
-    let vm = d["instanceId"].as_str().unwrap();
+    let pid = s.create_project("own-root", vec![]).await;
+    let d = s.test_boot(&pid, Default::default()).await;
+    assert_eq!(d.status, "ready", "{d:#?}");
+    let id = d.id.as_str();
+    let vm = d.instance_id.as_str();
     let dev = host_root_device();
     let (major, minor) = dev.split_once(':').unwrap();
     let r = s
@@ -239,7 +235,7 @@ async fn vm_root_is_an_unprivileged_host_id_without_the_hosts_devices() {
             ),
         )
         .await;
-    let out = r["output"].as_str().unwrap();
+    let out = r.output.as_str();
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines[0], "0", "{out}");
     assert_eq!(
@@ -291,19 +287,14 @@ fn cgroup_file(vm: &str, v1: &str, file_v1: &str, file_v2: &str) -> Option<Strin
 #[ignore = "tier root: runs sandbox VMs, so it needs root; run every tier with `cargo test -- --include-ignored`"]
 async fn limits_stop_the_vm_alone_and_the_server_answers_throughout() {
     let s = TestServer::start(&[]);
-    let pid = s.create_project("limits", json!([])).await;
+    let pid = s.create_project("limits", vec![]).await;
     let path = format!("/v1/projects/{pid}/resources");
     assert_eq!(
         s.ok("GET", &path, None).await,
         json!({"cpus": 2, "memoryMb": 2048, "pidsMax": 4096, "diskMb": 10240})
     );
     // A ready pool VM made with the old limits is replaced by one with the new.
-    s.ok(
-        "PATCH",
-        &format!("/v1/projects/{pid}/warm-pool"),
-        Some(json!({"targetSize": 1})),
-    )
-    .await;
+    s.configure_pool(&pid, target(1)).await;
     let old = wait_ready_ids(&s, &pid, 1, s.boot()).await[0].clone();
 
     // Bad bodies: 422 naming the field, and nothing changes.
@@ -366,20 +357,17 @@ async fn limits_stop_the_vm_alone_and_the_server_answers_throughout() {
     )
     .await;
 
-    let a = s.test_boot(&pid, json!({})).await;
-    let other = s.test_boot(&pid, json!({})).await;
+    let a = s.test_boot(&pid, Default::default()).await;
+    let other = s.test_boot(&pid, Default::default()).await;
     assert_eq!(
-        (&a["status"], &other["status"]),
-        (&json!("ready"), &json!("ready"))
+        (a.status.as_str(), other.status.as_str()),
+        ("ready", "ready")
     );
-    let (a_id, a_vm) = (a["id"].as_str().unwrap(), a["instanceId"].as_str().unwrap());
-    let create = step(&a, "create_vm")["output"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let (a_id, a_vm) = (a.id.as_str(), a.instance_id.as_str());
+    let create = output(&a, "create_vm").to_string();
     assert!(
         create.contains("limits: 1 CPUs, 256 MiB of memory, 100 processes and threads"),
-        "{create}"
+        "{create:?}"
     );
     let a_container = s.vm_container(a_vm);
     let mem = cgroup_file(
@@ -416,8 +404,8 @@ async fn limits_stop_the_vm_alone_and_the_server_answers_throughout() {
         .await;
     watching.store(false, std::sync::atomic::Ordering::SeqCst);
     assert!(watcher.await.unwrap() > 0);
-    let out = r["output"].as_str().unwrap();
-    assert!(out.ends_with("status 137\n"), "{r}");
+    let out = r.output.as_str();
+    assert!(out.ends_with("status 137\n"), "{r:?}");
 
     // A fork flood stops at pidsMax.
     let r = s
@@ -428,15 +416,13 @@ async fn limits_stop_the_vm_alone_and_the_server_answers_throughout() {
              if (!$p) { sleep 60; exit 0 } push @k, $p } print scalar(@k), qq(\\n); kill 9, @k'",
         )
         .await;
-    let forked: u32 = r["output"].as_str().unwrap().trim().parse().unwrap();
-    assert!((10..100).contains(&forked), "forked {forked}: {r}");
+    let forked: u32 = r.output.as_str().trim().parse().unwrap();
+    assert!((10..100).contains(&forked), "forked {forked}: {r:?}");
 
     // The VM itself and the other VM carry on.
     for inst in [&a, &other] {
-        let r = s
-            .exec(&pid, inst["id"].as_str().unwrap(), "echo alive")
-            .await;
-        assert_eq!(r["output"], "alive\n");
+        let r = s.exec(&pid, &inst.id, "echo alive").await;
+        assert_eq!(r.output, "alive\n");
     }
 }
 
@@ -513,7 +499,7 @@ async fn disk_limit_holds(s: &TestServer, pid: &str, id: &str, error: &str) {
             "head -c 400m /dev/zero > /root/big; echo status=$?; sync; du -sm /root/big | cut -f1",
         )
         .await;
-    let out = r["output"].as_str().unwrap();
+    let out = r.output.as_str();
     assert!(out.contains(error), "{out}");
     assert!(out.contains("status=1"), "{out}");
     let written: u64 = out.lines().last().unwrap().trim().parse().unwrap();
@@ -529,27 +515,26 @@ async fn disk_limit_holds(s: &TestServer, pid: &str, id: &str, error: &str) {
             "rm /root/big && echo freed && head -c 10m /dev/zero > /root/small && echo wrote",
         )
         .await;
-    assert_eq!(r["output"], "freed\nwrote\n", "{r}");
+    assert_eq!(r.output, "freed\nwrote\n", "{r:?}");
 }
 
 /// Destroys the instance whose detail is `d`.
-async fn destroy(s: &TestServer, pid: &str, d: &Value) {
-    let path = format!(
-        "/v1/projects/{pid}/warm-pool/instances/{}",
-        d["id"].as_str().unwrap()
-    );
+async fn destroy(s: &TestServer, pid: &str, d: &WarmPoolInstanceDetail) {
+    let path = format!("/v1/projects/{pid}/warm-pool/instances/{}", d.id.as_str());
     let (st, v) = s.call("DELETE", &path, None).await;
     assert_eq!(st, 204, "{v}");
 }
 
 /// Two VMs of a project whose `diskMb` is 256: one started afresh, one started ahead of need
 /// after a VM with `spare_for` MiB, and given the limit when taken.
-async fn two_limited_vms(s: &TestServer, spare_for: u64) -> (String, [Value; 2]) {
-    let pid = s.create_project("disk", json!([])).await;
-    s.ok(
-        "PATCH",
-        &format!("/v1/projects/{pid}/warm-pool"),
-        Some(json!({"enabled": false})),
+async fn two_limited_vms(s: &TestServer, spare_for: u64) -> (String, [WarmPoolInstanceDetail; 2]) {
+    let pid = s.create_project("disk", vec![]).await;
+    s.configure_pool(
+        &pid,
+        UpdateWarmPoolBody {
+            enabled: Some(false),
+            ..Default::default()
+        },
     )
     .await;
     let disk = async |mb: u64| {
@@ -562,20 +547,20 @@ async fn two_limited_vms(s: &TestServer, spare_for: u64) -> (String, [Value; 2])
     };
     // A server's first VM starts afresh.
     disk(256).await;
-    let fresh = s.test_boot(&pid, json!({})).await;
+    let fresh = s.test_boot(&pid, Default::default()).await;
     // The spare is made for VMs like the last one.
     disk(spare_for).await;
-    let other = s.test_boot(&pid, json!({})).await;
-    assert_eq!(other["status"], "ready", "{other:#}");
+    let other = s.test_boot(&pid, Default::default()).await;
+    assert_eq!(other.status, "ready", "{other:#?}");
     s.wait_spare_ready().await;
     disk(256).await;
-    let ahead = s.test_boot(&pid, json!({})).await;
+    let ahead = s.test_boot(&pid, Default::default()).await;
     for (d, taken) in [(&fresh, false), (&ahead, true)] {
-        assert_eq!(d["status"], "ready", "{d:#}");
+        assert_eq!(d.status, "ready", "{d:#?}");
         assert_eq!(
-            step(d, "create_vm")["metadata"]["startedAhead"].as_bool() == Some(true),
+            meta(d, "create_vm")["startedAhead"].as_bool() == Some(true),
             taken,
-            "{d:#}"
+            "{d:#?}"
         );
     }
     (pid, [fresh, ahead])
@@ -589,20 +574,16 @@ async fn disk_mb_holds_on_a_filesystem_of_the_vms_own() {
     // one would show it another VM's limit), and the spare is made again for it.
     let (pid, vms) = two_limited_vms(&s, 256).await;
     for d in &vms {
-        let id = d["id"].as_str().unwrap();
+        let id = d.id.as_str();
         disk_limit_holds(&s, &pid, id, "No space left on device").await;
     }
     let r = s
-        .exec(
-            &pid,
-            vms[1]["id"].as_str().unwrap(),
-            "df -m --output=size / | tail -1",
-        )
+        .exec(&pid, &vms[1].id, "df -m --output=size / | tail -1")
         .await;
-    let size: u64 = r["output"].as_str().unwrap().trim().parse().unwrap();
-    assert!((200..=256).contains(&size), "{r}");
+    let size: u64 = r.output.as_str().trim().parse().unwrap();
+    assert!((200..=256).contains(&size), "{r:?}");
     // Each VM's disk is an image of its own that takes only what the VM wrote.
-    let vm = vms[0]["instanceId"].as_str().unwrap();
+    let vm = vms[0].instance_id.as_str();
     let image = s.data_dir().join("vms").join(vm).join("rw.img");
     let used = std::os::unix::fs::MetadataExt::blocks(&std::fs::metadata(&image).unwrap()) * 512;
     assert!(used < 64 << 20, "the image takes {used} bytes");
@@ -650,11 +631,11 @@ async fn disk_mb_holds_on_btrfs_with_quotas() {
     // 256 MiB), takes whichever it is given.
     let (pid, vms) = two_limited_vms(&s, 1024).await;
     for d in &vms {
-        let id = d["id"].as_str().unwrap();
+        let id = d.id.as_str();
         disk_limit_holds(&s, &pid, id, "Disk quota exceeded").await;
     }
     // A subvolume per VM, no image. Destroying the VM takes its subvolume with it.
-    let vm = vms[0]["instanceId"].as_str().unwrap();
+    let vm = vms[0].instance_id.as_str();
     assert!(!s.data_dir().join("vms").join(vm).join("rw.img").exists());
     assert!(fs.subvolumes().contains(vm));
     destroy(&s, &pid, &vms[0]).await;
@@ -694,10 +675,7 @@ async fn a_vm_started_ahead_becomes_the_new_vms_own() {
     let mut s = TestServer::start(&[]);
     let repo = TestRepo::new(&[("README", "ahead\n")]);
     let pid = s
-        .create_project(
-            "ahead",
-            json!([{"repoFullName": "acme/app", "url": repo.url()}]),
-        )
+        .create_project("ahead", vec![repo_input("acme/app", repo.url())])
         .await;
     s.ok(
         "PATCH",
@@ -709,9 +687,9 @@ async fn a_vm_started_ahead_becomes_the_new_vms_own() {
                  head -c 1000m /dev/zero | tail > /dev/null; echo \"status ${PIPESTATUS[1]}\"";
 
     // The first VM of a server starts afresh; it leaves a spare behind.
-    let first = s.test_boot(&pid, json!({})).await;
-    assert_eq!(first["status"], "ready", "{first}");
-    assert!(step(&first, "create_vm")["metadata"]["startedAhead"].is_null());
+    let first = s.test_boot(&pid, Default::default()).await;
+    assert_eq!(first.status, "ready", "{first:#?}");
+    assert!(meta(&first, "create_vm")["startedAhead"].is_null());
     s.wait_spare_ready().await;
     let spare = s.spare_dirs();
     assert_eq!(spare.len(), 1, "{spare:?}");
@@ -725,12 +703,7 @@ async fn a_vm_started_ahead_becomes_the_new_vms_own() {
         .to_string();
 
     // A pool VM takes it.
-    s.ok(
-        "PATCH",
-        &format!("/v1/projects/{pid}/warm-pool"),
-        Some(json!({"targetSize": 1})),
-    )
-    .await;
+    s.configure_pool(&pid, target(1)).await;
     wait_ready_ids(&s, &pid, 1, s.boot()).await;
     let claim = s
         .ok(
@@ -742,15 +715,16 @@ async fn a_vm_started_ahead_becomes_the_new_vms_own() {
     let id = claim["instance"]["id"].as_str().unwrap();
     let second = s.wait_instance(&pid, id).await;
     let create = step(&second, "create_vm");
-    assert_eq!(create["metadata"]["startedAhead"], true, "{create}");
+    assert_eq!(json!(create.metadata)["startedAhead"], true, "{create:?}");
     assert!(
-        create["output"]
-            .as_str()
+        create
+            .output
+            .as_deref()
             .unwrap()
             .contains("started ahead of need"),
-        "{create}"
+        "{create:?}"
     );
-    let vm = second["instanceId"].as_str().unwrap();
+    let vm = second.instance_id.as_str();
     assert_eq!(s.vm_container(vm), spare[0]);
     assert!(!spare_dir.exists(), "the spare's directory became the VM's");
 
@@ -766,10 +740,10 @@ async fn a_vm_started_ahead_becomes_the_new_vms_own() {
 
     let mut ids = Vec::new();
     for inst in [&first, &second] {
-        let r = s.exec(&pid, inst["id"].as_str().unwrap(), probe).await;
-        let out = r["output"].as_str().unwrap().to_string();
+        let r = s.exec(&pid, &inst.id, probe).await;
+        let out = r.output.as_str().to_string();
         let lines: Vec<&str> = out.lines().collect();
-        let name = inst["instanceId"].as_str().unwrap();
+        let name = inst.instance_id.as_str();
         assert_eq!(&lines[..2], &[name, name], "{out}");
         assert_eq!(lines[2].len(), 32, "{out}");
         assert_eq!(lines[3], "initial", "cloned through the mirror: {out}");
@@ -812,8 +786,8 @@ async fn a_vm_started_ahead_becomes_the_new_vms_own() {
     })
     .await;
     // The next server makes one after its first VM.
-    let third = s.test_boot(&pid, json!({})).await;
-    assert_eq!(third["status"], "ready", "{third}");
+    let third = s.test_boot(&pid, Default::default()).await;
+    assert_eq!(third.status, "ready", "{third:#?}");
     s.wait_spare_ready().await;
     let left = s.spare_dirs();
     assert_eq!(left.len(), 1, "{left:?}");

@@ -90,10 +90,7 @@ async fn live_by_node(store: &PgStore) -> HashMap<String, usize> {
 
 async fn make_pool(s: &TestServer, name: &str, repo: &TestRepo, size: u32) -> String {
     let pid = s
-        .create_project(
-            name,
-            json!([{"repoFullName": "acme/app", "url": repo.url()}]),
-        )
+        .create_project(name, vec![repo_input("acme/app", repo.url())])
         .await;
     s.ok(
         "PATCH",
@@ -381,13 +378,8 @@ async fn a_database_restart_during_claims_loses_and_duplicates_nothing() {
     let url = pg.create_database("wp_dbloss").unwrap();
     let n1 = start_node(&url, "n1", &["--backend", "sim"]);
     let n2 = start_node(&url, "n2", &["--backend", "sim"]);
-    let pid = n1.create_project("db restart", json!([])).await;
-    n1.ok(
-        "PATCH",
-        &format!("/v1/projects/{pid}/warm-pool"),
-        Some(json!({"targetSize": 20})),
-    )
-    .await;
+    let pid = n1.create_project("db restart", vec![]).await;
+    n1.configure_pool(&pid, target(20)).await;
     wait_for("the pool is full", n1.boot(), async || {
         let n = ready(&n1, &pid).await;
         seen(n == 20, format!("{n} ready"))

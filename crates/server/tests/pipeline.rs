@@ -35,10 +35,13 @@ async fn two_repos_reach_ready_with_all_steps_in_order() {
     let pid = s
         .create_project(
             "Two repos",
-            json!([
-                {"repoFullName": "acme/api", "url": api.url()},
-                {"repoFullName": "acme/web", "url": format!("file://{}", web.url()), "branch": "feature"},
-            ]),
+            vec![
+                repo_input("acme/api", api.url()),
+                RepoInput {
+                    branch: Some("feature".into()),
+                    ..repo_input("acme/web", format!("file://{}", web.url()))
+                },
+            ],
         )
         .await;
     s.ok(
@@ -60,75 +63,71 @@ async fn two_repos_reach_ready_with_all_steps_in_order() {
         .await;
     assert_valid("UpdateWarmPoolResponse", &patched);
 
-    let d = s.test_boot(&pid, json!({})).await;
-    assert_eq!(d["status"], "ready", "{d:#}");
-    assert_eq!(d["isTest"], true);
+    let d = s.test_boot(&pid, Default::default()).await;
+    assert_eq!(d.status, "ready", "{d:#?}");
+    assert!(d.is_test);
     assert_eq!(step_names(&d), STEPS_TWO_REPOS);
-    let sum = &d["summary"];
-    assert_eq!(sum["success"], true);
-    assert_eq!(sum["totalSteps"], 11);
-    assert_eq!(sum["completedSteps"], 11);
-    assert_eq!(sum["failedStep"], Value::Null);
-    assert_eq!(sum["error"], Value::Null);
-    assert_eq!(d["failureReason"], Value::Null);
-    assert!(d["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .all(|s| s["status"] == "success"));
-    let vm = d["instanceId"].as_str().unwrap().to_string();
+    let sum = &d.summary;
+    assert!(sum.success);
+    assert_eq!((sum.total_steps, sum.completed_steps), (11, 11));
+    assert_eq!((&sum.failed_step, &sum.error), (&None, &None));
+    assert_eq!(d.failure_reason, None);
+    assert!(d.steps.iter().all(|s| s.status == StepResult::Success));
+    let vm = d.instance_id.clone();
     assert!(vm.starts_with("vm-"));
 
     // Per-step metadata.
-    let steps = d["steps"].as_array().unwrap();
+    let steps = &d.steps;
     assert_eq!(
-        steps[0]["metadata"],
+        json!(steps[0].metadata),
         json!({"backend": "sandbox", "instanceId": vm})
     );
-    assert!(steps[1]["metadata"]["agentVersion"].is_string());
-    assert!(steps[1]["metadata"]["waitedMs"].is_number());
-    assert_eq!(steps[2]["metadata"], json!({"count": 0}));
+    assert!(json!(steps[1].metadata)["agentVersion"].is_string());
+    assert!(json!(steps[1].metadata)["waitedMs"].is_number());
+    assert_eq!(json!(steps[2].metadata), json!({"count": 0}));
     assert_eq!(
-        steps[3]["metadata"],
+        json!(steps[3].metadata),
         json!({"repo": "acme/api", "branch": "main", "commit": api.head()})
     );
     assert_eq!(
-        steps[4]["metadata"],
+        json!(steps[4].metadata),
         json!({"repo": "acme/web", "branch": "feature", "commit": web_feature})
     );
     assert_eq!(
-        steps[5]["metadata"],
+        json!(steps[5].metadata),
         json!({"repo": "acme/api", "hooks": 2})
     );
-    assert!(steps[5]["output"].as_str().unwrap().contains("hook output"));
+    assert!(steps[5].output.as_deref().unwrap().contains("hook output"));
     assert_eq!(
-        steps[6]["metadata"],
+        json!(steps[6].metadata),
         json!({"repo": "acme/web", "hooks": 0})
     );
-    assert_eq!(steps[7]["metadata"], json!({"commands": 1}));
+    assert_eq!(json!(steps[7].metadata), json!({"commands": 1}));
     assert_eq!(
-        steps[8]["metadata"],
+        json!(steps[8].metadata),
         json!({"repo": "acme/api", "commands": 0})
     );
-    assert!(steps[8]["output"]
-        .as_str()
+    assert!(steps[8]
+        .output
+        .as_deref()
         .unwrap()
         .contains("nothing to run"));
     assert_eq!(
-        steps[9]["metadata"],
+        json!(steps[9].metadata),
         json!({"repo": "acme/web", "commands": 1})
     );
-    assert!(steps[9]["output"].as_str().unwrap().contains("/home/web"));
-    assert!(steps[9]["output"].as_str().unwrap().contains("feature.txt"));
-    assert_eq!(steps[10]["metadata"], json!({"commands": 1}));
-    assert!(steps[10]["output"]
-        .as_str()
+    assert!(steps[9].output.as_deref().unwrap().contains("/home/web"));
+    assert!(steps[9].output.as_deref().unwrap().contains("feature.txt"));
+    assert_eq!(json!(steps[10].metadata), json!({"commands": 1}));
+    assert!(steps[10]
+        .output
+        .as_deref()
         .unwrap()
         .starts_with("$ pool\npool done"));
 
     // Inside the VM: the repos at the right commits with origin at the real URL, hooks and setup
     // ran where they should, hostname is the VM id, root with working sudo.
-    let id = d["id"].as_str().unwrap();
+    let id = d.id.as_str();
     let out = s
         .exec(
             &pid,
@@ -139,7 +138,7 @@ async fn two_repos_reach_ready_with_all_steps_in_order() {
              id -u; sudo -n true && echo sudo-ok",
         )
         .await;
-    assert_eq!(out["exitCode"], 0, "{out}");
+    assert_eq!(out.exit_code, 0, "{out:?}");
     let expected = format!(
         "{}\n{}\n{}\nfile://{}\n/home/api\nin /home\n/home/pool-ran\n{vm}\n0\nsudo-ok\n",
         api.head(),
@@ -147,7 +146,7 @@ async fn two_repos_reach_ready_with_all_steps_in_order() {
         web_feature,
         web.url()
     );
-    assert_eq!(out["output"], expected);
+    assert_eq!(out.output, expected);
 
     // The compatible list shows it; the pool's status does not count test instances.
     let list = s
@@ -158,7 +157,7 @@ async fn two_repos_reach_ready_with_all_steps_in_order() {
         )
         .await;
     assert_valid("ListWarmPoolInstancesResponse", &list);
-    assert_eq!(list["items"][0]["id"], d["id"]);
+    assert_eq!(list["items"][0]["id"], d.id.as_str());
     assert_eq!(list["items"][0]["isTest"], true);
     assert!(list["items"][0]["provisionedAt"].is_string());
     let pool = s
@@ -211,7 +210,7 @@ async fn two_repos_reach_ready_with_all_steps_in_order() {
 #[ignore = "tier root: runs sandbox VMs, so it needs root; run every tier with `cargo test -- --include-ignored`"]
 async fn env_values_round_trip_through_home_env() {
     let s = TestServer::start(&[]);
-    let pid = s.create_project("env", json!([])).await;
+    let pid = s.create_project("env", vec![]).await;
     let values = [
         ("SINGLE_QUOTES", "it's a 'quoted' value"),
         ("DOUBLE_QUOTES", "say \"hi\""),
@@ -239,13 +238,10 @@ async fn env_values_round_trip_through_home_env() {
         r.to_string().find("ünïcødé").is_none(),
         "values must never be returned"
     );
-    let d = s.test_boot(&pid, json!({})).await;
-    assert_eq!(d["status"], "ready", "{d:#}");
-    assert_eq!(
-        step(&d, "set_env_vars")["metadata"],
-        json!({"count": values.len()})
-    );
-    let id = d["id"].as_str().unwrap();
+    let d = s.test_boot(&pid, Default::default()).await;
+    assert_eq!(d.status, "ready", "{d:#?}");
+    assert_eq!(meta(&d, "set_env_vars"), json!({"count": values.len()}));
+    let id = d.id.as_str();
     // Compare digests inside the VM: the values themselves would be redacted from the output.
     for (name, value) in values {
         let expect = sha256_hex(value.as_bytes());
@@ -257,13 +253,13 @@ async fn env_values_round_trip_through_home_env() {
             )
             .await;
         assert_eq!(
-            out["output"].as_str().unwrap().trim(),
+            out.output.as_str().trim(),
             expect,
             "{name} did not round-trip"
         );
     }
     let out = s.exec(&pid, id, "stat -c '%a %U' /home/.env").await;
-    assert_eq!(out["output"], "600 root\n");
+    assert_eq!(out.output, "600 root\n");
     // Exec's own env is applied over /home/.env.
     let out = s
         .ok(
@@ -280,20 +276,21 @@ fn sha256_hex(data: &[u8]) -> String {
     hex::encode(sha2::Sha256::digest(data))
 }
 
-async fn failed_boot(s: &TestServer, pid: &str, body: Value) -> Value {
+async fn failed_boot(
+    s: &TestServer,
+    pid: &str,
+    body: TestWarmPoolBootBody,
+) -> WarmPoolInstanceDetail {
     let d = s.test_boot(pid, body).await;
-    assert_eq!(d["status"], "failed", "{d:#}");
-    assert_eq!(d["summary"]["success"], false);
-    assert_eq!(d["failureReason"], d["summary"]["error"]);
+    assert_eq!(d.status, "failed", "{d:#?}");
+    assert!(!d.summary.success);
+    assert_eq!(d.failure_reason, d.summary.error);
     // The failed step is the last one recorded, and the VM is gone.
-    let steps = d["steps"].as_array().unwrap();
-    assert_eq!(steps.last().unwrap()["status"], "error");
-    assert_eq!(steps.last().unwrap()["name"], d["summary"]["failedStep"]);
-    assert_eq!(
-        d["summary"]["completedSteps"].as_u64().unwrap() as usize,
-        steps.len() - 1
-    );
-    let vm = d["instanceId"].as_str().unwrap();
+    let last = d.steps.last().unwrap();
+    assert_eq!(last.status, StepResult::Error);
+    assert_eq!(Some(&last.name), d.summary.failed_step.as_ref());
+    assert_eq!(d.summary.completed_steps as usize, d.steps.len() - 1);
+    let vm = d.instance_id.as_str();
     assert!(
         !s.vm_dirs().iter().any(|v| v == vm),
         "a failed instance's VM must be destroyed"
@@ -311,30 +308,41 @@ async fn each_failure_names_its_step_and_says_why() {
     let missing = s
         .create_project(
             "missing",
-            json!([{"repoFullName": "acme/gone", "url": "/nonexistent/repo/path"}]),
+            vec![repo_input("acme/gone", "/nonexistent/repo/path")],
         )
         .await;
-    let d = failed_boot(&s, &missing, json!({})).await;
-    assert_eq!(d["summary"]["failedStep"], "clone_repo", "{d:#}");
+    let d = failed_boot(&s, &missing, Default::default()).await;
     assert_eq!(
-        d["summary"]["error"],
-        "git clone of acme/gone failed: repository not found"
+        d.summary.failed_step.as_deref(),
+        Some("clone_repo"),
+        "{d:#?}"
     );
-    assert_eq!(d["summary"]["totalSteps"], 8);
-    assert_eq!(step(&d, "clone_repo")["metadata"]["repo"], "acme/gone");
+    assert_eq!(
+        d.summary.error.as_deref(),
+        Some("git clone of acme/gone failed: repository not found")
+    );
+    assert_eq!(d.summary.total_steps, 8);
+    assert_eq!(meta(&d, "clone_repo")["repo"], "acme/gone");
 
     // A branch that does not exist.
     let badbranch = s
         .create_project(
             "bad branch",
-            json!([{"repoFullName": "acme/good", "url": good.url(), "branch": "nope"}]),
+            vec![RepoInput {
+                branch: Some("nope".into()),
+                ..repo_input("acme/good", good.url())
+            }],
         )
         .await;
-    let d = failed_boot(&s, &badbranch, json!({})).await;
-    assert_eq!(d["summary"]["failedStep"], "clone_repo", "{d:#}");
+    let d = failed_boot(&s, &badbranch, Default::default()).await;
     assert_eq!(
-        d["summary"]["error"],
-        "git clone of acme/good failed: branch `nope` not found"
+        d.summary.failed_step.as_deref(),
+        Some("clone_repo"),
+        "{d:#?}"
+    );
+    assert_eq!(
+        d.summary.error.as_deref(),
+        Some("git clone of acme/good failed: branch `nope` not found")
     );
 
     // A hook that fails.
@@ -343,31 +351,36 @@ async fn each_failure_names_its_step_and_says_why() {
         r#"{"hooks": {"setup": ["echo before", "exit 3", "echo never"]}}"#,
     )]);
     let hooks = s
-        .create_project(
-            "hooks",
-            json!([{"repoFullName": "acme/hooky", "url": hooky.url()}]),
-        )
+        .create_project("hooks", vec![repo_input("acme/hooky", hooky.url())])
         .await;
-    let d = failed_boot(&s, &hooks, json!({})).await;
-    assert_eq!(d["summary"]["failedStep"], "init_repo", "{d:#}");
+    let d = failed_boot(&s, &hooks, Default::default()).await;
     assert_eq!(
-        d["summary"]["error"],
-        "command `exit 3` exited with status 3"
+        d.summary.failed_step.as_deref(),
+        Some("init_repo"),
+        "{d:#?}"
     );
-    let out = step(&d, "init_repo")["output"].as_str().unwrap();
-    assert!(out.contains("before") && !out.contains("never"), "{out}");
+    assert_eq!(
+        d.summary.error.as_deref(),
+        Some("command `exit 3` exited with status 3")
+    );
+    let out = output(&d, "init_repo");
+    assert!(out.contains("before") && !out.contains("never"), "{out:?}");
 
     // Settings that are not JSON.
     let broken = TestRepo::new(&[(".capy/settings.json", "{not json")]);
     let bp = s
         .create_project(
             "broken settings",
-            json!([{"repoFullName": "acme/broken", "url": broken.url()}]),
+            vec![repo_input("acme/broken", broken.url())],
         )
         .await;
-    let d = failed_boot(&s, &bp, json!({})).await;
-    assert_eq!(d["summary"]["failedStep"], "init_repo", "{d:#}");
-    let e = d["summary"]["error"].as_str().unwrap();
+    let d = failed_boot(&s, &bp, Default::default()).await;
+    assert_eq!(
+        d.summary.failed_step.as_deref(),
+        Some("init_repo"),
+        "{d:#?}"
+    );
+    let e = d.summary.error.as_deref().unwrap();
     assert!(
         e.starts_with("invalid JSON (") && e.ends_with(") in .capy/settings.json of acme/broken"),
         "{e}"
@@ -375,39 +388,41 @@ async fn each_failure_names_its_step_and_says_why() {
 
     // A failing command in each of the three setup steps.
     let pid = s
-        .create_project(
-            "setup",
-            json!([{"repoFullName": "acme/good", "url": good.url()}]),
-        )
+        .create_project("setup", vec![repo_input("acme/good", good.url())])
         .await;
     let devbox = format!("/v1/projects/{pid}/devbox");
     let patch_devbox = |body: Value| s.ok("PATCH", &devbox, Some(body));
     patch_devbox(json!({"setupCommands": [{"name": "fails", "command": "echo partial; false"}]}))
         .await;
-    let d = failed_boot(&s, &pid, json!({})).await;
-    assert_eq!(d["summary"]["failedStep"], "project_setup", "{d:#}");
+    let d = failed_boot(&s, &pid, Default::default()).await;
     assert_eq!(
-        d["summary"]["error"],
-        "command `fails` exited with status 1"
+        d.summary.failed_step.as_deref(),
+        Some("project_setup"),
+        "{d:#?}"
     );
-    assert!(step(&d, "project_setup")["output"]
-        .as_str()
-        .unwrap()
-        .contains("$ fails\npartial\n"));
+    assert_eq!(
+        d.summary.error.as_deref(),
+        Some("command `fails` exited with status 1")
+    );
+    assert!(output(&d, "project_setup").contains("$ fails\npartial\n"));
 
     patch_devbox(json!({
         "setupCommands": [],
         "repos": [{"repoFullName": "acme/good", "setupCommands": [{"name": "build", "command": "exit 42"}]}],
     }))
     .await;
-    let d = failed_boot(&s, &pid, json!({})).await;
-    assert_eq!(d["summary"]["failedStep"], "repo_setup", "{d:#}");
+    let d = failed_boot(&s, &pid, Default::default()).await;
     assert_eq!(
-        d["summary"]["error"],
-        "command `build` exited with status 42"
+        d.summary.failed_step.as_deref(),
+        Some("repo_setup"),
+        "{d:#?}"
     );
     assert_eq!(
-        step(&d, "repo_setup")["metadata"],
+        d.summary.error.as_deref(),
+        Some("command `build` exited with status 42")
+    );
+    assert_eq!(
+        meta(&d, "repo_setup"),
         json!({"repo": "acme/good", "commands": 1})
     );
 
@@ -415,23 +430,27 @@ async fn each_failure_names_its_step_and_says_why() {
     let d = failed_boot(
         &s,
         &pid,
-        json!({"setupCommands": [
-            {"name": "ok", "command": "true"},
-            {"name": "npm ci", "command": "echo 'npm ERR! missing package.json' >&2; exit 1"},
-            {"name": "never", "command": "touch /never"},
-        ]}),
+        boot_with(&[
+            ("ok", "true"),
+            ("npm ci", "echo 'npm ERR! missing package.json' >&2; exit 1"),
+            ("never", "touch /never"),
+        ]),
     )
     .await;
-    assert_eq!(d["summary"]["failedStep"], "warm_pool_setup", "{d:#}");
     assert_eq!(
-        d["summary"]["error"],
-        "command `npm ci` exited with status 1"
+        d.summary.failed_step.as_deref(),
+        Some("warm_pool_setup"),
+        "{d:#?}"
     );
-    assert_eq!(d["summary"]["completedSteps"], 7);
-    let out = step(&d, "warm_pool_setup")["output"].as_str().unwrap();
+    assert_eq!(
+        d.summary.error.as_deref(),
+        Some("command `npm ci` exited with status 1")
+    );
+    assert_eq!(d.summary.completed_steps, 7);
+    let out = output(&d, "warm_pool_setup");
     assert!(
         out.contains("npm ERR! missing package.json") && !out.contains("$ never"),
-        "{out}"
+        "{out:?}"
     );
     // The test boot saved its commands first, like a PATCH.
     let pool = s
@@ -468,25 +487,32 @@ async fn each_failure_names_its_step_and_says_why() {
 #[ignore = "tier root: runs sandbox VMs, so it needs root; run every tier with `cargo test -- --include-ignored`"]
 async fn command_timeouts_fail_the_step() {
     let s = TestServer::start(&["--command-timeout-secs", "2"]);
-    let pid = s.create_project("slow", json!([])).await;
+    let pid = s.create_project("slow", vec![]).await;
     let d = failed_boot(
         &s,
         &pid,
-        json!({"setupCommands": [{"name": "slow", "command": "echo started; sleep 60; echo never"}]}),
+        boot_with(&[("slow", "echo started; sleep 60; echo never")]),
     )
     .await;
-    assert_eq!(d["summary"]["failedStep"], "warm_pool_setup", "{d:#}");
-    assert_eq!(d["summary"]["error"], "timed out after 2 s: `slow`");
+    assert_eq!(
+        d.summary.failed_step.as_deref(),
+        Some("warm_pool_setup"),
+        "{d:#?}"
+    );
+    assert_eq!(
+        d.summary.error.as_deref(),
+        Some("timed out after 2 s: `slow`")
+    );
     let st = step(&d, "warm_pool_setup");
-    assert!(st["output"].as_str().unwrap().contains("started"));
-    assert!(st["durationMs"].as_u64().unwrap() < 30_000);
+    assert!(st.output.as_deref().unwrap().contains("started"));
+    assert!(st.duration_ms.unwrap() < 30_000);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "tier root: runs sandbox VMs, so it needs root; run every tier with `cargo test -- --include-ignored`"]
 async fn secrets_are_redacted_everywhere() {
     let s = TestServer::start(&[]);
-    let pid = s.create_project("secrets", json!([])).await;
+    let pid = s.create_project("secrets", vec![]).await;
     s.ok(
         "PUT",
         &format!("/v1/projects/{pid}/environment-variables"),
@@ -500,24 +526,27 @@ async fn secrets_are_redacted_everywhere() {
     let d = failed_boot(
         &s,
         &pid,
-        json!({"setupCommands": [
-            {"name": "show", "command": "echo token=$API_TOKEN; echo \"$PRIVATE_KEY\"; echo short=$SHORT; cat /home/.env"},
-            {"name": "leak tok-8f3k2j5h", "command": "exit 1"},
-        ]}),
+        boot_with(&[
+            (
+                "show",
+                "echo token=$API_TOKEN; echo \"$PRIVATE_KEY\"; echo short=$SHORT; cat /home/.env",
+            ),
+            ("leak tok-8f3k2j5h", "exit 1"),
+        ]),
     )
     .await;
-    let out = step(&d, "warm_pool_setup")["output"].as_str().unwrap();
-    assert!(out.contains("token=[REDACTED:API_TOKEN]"), "{out}");
-    assert!(out.contains("\n[REDACTED:PRIVATE_KEY]\n"), "{out}");
+    let out = output(&d, "warm_pool_setup");
+    assert!(out.contains("token=[REDACTED:API_TOKEN]"), "{out:?}");
+    assert!(out.contains("\n[REDACTED:PRIVATE_KEY]\n"), "{out:?}");
     assert!(
         out.contains("short=abc"),
-        "short values are not redacted: {out}"
+        "short values are not redacted: {out:?}"
     );
     assert_eq!(
-        d["summary"]["error"],
-        "command `leak [REDACTED:API_TOKEN]` exited with status 1"
+        d.summary.error.as_deref(),
+        Some("command `leak [REDACTED:API_TOKEN]` exited with status 1")
     );
-    let everything = d.to_string() + &s.log_text();
+    let everything = serde_json::to_string(&d).unwrap() + &s.log_text();
     for secret in [
         "tok-8f3k2j5h",
         "AAAAsecretline1",
@@ -541,14 +570,14 @@ async fn secrets_are_redacted_everywhere() {
 #[ignore = "tier root: runs sandbox VMs, so it needs root; run every tier with `cargo test -- --include-ignored`"]
 async fn big_output_is_capped_keeping_head_and_tail() {
     let s = TestServer::start(&[]);
-    let pid = s.create_project("loud", json!([])).await;
+    let pid = s.create_project("loud", vec![]).await;
     let d = failed_boot(
         &s,
         &pid,
-        json!({"setupCommands": [{"name": "loud", "command": "seq 1 200000; echo the real error >&2; exit 2"}]}),
+        boot_with(&[("loud", "seq 1 200000; echo the real error >&2; exit 2")]),
     )
     .await;
-    let out = step(&d, "warm_pool_setup")["output"].as_str().unwrap();
+    let out = output(&d, "warm_pool_setup");
     assert!(out.len() <= 64 * 1024 + 64, "{} bytes kept", out.len());
     assert!(out.starts_with("$ loud\n1\n2\n3\n"));
     assert!(
@@ -574,35 +603,35 @@ async fn big_output_is_capped_keeping_head_and_tail() {
 #[ignore = "tier root: runs sandbox VMs, so it needs root; run every tier with `cargo test -- --include-ignored`"]
 async fn background_commands_are_started_and_not_waited_for() {
     let s = TestServer::start(&[]);
-    let pid = s.create_project("bg", json!([])).await;
+    let pid = s.create_project("bg", vec![]).await;
     let d = s
         .test_boot(
             &pid,
-            json!({"setupCommands": [
-                {"name": "dev server", "command": "echo serving; exec sleep 3600", "background": true},
-                {"name": "after", "command": "echo after"},
-            ]}),
+            boot_running(vec![
+                background("dev server", "echo serving; exec sleep 3600"),
+                command("after", "echo after"),
+            ]),
         )
         .await;
-    assert_eq!(d["status"], "ready", "{d:#}");
+    assert_eq!(d.status, "ready", "{d:#?}");
     let st = step(&d, "warm_pool_setup");
-    let out = st["output"].as_str().unwrap();
-    assert!(out.contains("started in background (pid "), "{out}");
-    assert!(out.contains("/var/log/warmpool/dev_server.log"), "{out}");
+    let out = st.output.as_deref().unwrap();
+    assert!(out.contains("started in background (pid "), "{out:?}");
+    assert!(out.contains("/var/log/warmpool/dev_server.log"), "{out:?}");
     assert!(out.contains("$ after\nafter\n"));
-    assert!(st["durationMs"].as_u64().unwrap() < 30_000);
-    let id = d["id"].as_str().unwrap();
+    assert!(st.duration_ms.unwrap() < 30_000);
+    let id = d.id.as_str();
     // It runs on: its first line reaches its log (the boot did not wait for that), and it is
     // still there.
     wait_for("the background command's log line", SETTLE, async || {
         let r = s
             .exec(&pid, id, "cat /var/log/warmpool/dev_server.log")
             .await;
-        seen(r["output"] == "serving\n", r)
+        seen(r.output == "serving\n", format!("{r:?}"))
     })
     .await;
     let r = s.exec(&pid, id, "pgrep -c -x sleep").await;
-    assert_eq!(r["output"], "1\n");
+    assert_eq!(r.output, "1\n");
     // The background command lives in its own session.
     let r = s
         .exec(
@@ -611,7 +640,7 @@ async fn background_commands_are_started_and_not_waited_for() {
             "ps -o sid= -o pid= -C sleep | awk '{print ($1 == $2)}'",
         )
         .await;
-    assert_eq!(r["output"], "1\n");
+    assert_eq!(r.output, "1\n");
 }
 
 /// A background service that dies before its boot is over fails the boot, named, with the end
@@ -620,27 +649,35 @@ async fn background_commands_are_started_and_not_waited_for() {
 #[ignore = "tier root: runs sandbox VMs, so it needs root; run every tier with `cargo test -- --include-ignored`"]
 async fn background_commands_that_die_fail_the_boot_with_their_log() {
     let s = TestServer::start(&[]);
-    let pid = s.create_project("bg-dies", json!([])).await;
+    let pid = s.create_project("bg-dies", vec![]).await;
     let d = failed_boot(
         &s,
         &pid,
-        json!({"setupCommands": [
-            {"name": "forks away", "command": "true", "background": true},
-            {"name": "web server", "command": "echo \"listen tcp :3000: address already in use\" >&2; exit 3", "background": true},
-            {"name": "after", "command": "echo after"},
-        ]}),
+        boot_running(vec![
+            background("forks away", "true"),
+            background(
+                "web server",
+                "echo \"listen tcp :3000: address already in use\" >&2; exit 3",
+            ),
+            command("after", "echo after"),
+        ]),
     )
     .await;
-    assert_eq!(d["summary"]["failedStep"], "warm_pool_setup", "{d:#}");
+    assert_eq!(
+        d.summary.failed_step.as_deref(),
+        Some("warm_pool_setup"),
+        "{d:#?}"
+    );
     let st = step(&d, "warm_pool_setup");
     assert_eq!(
-        st["error"], "background command `web server` exited with status 3",
-        "{st:#}"
+        st.error.as_deref(),
+        Some("background command `web server` exited with status 3"),
+        "{st:#?}"
     );
-    let out = st["output"].as_str().unwrap();
+    let out = st.output.as_deref().unwrap();
     assert!(
         out.contains("--- the end of /var/log/warmpool/web_server.log ---\nlisten tcp :3000: address already in use\n"),
-        "{out}"
+        "{out:?}"
     );
 
     // Started in project_setup, alive at its end, dead before the boot is over: the last look
@@ -653,22 +690,22 @@ async fn background_commands_that_die_fail_the_boot_with_their_log() {
         ]})),
     )
     .await;
-    let d = failed_boot(
-        &s,
-        &pid,
-        json!({"setupCommands": [{"name": "slow", "command": "sleep 2"}]}),
-    )
-    .await;
+    let d = failed_boot(&s, &pid, boot_with(&[("slow", "sleep 2")])).await;
     let st = step(&d, "warm_pool_setup");
     assert_eq!(
-        st["error"], "background command `worker` exited with status 4",
-        "{st:#}"
+        st.error.as_deref(),
+        Some("background command `worker` exited with status 4"),
+        "{st:#?}"
     );
     assert!(
-        st["output"].as_str().unwrap().contains("worker gave up"),
-        "{st:#}"
+        st.output.as_deref().unwrap().contains("worker gave up"),
+        "{st:#?}"
     );
-    assert_eq!(step(&d, "project_setup")["status"], "success", "{d:#}");
+    assert_eq!(
+        step(&d, "project_setup").status,
+        StepResult::Success,
+        "{d:#?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -677,10 +714,10 @@ async fn the_sandbox_is_its_own_machine() {
     let s = TestServer::start(&[]);
     let marker = s.dir.path().join("host-only-marker");
     std::fs::write(&marker, "host").unwrap();
-    let pid = s.create_project("isolation", json!([])).await;
-    let d = s.test_boot(&pid, json!({})).await;
-    let id = d["id"].as_str().unwrap();
-    let vm = d["instanceId"].as_str().unwrap();
+    let pid = s.create_project("isolation", vec![]).await;
+    let d = s.test_boot(&pid, Default::default()).await;
+    let id = d.id.as_str();
+    let vm = d.instance_id.as_str();
     let r = s
         .exec(
             &pid,
@@ -695,11 +732,11 @@ async fn the_sandbox_is_its_own_machine() {
             ),
         )
         .await;
-    let out = r["output"].as_str().unwrap();
+    let out = r.output.as_str();
     let lines: Vec<&str> = out.lines().collect();
-    assert!(!out.contains("visible"), "{out}");
+    assert!(!out.contains("visible"), "{out:?}");
     let procs: u32 = lines[0].parse().unwrap();
-    assert!(procs < 10, "the VM sees {procs} processes: {out}");
+    assert!(procs < 10, "the VM sees {procs} processes: {out:?}");
     assert_eq!(
         lines[1].trim(),
         "/usr/local/bin/warmpool-agent --init --listen-fd 3"

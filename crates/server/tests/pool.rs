@@ -28,17 +28,9 @@ async fn a_pool_fills_and_hands_out_each_vm_once() {
     let s = TestServer::start(&["--max-cold-claims", "20"]);
     let repo = TestRepo::new(&[("README", "v1\n")]);
     let pid = s
-        .create_project(
-            "claims",
-            json!([{"repoFullName": "acme/app", "url": repo.url()}]),
-        )
+        .create_project("claims", vec![repo_input("acme/app", repo.url())])
         .await;
-    s.ok(
-        "PATCH",
-        &format!("/v1/projects/{pid}/warm-pool"),
-        Some(json!({"targetSize": 3})),
-    )
-    .await;
+    s.configure_pool(&pid, target(3)).await;
     wait_for("3 ready", s.boot(), async || {
         let st = pool_status(&s, &pid).await;
         seen(st["ready"] == 3, st)
@@ -126,7 +118,7 @@ async fn a_pool_fills_and_hands_out_each_vm_once() {
         )
         .await;
     assert_eq!(
-        out["output"],
+        out.output,
         format!(
             "v1\n{}\n{}\n",
             repo.head(),
@@ -215,10 +207,7 @@ async fn stale_vms_stay_claimable_until_replaced() {
     let s = TestServer::start(&["--head-check-interval-secs", "1"]);
     let repo = TestRepo::new(&[("README", "v1\n")]);
     let pid = s
-        .create_project(
-            "stale",
-            json!([{"repoFullName": "acme/app", "url": repo.url()}]),
-        )
+        .create_project("stale", vec![repo_input("acme/app", repo.url())])
         .await;
     let pool = format!("/v1/projects/{pid}/warm-pool");
     s.ok("PATCH", &pool, Some(json!({"targetSize": 2, "setupCommands": [{"name": "v1", "command": "echo v1 > /home/version"}]}))).await;
@@ -245,7 +234,7 @@ async fn stale_vms_stay_claimable_until_replaced() {
     let claimed = v["instance"]["id"].as_str().unwrap().to_string();
     assert!(old.contains(&claimed));
     assert_eq!(
-        s.exec(&pid, &claimed, "cat /home/version").await["output"],
+        s.exec(&pid, &claimed, "cat /home/version").await.output,
         "v1\n"
     );
     // Once the replacements are ready, the remaining stale VM goes; the claimed one stays.
@@ -270,7 +259,8 @@ async fn stale_vms_stay_claimable_until_replaced() {
             v["instance"]["id"].as_str().unwrap(),
             "cat /home/version"
         )
-        .await["output"],
+        .await
+        .output,
         "v2\n"
     );
     let c = s
@@ -294,8 +284,8 @@ async fn stale_vms_stay_claimable_until_replaced() {
     })
     .await;
     for id in ready_ids(&s, &pid).await {
-        let d = s.ok("GET", &format!("{pool}/instances/{id}"), None).await;
-        assert_eq!(step(&d, "clone_repo")["metadata"]["commit"], head);
+        let d = s.client().get_instance(&pid, &id).await.unwrap();
+        assert_eq!(meta(&d, "clone_repo")["commit"], head);
     }
 }
 
@@ -381,17 +371,19 @@ fn check_event_log(events: &[(String, Value)], id: &str) {
 #[ignore = "tier root: runs sandbox VMs, so it needs root; run every tier with `cargo test -- --include-ignored`"]
 async fn events_replay_then_follow() {
     let s = TestServer::start(&[]);
-    let pid = s.create_project("events", json!([])).await;
+    let pid = s.create_project("events", vec![]).await;
     s.ok(
         "PUT",
         &format!("/v1/projects/{pid}/environment-variables"),
         Some(json!({"variables": [{"name": "SECRET", "value": "very-secret-value"}]})),
     )
     .await;
-    s.ok(
-        "PATCH",
-        &format!("/v1/projects/{pid}/warm-pool"),
-        Some(json!({"enabled": false})),
+    s.configure_pool(
+        &pid,
+        UpdateWarmPoolBody {
+            enabled: Some(false),
+            ..Default::default()
+        },
     )
     .await;
     let v = s
@@ -438,13 +430,8 @@ async fn events_replay_then_follow() {
 #[ignore = "tier root: runs sandbox VMs, so it needs root; run every tier with `cargo test -- --include-ignored`"]
 async fn metrics_show_the_pool() {
     let s = TestServer::start(&[]);
-    let pid = s.create_project("metrics", json!([])).await;
-    s.ok(
-        "PATCH",
-        &format!("/v1/projects/{pid}/warm-pool"),
-        Some(json!({"targetSize": 2})),
-    )
-    .await;
+    let pid = s.create_project("metrics", vec![]).await;
+    s.configure_pool(&pid, target(2)).await;
     wait_for("2 ready", s.boot(), async || {
         let st = pool_status(&s, &pid).await;
         seen(st["ready"] == 2, st)
@@ -489,7 +476,7 @@ async fn metrics_show_the_pool() {
 #[ignore = "tier root: runs sandbox VMs, so it needs root; run every tier with `cargo test -- --include-ignored`"]
 async fn kill_9_loses_and_leaks_nothing() {
     let mut s = TestServer::start(&[]);
-    let pid = s.create_project("crash", json!([])).await;
+    let pid = s.create_project("crash", vec![]).await;
     let pool = format!("/v1/projects/{pid}/warm-pool");
     // Boots that never finish, and a claim waiting for one of its own.
     s.ok(
@@ -611,7 +598,7 @@ async fn kill_9_loses_and_leaks_nothing() {
         assert_eq!(v["vm"]["instanceId"], vm.as_str());
         assert!(any_alive(&procs), "{vm} runs the processes it ran before");
         let out = s.exec(&pid, id, "hostname").await;
-        assert_eq!(out["output"], format!("{vm}\n"));
+        assert_eq!(out.output, format!("{vm}\n"));
     }
     // Nothing on disk that no instance owns (a VM being destroyed — say, one that did not answer
     // its health check after the restart — is gone once its destroy finishes).

@@ -49,17 +49,17 @@ async fn a_pool_on_postgres_fills_claims_once_and_survives_kill_9() {
 
     let repo = TestRepo::new(&[("README.md", "on postgres\n")]);
     let pid = s
-        .create_project(
-            "pg ünïcode 'app'",
-            json!([{"repoFullName": "acme/app", "url": repo.url()}]),
-        )
+        .create_project("pg ünïcode 'app'", vec![repo_input("acme/app", repo.url())])
         .await;
-    s.ok(
-        "PATCH",
-        &format!("/v1/projects/{pid}/warm-pool"),
-        Some(json!({"targetSize": 2, "setupCommands": [
-            {"name": "mark", "command": "echo \"it's $((6*7))\" > /home/marker"}
-        ]})),
+    s.configure_pool(
+        &pid,
+        UpdateWarmPoolBody {
+            setup_commands: Some(Some(vec![command(
+                "mark",
+                "echo \"it's $((6*7))\" > /home/marker",
+            )])),
+            ..target(2)
+        },
     )
     .await;
     wait_for("2 ready VMs", s.boot(), async || {
@@ -96,7 +96,7 @@ async fn a_pool_on_postgres_fills_claims_once_and_survives_kill_9() {
     assert_eq!(warm.len(), 2, "{warm:?}");
     assert_eq!(warm.iter().collect::<HashSet<_>>().len(), 2);
     let out = s.exec(&pid, &warm[0], "cat /home/marker").await;
-    assert_eq!(out["output"], "it's 42\n", "{out}");
+    assert_eq!(out.output, "it's 42\n", "{out:?}");
 
     // The pool refills; a crash and a restart keep its ready VMs and add none.
     let before: HashSet<String> = wait_ready_ids(&s, &pid, 2, s.boot())
@@ -130,7 +130,7 @@ async fn a_pool_on_postgres_fills_claims_once_and_survives_kill_9() {
     let id = v["instance"]["id"].as_str().unwrap();
     assert!(before.contains(id), "{id} was ready before the crash");
     let out = s.exec(&pid, id, "cat /home/marker").await;
-    assert_eq!(out["output"], "it's 42\n", "{out}");
+    assert_eq!(out.output, "it's 42\n", "{out:?}");
     let other = before.iter().find(|b| *b != id).unwrap();
     let d = s
         .ok(
@@ -175,7 +175,7 @@ async fn a_database_outage_answers_503_and_heals() {
     let pg = PgCluster::new().unwrap();
     let url = pg.create_database("wp_outage").unwrap();
     let s = TestServer::start(&["--store", &url, "--backend", "sim"]);
-    let pid = s.create_project("outage", json!([])).await;
+    let pid = s.create_project("outage", vec![]).await;
     let pool = format!("/v1/projects/{pid}/warm-pool");
     s.ok("PATCH", &pool, Some(json!({"targetSize": 3}))).await;
     let ready: HashSet<String> = wait_ready_ids(&s, &pid, 3, s.boot())

@@ -93,34 +93,36 @@ async fn test_boots_run_every_step_in_a_real_vm() {
     let s = TestServer::start(QEMU);
     let repo = TestRepo::new(&[("README", "from the host\n")]);
     let pid = s
-        .create_project(
-            "qemu",
-            json!([{"repoFullName": "acme/app", "url": repo.url()}]),
-        )
+        .create_project("qemu", vec![repo_input("acme/app", repo.url())])
         .await;
     small_vms(&s, &pid).await;
-    s.ok(
-        "PATCH",
-        &format!("/v1/projects/{pid}/warm-pool"),
-        Some(json!({"enabled": false})),
+    s.configure_pool(
+        &pid,
+        UpdateWarmPoolBody {
+            enabled: Some(false),
+            ..Default::default()
+        },
     )
     .await;
     let d = s
-        .test_boot(&pid, json!({"setupCommands": [{"name": "build", "command": "cat /home/app/README > /home/built"}]}))
+        .test_boot(
+            &pid,
+            boot_with(&[("build", "cat /home/app/README > /home/built")]),
+        )
         .await;
-    assert_eq!(d["status"], "ready", "{d:#}");
+    assert_eq!(d.status, "ready", "{d:#?}");
     assert_eq!(step_names(&d).len(), 8);
-    assert_eq!(step(&d, "create_vm")["metadata"]["backend"], "qemu");
-    assert_eq!(step(&d, "clone_repo")["metadata"]["commit"], repo.head());
-    let id = d["id"].as_str().unwrap();
+    assert_eq!(meta(&d, "create_vm")["backend"], "qemu");
+    assert_eq!(meta(&d, "clone_repo")["commit"], repo.head());
+    let id = d.id.as_str();
     let out = s
         .exec(&pid, id, "uname -r; cat /sys/class/dmi/id/sys_vendor; hostname; cat /home/built; git -C /home/app remote get-url origin; nproc; awk '/MemTotal/ {print int($2/1024)}' /proc/meminfo")
         .await;
-    let text = out["output"].as_str().unwrap();
+    let text = out.output.as_str();
     let lines: Vec<&str> = text.lines().collect();
     assert_ne!(lines[0], host_kernel(), "the VM runs its own kernel");
     assert_eq!(lines[1], "QEMU");
-    assert_eq!(lines[2], d["instanceId"]);
+    assert_eq!(lines[2], d.instance_id);
     assert_eq!(lines[3], "from the host");
     assert_eq!(lines[4], repo.url());
     // The machine has the project's size.
@@ -136,21 +138,15 @@ async fn test_boots_run_every_step_in_a_real_vm() {
 
     // A failing setup command names its step.
     let f = s
-        .test_boot(
-            &pid,
-            json!({"setupCommands": [{"name": "broken", "command": "echo about to fail; exit 9"}]}),
-        )
+        .test_boot(&pid, boot_with(&[("broken", "echo about to fail; exit 9")]))
         .await;
-    assert_eq!(f["status"], "failed", "{f:#}");
-    assert_eq!(f["summary"]["failedStep"], "warm_pool_setup");
+    assert_eq!(f.status, "failed", "{f:#?}");
+    assert_eq!(f.summary.failed_step.as_deref(), Some("warm_pool_setup"));
     assert_eq!(
-        f["summary"]["error"],
-        "command `broken` exited with status 9"
+        f.summary.error.as_deref(),
+        Some("command `broken` exited with status 9")
     );
-    assert!(step(&f, "warm_pool_setup")["output"]
-        .as_str()
-        .unwrap()
-        .contains("about to fail"));
+    assert!(output(&f, "warm_pool_setup").contains("about to fail"));
 
     // Destroying the VMs leaves no QEMU process.
     let (st, _) = s
@@ -300,7 +296,7 @@ wait"#,
     );
     let started = Instant::now();
     let out = s.exec(pid, id, &script).await;
-    let text = out["output"].as_str().unwrap().to_string();
+    let text = out.output.as_str().to_string();
     eprintln!(
         "network probes ({} ms):
 {text}",
@@ -358,10 +354,7 @@ async fn pool_vms_are_distinct_copy_on_write_clones_of_a_golden() {
     let mut s = TestServer::start(QEMU);
     let repo = TestRepo::new(&[("README", "v1\n")]);
     let pid = s
-        .create_project(
-            "clones",
-            json!([{"repoFullName": "acme/app", "url": repo.url()}]),
-        )
+        .create_project("clones", vec![repo_input("acme/app", repo.url())])
         .await;
     small_vms(&s, &pid).await;
     let pool = format!("/v1/projects/{pid}/warm-pool");
@@ -384,10 +377,9 @@ async fn pool_vms_are_distinct_copy_on_write_clones_of_a_golden() {
             .await;
         assert_eq!((st, v["warm"].as_bool()), (200, Some(true)), "{v}");
         let id = v["instance"]["id"].as_str().unwrap().to_string();
-        let d = s.ok("GET", &format!("{pool}/instances/{id}"), None).await;
-        assert_valid("WarmPoolInstanceDetail", &d);
+        let d = s.client().get_instance(&pid, &id).await.unwrap();
         assert_eq!(step_names(&d).len(), 8);
-        let golden = step(&d, "create_vm")["metadata"]["fromGolden"]
+        let golden = meta(&d, "create_vm")["fromGolden"]
             .as_str()
             .unwrap()
             .to_string();
@@ -397,18 +389,12 @@ async fn pool_vms_are_distinct_copy_on_write_clones_of_a_golden() {
             "project_setup",
             "warm_pool_setup",
         ] {
-            assert_eq!(
-                step(&d, name)["metadata"]["fromGolden"],
-                golden.as_str(),
-                "{name}"
-            );
+            assert_eq!(meta(&d, name)["fromGolden"], golden.as_str(), "{name}");
         }
-        assert_eq!(step(&d, "warm_pool_setup")["metadata"]["commands"], 1);
+        assert_eq!(meta(&d, "warm_pool_setup")["commands"], 1);
         // The golden's own step log is reachable through its id.
-        let g = s
-            .ok("GET", &format!("{pool}/instances/{golden}"), None)
-            .await;
-        assert_eq!(step(&g, "warm_pool_setup")["output"], "$ prepare\n");
+        let g = s.client().get_instance(&pid, &golden).await.unwrap();
+        assert_eq!(output(&g, "warm_pool_setup"), "$ prepare\n");
         claimed.push((id, v["vm"].clone()));
     }
     let (a, b) = (&claimed[0], &claimed[1]);
@@ -416,21 +402,15 @@ async fn pool_vms_are_distinct_copy_on_write_clones_of_a_golden() {
 
     // Distinct identities, entropy and a correct clock.
     let probe = "hostname; cat /etc/machine-id; head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \\n'; echo; date +%s; cat /home/prepared";
-    let out_a = s.exec(&pid, &a.0, probe).await["output"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let out_b = s.exec(&pid, &b.0, probe).await["output"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let out_a = s.exec(&pid, &a.0, probe).await.output;
+    let out_b = s.exec(&pid, &b.0, probe).await.output;
     let (la, lb): (Vec<&str>, Vec<&str>) = (out_a.lines().collect(), out_b.lines().collect());
     assert_eq!(la[0], a.1["instanceId"]);
     assert_eq!(lb[0], b.1["instanceId"]);
     for i in 0..3 {
         assert_ne!(
             la[i], lb[i],
-            "line {i} is the same in both clones:\n{out_a}\n{out_b}"
+            "line {i} is the same in both clones:\n{out_a:?}\n{out_b:?}"
         );
     }
     let now = warmpool_types::time::now_ms() / 1000;
@@ -464,10 +444,8 @@ async fn pool_vms_are_distinct_copy_on_write_clones_of_a_golden() {
         let pid = pid.clone();
         async move {
             s.exec(&pid, &id, "ls /home/disk-* /dev/shm/mem-* 2>/dev/null")
-                .await["output"]
-                .as_str()
-                .unwrap()
-                .to_string()
+                .await
+                .output
         }
     };
     assert_eq!(written(a.0.clone()).await, "/dev/shm/mem-a\n/home/disk-a\n");
@@ -536,7 +514,7 @@ async fn pool_vms_are_distinct_copy_on_write_clones_of_a_golden() {
         let id = v["instance"]["id"].as_str().unwrap();
         assert!(ready_before.contains(id), "{id} was ready before the crash");
         let out = s.exec(&pid, id, "cat /home/prepared").await;
-        assert_eq!(out["output"], "prepared\n", "{out}");
+        assert_eq!(out.output, "prepared\n", "{out:?}");
         adopted.push(id.to_string());
     }
     // Releasing the claimed VMs and disabling the pool destroys them all: no QEMU process
@@ -555,7 +533,7 @@ async fn pool_vms_are_distinct_copy_on_write_clones_of_a_golden() {
 #[ignore = "tier qemu: boots QEMU guests (root, qemu-system-x86); run every tier with `cargo test -- --include-ignored`"]
 async fn kill_9_during_a_boot_leaves_no_qemu_behind() {
     let mut s = TestServer::start(QEMU);
-    let pid = s.create_project("crash", json!([])).await;
+    let pid = s.create_project("crash", vec![]).await;
     small_vms(&s, &pid).await;
     let pool = format!("/v1/projects/{pid}/warm-pool");
     s.ok(

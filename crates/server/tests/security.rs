@@ -32,8 +32,8 @@ fn mode(p: &std::path::Path) -> u32 {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_project_token_acts_on_its_project_only() {
     let s = TestServer::start(&["--backend", "sim"]);
-    let a = s.create_project("A", json!([])).await;
-    let b = s.create_project("B", json!([])).await;
+    let a = s.create_project("A", vec![]).await;
+    let b = s.create_project("B", vec![]).await;
     let (st, t) = s
         .call("POST", &format!("/v1/projects/{a}/tokens"), Some(json!({})))
         .await;
@@ -163,7 +163,7 @@ async fn a_project_token_acts_on_its_project_only() {
 #[ignore = "tier root: runs sandbox VMs, so it needs root; run every tier with `cargo test -- --include-ignored`"]
 async fn secrets_stay_secret_at_rest_in_logs_and_in_events() {
     let s = TestServer::start(&[]);
-    let pid = s.create_project("secrets at rest", json!([])).await;
+    let pid = s.create_project("secrets at rest", vec![]).await;
     let secret = "s3cr3t-Zq9v-at-rest";
     let multi = "first-line-abc123\nsecond-line-def456";
     s.ok(
@@ -179,13 +179,16 @@ async fn secrets_stay_secret_at_rest_in_logs_and_in_events() {
     )
     .await;
     let d = s
-        .test_boot(&pid, json!({"setupCommands": [{"name": "use", "command": "echo \"$DB_PASSWORD\"; echo \"$CERT\""}]}))
+        .test_boot(
+            &pid,
+            boot_with(&[("use", "echo \"$DB_PASSWORD\"; echo \"$CERT\"")]),
+        )
         .await;
-    assert_eq!(d["status"], "ready");
-    let id = d["id"].as_str().unwrap();
+    assert_eq!(d.status, "ready");
+    let id = d.id.as_str();
     // The VM has the value; nothing else shows it.
     let out = s.exec(&pid, id, "printf %s \"$DB_PASSWORD\" | wc -c").await;
-    assert_eq!(out["output"], format!("{}\n", secret.len()));
+    assert_eq!(out.output, format!("{}\n", secret.len()));
     let events = reqwest_text(
         &s,
         &format!("/v1/projects/{pid}/warm-pool/instances/{id}/events"),
@@ -195,7 +198,10 @@ async fn secrets_stay_secret_at_rest_in_logs_and_in_events() {
     let store = store_bytes(&s);
     for needle in [secret, "first-line-abc123", "second-line-def456"] {
         assert!(!events.contains(needle), "{needle} in the events");
-        assert!(!d.to_string().contains(needle), "{needle} in the instance");
+        assert!(
+            !serde_json::to_string(&d).unwrap().contains(needle),
+            "{needle} in the instance"
+        );
         assert!(!s.log_text().contains(needle), "{needle} in the server log");
         assert!(!contains(&store, needle), "{needle} in the database files");
     }
@@ -259,7 +265,7 @@ async fn reqwest_text(s: &TestServer, path: &str) -> String {
 #[ignore = "tier root: runs sandbox VMs, so it needs root; run every tier with `cargo test -- --include-ignored`"]
 async fn a_vm_token_opens_that_vm_only() {
     let s = TestServer::start(&[]);
-    let pid = s.create_project("agents", json!([])).await;
+    let pid = s.create_project("agents", vec![]).await;
     s.ok(
         "PATCH",
         &format!("/v1/projects/{pid}/warm-pool"),
@@ -325,7 +331,7 @@ async fn limits_answer_429_and_floods_do_not_stall_the_server() {
         "--max-cold-claims",
         "1",
     ]);
-    let pid = s.create_project("limits", json!([])).await;
+    let pid = s.create_project("limits", vec![]).await;
     // Past the burst, requests are refused with Retry-After until the rate allows again.
     let mut limited = None;
     for _ in 0..20 {
@@ -421,7 +427,8 @@ async fn limits_answer_429_and_floods_do_not_stall_the_server() {
     })
     .await;
     assert!(answered >= 5, "{answered} requests during the flood");
-    let out = step(&d, "warm_pool_setup")["output"].as_str().unwrap();
+    let d: WarmPoolInstanceDetail = serde_json::from_value(d).unwrap();
+    let out = output(&d, "warm_pool_setup");
     assert!(
         out.len() <= 64 * 1024 + 64 && out.contains("bytes omitted"),
         "{} bytes",

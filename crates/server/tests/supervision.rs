@@ -7,7 +7,6 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use serde_json::json;
 
 /// The value of the metric line that starts with `series` (name and labels), if present.
 fn metric(text: &str, series: &str) -> Option<f64> {
@@ -26,17 +25,16 @@ async fn metrics(s: &TestServer) -> String {
 #[tokio::test]
 async fn a_panic_in_a_step_fails_its_boot_and_the_server_carries_on() {
     let s = TestServer::start(&["--backend", "sim", "--sim-panic-command"]);
-    let pid = s.create_project("panics", json!([])).await;
+    let pid = s.create_project("panics", vec![]).await;
     // The sim backend panics (inside the server) when a setup command says `panic`.
-    let d = s
-        .test_boot(
-            &pid,
-            json!({"setupCommands": [{"name": "boom", "command": "panic"}]}),
-        )
-        .await;
-    assert_eq!(d["status"], "failed", "{d}");
-    assert_eq!(d["summary"]["failedStep"], "warm_pool_setup", "{d}");
-    let reason = d["failureReason"].as_str().unwrap();
+    let d = s.test_boot(&pid, boot_with(&[("boom", "panic")])).await;
+    assert_eq!(d.status, "failed", "{d:#?}");
+    assert_eq!(
+        d.summary.failed_step.as_deref(),
+        Some("warm_pool_setup"),
+        "{d:#?}"
+    );
+    let reason = d.failure_reason.as_deref().unwrap();
     assert!(
         reason.starts_with("internal error: the step stopped unexpectedly"),
         "{reason}"
@@ -47,13 +45,8 @@ async fn a_panic_in_a_step_fails_its_boot_and_the_server_carries_on() {
         "{text}"
     );
     // The server carries on: the next boot works.
-    let d = s
-        .test_boot(
-            &pid,
-            json!({"setupCommands": [{"name": "fine", "command": "true"}]}),
-        )
-        .await;
-    assert_eq!(d["status"], "ready", "{d}");
+    let d = s.test_boot(&pid, boot_with(&[("fine", "true")])).await;
+    assert_eq!(d.status, "ready", "{d:#?}");
 }
 
 #[tokio::test]
@@ -98,13 +91,8 @@ async fn loops_report_their_last_activation() {
 #[tokio::test]
 async fn no_input_panics_a_server_that_was_not_asked_to() {
     let s = TestServer::start(&["--backend", "sim"]);
-    let pid = s.create_project("calm", json!([])).await;
-    let d = s
-        .test_boot(
-            &pid,
-            json!({"setupCommands": [{"name": "boom", "command": "panic"}]}),
-        )
-        .await;
-    assert_eq!(d["status"], "ready", "{d}");
+    let pid = s.create_project("calm", vec![]).await;
+    let d = s.test_boot(&pid, boot_with(&[("boom", "panic")])).await;
+    assert_eq!(d.status, "ready", "{d:#?}");
     assert!(!s.log_text().contains("panicked"), "{}", s.log_text());
 }

@@ -71,11 +71,15 @@ async fn set_repo(s: &TestServer, token: &str, project: &str, url: &str) -> (u16
 }
 
 /// A finished boot failed at cloning, saying `why`.
-fn assert_failed_with(d: &Value, why: &str) {
-    assert_eq!(d["status"], "failed", "{d:#}");
-    assert_eq!(d["summary"]["failedStep"], "clone_repo", "{d:#}");
-    let error = d["summary"]["error"].as_str().unwrap();
-    assert!(error.contains(why), "expected `{why}` in: {d:#}");
+fn assert_failed_with(d: &WarmPoolInstanceDetail, why: &str) {
+    assert_eq!(d.status, "failed", "{d:#?}");
+    assert_eq!(
+        d.summary.failed_step.as_deref(),
+        Some("clone_repo"),
+        "{d:#?}"
+    );
+    let error = d.summary.error.as_deref().unwrap_or_default();
+    assert!(error.contains(why), "expected `{why}` in: {d:#?}");
 }
 
 /// Every step output and error of every instance of `project`, as one text.
@@ -126,13 +130,13 @@ async fn sources_on_the_server_are_the_admins_alone_and_lead_nowhere_else() {
     // The admin configures a repository on the server's disk, as the README's walkthrough does.
     let app = root.path().join("app").display().to_string();
     let p = s
-        .create_project("tenant", json!([{"repoFullName": "acme/app", "url": app}]))
+        .create_project("tenant", vec![repo_input("acme/app", &app)])
         .await;
     let tok = project_token(&s, &p).await;
-    let d = s.test_boot(&p, json!({})).await;
-    assert_eq!(d["status"], "ready", "{d:#}");
-    let id = d["id"].as_str().unwrap().to_string();
-    let vm = d["instanceId"].as_str().unwrap().to_string();
+    let d = s.test_boot(&p, Default::default()).await;
+    assert_eq!(d.status, "ready", "{d:#?}");
+    let id = d.id.clone();
+    let vm = d.instance_id.clone();
 
     // What the VM can read names no host path of the data or cache dir.
     let seen = s
@@ -144,7 +148,7 @@ async fn sources_on_the_server_are_the_admins_alone_and_lead_nowhere_else() {
              cat /proc/self/cgroup; ls -la / /home /root",
         )
         .await;
-    let out = seen["output"].as_str().unwrap();
+    let out = seen.output.as_str();
     assert!(out.contains("overlay"), "{out}");
     for host in [&data, &cache] {
         let h = host.display().to_string();
@@ -162,7 +166,7 @@ async fn sources_on_the_server_are_the_admins_alone_and_lead_nowhere_else() {
             ),
         )
         .await;
-    assert_eq!(r["exitCode"], 0, "{r}");
+    assert_eq!(r.exit_code, 0, "{r:?}");
     let evil = data.join("vms").join(&vm).join("rw/upper/home/evil.git");
     assert!(
         evil.is_dir(),
@@ -272,7 +276,7 @@ async fn sources_on_the_server_are_the_admins_alone_and_lead_nowhere_else() {
         &root.path().join("app"),
         &["worktree", "add", "-q", &worktree.display().to_string()],
     );
-    let p2 = s.create_project("sources", json!([])).await;
+    let p2 = s.create_project("sources", vec![]).await;
     for (repo, why) in [
         (&linked, "symlink to outside"),
         (&borrowing, "alternates"),
@@ -282,16 +286,20 @@ async fn sources_on_the_server_are_the_admins_alone_and_lead_nowhere_else() {
         let url = repo.display().to_string();
         let (st, v) = set_repo(&s, &admin_token, &p2, &url).await;
         assert_eq!(st, 200, "{url}: {v}");
-        let d = s.test_boot(&p2, json!({})).await;
-        assert_eq!(d["status"], "failed", "{url}: {d:#}");
-        assert_eq!(d["summary"]["failedStep"], "clone_repo", "{d:#}");
-        let text = d.to_string();
+        let d = s.test_boot(&p2, Default::default()).await;
+        assert_eq!(d.status, "failed", "{url}: {d:#?}");
+        assert_eq!(
+            d.summary.failed_step.as_deref(),
+            Some("clone_repo"),
+            "{d:#?}"
+        );
+        let text = serde_json::to_string(&d).unwrap();
         assert!(
             text.contains("git clone of acme/app failed"),
-            "{url}: {d:#}"
+            "{url}: {d:#?}"
         );
-        assert!(text.contains(why), "{url}: expected `{why}` in {d:#}");
-        assert!(!text.contains(SECRET), "{url} showed the file: {d:#}");
+        assert!(text.contains(why), "{url}: expected `{why}` in {d:#?}");
+        assert!(!text.contains(SECRET), "{url} showed the file: {d:#?}");
     }
 
     // A source that was fine when configured and is swapped for a link to the data dir later
@@ -302,7 +310,7 @@ async fn sources_on_the_server_are_the_admins_alone_and_lead_nowhere_else() {
     assert_eq!(st, 200, "{v}");
     std::fs::rename(&swap, root.path().join("swapped-out")).unwrap();
     std::os::unix::fs::symlink(&data, &swap).unwrap();
-    let d = s.test_boot(&p2, json!({})).await;
+    let d = s.test_boot(&p2, Default::default()).await;
     assert_failed_with(&d, "the server's own data or cache dir");
 
     // Nothing anywhere showed the admin token or the file, or named the data dir.
@@ -352,10 +360,10 @@ async fn credentials_in_urls_are_sealed_and_the_servers_own_serve_the_admin_only
     // The admin's source with no credentials of its own is fetched with the server's.
     let plain = format!("http://{ip}:{port}/app.git");
     let p = s
-        .create_project("creds", json!([{"repoFullName": "acme/app", "url": plain}]))
+        .create_project("creds", vec![repo_input("acme/app", &plain)])
         .await;
-    let d = s.test_boot(&p, json!({})).await;
-    assert_eq!(d["status"], "ready", "{d:#}");
+    let d = s.test_boot(&p, Default::default()).await;
+    assert_eq!(d.status, "ready", "{d:#?}");
 
     // Credentials in the URL: sealed, shown as ***, never printed.
     let url = format!("http://alice:{PASS}@{ip}:{port}/app.git");
@@ -364,45 +372,45 @@ async fn credentials_in_urls_are_sealed_and_the_servers_own_serve_the_admin_only
     assert_eq!(st, 200, "{v}");
     assert!(!v.to_string().contains(PASS));
     let r = s.ok("GET", &format!("/v1/projects/{p}/repos"), None).await;
-    assert_eq!(r["items"][0]["url"], shown.as_str(), "{r}");
-    let d = s.test_boot(&p, json!({})).await;
-    assert_eq!(d["status"], "ready", "{d:#}");
-    let id = d["id"].as_str().unwrap().to_string();
+    assert_eq!(r["items"][0]["url"], shown.as_str(), "{r:?}");
+    let d = s.test_boot(&p, Default::default()).await;
+    assert_eq!(d.status, "ready", "{d:#?}");
+    let id = d.id.clone();
     let clone = step(&d, "clone_repo");
     assert!(
-        clone["output"].as_str().unwrap().contains(&shown),
-        "{clone:#}"
+        clone.output.as_deref().unwrap_or_default().contains(&shown),
+        "{clone:#?}"
     );
     // In the VM: origin has no credentials; root fetches with them; nobody else reads them.
     let cfg = s.exec(&p, &id, "cat /home/app/.git/config").await;
-    let cfg = cfg["output"].as_str().unwrap();
-    assert!(cfg.contains(&plain) && !cfg.contains(PASS), "{cfg}");
+    let cfg = cfg.output.as_str();
+    assert!(cfg.contains(&plain) && !cfg.contains(PASS), "{cfg:?}");
     let fetch = s
         .exec(&p, &id, "git -C /home/app fetch origin && echo fetched")
         .await;
-    assert_eq!(fetch["exitCode"], 0, "{fetch}");
+    assert_eq!(fetch.exit_code, 0, "{fetch:?}");
     let file = "/root/.config/git/warmpool/app.credentials";
     let cat = s
         .exec(&p, &id, &format!("stat -c %a {file}; cat {file}"))
         .await;
-    let cat_out = cat["output"].as_str().unwrap();
-    assert!(cat_out.starts_with("600"), "{cat}");
-    assert!(!cat_out.contains(PASS), "exec output is redacted: {cat}");
+    let cat_out = cat.output.as_str();
+    assert!(cat_out.starts_with("600"), "{cat:?}");
+    assert!(!cat_out.contains(PASS), "exec output is redacted: {cat:?}");
     assert!(
         cat_out.contains("[REDACTED:credentials of acme/app]"),
-        "{cat}"
+        "{cat:?}"
     );
     let other = s
         .exec(&p, &id, &format!("su nobody -s /bin/sh -c 'cat {file}'"))
         .await;
-    assert_ne!(other["exitCode"], 0, "{other}");
+    assert_ne!(other.exit_code, 0, "{other:?}");
 
     // Sending back what was shown keeps the credentials; `***` for credentials the project
     // does not have is refused.
     let (st, v) = set_repo(&s, &s.token, &p, &shown).await;
     assert_eq!(st, 200, "{v}");
-    let d = s.test_boot(&p, json!({})).await;
-    assert_eq!(d["status"], "ready", "{d:#}");
+    let d = s.test_boot(&p, Default::default()).await;
+    assert_eq!(d.status, "ready", "{d:#?}");
     let (st, v) = set_repo(
         &s,
         &s.token,
@@ -422,9 +430,14 @@ async fn credentials_in_urls_are_sealed_and_the_servers_own_serve_the_admin_only
     )
     .await;
     assert_eq!(st, 200);
-    let d = s.test_boot(&p, json!({})).await;
+    let d = s.test_boot(&p, Default::default()).await;
     assert_failed_with(&d, "authentication failed");
-    assert!(!d.to_string().contains("wrong-pass-999"), "{d:#}");
+    assert!(
+        !serde_json::to_string(&d)
+            .unwrap()
+            .contains("wrong-pass-999"),
+        "{d:#?}"
+    );
 
     // A project token's network source is fetched with nothing of the server's: without
     // credentials of its own it is refused by the remote, with them it works.
@@ -432,7 +445,7 @@ async fn credentials_in_urls_are_sealed_and_the_servers_own_serve_the_admin_only
     let (st, v) = set_repo(&s, &tok, &p, &format!("http://{ip}:{port}/app.git")).await;
     assert_eq!(st, 200, "{v}");
     let refused = remote.refused.load(std::sync::atomic::Ordering::SeqCst);
-    let d = s.test_boot(&p, json!({})).await;
+    let d = s.test_boot(&p, Default::default()).await;
     assert_failed_with(&d, "authentication failed");
     assert!(remote.refused.load(std::sync::atomic::Ordering::SeqCst) > refused);
     let (st, v) = set_repo(
@@ -443,8 +456,8 @@ async fn credentials_in_urls_are_sealed_and_the_servers_own_serve_the_admin_only
     )
     .await;
     assert_eq!(st, 200, "{v}");
-    let d = s.test_boot(&p, json!({})).await;
-    assert_eq!(d["status"], "ready", "{d:#}");
+    let d = s.test_boot(&p, Default::default()).await;
+    assert_eq!(d.status, "ready", "{d:#?}");
 
     // Nowhere at rest or in any answer or log: the database, the mirrors, the server's log.
     // (Not in the VMs' own disks, where the VM keeps them, nor in the disks of VMs started
@@ -465,7 +478,7 @@ async fn credentials_in_urls_are_sealed_and_the_servers_own_serve_the_admin_only
 async fn credentials_an_older_version_stored_in_urls_are_sealed_at_start() {
     use warmpool_store::Store;
     let mut s = TestServer::start(&["--backend", "sim"]);
-    let p = s.create_project("legacy", json!([])).await;
+    let p = s.create_project("legacy", vec![]).await;
     s.kill9();
     // As an older version stored it: the URL as given, credentials and all.
     let db = s.data_dir().join("warmpool.db");
@@ -485,7 +498,7 @@ async fn credentials_an_older_version_stored_in_urls_are_sealed_at_start() {
     let r = s.ok("GET", &format!("/v1/projects/{p}/repos"), None).await;
     assert_eq!(
         r["items"][0]["url"], "https://bob:***@example.com/app.git",
-        "{r}"
+        "{r:?}"
     );
     // What is stored now: the URL without them, and them sealed.
     s.kill9();

@@ -160,10 +160,7 @@ impl App {
             vm_id: inst.vm_id.clone(),
             kind: inst.kind,
         };
-        let outcome = tokio::select! {
-            o = provision::run(&self.boot, &target, &plan, recorder) => Some(o),
-            _ = cancel.cancelled() => None,
-        };
+        let outcome = provision::run(&self.boot, &target, &plan, recorder, &cancel).await;
         self.settle(&inst, &plan, outcome).await;
         self.publish_done(&inst.id, &live).await;
         self.events.finish(&inst.id);
@@ -171,26 +168,26 @@ impl App {
     }
 
     /// What a boot's end means: `ready` (or `claimed`, for an instance booted for a claim), or
-    /// `failed` with its VM destroyed, or — when the instance was destroyed meanwhile (`None`) —
-    /// just the VM destroyed. The pool learns of it too.
-    async fn settle(&self, inst: &InstanceRow, plan: &BootPlan, outcome: Option<Outcome>) {
+    /// `failed` with its VM destroyed, or — when it was cancelled because the instance was
+    /// destroyed meanwhile — just the VM destroyed. The pool learns of it too.
+    async fn settle(&self, inst: &InstanceRow, plan: &BootPlan, outcome: Outcome) {
         let kind = inst.kind.as_str();
         let config = plan.config_hash();
         // A golden's boot ends by saving its VM as the golden.
         let outcome = match outcome {
-            Some(Outcome::Ready { commits }) if inst.kind == InstanceKind::Golden => {
+            Outcome::Ready { commits } if inst.kind == InstanceKind::Golden => {
                 match self.save_golden(inst, &config, &commits).await {
-                    Ok(()) => Some(Outcome::Ready { commits }),
-                    Err(error) => Some(Outcome::Failed {
+                    Ok(()) => Outcome::Ready { commits },
+                    Err(error) => Outcome::Failed {
                         step: StepName::WarmPoolSetup,
                         error,
-                    }),
+                    },
                 }
             }
             other => other,
         };
         match outcome {
-            Some(Outcome::Ready { commits }) => {
+            Outcome::Ready { commits } => {
                 let claimed = inst.kind == InstanceKind::Cold;
                 // Every step passed: the pool's setup works (recorded first, like failures).
                 if matches!(
@@ -226,7 +223,7 @@ impl App {
                     }
                 }
             }
-            Some(Outcome::Failed { step, error }) => {
+            Outcome::Failed { step, error } => {
                 tracing::info!(instance = %inst.id, %step, %error, "instance failed");
                 metrics::counter!(m::BOOTS, "kind" => kind, "result" => "failed").increment(1);
                 // VM first: once the record says failed, the VM is gone. A crash in between
@@ -246,8 +243,8 @@ impl App {
                     tracing::error!(instance = %inst.id, "cannot mark the instance failed: {e}");
                 }
             }
-            None => {
-                tracing::info!(instance = %inst.id, "provisioning stopped: the instance was destroyed");
+            Outcome::Cancelled { step } => {
+                tracing::info!(instance = %inst.id, %step, "provisioning stopped: the instance was destroyed");
                 self.destroy_vm(inst).await;
             }
         }

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Map, Value};
+use tokio_util::sync::CancellationToken;
 use warmpool_backend::Backend;
 use warmpool_store::{EnvVarRow, GoldenRow, ProjectRow, RepoCommit, StepRow};
 use warmpool_types::api::SetupCommand;
@@ -144,6 +145,9 @@ pub enum Outcome {
     },
     /// A step failed (its record says how); the VM, if any, is still there.
     Failed { step: StepName, error: String },
+    /// Cancelled while this step ran (the instance was destroyed, the server is stopping): the
+    /// step has no record; the VM, if any, is still there.
+    Cancelled { step: StepName },
 }
 
 /// The name of the step at position `seq` of a pipeline of `total_steps` steps (`5 + 3R`), to
@@ -155,12 +159,13 @@ pub fn step_at(total_steps: u32, seq: usize) -> Option<StepName> {
 
 /// Runs every step of `plan` for `target`, reporting to `recorder`, and says how it ended. It
 /// stops at the first failure; a panic in a step fails that step with an internal error, like
-/// any failure. Cancelling is dropping the future: the caller then destroys the VM.
+/// any failure; `cancel` stops the step that is running, at once.
 pub async fn run(
     svc: &Services,
     target: &BootTarget,
     plan: &BootPlan,
     recorder: Arc<dyn RunRecorder>,
+    cancel: &CancellationToken,
 ) -> Outcome {
     let redactor = Arc::new(redactor_for(plan, &svc.host_paths));
     let mut vm = VmState::default();
@@ -184,7 +189,12 @@ pub async fn run(
                 log: &mut log,
                 meta: &mut meta,
             };
-            run_one(step.as_ref(), &mut cx, plan.golden.as_ref()).await
+            tokio::select! {
+                // A step that finished before the cancel was seen is recorded as it ended.
+                biased;
+                res = run_one(step.as_ref(), &mut cx, plan.golden.as_ref()) => res,
+                () = cancel.cancelled() => return Outcome::Cancelled { step: name },
+            }
         };
         let error = res.err().map(|e| steps::one_line(&log.redact(&e), 500));
         let duration_ms = started.elapsed().as_millis() as u64;

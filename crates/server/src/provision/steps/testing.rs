@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use serde_json::{json, Map, Value};
+use tokio_util::sync::CancellationToken;
 use warmpool_backend::sim::{SimBackend, SimOptions};
 use warmpool_backend::Backend;
 use warmpool_store::{DevboxSpec, EnvVarRow, GoldenRow, ProjectRow, RepoCommit, RepoSpec, StepRow};
@@ -187,7 +188,15 @@ impl Harness {
     }
 
     async fn run(&self) -> Outcome {
-        provision::run(&self.svc, &self.target, &self.plan, self.recorder.clone()).await
+        let cancel = CancellationToken::new();
+        provision::run(
+            &self.svc,
+            &self.target,
+            &self.plan,
+            self.recorder.clone(),
+            &cancel,
+        )
+        .await
     }
 }
 
@@ -494,7 +503,8 @@ async fn a_step_that_cannot_be_recorded_fails_the_boot() {
         fail_records: true,
         ..Default::default()
     });
-    let outcome = provision::run(&h.svc, &h.target, &h.plan, recorder).await;
+    let cancel = CancellationToken::new();
+    let outcome = provision::run(&h.svc, &h.target, &h.plan, recorder, &cancel).await;
     assert_eq!(
         outcome,
         Outcome::Failed {
@@ -502,6 +512,38 @@ async fn a_step_that_cannot_be_recorded_fails_the_boot() {
             error: "internal error: could not record the step".into()
         }
     );
+}
+
+#[tokio::test]
+async fn a_cancelled_boot_stops_in_its_step_and_records_nothing_of_it() {
+    let mut p = plan(&["acme/app"]);
+    p.pool_commands = vec![cmd("long", "sleep 600")];
+    let h = Harness::new(p);
+    let cancel = CancellationToken::new();
+    let run = provision::run(&h.svc, &h.target, &h.plan, h.recorder.clone(), &cancel);
+    let cancel_in_setup = async {
+        // Bounded by the steps before it: each is milliseconds on the sim backend.
+        let in_setup =
+            || h.recorder.started.lock().unwrap().last() == Some(&StepName::WarmPoolSetup);
+        tokio::time::timeout(Duration::from_secs(30), async {
+            while !in_setup() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("the boot reached warm_pool_setup");
+        cancel.cancel();
+    };
+    let (outcome, ()) = tokio::join!(run, cancel_in_setup);
+    assert_eq!(
+        outcome,
+        Outcome::Cancelled {
+            step: StepName::WarmPoolSetup
+        }
+    );
+    let recorded: Vec<_> = h.recorder.finished().iter().map(|s| s.name).collect();
+    assert_eq!(recorded.len(), 7, "{recorded:?}");
+    assert!(!recorded.contains(&StepName::WarmPoolSetup));
 }
 
 struct Panics;

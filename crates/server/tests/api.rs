@@ -709,11 +709,7 @@ async fn the_sim_backend_runs_the_same_pipeline() {
     assert_eq!(step_names(&d).len(), 8);
     assert_eq!(meta(&d, "create_vm")["backend"], "sim");
     let d = s.test_boot(&pid, boot_with(&[("bad", "exit 5")])).await;
-    assert_eq!(d.summary.failed_step.as_deref(), Some("warm_pool_setup"));
-    assert_eq!(
-        d.summary.error.as_deref(),
-        Some("command `bad` exited with status 5")
-    );
+    assert_failed_at(&d, "warm_pool_setup", "command `bad` exited with status 5");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -164,10 +164,10 @@ async fn the_pool_branch_wins_and_new_commits_are_picked_up() {
     git(a.path(), &["branch", "only-in-a"]);
     let d = s.test_boot(&pid, Default::default()).await;
     assert_eq!(d.status, "failed", "{d:#?}");
-    assert_eq!(d.summary.failed_step.as_deref(), Some("clone_repo"));
-    assert_eq!(
-        d.summary.error.as_deref(),
-        Some("git clone of acme/b failed: branch `only-in-a` not found")
+    assert_failed_at(
+        &d,
+        "clone_repo",
+        "git clone of acme/b failed: branch `only-in-a` not found",
     );
     assert_eq!(d.summary.completed_steps, 4);
 }

@@ -321,15 +321,10 @@ async fn a_boot_stopped_by_a_crash_names_its_step_and_lasts_as_long_as_it_ran() 
     s.restart();
     let d = s.wait_instance(&p, &id).await;
     assert_eq!(d.status, "failed", "{d:#?}");
-    assert_eq!(
-        d.summary.failed_step.as_deref(),
-        Some("warm_pool_setup"),
-        "{d:#?}"
-    );
-    assert_eq!(
-        d.summary.error.as_deref(),
-        Some("server restarted during provisioning"),
-        "{d:#?}"
+    assert_failed_at(
+        &d,
+        "warm_pool_setup",
+        "server restarted during provisioning",
     );
     assert_eq!(d.steps.len(), 5, "{d:#?}");
     let last = &d.steps[4];

@@ -312,14 +312,10 @@ async fn each_failure_names_its_step_and_says_why() {
         )
         .await;
     let d = failed_boot(&s, &missing, Default::default()).await;
-    assert_eq!(
-        d.summary.failed_step.as_deref(),
-        Some("clone_repo"),
-        "{d:#?}"
-    );
-    assert_eq!(
-        d.summary.error.as_deref(),
-        Some("git clone of acme/gone failed: repository not found")
+    assert_failed_at(
+        &d,
+        "clone_repo",
+        "git clone of acme/gone failed: repository not found",
     );
     assert_eq!(d.summary.total_steps, 8);
     assert_eq!(meta(&d, "clone_repo")["repo"], "acme/gone");
@@ -335,14 +331,10 @@ async fn each_failure_names_its_step_and_says_why() {
         )
         .await;
     let d = failed_boot(&s, &badbranch, Default::default()).await;
-    assert_eq!(
-        d.summary.failed_step.as_deref(),
-        Some("clone_repo"),
-        "{d:#?}"
-    );
-    assert_eq!(
-        d.summary.error.as_deref(),
-        Some("git clone of acme/good failed: branch `nope` not found")
+    assert_failed_at(
+        &d,
+        "clone_repo",
+        "git clone of acme/good failed: branch `nope` not found",
     );
 
     // A hook that fails.
@@ -354,15 +346,7 @@ async fn each_failure_names_its_step_and_says_why() {
         .create_project("hooks", vec![repo_input("acme/hooky", hooky.url())])
         .await;
     let d = failed_boot(&s, &hooks, Default::default()).await;
-    assert_eq!(
-        d.summary.failed_step.as_deref(),
-        Some("init_repo"),
-        "{d:#?}"
-    );
-    assert_eq!(
-        d.summary.error.as_deref(),
-        Some("command `exit 3` exited with status 3")
-    );
+    assert_failed_at(&d, "init_repo", "command `exit 3` exited with status 3");
     let out = output(&d, "init_repo");
     assert!(out.contains("before") && !out.contains("never"), "{out:?}");
 
@@ -395,15 +379,7 @@ async fn each_failure_names_its_step_and_says_why() {
     patch_devbox(json!({"setupCommands": [{"name": "fails", "command": "echo partial; false"}]}))
         .await;
     let d = failed_boot(&s, &pid, Default::default()).await;
-    assert_eq!(
-        d.summary.failed_step.as_deref(),
-        Some("project_setup"),
-        "{d:#?}"
-    );
-    assert_eq!(
-        d.summary.error.as_deref(),
-        Some("command `fails` exited with status 1")
-    );
+    assert_failed_at(&d, "project_setup", "command `fails` exited with status 1");
     assert!(output(&d, "project_setup").contains("$ fails\npartial\n"));
 
     patch_devbox(json!({
@@ -412,15 +388,7 @@ async fn each_failure_names_its_step_and_says_why() {
     }))
     .await;
     let d = failed_boot(&s, &pid, Default::default()).await;
-    assert_eq!(
-        d.summary.failed_step.as_deref(),
-        Some("repo_setup"),
-        "{d:#?}"
-    );
-    assert_eq!(
-        d.summary.error.as_deref(),
-        Some("command `build` exited with status 42")
-    );
+    assert_failed_at(&d, "repo_setup", "command `build` exited with status 42");
     assert_eq!(
         meta(&d, "repo_setup"),
         json!({"repo": "acme/good", "commands": 1})
@@ -437,14 +405,10 @@ async fn each_failure_names_its_step_and_says_why() {
         ]),
     )
     .await;
-    assert_eq!(
-        d.summary.failed_step.as_deref(),
-        Some("warm_pool_setup"),
-        "{d:#?}"
-    );
-    assert_eq!(
-        d.summary.error.as_deref(),
-        Some("command `npm ci` exited with status 1")
+    assert_failed_at(
+        &d,
+        "warm_pool_setup",
+        "command `npm ci` exited with status 1",
     );
     assert_eq!(d.summary.completed_steps, 7);
     let out = output(&d, "warm_pool_setup");
@@ -494,15 +458,7 @@ async fn command_timeouts_fail_the_step() {
         boot_with(&[("slow", "echo started; sleep 60; echo never")]),
     )
     .await;
-    assert_eq!(
-        d.summary.failed_step.as_deref(),
-        Some("warm_pool_setup"),
-        "{d:#?}"
-    );
-    assert_eq!(
-        d.summary.error.as_deref(),
-        Some("timed out after 2 s: `slow`")
-    );
+    assert_failed_at(&d, "warm_pool_setup", "timed out after 2 s: `slow`");
     let st = step(&d, "warm_pool_setup");
     assert!(st.output.as_deref().unwrap().contains("started"));
     assert!(st.duration_ms.unwrap() < 30_000);

@@ -897,6 +897,15 @@ pub fn step<'a>(detail: &'a WarmPoolInstanceDetail, name: &str) -> &'a StepRecor
         .unwrap_or_else(|| panic!("no step {name} in {detail:#?}"))
 }
 
+/// The boot failed at `step`, its summary saying `error`.
+pub fn assert_failed_at(d: &WarmPoolInstanceDetail, step: &str, error: &str) {
+    assert_eq!(
+        (d.summary.failed_step.as_deref(), d.summary.error.as_deref()),
+        (Some(step), Some(error)),
+        "{d:#?}"
+    );
+}
+
 /// A step's metadata, as JSON (null when it has none).
 pub fn meta(detail: &WarmPoolInstanceDetail, name: &str) -> Value {
     serde_json::to_value(&step(detail, name).metadata).unwrap()

@@ -131,6 +131,14 @@ pub trait Engine: Send + Sync + 'static {
 
     /// Runs a statement that changes rows, as one durable write: how many it changed.
     async fn exec(&self, sql: &'static Sql, values: Vec<Value>) -> Result<u64>;
+    /// [`Engine::exec`] for a write that may become durable with the next durable write rather
+    /// than on its own: a crash of warmpool loses nothing, a power cut (or on PostgreSQL a crash
+    /// of the database server) may lose it — and only it, never a durable write made after it.
+    /// For the records of a boot in progress, which the boot's final state change, a durable
+    /// write, makes durable; the engine saves the flush each would cost.
+    async fn exec_relaxed(&self, sql: &'static Sql, values: Vec<Value>) -> Result<u64> {
+        self.exec(sql, values).await
+    }
     /// Runs a statement that only reads: its rows.
     async fn select<T: Send + 'static>(
         &self,
@@ -473,8 +481,10 @@ impl<E: Engine> Store for E {
     async fn set_default_branch(&self, url: &str, branch: &str, now: i64) -> Result<()> {
         let sql = sql!(
             "INSERT INTO repo_remotes (url, default_branch, updated_at) VALUES ($1, $2, $3)
-             ON CONFLICT (url) DO UPDATE SET default_branch = $2, updated_at = $3"
+             ON CONFLICT (url) DO UPDATE SET default_branch = $2, updated_at = $3
+             WHERE repo_remotes.default_branch IS DISTINCT FROM $2"
         );
+        // Every boot says what it saw; only a change is written.
         self.exec(sql, values![url, branch, now]).await.map(drop)
     }
 
@@ -588,7 +598,8 @@ impl<E: Engine> Store for E {
             "UPDATE instances SET agent_url = $2, agent_token = $3
              WHERE id = $1 AND status = 'provisioning'"
         );
-        Ok(self.exec(sql, values![id, agent_url, agent_token]).await? == 1)
+        let values = values![id, agent_url, agent_token];
+        Ok(self.exec_relaxed(sql, values).await? == 1)
     }
 
     async fn mark_ready(
@@ -861,7 +872,7 @@ impl<E: Engine> Store for E {
 
     async fn insert_step(&self, s: &StepRow) -> Result<()> {
         let sql = sql!(insert_step!());
-        self.exec(sql, step_values(s)?).await.map(drop)
+        self.exec_relaxed(sql, step_values(s)?).await.map(drop)
     }
 
     async fn list_steps(&self, instance_id: &str) -> Result<Vec<StepRow>> {

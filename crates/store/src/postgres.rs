@@ -286,6 +286,19 @@ impl Engine for PgStore {
         run(&self.conn().await?, sql.postgres, &refs(&values)).await
     }
 
+    async fn exec_relaxed(&self, sql: &'static Sql, values: Vec<Value>) -> Result<u64> {
+        // An asynchronous commit: the server answers before its log reaches the disk, and a
+        // later synchronous commit flushes the log up to itself, this one included.
+        let mut c = self.conn().await?;
+        let tx = c.transaction().await.map_err(map_err)?;
+        tx.batch_execute("SET LOCAL synchronous_commit TO OFF")
+            .await
+            .map_err(map_err)?;
+        let n = run(&tx, sql.postgres, &refs(&values)).await?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(n)
+    }
+
     async fn select<T: Send + 'static>(
         &self,
         sql: &'static Sql,

@@ -143,6 +143,8 @@ fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
 
 /// A write waiting for the writer thread.
 trait WriteJob: Send {
+    /// Whether its commit may skip the flush (see [`Engine::exec_relaxed`]).
+    fn relaxed(&self) -> bool;
     /// Runs inside the job's own savepoint; answers whether it succeeded, and what to tell its
     /// caller once the batch's commit is known.
     fn run(self: Box<Self>, c: &Connection) -> (bool, Reply);
@@ -155,6 +157,7 @@ type Reply = Box<dyn FnOnce(Option<StoreError>) + Send>;
 struct Pending<F, R> {
     f: F,
     tx: tokio::sync::oneshot::Sender<Result<R>>,
+    relaxed: bool,
 }
 
 impl<F, R> WriteJob for Pending<F, R>
@@ -162,8 +165,12 @@ where
     F: FnOnce(&Connection) -> Result<R> + Send + 'static,
     R: Send + 'static,
 {
+    fn relaxed(&self) -> bool {
+        self.relaxed
+    }
+
     fn run(self: Box<Self>, c: &Connection) -> (bool, Reply) {
-        let Pending { f, tx } = *self;
+        let Pending { f, tx, .. } = *self;
         let res = f(c);
         let ok = res.is_ok();
         let reply: Reply = Box::new(move |commit: Option<StoreError>| {
@@ -198,13 +205,26 @@ pub struct SqliteStore {
 }
 
 /// The writer thread: takes every write that is waiting, runs each in a savepoint, commits once.
+/// A batch of relaxed writes only is committed without the flush (`synchronous=NORMAL`: in WAL
+/// mode a commit then reaches the operating system, not the disk); the next batch with a durable
+/// write flushes the log, and with it every relaxed commit before it.
 fn writer_loop(mut conn: Connection, jobs: std::sync::mpsc::Receiver<Job>) {
+    let mut flushing = true;
     while let Ok(first) = jobs.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match jobs.try_recv() {
                 Ok(j) => batch.push(j),
                 Err(_) => break,
+            }
+        }
+        let flush = batch.iter().any(|j| !j.relaxed());
+        if flush != flushing {
+            // 2 is FULL, 1 NORMAL.
+            let mode = if flush { 2 } else { 1 };
+            match conn.pragma_update(None, "synchronous", mode) {
+                Ok(()) => flushing = flush,
+                Err(e) => tracing::error!("cannot set synchronous={mode}: {e}"),
             }
         }
         let mut tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
@@ -348,8 +368,18 @@ impl SqliteStore {
         R: Send + 'static,
         F: FnOnce(&Connection) -> Result<R> + Send + 'static,
     {
+        self.submit(f, false).await
+    }
+
+    /// Runs `f` as one atomic write, durable when this returns `Ok` or — `relaxed` — with the
+    /// next durable write (see [`Engine::exec_relaxed`]).
+    async fn submit<R, F>(&self, f: F, relaxed: bool) -> Result<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Connection) -> Result<R> + Send + 'static,
+    {
         let (tx, rx) = tokio::sync::oneshot::channel::<Result<R>>();
-        let job: Job = Box::new(Pending { f, tx });
+        let job: Job = Box::new(Pending { f, tx, relaxed });
         self.jobs
             .send(job)
             .map_err(|_| StoreError::Internal("the store writer stopped".into()))?;
@@ -374,6 +404,11 @@ impl Engine for SqliteStore {
     async fn exec(&self, sql: &'static Sql, values: Vec<Value>) -> Result<u64> {
         let n = self.write(move |c| run(c, sql.sqlite, &values)).await?;
         Ok(n as u64)
+    }
+
+    async fn exec_relaxed(&self, sql: &'static Sql, values: Vec<Value>) -> Result<u64> {
+        let n = self.submit(move |c| run(c, sql.sqlite, &values), true);
+        Ok(n.await? as u64)
     }
 
     async fn select<T: Send + 'static>(
@@ -533,6 +568,42 @@ impl Engine for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A relaxed write is committed (readers see it) like any other, between durable ones, and
+    /// the writer goes back to flushing for the durable write after it.
+    #[tokio::test]
+    async fn relaxed_writes_commit_between_durable_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("s.db")).unwrap();
+        let set = sql!("INSERT INTO settings (name, value) VALUES ($1, $2)");
+        let get = sql!("SELECT value FROM settings WHERE name = $1");
+        store.exec(set, values!["a", "1"]).await.unwrap();
+        store.exec_relaxed(set, values!["b", "2"]).await.unwrap();
+        store.exec(set, values!["c", "3"]).await.unwrap();
+        for (name, value) in [("a", "1"), ("b", "2"), ("c", "3")] {
+            let read = store.select(get, values![name], |r| r.str("value"));
+            assert_eq!(read.await.unwrap(), [value]);
+        }
+        let mode = store
+            .write(|c| {
+                c.query_row("PRAGMA synchronous", [], |r| r.get::<_, i64>(0))
+                    .map_err(map_err)
+            })
+            .await
+            .unwrap();
+        assert_eq!(mode, 2, "a durable write flushes");
+        let relaxed = store
+            .submit(
+                |c| {
+                    c.query_row("PRAGMA synchronous", [], |r| r.get::<_, i64>(0))
+                        .map_err(map_err)
+                },
+                true,
+            )
+            .await
+            .unwrap();
+        assert_eq!(relaxed, 1, "a batch of relaxed writes does not");
+    }
 
     /// Why statements are written with `$N` and given to SQLite as `?N` (see `sql!`).
     #[test]

@@ -97,6 +97,13 @@ pub trait Backend: Send + Sync + 'static {
     fn supports_goldens(&self) -> bool {
         false
     }
+    /// Whether a clone of a golden comes with the golden's running processes (a memory
+    /// snapshot) or only with its files (a filesystem layer: its background services must be
+    /// started again).
+    fn clones_keep_processes(&self) -> bool {
+        true
+    }
+
     /// Freezes a running VM (made with `golden_builder`) into the immutable golden `golden_id`;
     /// the VM itself is gone afterwards.
     async fn save_golden(&self, vm_id: &str, golden_id: &str) -> Result<(), BackendError> {

@@ -24,6 +24,9 @@ pub struct SimOptions {
     pub create_error: Option<String>,
     /// A command `panic` panics (off by default: no input panics a server).
     pub panic_command: bool,
+    /// Clones of goldens come without the golden's processes, as on `sandbox` (the steps' tests
+    /// model both kinds of backend with it).
+    pub clones_lose_processes: bool,
 }
 
 #[derive(Default)]
@@ -60,6 +63,10 @@ impl SimBackend {
 impl Backend for SimBackend {
     fn name(&self) -> &'static str {
         "sim"
+    }
+
+    fn clones_keep_processes(&self) -> bool {
+        !self.opts.clones_lose_processes
     }
 
     async fn create(&self, spec: &VmSpec) -> Result<VmHandle, BackendError> {

@@ -447,6 +447,7 @@ pub fn sandbox_options(
         vms_dir: data_dir.join("vms"),
         spares_dir: data_dir.join(SPARES_DIR),
         spares,
+        goldens_dir: data_dir.join("sandbox-goldens"),
         runc_root: data_dir.join("runc"),
         roots_dir: roots_dir(data_dir),
         shifted_dir: cache_dir.join("shifted"),

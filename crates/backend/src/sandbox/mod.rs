@@ -57,6 +57,10 @@ pub struct SandboxOptions {
     pub spares_dir: PathBuf,
     /// How many VMs to keep started ahead of need (0: none; every VM starts afresh).
     pub spares: usize,
+    /// Where goldens live (`<data-dir>/sandbox-goldens`): each a filesystem layer, the changes
+    /// one VM's setup made to the image, stacked between the agent's layer and the image for the
+    /// VMs made from it.
+    pub goldens_dir: PathBuf,
     /// runc's state directory (`<data-dir>/runc`).
     pub runc_root: PathBuf,
     /// Where VM roots are mounted: a directory the VMs' ids can reach (runc binds the root from
@@ -140,6 +144,8 @@ struct Boot<'a> {
     host_ports: &'a [u16],
     /// Under which name the network's attachment is kept in `networks`.
     network_key: &'a str,
+    /// The golden layer to stack between the agent's layer and the image.
+    golden: Option<&'a Path>,
 }
 
 /// The gauge of sandbox VMs started ahead of need and ready to be taken.
@@ -246,10 +252,23 @@ impl SandboxBackend {
     /// A backend that destroys VMs and starts them; [`SandboxBackend::start_spares`] has it
     /// keep spares too.
     pub fn new(opts: SandboxOptions, image: Arc<GuestImage>) -> Result<Arc<Self>, String> {
-        for d in [&opts.vms_dir, &opts.spares_dir, &opts.runc_root] {
+        for d in [
+            &opts.vms_dir,
+            &opts.spares_dir,
+            &opts.runc_root,
+            &opts.goldens_dir,
+        ] {
             std::fs::create_dir_all(d)
                 .map_err(|e| format!("cannot create {}: {e}", d.display()))?;
             let _ = std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700));
+        }
+        // A golden still being copied when a server stopped is not one.
+        if let Ok(rd) = std::fs::read_dir(&opts.goldens_dir) {
+            for e in rd.flatten() {
+                if e.file_name().to_string_lossy().starts_with('.') {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
         }
         // Search only: the ids can reach a root whose name they know, and list nothing.
         std::fs::create_dir_all(&opts.roots_dir)
@@ -414,6 +433,7 @@ impl SandboxBackend {
                         },
                         host_ports,
                         network_key: &container,
+                        golden: None,
                     },
                     &dir,
                 )
@@ -609,6 +629,32 @@ impl SandboxBackend {
 
     /// The agent layer and the guest rootfs, as copies owned by the VMs' id range (made on first
     /// use, once per machine for the image).
+    /// Golden `id`'s directory; the id must be one the server makes.
+    fn golden_dir(&self, id: &str) -> Result<PathBuf, BackendError> {
+        if !ids::is_instance_id(id) {
+            return Err(err(format!("{id:?} is not a golden's id")));
+        }
+        Ok(self.opts.goldens_dir.join(id))
+    }
+
+    /// The layer of golden `id`.
+    fn golden_layer(&self, id: &str) -> Result<PathBuf, BackendError> {
+        Ok(self.golden_dir(id)?.join("layer"))
+    }
+
+    /// Whether a VM's root stacks golden layer `layer`.
+    fn golden_in_use(&self, layer: &Path) -> Option<String> {
+        let rd = std::fs::read_dir(&self.opts.vms_dir).ok()?;
+        rd.flatten()
+            .find(|e| {
+                (0..3).any(|i| {
+                    std::fs::read_link(e.path().join(format!("lower{i}"))).ok().as_deref()
+                        == Some(layer)
+                })
+            })
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+    }
+
     async fn layers(&self) -> Result<(PathBuf, PathBuf), BackendError> {
         let mut ready = self.layers.lock().await;
         if let Some(l) = ready.as_ref() {
@@ -647,6 +693,16 @@ impl SandboxBackend {
 
     /// Starts a VM afresh, in `dir`, for `spec`.
     async fn start(&self, spec: &VmSpec, dir: &Path) -> Result<VmHandle, BackendError> {
+        let golden = match &spec.from_golden {
+            Some(g) => {
+                let layer = self.golden_layer(g)?;
+                if !layer.is_dir() {
+                    return Err(err(format!("there is no golden {g}")));
+                }
+                Some(layer)
+            }
+            None => None,
+        };
         let container = new_container_id();
         let (handle, _) = self
             .boot(
@@ -657,6 +713,7 @@ impl SandboxBackend {
                     resources: &spec.resources,
                     host_ports: &spec.host_ports,
                     network_key: &spec.vm_id,
+                    golden: golden.as_deref(),
                 },
                 dir,
             )
@@ -708,7 +765,10 @@ impl SandboxBackend {
         // The root directory the VM sees is the upper layer's: it belongs to the VM's root.
         std::os::unix::fs::chown(dir.join("rw/upper"), Some(ids.base), Some(ids.base))
             .map_err(|e| io("cannot chown upper", e))?;
-        let layers = [agent_layer, rootfs];
+        let layers: Vec<PathBuf> = std::iter::once(agent_layer)
+            .chain(b.golden.map(Path::to_path_buf))
+            .chain(std::iter::once(rootfs))
+            .collect();
         for (i, p) in layers.iter().enumerate() {
             std::os::unix::fs::symlink(p, dir.join(format!("lower{i}")))
                 .map_err(|e| io("cannot link a layer", e))?;
@@ -1135,10 +1195,90 @@ impl Backend for SandboxBackend {
         "sandbox"
     }
 
+    fn supports_goldens(&self) -> bool {
+        true
+    }
+
+    /// A golden is a filesystem layer: its processes are not kept.
+    fn clones_keep_processes(&self) -> bool {
+        false
+    }
+
+    /// Stops the VM, copies what its setup changed (its writable layer: files, deletions and
+    /// ownership, as overlayfs keeps them) into the golden's layer, and destroys the VM. The
+    /// layer appears whole or not at all.
+    async fn save_golden(&self, vm_id: &str, golden_id: &str) -> Result<(), BackendError> {
+        let dir = self.vm_dir(vm_id)?;
+        let golden = self.golden_dir(golden_id)?;
+        if golden.exists() {
+            return Err(err(format!("golden {golden_id} exists already")));
+        }
+        // Nothing may write while the layer is copied.
+        crate::process::kill_from_pid_file(&dir.join("init.pid")).await;
+        let making = self.opts.goldens_dir.join(format!(".{golden_id}"));
+        let _ = tokio::fs::remove_dir_all(&making).await;
+        tokio::fs::create_dir_all(&making)
+            .await
+            .map_err(|e| err(format!("cannot create {}: {e}", making.display())))?;
+        let out = tokio::process::Command::new("cp")
+            .args(["-a", "--reflink=auto"])
+            .arg(dir.join("rw/upper"))
+            .arg(making.join("layer"))
+            .stdin(std::process::Stdio::null())
+            .output()
+            .await
+            .map_err(|e| err(format!("cannot run cp: {e}")))?;
+        let saved = if out.status.success() {
+            tokio::fs::rename(&making, &golden)
+                .await
+                .map_err(|e| err(format!("cannot keep golden {golden_id}: {e}")))
+        } else {
+            Err(err(format!(
+                "cannot copy the VM's files into golden {golden_id}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )))
+        };
+        if saved.is_err() {
+            let _ = tokio::fs::remove_dir_all(&making).await;
+        }
+        let destroyed = self.destroy(vm_id).await;
+        saved.and(destroyed)
+    }
+
+    /// Refused while a VM's root stacks it: overlayfs must not see a lower layer change.
+    async fn delete_golden(&self, golden_id: &str) -> Result<(), BackendError> {
+        let dir = self.golden_dir(golden_id)?;
+        if let Some(vm) = self.golden_in_use(&dir.join("layer")) {
+            return Err(err(format!("golden {golden_id} is in use by VM {vm}")));
+        }
+        match tokio::fs::remove_dir_all(&dir).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(err(format!("cannot remove {}: {e}", dir.display()))),
+        }
+    }
+
+    async fn list_goldens(&self) -> Result<Vec<String>, BackendError> {
+        let mut out = Vec::new();
+        let mut rd = tokio::fs::read_dir(&self.opts.goldens_dir)
+            .await
+            .map_err(|e| err(format!("cannot list goldens: {e}")))?;
+        while let Ok(Some(e)) = rd.next_entry().await {
+            if let Some(name) = e.file_name().to_str() {
+                if ids::is_instance_id(name) {
+                    out.push(name.to_string());
+                }
+            }
+        }
+        Ok(out)
+    }
+
     async fn create(&self, spec: &VmSpec) -> Result<VmHandle, BackendError> {
         let dir = self.vm_dir(&spec.vm_id)?;
         let mut started = None;
-        if let Some(spare) = self.take_spare(spec) {
+        // A spare has the image alone below it, not a golden.
+        let spare = spec.from_golden.is_none().then(|| self.take_spare(spec));
+        if let Some(spare) = spare.flatten() {
             match self.adopt(&spare, spec, &dir).await {
                 Ok(h) => started = Some(Ok(h)),
                 Err(e) => {

@@ -72,26 +72,13 @@ pub(crate) async fn run_commands(
             .line(&format!("no {what} are configured; nothing to run"));
         return Ok(());
     }
-    let agent = cx.agent()?;
     let timeout = cx.svc.timeouts.command;
     let mut started_background = false;
     for (index, c) in cmds.iter().enumerate() {
         let label = label(c);
         cx.log.line(&format!("$ {label}"));
         if c.background == Some(true) {
-            let file = format!("/var/log/warmpool/{}.log", log_name(&c.name, index));
-            let req = AgentExecRequest {
-                command: Some(c.command.clone()),
-                cwd: Some(cwd.into()),
-                background_log: Some(file.clone()),
-                ..Default::default()
-            };
-            let res = agent
-                .exec(req)
-                .await
-                .map_err(|e| format!("could not start background command `{label}`: {e}"))?;
-            cx.log.push(&res.output);
-            cx.vm.background.insert(file, label);
+            start_background(cx, c, index, cwd).await?;
             started_background = true;
             continue;
         }
@@ -114,6 +101,62 @@ pub(crate) async fn run_commands(
     }
     if started_background {
         // A service that cannot start (its port taken, say) fails the step that started it.
+        check_background(cx, false).await?;
+    }
+    Ok(())
+}
+
+/// Starts background command `c` (the `index`th of its list) from `cwd`, its output to a log
+/// file of its own, and keeps it among the boot's background commands.
+async fn start_background(
+    cx: &mut StepCx<'_>,
+    c: &SetupCommand,
+    index: usize,
+    cwd: &str,
+) -> Result<(), String> {
+    let label = label(c);
+    let file = format!("/var/log/warmpool/{}.log", log_name(&c.name, index));
+    let req = AgentExecRequest {
+        command: Some(c.command.clone()),
+        cwd: Some(cwd.into()),
+        background_log: Some(file.clone()),
+        ..Default::default()
+    };
+    let res = cx
+        .agent()?
+        .exec(req)
+        .await
+        .map_err(|e| format!("could not start background command `{label}`: {e}"))?;
+    cx.log.push(&res.output);
+    cx.vm.background.insert(file, label);
+    Ok(())
+}
+
+/// On a clone of a golden whose running processes did not come with it (a filesystem layer, not
+/// a memory snapshot): starts the background commands of `cmds` again, as the golden's step did,
+/// and fails like that step would when one cannot start. Nothing to do where processes come with
+/// the clone.
+pub(crate) async fn restart_background(
+    cx: &mut StepCx<'_>,
+    cmds: &[SetupCommand],
+    cwd: &str,
+) -> Result<(), String> {
+    if cx.svc.backend.clones_keep_processes() {
+        return Ok(());
+    }
+    let mut started = false;
+    for (index, c) in cmds.iter().enumerate() {
+        if c.background != Some(true) {
+            continue;
+        }
+        cx.log.line(&format!(
+            "$ {} (started again in this VM: processes do not come with a golden's files)",
+            label(c)
+        ));
+        start_background(cx, c, index, cwd).await?;
+        started = true;
+    }
+    if started {
         check_background(cx, false).await?;
     }
     Ok(())

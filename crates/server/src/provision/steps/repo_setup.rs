@@ -3,14 +3,28 @@
 
 use async_trait::async_trait;
 use serde_json::json;
+use warmpool_types::api::SetupCommand;
 use warmpool_types::state::StepName;
 
-use super::commands::run_commands;
+use super::commands::{restart_background, run_commands};
 use super::{from_golden, Step, StepCx};
 use crate::provision::GoldenPlan;
 
 /// Runs the setup commands of the project's repository number `.0`.
 pub struct RepoSetup(pub usize);
+
+impl RepoSetup {
+    /// The repository's name, its setup commands and where they run.
+    fn commands(&self, cx: &StepCx<'_>) -> Result<(String, Vec<SetupCommand>, String), String> {
+        let repo = cx.repo(self.0)?;
+        let cmds = cx.plan.project.devbox.repos.get(&repo.full_name);
+        Ok((
+            repo.full_name.clone(),
+            cmds.cloned().unwrap_or_default(),
+            format!("/home/{}", repo.dir_name()),
+        ))
+    }
+}
 
 #[async_trait]
 impl Step for RepoSetup {
@@ -19,25 +33,16 @@ impl Step for RepoSetup {
     }
 
     async fn run(&self, cx: &mut StepCx<'_>) -> Result<(), String> {
-        let repo = cx.repo(self.0)?.clone();
-        let cmds = cx
-            .plan
-            .project
-            .devbox
-            .repos
-            .get(&repo.full_name)
-            .cloned()
-            .unwrap_or_default();
-        cx.meta.insert("repo".into(), json!(repo.full_name));
+        let (repo, cmds, cwd) = self.commands(cx)?;
+        cx.meta.insert("repo".into(), json!(repo));
         cx.meta.insert("commands".into(), json!(cmds.len()));
-        let cwd = format!("/home/{}", repo.dir_name());
-        let what = format!("setup commands for {}", repo.full_name);
+        let what = format!("setup commands for {repo}");
         run_commands(cx, &cmds, &cwd, &what).await
     }
 
     async fn on_clone(&self, cx: &mut StepCx<'_>, golden: &GoldenPlan) -> Result<(), String> {
-        let repo = cx.repo(self.0)?.full_name.clone();
+        let (repo, cmds, cwd) = self.commands(cx)?;
         from_golden(self.name(), Some(&repo), cx, golden);
-        Ok(())
+        restart_background(cx, &cmds, &cwd).await
     }
 }

@@ -676,3 +676,84 @@ async fn a_golden_clone_fetches_a_branch_that_moved() {
     let (res, _, _) = h.step(&CloneRepo(0)).await;
     assert_eq!(res, Err("git fetch of acme/app failed: unreachable".into()));
 }
+
+/// A plan on a golden whose setup left background services in each of the three setup steps.
+fn golden_with_services() -> BootPlan {
+    let bg = |name: &str, command: &str| SetupCommand {
+        background: Some(true),
+        ..cmd(name, command)
+    };
+    let mut p = plan(&["acme/app"]);
+    p.project.devbox.setup_commands = vec![cmd("", "exit 3"), bg("db", "sleep 100")];
+    p.project
+        .devbox
+        .repos
+        .insert("acme/app".into(), vec![bg("watch", "sleep 100")]);
+    p.pool_commands = vec![bg("web", "sleep 100"), cmd("", "exit 4")];
+    p.golden = Some(golden(COMMIT, &p));
+    p
+}
+
+#[tokio::test]
+async fn clones_without_the_goldens_processes_start_its_services_again() {
+    let opts = SimOptions {
+        clones_lose_processes: true,
+        ..SimOptions::default()
+    };
+    let h = Harness::with(golden_with_services(), opts);
+    let outcome = h.run().await;
+    assert!(matches!(outcome, Outcome::Ready { .. }), "{outcome:?}");
+    let done = h.recorder.finished();
+    let by_name = |n: StepName| done.iter().find(|s| s.name == n).unwrap();
+    for (step, service) in [
+        (StepName::ProjectSetup, "db"),
+        (StepName::RepoSetup, "watch"),
+        (StepName::WarmPoolSetup, "web"),
+    ] {
+        let s = by_name(step);
+        assert!(s.output.contains("done in golden wpi_golden"), "{s:?}");
+        // Only the services run again, not the commands that ran once in the golden.
+        assert!(
+            s.output
+                .contains(&format!("$ {service} (started again in this VM")),
+            "{s:?}"
+        );
+        assert!(!s.output.contains("exit"), "{s:?}");
+    }
+    // The last look counts every service, whichever step started it again.
+    assert_eq!(
+        by_name(StepName::WarmPoolSetup).metadata["backgroundRunning"],
+        3
+    );
+}
+
+#[tokio::test]
+async fn clones_with_the_goldens_processes_start_nothing_again() {
+    let h = Harness::new(golden_with_services());
+    let outcome = h.run().await;
+    assert!(matches!(outcome, Outcome::Ready { .. }), "{outcome:?}");
+    for s in h.recorder.finished() {
+        assert!(!s.output.contains("started again"), "{s:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_service_that_cannot_start_again_fails_the_clone_at_its_step() {
+    let mut p = golden_with_services();
+    p.project.devbox.setup_commands = vec![SetupCommand {
+        background: Some(true),
+        ..cmd("db", "exit 7")
+    }];
+    let opts = SimOptions {
+        clones_lose_processes: true,
+        ..SimOptions::default()
+    };
+    let h = Harness::with(p, opts);
+    assert_eq!(
+        h.run().await,
+        Outcome::Failed {
+            step: StepName::ProjectSetup,
+            error: "background command `db` exited with status 7".into()
+        }
+    );
+}

@@ -691,8 +691,29 @@ async fn a_vm_started_ahead_becomes_the_new_vms_own() {
     assert_eq!(first.status, "ready", "{first:#?}");
     assert!(meta(&first, "create_vm")["startedAhead"].is_null());
     s.wait_spare_ready().await;
-    let spare = s.spare_dirs();
-    assert_eq!(spare.len(), 1, "{spare:?}");
+
+    // A pool builds its golden (which takes that spare), then makes its VM on the golden's
+    // files; a spare on the golden follows, and the VM replacing a claimed one takes it.
+    s.configure_pool(&pid, target(1)).await;
+    wait_ready_ids(&s, &pid, 1, s.boot() * 2).await;
+    let spare = wait_for(
+        "a VM started ahead on the pool's golden",
+        s.boot(),
+        async || {
+            let dirs = s.spare_dirs();
+            let on_golden = |d: &String| {
+                let dir = s.data_dir().join("vm-spares").join(d);
+                let lower = std::fs::read_link(dir.join("lower1")).unwrap_or_default();
+                lower.to_string_lossy().contains("sandbox-goldens") && dir.join("init.pid").exists()
+            };
+            if dirs.len() == 1 && dirs.iter().all(on_golden) {
+                Ok(dirs)
+            } else {
+                Err(format!("spares {dirs:?}"))
+            }
+        },
+    )
+    .await;
     let spare_dir = s.data_dir().join("vm-spares").join(&spare[0]);
     let spare_token = std::fs::read_to_string(spare_dir.join("config.json")).unwrap();
     let spare_token = spare_token
@@ -701,17 +722,16 @@ async fn a_vm_started_ahead_becomes_the_new_vms_own() {
         .and_then(|t| t.split('"').next())
         .unwrap()
         .to_string();
-
-    // A pool VM takes it.
-    s.configure_pool(&pid, target(1)).await;
+    let claim_path = format!("/v1/projects/{pid}/warm-pool/claim");
+    let made = s.ok("POST", &claim_path, Some(json!({}))).await;
+    let made = made["instance"]["id"].as_str().unwrap();
+    let made = s.wait_instance(&pid, made).await;
+    assert!(
+        meta(&made, "create_vm")["startedAhead"].is_null(),
+        "{made:#?}"
+    );
     wait_ready_ids(&s, &pid, 1, s.boot()).await;
-    let claim = s
-        .ok(
-            "POST",
-            &format!("/v1/projects/{pid}/warm-pool/claim"),
-            Some(json!({})),
-        )
-        .await;
+    let claim = s.ok("POST", &claim_path, Some(json!({}))).await;
     let id = claim["instance"]["id"].as_str().unwrap();
     let second = s.wait_instance(&pid, id).await;
     let create = step(&second, "create_vm");

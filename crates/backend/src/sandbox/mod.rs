@@ -113,12 +113,19 @@ struct Spare {
     host_ports: Vec<u16>,
     /// The one disk limit it can have (`None`: any).
     disk_mb: Option<u64>,
+    /// The golden whose layer its root stacks, if any.
+    golden: Option<String>,
 }
 
+/// What spares are made for: the host ports, disk limit and golden of the last VM created.
+type Shape = (Vec<u16>, u64, Option<String>);
+
 impl Spare {
-    /// Whether a VM with these host ports and this disk limit can take it.
-    fn fits(&self, host_ports: &[u16], disk_mb: u64) -> bool {
-        self.host_ports == host_ports && self.disk_mb.is_none_or(|m| m == disk_mb)
+    /// Whether a VM with these host ports, this disk limit and on this golden can take it.
+    fn fits(&self, host_ports: &[u16], disk_mb: u64, golden: Option<&str>) -> bool {
+        self.host_ports == host_ports
+            && self.disk_mb.is_none_or(|m| m == disk_mb)
+            && self.golden.as_deref() == golden
     }
 }
 
@@ -129,8 +136,8 @@ struct Spares {
     making: bool,
     /// Spares left by an earlier server have been destroyed.
     cleared: bool,
-    /// The host ports and disk limit of the last VM created: what spares are made for.
-    shape: Option<(Vec<u16>, u64)>,
+    /// The host ports, disk limit and golden of the last VM created: what spares are made for.
+    shape: Option<Shape>,
     /// The server stops, or spares cannot be used here: no more spares.
     stopped: bool,
 }
@@ -321,10 +328,13 @@ impl SandboxBackend {
     /// Takes a ready spare that a VM of `spec` can be.
     fn take_spare(&self, spec: &VmSpec) -> Option<Spare> {
         let mut st = self.spares_lock();
-        let i = st
-            .ready
-            .iter()
-            .position(|s| s.fits(&spec.host_ports, spec.resources.disk_mb))?;
+        let i = st.ready.iter().position(|s| {
+            s.fits(
+                &spec.host_ports,
+                spec.resources.disk_mb,
+                spec.from_golden.as_deref(),
+            )
+        })?;
         let taken = st.ready.swap_remove(i);
         Self::count_spares(&st);
         Some(taken)
@@ -337,7 +347,11 @@ impl SandboxBackend {
         {
             let mut st = self.spares_lock();
             if let Some(spec) = like {
-                st.shape = Some((spec.host_ports.clone(), spec.resources.disk_mb));
+                st.shape = Some((
+                    spec.host_ports.clone(),
+                    spec.resources.disk_mb,
+                    spec.from_golden.clone(),
+                ));
             }
             let stale = st.ready.iter().any(|s| !Self::current(&st, s));
             let short = st.shape.is_some() && st.ready.len() < self.opts.spares;
@@ -353,7 +367,7 @@ impl SandboxBackend {
     fn current(st: &Spares, s: &Spare) -> bool {
         st.shape
             .as_ref()
-            .is_some_and(|(ports, disk)| s.fits(ports, *disk))
+            .is_some_and(|(ports, disk, golden)| s.fits(ports, *disk, golden.as_deref()))
     }
 
     async fn fill_spares(&self) {
@@ -387,8 +401,10 @@ impl SandboxBackend {
             for s in stale {
                 let _ = self.destroy_spare(&s.container).await;
             }
-            let Some((ports, disk_mb)) = want else { return };
-            match self.make_spare(&ports, disk_mb).await {
+            let Some((ports, disk_mb, golden)) = want else {
+                return;
+            };
+            match self.make_spare(&ports, disk_mb, golden).await {
                 Ok(spare) => {
                     let late = {
                         let mut st = self.spares_lock();
@@ -416,7 +432,16 @@ impl SandboxBackend {
     }
 
     /// Starts a VM that belongs to nobody yet, and waits until its network and agent are up.
-    async fn make_spare(&self, host_ports: &[u16], disk_mb: u64) -> Result<Spare, BackendError> {
+    async fn make_spare(
+        &self,
+        host_ports: &[u16],
+        disk_mb: u64,
+        golden: Option<String>,
+    ) -> Result<Spare, BackendError> {
+        let layer = golden
+            .as_deref()
+            .map(|g| self.golden_layer(g))
+            .transpose()?;
         let container = new_container_id();
         let dir = self.opts.spares_dir.join(&container);
         let token = ids::random_secret(40);
@@ -433,7 +458,7 @@ impl SandboxBackend {
                         },
                         host_ports,
                         network_key: &container,
-                        golden: None,
+                        golden: layer.as_deref(),
                     },
                     &dir,
                 )
@@ -458,6 +483,7 @@ impl SandboxBackend {
                 agent_url: h.agent_url,
                 host_ports: host_ports.to_vec(),
                 disk_mb: upper.fixed_mb(),
+                golden,
             }),
             Err(e) => {
                 let _ = self.destroy_spare(&container).await;
@@ -642,13 +668,17 @@ impl SandboxBackend {
         Ok(self.golden_dir(id)?.join("layer"))
     }
 
-    /// Whether a VM's root stacks golden layer `layer`.
+    /// A VM (or spare) whose root stacks golden layer `layer`.
     fn golden_in_use(&self, layer: &Path) -> Option<String> {
-        let rd = std::fs::read_dir(&self.opts.vms_dir).ok()?;
-        rd.flatten()
+        [&self.opts.vms_dir, &self.opts.spares_dir]
+            .into_iter()
+            .filter_map(|d| std::fs::read_dir(d).ok())
+            .flat_map(|rd| rd.flatten())
             .find(|e| {
                 (0..3).any(|i| {
-                    std::fs::read_link(e.path().join(format!("lower{i}"))).ok().as_deref()
+                    std::fs::read_link(e.path().join(format!("lower{i}")))
+                        .ok()
+                        .as_deref()
                         == Some(layer)
                 })
             })
@@ -1248,6 +1278,26 @@ impl Backend for SandboxBackend {
     /// Refused while a VM's root stacks it: overlayfs must not see a lower layer change.
     async fn delete_golden(&self, golden_id: &str) -> Result<(), BackendError> {
         let dir = self.golden_dir(golden_id)?;
+        // Its spares go first, and no more are made for it.
+        let spares: Vec<Spare> = {
+            let mut st = self.spares_lock();
+            if st
+                .shape
+                .as_ref()
+                .is_some_and(|s| s.2.as_deref() == Some(golden_id))
+            {
+                st.shape = None;
+            }
+            let (gone, keep) = std::mem::take(&mut st.ready)
+                .into_iter()
+                .partition(|s| s.golden.as_deref() == Some(golden_id));
+            st.ready = keep;
+            Self::count_spares(&st);
+            gone
+        };
+        for s in spares {
+            let _ = self.destroy_spare(&s.container).await;
+        }
         if let Some(vm) = self.golden_in_use(&dir.join("layer")) {
             return Err(err(format!("golden {golden_id} is in use by VM {vm}")));
         }
@@ -1276,9 +1326,7 @@ impl Backend for SandboxBackend {
     async fn create(&self, spec: &VmSpec) -> Result<VmHandle, BackendError> {
         let dir = self.vm_dir(&spec.vm_id)?;
         let mut started = None;
-        // A spare has the image alone below it, not a golden.
-        let spare = spec.from_golden.is_none().then(|| self.take_spare(spec));
-        if let Some(spare) = spare.flatten() {
+        if let Some(spare) = self.take_spare(spec) {
             match self.adopt(&spare, spec, &dir).await {
                 Ok(h) => started = Some(Ok(h)),
                 Err(e) => {

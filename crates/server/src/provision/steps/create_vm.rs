@@ -33,11 +33,21 @@ async fn create(cx: &mut StepCx<'_>, golden: Option<&str>) -> Result<(), String>
     let vm_id = cx.target.vm_id.clone();
     cx.meta.insert("backend".into(), json!(backend.name()));
     cx.meta.insert("instanceId".into(), json!(vm_id));
+    // A golden is a memory snapshot where clones keep its processes, a filesystem layer where
+    // they do not: the log says which this VM gets.
+    let snapshot = backend.clones_keep_processes();
     match golden {
-        Some(g) => {
+        Some(g) if snapshot => {
             cx.meta.insert("fromGolden".into(), json!(g));
             cx.log.line(&format!(
                 "cloning golden {g} into a {} VM named {vm_id} (memory shared copy-on-write)",
+                backend.name(),
+            ));
+        }
+        Some(g) => {
+            cx.meta.insert("fromGolden".into(), json!(g));
+            cx.log.line(&format!(
+                "creating a {} VM named {vm_id} on golden {g}'s files (the image, with what the                  golden's setup changed; this VM's own changes go to a layer of its own)",
                 backend.name(),
             ));
         }
@@ -72,7 +82,7 @@ async fn create(cx: &mut StepCx<'_>, golden: Option<&str>) -> Result<(), String>
         .await
         .map_err(|e| format!("internal error: could not record the VM: {e}"))?;
     cx.vm.agent = Some(backend.agent(&vm_id, &handle.agent_url, &token));
-    if golden.is_some() {
+    if golden.is_some() && snapshot {
         cx.log
             .line("the VM is running with its own token, hostname, machine id, clock and entropy");
     } else if handle.started_ahead {

@@ -6,7 +6,7 @@ use serde_json::json;
 use warmpool_types::state::StepName;
 
 use super::{Step, StepCx};
-use crate::provision::envfile;
+use crate::provision::{envfile, GoldenPlan};
 
 pub struct SetEnvVars;
 
@@ -14,6 +14,11 @@ pub struct SetEnvVars;
 impl Step for SetEnvVars {
     fn name(&self) -> StepName {
         StepName::SetEnvVars
+    }
+
+    /// A clone writes the file for real, from the variables as they are now.
+    async fn on_clone(&self, cx: &mut StepCx<'_>, _golden: &GoldenPlan) -> Result<(), String> {
+        self.run(cx).await
     }
 
     async fn run(&self, cx: &mut StepCx<'_>) -> Result<(), String> {

@@ -497,63 +497,49 @@ async fn kill_9_loses_and_leaks_nothing() {
         (202, Some("provisioning"))
     );
     assert_eq!(cold["vm"], Value::Null);
-    wait_for("3 boots in their setup", s.boot(), async || {
-        let v = s
-            .ok(
-                "GET",
-                &format!("{pool}/instances?status=provisioning"),
-                None,
-            )
-            .await;
-        let items = v["items"].as_array().unwrap().clone();
-        let mut in_setup = 0;
-        for i in &items {
-            let d = s
-                .ok(
-                    "GET",
-                    &format!("{pool}/instances/{}", i["id"].as_str().unwrap()),
-                    None,
-                )
-                .await;
-            in_setup += (d["steps"].as_array().unwrap().len() >= 4) as usize;
+    // The pool builds its golden first (its VMs are made from it): two boots hang, the
+    // golden's and the claim's, each in its setup command.
+    let in_setup = |vm: &String| {
+        s.vm_init_pid(vm).is_some_and(|init| {
+            vm_processes(init).iter().any(|(pid, _)| {
+                std::fs::read(format!("/proc/{pid}/cmdline"))
+                    .is_ok_and(|c| c.split(|b| *b == 0).any(|a| a == b"600"))
+            })
+        })
+    };
+    let hung = wait_for("2 boots in their setup", s.boot(), async || {
+        let vms = s.vm_dirs();
+        let n = vms.iter().filter(|v| in_setup(v)).count();
+        if n == 2 && vms.len() == 2 {
+            Ok(vms)
+        } else {
+            Err(format!("{n} of {vms:?} in their setup"))
         }
-        seen(
-            in_setup == 3,
-            format!("{in_setup} of {} in their setup", items.len()),
-        )
     })
     .await;
-    let hung: Vec<Value> = s
-        .ok(
-            "GET",
-            &format!("{pool}/instances?status=provisioning"),
-            None,
-        )
-        .await["items"]
-        .as_array()
-        .unwrap()
-        .clone();
     let procs: Vec<(i32, u64)> = hung
         .iter()
-        .flat_map(|i| vm_processes(s.vm_init_pid(i["instanceId"].as_str().unwrap()).unwrap()))
+        .flat_map(|vm| vm_processes(s.vm_init_pid(vm).unwrap()))
         .collect();
+    let cold_id = cold["instance"]["id"].as_str().unwrap().to_string();
     s.kill9();
     s.restart();
     // Every boot the crash interrupted is failed with a clear error, and its VM is gone.
-    for i in &hung {
-        let d = s
-            .ok(
-                "GET",
-                &format!("{pool}/instances/{}", i["id"].as_str().unwrap()),
-                None,
-            )
-            .await;
-        assert_eq!(d["status"], "failed");
-        assert_eq!(d["failureReason"], "server restarted during provisioning");
-        assert!(!s
+    let d = s.wait_instance(&pid, &cold_id).await;
+    assert_eq!(d.status, "failed");
+    assert_eq!(
+        d.failure_reason.as_deref(),
+        Some("server restarted during provisioning")
+    );
+    wait_for("the interrupted boots' VMs gone", SETTLE, async || {
+        let left: Vec<String> = s
             .vm_dirs()
-            .contains(&i["instanceId"].as_str().unwrap().to_string()));
-    }
+            .into_iter()
+            .filter(|v| hung.contains(v))
+            .collect();
+        seen(left.is_empty(), format!("{left:?}"))
+    })
+    .await;
     assert!(!any_alive(&procs), "a VM of an interrupted boot still runs");
 
     // Fix the setup: the pool refills; ready VMs survive the next kill -9 and are adopted again.

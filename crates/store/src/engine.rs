@@ -326,21 +326,25 @@ pub fn count(r: &dyn Row) -> Result<i64> {
     r.i64("n")
 }
 
-/// The statement counting a node's live instances against its capacity, and its values. Two
-/// statements rather than `IS NOT DISTINCT FROM`, which no PostgreSQL index serves.
+/// The statement counting a node's live instances against its capacity, and its values: those
+/// with a VM running — a golden being built counts, a saved one (a snapshot or a filesystem
+/// layer) does not. Two statements rather than `IS NOT DISTINCT FROM`, which no PostgreSQL index
+/// serves.
 pub fn count_live_on(node: &Option<String>) -> (&'static Sql, Vec<Value>) {
     match node {
         Some(node) => (
             sql!(
                 "SELECT COUNT(*) AS n FROM instances
-                 WHERE node = $1 AND status IN ('provisioning', 'ready', 'claimed')"
+                 WHERE node = $1 AND status IN ('provisioning', 'ready', 'claimed')
+                   AND NOT (kind = 'golden' AND status = 'ready')"
             ),
             values![node],
         ),
         None => (
             sql!(
                 "SELECT COUNT(*) AS n FROM instances
-                 WHERE node IS NULL AND status IN ('provisioning', 'ready', 'claimed')"
+                 WHERE node IS NULL AND status IN ('provisioning', 'ready', 'claimed')
+                   AND NOT (kind = 'golden' AND status = 'ready')"
             ),
             vec![],
         ),

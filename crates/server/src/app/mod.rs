@@ -393,23 +393,24 @@ impl App {
         Ok(inst)
     }
 
-    /// Boots up to `n` pool instances on this node — as many as the pool's target (counted over
-    /// every node) and this node's capacity still allow, decided by the store in one step so
-    /// nodes never overshoot together. Returns those started.
+    /// Boots up to `n` pool instances (or the pool's golden: `kind`) on this node — as many as
+    /// the pool's target (counted over every node) and this node's capacity still allow, decided
+    /// by the store in one step so nodes never overshoot together. Returns those started.
     pub(crate) async fn launch_pool(
         self: &Arc<Self>,
         project_id: &str,
+        kind: InstanceKind,
         n: usize,
         target: u32,
     ) -> AppResult<Vec<InstanceRow>> {
         if n == 0 {
             return Ok(Vec::new());
         }
-        let (first, plan) = self.prepare(project_id, InstanceKind::Pool, None).await?;
+        let (first, plan) = self.prepare(project_id, kind, None).await?;
         let hash = first.config_hash.clone().unwrap_or_default();
         let mut rows = vec![first];
         for _ in 1..n {
-            rows.push(self.new_row(project_id, InstanceKind::Pool, None, &plan, hash.clone()));
+            rows.push(self.new_row(project_id, kind, None, &plan, hash.clone()));
         }
         let placed = self
             .store

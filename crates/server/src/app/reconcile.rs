@@ -329,13 +329,21 @@ impl App {
                 tracing::info!(project = %project_id, "the pool's configuration changed; it is no longer degraded");
             }
             plan::Action::BuildGolden => {
-                let inst = self.launch(project_id, InstanceKind::Golden, None).await?;
-                tracing::info!(project = %project_id, instance = %inst.id, "building the pool's golden");
-                report.launched += 1;
-                return Ok((1, 0));
+                // Placed like the pool's boots: it runs a VM on this node until it is saved.
+                let target = view.target as u32;
+                let started = self
+                    .launch_pool(project_id, InstanceKind::Golden, 1, target)
+                    .await?;
+                for inst in &started {
+                    tracing::info!(project = %project_id, instance = %inst.id, "building the pool's golden");
+                }
+                report.launched += started.len();
+                return Ok((started.len(), 0));
             }
             plan::Action::Boot { n } => {
-                let started = self.launch_pool(project_id, *n, view.target as u32).await?;
+                let started = self
+                    .launch_pool(project_id, InstanceKind::Pool, *n, view.target as u32)
+                    .await?;
                 for inst in &started {
                     tracing::info!(project = %project_id, instance = %inst.id, "booting a pool instance");
                 }

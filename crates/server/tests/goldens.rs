@@ -8,6 +8,7 @@ mod common;
 use std::collections::HashSet;
 
 use common::*;
+use warmpool_client::Claim;
 use warmpool_types::api::ClaimBody;
 
 /// The goldens the server keeps on disk.
@@ -138,4 +139,64 @@ async fn a_pool_is_served_from_its_golden_and_a_new_config_builds_a_new_one() {
     let fresh = c.claim(&pid, &ClaimBody::default()).await.unwrap();
     let fresh = fresh.into_response().instance.id;
     assert_eq!(s.exec(&pid, &fresh, "cat /home/deps").await.output, "v2\n");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "tier root: runs sandbox VMs, so it needs root; run every tier with `cargo test -- --include-ignored`"]
+async fn a_burst_of_claims_larger_than_the_pool_is_served_from_the_golden() {
+    let s = TestServer::start(&[]);
+    let repo = TestRepo::new(&[("README", "burst\n")]);
+    let pid = s
+        .create_project("burst", vec![repo_input("acme/app", repo.url())])
+        .await;
+    // A setup far longer than a VM made from the golden takes.
+    let slow = UpdateWarmPoolBody {
+        setup_commands: Some(Some(vec![command(
+            "slow",
+            "sleep 20; echo done > /home/setup-done",
+        )])),
+        ..target(2)
+    };
+    s.configure_pool(&pid, slow).await;
+    // The golden's setup once, then two VMs made from it.
+    wait_ready_ids(&s, &pid, 2, SETTLE + s.boot() * 2).await;
+    let golden = golden_dirs(&s).into_iter().next().unwrap();
+
+    // 20 claims at once: 2 get the ready VMs, 18 get VMs made for them from the golden. Each
+    // may wait as long as the setup takes; none needs to.
+    let c = s.client();
+    let claims = (0..20).map(|n| {
+        let c = c.clone();
+        let pid = pid.clone();
+        async move {
+            let body = ClaimBody {
+                task_id: Some(format!("burst {n}")),
+                wait_seconds: Some(60.0),
+            };
+            c.claim(&pid, &body).await
+        }
+    });
+    let answers = futures_util::future::join_all(claims).await;
+    let mut ids = HashSet::new();
+    for a in answers {
+        let claim = a.expect("every claim is answered");
+        assert!(
+            matches!(claim, Claim::Ready(_)),
+            "a claim did not get a ready VM within 60 s: {claim:?}"
+        );
+        let r = claim.into_response();
+        ids.insert(r.instance.id.clone());
+        let d = c.get_instance(&pid, &r.instance.id).await.unwrap();
+        assert_eq!(d.status, "claimed");
+        // Made from the golden: the setup's files are there and the setup did not run again.
+        assert_eq!(
+            meta(&d, "create_vm")["fromGolden"],
+            golden.as_str(),
+            "{d:#?}"
+        );
+        assert!(output(&d, "warm_pool_setup").contains("done in golden"));
+        let out = s.exec(&pid, &r.instance.id, "cat /home/setup-done").await;
+        assert_eq!(out.output, "done\n");
+    }
+    assert_eq!(ids.len(), 20, "each claim got a VM of its own");
 }

@@ -372,7 +372,10 @@ async fn a_lost_node_is_replaced_and_returns_clean() {
     n2.wait_reconciler_pass().await;
     assert_eq!(ready(&n1, &pid).await, 4);
     let live = store.instances_in(LIVE).await.unwrap();
-    let pool: Vec<_> = live.iter().filter(|i| i.kind == InstanceKind::Pool).collect();
+    let pool: Vec<_> = live
+        .iter()
+        .filter(|i| i.kind == InstanceKind::Pool)
+        .collect();
     assert_eq!(pool.len(), 4, "no duplicates: {live:?}");
 }
 

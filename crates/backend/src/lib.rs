@@ -38,6 +38,25 @@ pub struct VmSpec {
     pub host_ports: Vec<u16>,
 }
 
+/// The names in `dir` that `keep` accepts (VM or golden ids): what a backend holds, from its
+/// directories. `what` names them in the error.
+pub(crate) async fn names_in(
+    dir: &std::path::Path,
+    keep: fn(&str) -> bool,
+    what: &str,
+) -> Result<Vec<String>, BackendError> {
+    let mut out = Vec::new();
+    let mut rd = tokio::fs::read_dir(dir)
+        .await
+        .map_err(|e| BackendError::new(format!("cannot list {what}: {e}")))?;
+    while let Ok(Some(e)) = rd.next_entry().await {
+        if let Some(name) = e.file_name().to_str().filter(|n| keep(n)) {
+            out.push(name.to_string());
+        }
+    }
+    Ok(out)
+}
+
 /// Random bytes as hex, for machine ids and the entropy handed to clones.
 pub(crate) fn random_hex(bytes: usize) -> String {
     use rand::RngCore;

@@ -828,18 +828,7 @@ impl Backend for QemuBackend {
     }
 
     async fn list(&self) -> Result<Vec<String>, BackendError> {
-        let mut out = Vec::new();
-        let mut rd = tokio::fs::read_dir(&self.opts.vms_dir)
-            .await
-            .map_err(|e| err(format!("cannot list VMs: {e}")))?;
-        while let Ok(Some(e)) = rd.next_entry().await {
-            if let Some(name) = e.file_name().to_str() {
-                if ids::is_vm_id(name) {
-                    out.push(name.to_string());
-                }
-            }
-        }
-        Ok(out)
+        crate::names_in(&self.opts.vms_dir, ids::is_vm_id, "VMs").await
     }
 
     fn host_address_for_vm(&self) -> &str {

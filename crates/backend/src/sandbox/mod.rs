@@ -1309,18 +1309,7 @@ impl Backend for SandboxBackend {
     }
 
     async fn list_goldens(&self) -> Result<Vec<String>, BackendError> {
-        let mut out = Vec::new();
-        let mut rd = tokio::fs::read_dir(&self.opts.goldens_dir)
-            .await
-            .map_err(|e| err(format!("cannot list goldens: {e}")))?;
-        while let Ok(Some(e)) = rd.next_entry().await {
-            if let Some(name) = e.file_name().to_str() {
-                if ids::is_instance_id(name) {
-                    out.push(name.to_string());
-                }
-            }
-        }
-        Ok(out)
+        crate::names_in(&self.opts.goldens_dir, ids::is_instance_id, "goldens").await
     }
 
     async fn create(&self, spec: &VmSpec) -> Result<VmHandle, BackendError> {
@@ -1360,18 +1349,7 @@ impl Backend for SandboxBackend {
     }
 
     async fn list(&self) -> Result<Vec<String>, BackendError> {
-        let mut out = Vec::new();
-        let mut rd = tokio::fs::read_dir(&self.opts.vms_dir)
-            .await
-            .map_err(|e| err(format!("cannot list VMs: {e}")))?;
-        while let Ok(Some(e)) = rd.next_entry().await {
-            if let Some(name) = e.file_name().to_str() {
-                if ids::is_vm_id(name) {
-                    out.push(name.to_string());
-                }
-            }
-        }
-        Ok(out)
+        crate::names_in(&self.opts.vms_dir, ids::is_vm_id, "VMs").await
     }
 
     async fn wait_network(&self, vm_id: &str) -> Result<(), BackendError> {

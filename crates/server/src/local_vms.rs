@@ -85,8 +85,8 @@ pub struct LocalVm {
     pub pid: Option<i32>,
     /// When its directory was made, epoch seconds.
     pub created: Option<u64>,
-    /// A sandbox VM started ahead of need (`sp-...`), owned by no project: a server destroys
-    /// those an earlier one left when it starts.
+    /// A sandbox VM (`sp-...`) or a QEMU process (`qs-...`) started ahead of need, owned by no
+    /// project: a server destroys those an earlier one left when it starts.
     pub spare: bool,
 }
 
@@ -97,6 +97,7 @@ pub fn list(data_dir: &Path) -> Vec<LocalVm> {
         (Kind::Sandbox, kind_dir(Kind::Sandbox), false),
         (Kind::Sandbox, crate::serve::SPARES_DIR, true),
         (Kind::Qemu, kind_dir(Kind::Qemu), false),
+        (Kind::Qemu, crate::serve::QEMU_SPARES_DIR, true),
     ];
     for (kind, dir, spare) in places {
         let Ok(rd) = std::fs::read_dir(data_dir.join(dir)) else {
@@ -106,7 +107,9 @@ pub fn list(data_dir: &Path) -> Vec<LocalVm> {
             .flatten()
             .filter_map(|e| {
                 let id = e.file_name().to_str()?.to_string();
-                let valid = if spare {
+                let valid = if spare && kind == Kind::Qemu {
+                    warmpool_backend::qemu::ready::is_ready_name(&id)
+                } else if spare {
                     warmpool_backend::sandbox::is_container_id(&id)
                 } else {
                     ids::is_vm_id(&id)
@@ -157,26 +160,31 @@ fn sandbox(data_dir: &Path, cache_dir: &Path) -> anyhow::Result<Arc<SandboxBacke
     .map_err(anyhow::Error::msg)
 }
 
+/// The qemu backend of `data_dir`, to destroy with (it starts nothing and builds nothing).
+fn qemu(data_dir: &Path, cache_dir: &Path) -> anyhow::Result<Arc<QemuBackend>> {
+    let (guest, agent_bin) = guest(cache_dir);
+    QemuBackend::new(
+        QemuOptions {
+            vms_dir: data_dir.join("qemu-vms"),
+            ready_dir: data_dir.join(crate::serve::QEMU_SPARES_DIR),
+            spares: 0,
+            goldens_dir: data_dir.join("goldens"),
+            cache_dir: cache_dir.to_path_buf(),
+            agent_bin,
+            accel: Accel::Auto,
+            boot_timeout: Duration::from_secs(60),
+            boot_attempts: 1,
+        },
+        guest,
+    )
+    .map_err(anyhow::Error::msg)
+}
+
 /// The backend that destroys VMs of `kind` in `data_dir` (it starts nothing and builds nothing).
 fn backend(kind: Kind, data_dir: &Path, cache_dir: &Path) -> anyhow::Result<Arc<dyn Backend>> {
-    let (guest, agent_bin) = guest(cache_dir);
     Ok(match kind {
         Kind::Sandbox => sandbox(data_dir, cache_dir)?,
-        Kind::Qemu => Arc::new(
-            QemuBackend::new(
-                QemuOptions {
-                    vms_dir: data_dir.join("qemu-vms"),
-                    goldens_dir: data_dir.join("goldens"),
-                    cache_dir: cache_dir.to_path_buf(),
-                    agent_bin,
-                    accel: Accel::Auto,
-                    boot_timeout: Duration::from_secs(60),
-                    boot_attempts: 1,
-                },
-                guest,
-            )
-            .map_err(anyhow::Error::msg)?,
-        ),
+        Kind::Qemu => qemu(data_dir, cache_dir)?,
     })
 }
 
@@ -212,10 +220,11 @@ pub async fn remove(
     let mut backends: Vec<(Kind, Arc<dyn Backend>)> = Vec::new();
     for vm in chosen {
         if vm.spare {
-            sandbox(data_dir, cache_dir)?
-                .destroy_spare(&vm.id)
-                .await
-                .map_err(|e| anyhow::anyhow!("cannot destroy {}: {e}", vm.id))?;
+            match vm.backend {
+                Kind::Sandbox => sandbox(data_dir, cache_dir)?.destroy_spare(&vm.id).await,
+                Kind::Qemu => qemu(data_dir, cache_dir)?.destroy_spare(&vm.id).await,
+            }
+            .map_err(|e| anyhow::anyhow!("cannot destroy {}: {e}", vm.id))?;
             done.push(vm.id.clone());
             continue;
         }

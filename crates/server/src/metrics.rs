@@ -61,6 +61,10 @@ fn describe() {
         "Sandbox VMs started ahead of need, ready for the next VM to take"
     );
     metrics::describe_gauge!(
+        warmpool_backend::qemu::ready::READY_METRIC,
+        "QEMU processes started ahead of need, waiting for the next clone of their golden"
+    );
+    metrics::describe_gauge!(
         POOL_INSTANCES,
         "Pool instances by project and state (ready, provisioning, failed, stale, claimed)"
     );

@@ -114,6 +114,11 @@ pub struct ServeArgs {
     #[arg(long, env = "WARMPOOL_SANDBOX_SPARES", default_value_t = 1,
           value_parser = clap::value_parser!(u16).range(0..=16))]
     pub sandbox_spares: u16,
+    /// Build a golden for each pool configuration and make the pool's VMs — and VMs for claims —
+    /// from it (sandbox and qemu). `false` runs every VM's whole setup; goldens left from before
+    /// are deleted once no VM uses them.
+    #[arg(long, env = "WARMPOOL_GOLDENS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub goldens: bool,
     /// Requests per second allowed per token (0: unlimited).
     #[arg(long, env = "WARMPOOL_RATE_LIMIT_PER_SEC", default_value_t = 100)]
     pub rate_limit_per_sec: u32,
@@ -165,6 +170,11 @@ pub struct ServeArgs {
     /// QEMU: how long one boot may take until the agent answers, in seconds (it is retried).
     #[arg(long, env = "WARMPOOL_QEMU_BOOT_TIMEOUT_SECS", default_value_t = 90)]
     pub qemu_boot_timeout_secs: u64,
+    /// QEMU processes kept started and waiting for the goldens clones were last made from, so a
+    /// clone only loads the golden's state (qemu backend); 0 keeps none, 16 at most.
+    #[arg(long, env = "WARMPOOL_QEMU_SPARES", default_value_t = 2,
+          value_parser = clap::value_parser!(u16).range(0..=16))]
+    pub qemu_spares: u16,
     /// How long creating a VM takes with the sim backend, in milliseconds.
     #[arg(long, env = "WARMPOOL_SIM_CREATE_MS", default_value_t = 0)]
     pub sim_create_ms: u64,
@@ -360,6 +370,8 @@ fn make_backend(args: &ServeArgs, data_dir: &Path) -> anyhow::Result<Arc<dyn Bac
                 let backend = QemuBackend::new(
                     QemuOptions {
                         vms_dir: data_dir.join("qemu-vms"),
+                        ready_dir: data_dir.join(QEMU_SPARES_DIR),
+                        spares: args.qemu_spares.into(),
                         goldens_dir: data_dir.join("goldens"),
                         cache_dir,
                         agent_bin,
@@ -370,11 +382,13 @@ fn make_backend(args: &ServeArgs, data_dir: &Path) -> anyhow::Result<Arc<dyn Bac
                     guest,
                 )
                 .map_err(anyhow::Error::msg)?;
+                backend.start_spares();
                 tracing::info!(
-                    "backend: qemu (accel {:?}; each VM sized by its project's resources)",
-                    args.qemu_accel
+                    "backend: qemu (accel {:?}; each VM sized by its project's resources; {} process(es) kept started for clones)",
+                    args.qemu_accel,
+                    args.qemu_spares
                 );
-                return Ok(Arc::new(backend));
+                return Ok(backend);
             }
             let agent_layer =
                 image::ensure_agent_layer(data_dir, &agent_bin).map_err(anyhow::Error::msg)?;
@@ -400,6 +414,9 @@ fn make_backend(args: &ServeArgs, data_dir: &Path) -> anyhow::Result<Arc<dyn Bac
 
 /// Where, in a data dir, the sandbox VMs started ahead of need are kept.
 pub const SPARES_DIR: &str = "vm-spares";
+
+/// Where, in a data dir, the QEMU processes started ahead of need wait.
+pub const QEMU_SPARES_DIR: &str = "qemu-spares";
 
 /// Where the sandbox VMs of `data_dir` have their roots mounted: outside the (private) data dir,
 /// one directory per data dir.
@@ -518,6 +535,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         rate_per_sec: args.rate_limit_per_sec,
         rate_burst: args.rate_limit_burst,
         max_cold_claims: args.max_cold_claims.max(1),
+        goldens: args.goldens,
         node,
         host_paths: crate::app::host_path_replacements(&[
             (data_dir.as_path(), "<data-dir>"),

@@ -57,6 +57,13 @@ async fn a_pool_is_served_from_its_golden_and_a_new_config_builds_a_new_one() {
             golden.as_str(),
             "{d:#?}"
         );
+        assert!(
+            output(&d, "create_vm").contains(&format!(
+                "on golden {golden}'s files (the image, with what the golden's setup changed; "
+            )),
+            "{}",
+            output(&d, "create_vm")
+        );
         // What a clone needs runs for real; the setup is the golden's.
         for real in ["ensure_server", "set_env_vars"] {
             assert!(meta(&d, real)["fromGolden"].is_null(), "{real}: {d:#?}");
@@ -199,4 +206,63 @@ async fn a_burst_of_claims_larger_than_the_pool_is_served_from_the_golden() {
         assert_eq!(out.output, "done\n");
     }
     assert_eq!(ids.len(), 20, "each claim got a VM of its own");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "tier root: runs sandbox VMs, so it needs root; run every tier with `cargo test -- --include-ignored`"]
+async fn with_goldens_off_every_vm_runs_its_setup_and_the_old_golden_goes() {
+    let mut s = TestServer::start(&[]);
+    let repo = TestRepo::new(&[("README", "v1\n")]);
+    let pid = s
+        .create_project("no goldens", vec![repo_input("acme/app", repo.url())])
+        .await;
+    s.configure_pool(
+        &pid,
+        UpdateWarmPoolBody {
+            setup_commands: Some(Some(vec![command("stamp", "date +%s%N > /home/built-at")])),
+            ..target(1)
+        },
+    )
+    .await;
+    let first = wait_ready_ids(&s, &pid, 1, SETTLE + s.boot() * 2).await;
+    let golden = golden_dirs(&s);
+    assert_eq!(golden.len(), 1, "{golden:?}");
+
+    // Restarted with goldens off: the VM made from the golden is still claimable; once it is
+    // gone, so is the golden, and every new VM runs the whole setup itself.
+    s.restart_with(&["--goldens", "false"]);
+    let c = s.client();
+    let claimed = c.claim(&pid, &ClaimBody::default()).await.unwrap();
+    let claimed = claimed.into_response().instance.id;
+    assert_eq!(claimed, first[0]);
+    c.delete_instance(&pid, &claimed).await.unwrap();
+    s.configure_pool(&pid, target(2)).await;
+    wait_for(
+        "the old golden deleted",
+        SETTLE + s.boot() * 2,
+        async || {
+            let dirs = golden_dirs(&s);
+            seen(dirs.is_empty(), format!("{dirs:?}"))
+        },
+    )
+    .await;
+    let ids = wait_ready_ids(&s, &pid, 2, SETTLE + s.boot() * 2).await;
+    let mut stamps = HashSet::new();
+    for id in &ids {
+        let d = c.get_instance(&pid, id).await.unwrap();
+        for st in &d.steps {
+            let from = st.metadata.as_ref().and_then(|m| m.get("fromGolden"));
+            assert!(from.is_none(), "{d:#?}");
+        }
+        assert!(
+            output(&d, "warm_pool_setup").contains("$ stamp\n"),
+            "{}",
+            output(&d, "warm_pool_setup")
+        );
+        let claimed = c.claim(&pid, &ClaimBody::default()).await.unwrap();
+        let claimed = claimed.into_response().instance.id;
+        stamps.insert(s.exec(&pid, &claimed, "cat /home/built-at").await.output);
+    }
+    assert_eq!(stamps.len(), 2, "each VM ran the setup: {stamps:?}");
+    assert!(golden_dirs(&s).is_empty());
 }

@@ -283,10 +283,34 @@ async fn stale_vms_stay_claimable_until_replaced() {
         )
     })
     .await;
+    // The pool is served from its golden (the configuration did not change): the replacements
+    // are made from it and fetch the new head in their own clone step.
     for id in ready_ids(&s, &pid).await {
         let d = s.client().get_instance(&pid, &id).await.unwrap();
-        assert_eq!(meta(&d, "clone_repo")["commit"], head);
+        let golden = meta(&d, "create_vm")["fromGolden"].clone();
+        assert!(golden.is_string(), "{d:#?}");
+        let clone = meta(&d, "clone_repo");
+        assert_eq!(clone["commit"], head);
+        assert_eq!(clone["fromGolden"], golden);
+        assert!(clone["goldenCommit"].is_string(), "{clone}");
+        assert_ne!(clone["goldenCommit"], head);
+        assert!(
+            output(&d, "clone_repo").contains(&format!("now at {head} (main)")),
+            "{}",
+            output(&d, "clone_repo")
+        );
+        assert_eq!(meta(&d, "warm_pool_setup")["fromGolden"], golden);
     }
+    let v = s.client().claim(&pid, &Default::default()).await.unwrap();
+    let id = v.into_response().instance.id;
+    let out = s
+        .exec(
+            &pid,
+            &id,
+            "cat /home/app/README /home/version; git -C /home/app rev-parse HEAD",
+        )
+        .await;
+    assert_eq!(out.output, format!("v3\nv2\n{head}\n"));
 }
 
 /// Reads server-sent events until `done` (or the stream ends).

@@ -49,17 +49,46 @@ async fn wait_no_vms(s: &TestServer, dirs: bool) {
     .await;
 }
 
-/// QEMU processes of this server's VMs (their command lines mention its data dir).
+/// QEMU processes of this server's VMs (their command lines mention its data dir), not those
+/// started ahead of need.
 fn qemu_processes(data: &Path) -> Vec<i32> {
     processes(data, "qemu-system")
 }
 
-/// The VMs' passt processes (their command lines name their logs in the data dir).
+/// The VMs' passt processes (their command lines name their logs in the data dir), not those
+/// of processes started ahead of need.
 fn passt_processes(data: &Path) -> Vec<i32> {
     processes(data, "passt")
 }
 
+/// The live processes (QEMU and passt) waiting in `<data>/qemu-spares`, each by its directory.
+fn spare_processes(data: &Path) -> Vec<(String, i32)> {
+    let Ok(rd) = std::fs::read_dir(data.join("qemu-spares")) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for e in rd.flatten() {
+        for f in ["qemu.pid", "passt.pid"] {
+            let pid = std::fs::read_to_string(e.path().join(f))
+                .ok()
+                .and_then(|t| t.split_whitespace().next()?.parse::<i32>().ok());
+            if let Some(pid) = pid.filter(|p| Path::new(&format!("/proc/{p}")).exists()) {
+                out.push((e.file_name().to_string_lossy().into_owned(), pid));
+            }
+        }
+    }
+    out
+}
+
+/// QEMU processes started ahead of need and ready for a clone (the server's gauge).
+async fn spares_ready(s: &TestServer) -> f64 {
+    s.metric("warmpool_qemu_vms_started_ahead")
+        .await
+        .unwrap_or(0.0)
+}
+
 fn processes(data: &Path, program: &str) -> Vec<i32> {
+    let spares: HashSet<i32> = spare_processes(data).into_iter().map(|(_, p)| p).collect();
     let needle = data.display().to_string();
     std::fs::read_dir("/proc")
         .unwrap()
@@ -75,7 +104,7 @@ fn processes(data: &Path, program: &str) -> Vec<i32> {
             let cmd = String::from_utf8_lossy(&cmd);
             let argv0 = cmd.split('\0').next().unwrap_or_default();
             let name = argv0.rsplit('/').next().unwrap_or_default();
-            !zombie && name.starts_with(program) && cmd.contains(&needle)
+            !zombie && name.starts_with(program) && cmd.contains(&needle) && !spares.contains(pid)
         })
         .collect()
 }
@@ -136,6 +165,18 @@ async fn test_boots_run_every_step_in_a_real_vm() {
     // The repository came through the git mirror; nothing else of the host is reachable.
     guest_network_reaches_out_but_not_the_host(&s, &pid, id).await;
 
+    // Clones of the base golden are made now: processes wait for the next ones, and the next
+    // test boot's VM is one of them.
+    wait_for("2 QEMU processes started ahead", s.boot(), async || {
+        let n = spares_ready(&s).await;
+        seen(n == 2.0, n)
+    })
+    .await;
+    let waiting: HashSet<i32> = spare_processes(&s.data_dir())
+        .into_iter()
+        .map(|(_, p)| p)
+        .collect();
+    assert_eq!(waiting.len(), 4, "2 QEMU and 2 passt: {waiting:?}");
     // A failing setup command names its step.
     let f = s
         .test_boot(&pid, boot_with(&[("broken", "echo about to fail; exit 9")]))
@@ -147,6 +188,12 @@ async fn test_boots_run_every_step_in_a_real_vm() {
         "command `broken` exited with status 9",
     );
     assert!(output(&f, "warm_pool_setup").contains("about to fail"));
+    assert_eq!(meta(&f, "create_vm")["startedAhead"], true, "{f:#?}");
+    assert!(
+        output(&f, "create_vm").contains("its QEMU process was started ahead of need"),
+        "{}",
+        output(&f, "create_vm")
+    );
 
     // Destroying the VMs leaves no QEMU process.
     let (st, _) = s
@@ -481,8 +528,25 @@ async fn pool_vms_are_distinct_copy_on_write_clones_of_a_golden() {
     let ready_before: HashSet<String> = ready_ids(&s, &pid).await.into_iter().collect();
     let qemu_before: HashSet<i32> = qemu_processes(&s.data_dir()).into_iter().collect();
     assert_eq!(qemu_before.len(), 2, "{qemu_before:?}");
+    // The refills were clones: processes wait for the next ones.
+    wait_for("QEMU processes started ahead", s.boot(), async || {
+        let n = spares_ready(&s).await;
+        seen(n == 2.0, n)
+    })
+    .await;
+    let spares_before = spare_processes(&s.data_dir());
+    assert_eq!(spares_before.len(), 4, "{spares_before:?}");
     s.kill9();
     s.restart();
+    // Those the dead server started ahead are destroyed by the new one.
+    wait_for("the old processes started ahead gone", SETTLE, async || {
+        let left: Vec<_> = spares_before
+            .iter()
+            .filter(|(_, p)| Path::new(&format!("/proc/{p}")).exists())
+            .collect();
+        seen(left.is_empty(), format!("{left:?}"))
+    })
+    .await;
     // The restarted server checks that each running VM answers and keeps it; its report proves
     // the check ran (the same ids listed right after the start would not).
     let line = s
@@ -525,6 +589,15 @@ async fn pool_vms_are_distinct_copy_on_write_clones_of_a_golden() {
     }
     s.ok("PATCH", &pool, Some(json!({"enabled": false}))).await;
     wait_no_vms(&s, true).await;
+    // The golden goes once no pool wants it, and so do the processes waiting for its clones.
+    wait_for("no golden, no process started ahead", SETTLE, async || {
+        let g = std::fs::read_dir(s.data_dir().join("goldens"))
+            .unwrap()
+            .count();
+        let p = spare_processes(&s.data_dir());
+        seen(g == 0 && p.is_empty(), format!("{g} goldens, {p:?}"))
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

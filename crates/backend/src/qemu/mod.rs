@@ -10,13 +10,17 @@
 //! clock, entropy). The backend keeps one golden per image (a booted guest) for every new VM, and
 //! saves more on request (a pool's fully set-up VM). Cold boots remain the fallback.
 //!
+//! A clone need not wait for QEMU to start either: a few processes wait for the goldens clones
+//! were last made from (see [`ready`]).
+//!
 //! Layout: `<vms-dir>/<vm-id>/{disk.qcow2, ram?, qmp.sock, console.log, qemu.log, vm.json, qemu.pid,
-//! passt.pid, passt.log}`,
+//! passt.pid, passt.log}`, `<ready-dir>/qs-…/` the same for a process started ahead,
 //! `<goldens-dir>/<golden-id>/{ram, state, disk.qcow2, golden.json}`.
 
 pub mod guest;
 pub mod net;
 mod qmp;
+pub mod ready;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -48,6 +52,11 @@ pub enum Accel {
 #[derive(Debug, Clone)]
 pub struct QemuOptions {
     pub vms_dir: PathBuf,
+    /// Where QEMU processes started ahead of need wait; on the filesystem of `vms_dir` (a clone
+    /// takes one by renaming its directory).
+    pub ready_dir: PathBuf,
+    /// How many QEMU processes wait for clones (0: none).
+    pub spares: usize,
     pub goldens_dir: PathBuf,
     pub cache_dir: PathBuf,
     pub agent_bin: PathBuf,
@@ -110,6 +119,9 @@ pub struct QemuBackend {
     passt: PathBuf,
     /// Whether the firewall also guards IPv6, so guests may have it.
     ipv6: bool,
+    ready: Mutex<ready::ReadyState>,
+    ready_changed: tokio::sync::Notify,
+    me: std::sync::Weak<QemuBackend>,
 }
 
 fn err(m: impl Into<String>) -> BackendError {
@@ -134,8 +146,8 @@ fn machine_size(r: &crate::Resources) -> (u32, u32) {
 }
 
 impl QemuBackend {
-    pub fn new(opts: QemuOptions, image: Arc<GuestImage>) -> Result<Self, String> {
-        for d in [&opts.vms_dir, &opts.goldens_dir] {
+    pub fn new(opts: QemuOptions, image: Arc<GuestImage>) -> Result<Arc<Self>, String> {
+        for d in [&opts.vms_dir, &opts.ready_dir, &opts.goldens_dir] {
             std::fs::create_dir_all(d)
                 .map_err(|e| format!("cannot create {}: {e}", d.display()))?;
         }
@@ -151,7 +163,7 @@ impl QemuBackend {
             "passt is not installed; install it with `apt-get install -y passt` (it gives qemu guests their outbound network)",
         )?;
         let ipv6 = net::ensure_firewall()?;
-        Ok(Self {
+        Ok(Arc::new_cyclic(|me| Self {
             opts,
             image,
             guest: tokio::sync::Mutex::new(None),
@@ -161,7 +173,10 @@ impl QemuBackend {
             client: HttpAgent::default_client(),
             passt,
             ipv6,
-        })
+            ready: Mutex::new(ready::ReadyState::default()),
+            ready_changed: tokio::sync::Notify::new(),
+            me: me.clone(),
+        }))
     }
 
     fn vm_dir(&self, vm_id: &str) -> Result<PathBuf, BackendError> {
@@ -575,12 +590,11 @@ impl QemuBackend {
     }
 
     async fn kill_and_clear(&self, dir: &Path) {
-        process::kill_from_pid_file(&dir.join("qemu.pid")).await;
-        process::kill_from_pid_file(&dir.join("passt.pid")).await;
-        let _ = tokio::fs::remove_dir_all(dir).await;
+        Self::kill_and_remove(dir).await;
     }
 
-    /// Starts `vm_id` from golden `golden_id` and gives it its own identity.
+    /// Starts `vm_id` from golden `golden_id` and gives it its own identity: on a QEMU process
+    /// started ahead for it when one is ready, else on a process of its own.
     async fn clone_from(&self, golden_id: &str, spec: &VmSpec) -> Result<VmHandle, BackendError> {
         let (gdir, meta) = self.read_golden(golden_id)?;
         if meta.machine.net != net::LAYOUT {
@@ -589,7 +603,78 @@ impl QemuBackend {
             )));
         }
         let dir = self.vm_dir(&spec.vm_id)?;
-        tokio::fs::create_dir_all(&dir)
+        let shape = (golden_id.to_string(), spec.host_ports.clone());
+        // A golden builder writes to a memory of its own: no process started ahead has one.
+        let ready = if spec.golden_builder {
+            None
+        } else {
+            self.take_ready(&shape).await
+        };
+        let res = match ready {
+            Some(r) => {
+                let name = r.name.clone();
+                match self.clone_on_ready(r, &gdir, &meta, &dir, spec).await {
+                    Ok(h) => Ok(h),
+                    Err(e) => {
+                        // The VM starts on a process of its own instead.
+                        tracing::warn!(vm = %spec.vm_id, process = %name, "a QEMU process started ahead could not become the clone ({e}); starting one");
+                        self.kill_and_clear(&dir).await;
+                        self.clone_afresh(golden_id, &gdir, &meta, &dir, spec).await
+                    }
+                }
+            }
+            None => self.clone_afresh(golden_id, &gdir, &meta, &dir, spec).await,
+        };
+        if res.is_ok() && !spec.golden_builder {
+            self.cloned(shape);
+        }
+        res
+    }
+
+    /// Makes the QEMU process `r` (waiting for this golden) the VM of `spec`.
+    async fn clone_on_ready(
+        &self,
+        r: ready::Ready,
+        gdir: &Path,
+        meta: &GoldenMeta,
+        dir: &Path,
+        spec: &VmSpec,
+    ) -> Result<VmHandle, BackendError> {
+        // First, so that from here on the VM's own destroy removes everything.
+        let from = self.opts.ready_dir.join(&r.name);
+        if let Err(e) = tokio::fs::rename(&from, dir).await {
+            Self::kill_and_remove(&from).await;
+            return Err(err(format!("cannot move the VM's directory: {e}")));
+        }
+        Self::write_meta(
+            dir,
+            &VmMeta {
+                port: r.port,
+                token: meta.token.clone(),
+                machine: meta.machine.clone(),
+                golden: Some(meta.id.clone()),
+                ram: None,
+            },
+        )?;
+        let h = self
+            .load_golden(r.qmp, gdir, meta, dir, r.port, spec)
+            .await?;
+        Ok(VmHandle {
+            started_ahead: true,
+            ..h
+        })
+    }
+
+    /// Starts a QEMU process for the VM of `spec`, waiting for `golden_id`'s state, and loads it.
+    async fn clone_afresh(
+        &self,
+        golden_id: &str,
+        gdir: &Path,
+        meta: &GoldenMeta,
+        dir: &Path,
+        spec: &VmSpec,
+    ) -> Result<VmHandle, BackendError> {
+        tokio::fs::create_dir_all(dir)
             .await
             .map_err(|e| err(e.to_string()))?;
         Self::overlay(&dir.join("disk.qcow2"), &gdir.join("disk.qcow2"), "qcow2").await?;
@@ -609,7 +694,7 @@ impl QemuBackend {
             }
         }
         Self::write_meta(
-            &dir,
+            dir,
             &VmMeta {
                 port,
                 token: meta.token.clone(),
@@ -623,17 +708,23 @@ impl QemuBackend {
             Some(r) => Ram::Shared(r),
             None => Ram::Private(&golden_ram),
         };
-        self.spawn(&dir, &meta.machine, ram, port, &spec.host_ports, true)
+        self.spawn(dir, &meta.machine, ram, port, &spec.host_ports, true)
             .await?;
-        let mut qmp = Qmp::connect(&dir.join("qmp.sock"), Duration::from_secs(10))
-            .await
-            .map_err(err)?;
-        qmp.execute(
-            "migrate-set-capabilities",
-            json!({"capabilities": [{"capability": "x-ignore-shared", "state": true}]}),
-        )
-        .await
-        .map_err(err)?;
+        let qmp = Self::incoming_qmp(dir).await?;
+        self.load_golden(qmp, gdir, meta, dir, port, spec).await
+    }
+
+    /// Loads the golden's device state into a QEMU process waiting for it, runs it, and gives
+    /// the clone its own identity.
+    async fn load_golden(
+        &self,
+        mut qmp: Qmp,
+        gdir: &Path,
+        meta: &GoldenMeta,
+        dir: &Path,
+        port: u16,
+        spec: &VmSpec,
+    ) -> Result<VmHandle, BackendError> {
         qmp.execute(
             "migrate-incoming",
             json!({"uri": format!("exec:cat {}", gdir.join("state").display())}),
@@ -649,7 +740,7 @@ impl QemuBackend {
             if Instant::now() >= deadline {
                 return Err(err("loading the golden's state did not finish within 60 s"));
             }
-            tokio::time::sleep(Duration::from_millis(2)).await;
+            tokio::time::sleep(Duration::from_millis(1)).await;
         }
         qmp.execute("cont", json!({})).await.map_err(err)?;
         // Until now it is the golden's twin: same token, hostname, machine id, clock, entropy.
@@ -672,9 +763,9 @@ impl QemuBackend {
                 Err(e) => return Err(err(format!("cannot give the clone its identity: {e}"))),
             }
         }
-        let mut vm_meta = Self::read_meta(&dir)?;
+        let mut vm_meta = Self::read_meta(dir)?;
         vm_meta.token = spec.agent_token.clone();
-        Self::write_meta(&dir, &vm_meta)?;
+        Self::write_meta(dir, &vm_meta)?;
         Ok(VmHandle {
             agent_url: url,
             ..Default::default()
@@ -950,11 +1041,17 @@ impl Backend for QemuBackend {
 
     async fn delete_golden(&self, golden_id: &str) -> Result<(), BackendError> {
         let dir = self.golden_dir(golden_id)?;
+        // Processes started ahead for it map its memory.
+        self.forget_ready(golden_id).await;
         match tokio::fs::remove_dir_all(&dir).await {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(err(format!("cannot remove {}: {e}", dir.display()))),
         }
+    }
+
+    async fn stop(&self) {
+        self.stop_ready().await;
     }
 
     async fn list_goldens(&self) -> Result<Vec<String>, BackendError> {

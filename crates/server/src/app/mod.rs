@@ -106,6 +106,8 @@ pub struct AppConfig {
     /// shown instead (`<data-dir>/`, `<cache-dir>/`): step logs never name where the server
     /// keeps its data.
     pub host_paths: Vec<(String, String)>,
+    /// Whether pools build goldens and make their VMs from them (where the backend can).
+    pub goldens: bool,
 }
 
 impl Default for AppConfig {
@@ -121,6 +123,7 @@ impl Default for AppConfig {
             rate_per_sec: 100,
             rate_burst: 200,
             max_cold_claims: 20,
+            goldens: true,
             node: nodes::NodeConfig::default(),
             host_paths: Vec::new(),
         }
@@ -333,9 +336,7 @@ impl App {
         let config_hash = plan.config_hash();
         // Pool VMs — and VMs for claims — are clones of the pool's golden when the backend has
         // goldens and one was built from this very configuration (on this node).
-        if matches!(kind, InstanceKind::Pool | InstanceKind::Cold)
-            && self.backend.supports_goldens()
-        {
+        if matches!(kind, InstanceKind::Pool | InstanceKind::Cold) && self.goldens_on() {
             if let Some(g) = self.golden_for(project_id, &config_hash).await? {
                 let steps = self.store.list_steps(&g.id).await?;
                 plan.golden = Some(provision::GoldenPlan { golden: g, steps });
@@ -469,6 +470,11 @@ impl Drop for RunningGuard {
 }
 
 impl App {
+    /// Whether pools are served from goldens: the backend has them and they are not switched off.
+    pub(crate) fn goldens_on(&self) -> bool {
+        self.cfg.goldens && self.backend.supports_goldens()
+    }
+
     /// The ready golden built from `config_hash` for the project, if any.
     pub(crate) async fn golden_for(
         &self,

@@ -198,7 +198,8 @@ impl App {
                 cfg.branch.as_deref(),
                 cfg.setup_commands.as_deref(),
             );
-            if cfg.enabled {
+            // With goldens switched off no pool wants one: those left from before go once unused.
+            if cfg.enabled && self.goldens_on() {
                 current.insert(cfg.project_id.clone(), hash.clone());
             }
             let instances = by_project
@@ -221,7 +222,7 @@ impl App {
                 max_age_ms: cfg.max_age_minutes as i64 * 60_000,
                 hash: &hash,
                 state: &state,
-                goldens: if !self.backend.supports_goldens() {
+                goldens: if !self.goldens_on() {
                     plan::Goldens::Unsupported
                 } else if goldens
                     .iter()

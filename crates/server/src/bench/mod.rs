@@ -3,7 +3,8 @@
 //! 2-core box. Prints a table and writes the figures as JSON.
 //!
 //! Rows: warm claims over HTTP (concurrency 1, 16, 64) vs a durable SQLite commit; a command's
-//! first output after a warm vs a cold claim; sandbox start vs a bare `runc run`; QEMU cold boot vs
+//! first output after a warm claim, and after a claim on an empty pool with its golden vs without;
+//! a burst of 20 claims against a pool of 2; sandbox start vs a bare `runc run`; QEMU cold boot vs
 //! clone, and idle memory per clone; the control plane at 1,000 and 10,000 VMs (`sim`); claims per
 //! second on 1, 2 and 3 nodes sharing one PostgreSQL.
 
@@ -41,9 +42,9 @@ pub struct BenchArgs {
     /// Write the figures as JSON here.
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Run only these rows (comma-separated: claims, first-output, sandbox, qemu, scale, nodes);
-    /// the others are reported as skipped.
-    #[arg(long, value_delimiter = ',', value_parser = ["claims", "first-output", "sandbox", "qemu", "scale", "nodes"])]
+    /// Run only these rows (comma-separated: claims, first-output, burst, sandbox, qemu, scale,
+    /// nodes); the others are reported as skipped.
+    #[arg(long, value_delimiter = ',', value_parser = ["claims", "first-output", "burst", "sandbox", "qemu", "scale", "nodes"])]
     pub only: Vec<String>,
     /// Guest images and kernels (as `serve --cache-dir`).
     #[arg(long, env = "WARMPOOL_CACHE_DIR")]
@@ -215,7 +216,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let wanted = |row: &str| args.only.is_empty() || args.only.iter().any(|o| o == row);
     let not_selected = "not selected (--only)";
 
-    eprintln!("[1/6] warm claims vs a durable SQLite commit");
+    eprintln!("[1/7] warm claims vs a durable SQLite commit");
     if wanted("claims") {
         let r = claims::claim_latency(&mut report, args.quick).await;
         failed(
@@ -230,8 +231,15 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         );
     }
 
-    eprintln!("[2/6] first output after a warm vs a cold claim (sandbox)");
-    let first_output = ["warm_first_output_ms", "cold_first_output_ms"];
+    eprintln!(
+        "[2/7] first output after a warm claim, and a cold one with and without a golden (sandbox)"
+    );
+    let first_output = [
+        "warm_first_output_ms",
+        "cold_first_output_ms",
+        "golden_cold_first_output_ms",
+        "nogolden_cold_first_output_ms",
+    ];
     if !wanted("first-output") {
         report.skip(&first_output, not_selected);
     } else if !root {
@@ -241,7 +249,18 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         failed(&mut report, r, &first_output);
     }
 
-    eprintln!("[3/6] sandbox start vs a bare runc run");
+    eprintln!("[3/7] a burst of 20 claims against a pool of 2 with its golden (sandbox)");
+    let burst = ["burst_first_output_p50_ms", "burst_first_output_p95_ms"];
+    if !wanted("burst") {
+        report.skip(&burst, not_selected);
+    } else if !root {
+        report.skip(&burst, "needs root (the sandbox backend)");
+    } else {
+        let r = claims::burst(&mut report, args.quick, &cache).await;
+        failed(&mut report, r, &burst);
+    }
+
+    eprintln!("[4/7] sandbox start vs a bare runc run");
     let sandbox = ["sandbox_start_ms", "sandbox_cold_start_ms", "runc_floor_ms"];
     if !wanted("sandbox") {
         report.skip(&sandbox, not_selected);
@@ -252,8 +271,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         failed(&mut report, r, &sandbox);
     }
 
-    eprintln!("[4/6] QEMU cold boot vs clone, idle memory");
-    let qemu = ["qemu_boot_ms", "qemu_restore_ms", "qemu_idle_rss_mb"];
+    eprintln!("[5/7] QEMU cold boot vs clone, idle memory");
+    let qemu = [
+        "qemu_boot_ms",
+        "qemu_clone_ms",
+        "qemu_restore_ms",
+        "qemu_idle_rss_mb",
+    ];
     if !wanted("qemu") {
         report.skip(&qemu, not_selected);
     } else if let Some(why) = vms::qemu_missing(root) {
@@ -263,7 +287,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         failed(&mut report, r, &qemu);
     }
 
-    eprintln!("[5/6] the control plane at 1,000 and 10,000 VMs (sim)");
+    eprintln!("[6/7] the control plane at 1,000 and 10,000 VMs (sim)");
     if wanted("scale") {
         let r = scale::scale(&mut report, args.quick).await;
         failed(
@@ -278,7 +302,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         );
     }
 
-    eprintln!("[6/6] claims per second on 1, 2 and 3 nodes (PostgreSQL)");
+    eprintln!("[7/7] claims per second on 1, 2 and 3 nodes (PostgreSQL)");
     if !wanted("nodes") {
         report.skip(&["nodes_claims_per_s"], not_selected);
     } else if let Some(why) = nodes_missing(root) {

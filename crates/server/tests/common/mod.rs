@@ -346,6 +346,12 @@ impl TestServer {
         self.launch();
     }
 
+    /// [`TestServer::restart`] with these flags added (a later flag wins over an earlier one).
+    pub fn restart_with(&mut self, extra: &[&str]) {
+        self.args.extend(extra.iter().map(|a| a.to_string()));
+        self.restart();
+    }
+
     pub fn log_text(&self) -> String {
         self.log.lock().unwrap().clone()
     }

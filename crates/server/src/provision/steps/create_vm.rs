@@ -47,7 +47,8 @@ async fn create(cx: &mut StepCx<'_>, golden: Option<&str>) -> Result<(), String>
         Some(g) => {
             cx.meta.insert("fromGolden".into(), json!(g));
             cx.log.line(&format!(
-                "creating a {} VM named {vm_id} on golden {g}'s files (the image, with what the                  golden's setup changed; this VM's own changes go to a layer of its own)",
+                "creating a {} VM named {vm_id} on golden {g}'s files (the image, with what the \
+                 golden's setup changed; this VM's own changes go to a layer of its own)",
                 backend.name(),
             ));
         }
@@ -83,6 +84,11 @@ async fn create(cx: &mut StepCx<'_>, golden: Option<&str>) -> Result<(), String>
         .map_err(|e| format!("internal error: could not record the VM: {e}"))?;
     cx.vm.agent = Some(backend.agent(&vm_id, &handle.agent_url, &token));
     if golden.is_some() && snapshot {
+        if handle.started_ahead {
+            cx.meta.insert("startedAhead".into(), json!(true));
+            cx.log
+                .line("its QEMU process was started ahead of need, waiting for the golden's state");
+        }
         cx.log
             .line("the VM is running with its own token, hostname, machine id, clock and entropy");
     } else if handle.started_ahead {

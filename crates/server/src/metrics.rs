@@ -62,7 +62,7 @@ fn describe() {
     );
     metrics::describe_gauge!(
         warmpool_backend::qemu::ready::READY_METRIC,
-        "QEMU processes started ahead of need, waiting for the next clone of their golden"
+        "QEMU clones started ahead of need, waiting to be taken by a new VM of their golden"
     );
     metrics::describe_gauge!(
         POOL_INSTANCES,

@@ -170,8 +170,8 @@ pub struct ServeArgs {
     /// QEMU: how long one boot may take until the agent answers, in seconds (it is retried).
     #[arg(long, env = "WARMPOOL_QEMU_BOOT_TIMEOUT_SECS", default_value_t = 90)]
     pub qemu_boot_timeout_secs: u64,
-    /// QEMU processes kept started and waiting for the goldens clones were last made from, so a
-    /// clone only loads the golden's state (qemu backend); 0 keeps none, 16 at most.
+    /// Clones of the goldens clones were last made from, kept started ahead of need so that a new
+    /// VM only takes one and gives it its identity (qemu backend); 0 keeps none, 16 at most.
     #[arg(long, env = "WARMPOOL_QEMU_SPARES", default_value_t = 2,
           value_parser = clap::value_parser!(u16).range(0..=16))]
     pub qemu_spares: u16,
@@ -384,7 +384,7 @@ fn make_backend(args: &ServeArgs, data_dir: &Path) -> anyhow::Result<Arc<dyn Bac
                 .map_err(anyhow::Error::msg)?;
                 backend.start_spares();
                 tracing::info!(
-                    "backend: qemu (accel {:?}; each VM sized by its project's resources; {} process(es) kept started for clones)",
+                    "backend: qemu (accel {:?}; each VM sized by its project's resources; {} clone(s) kept started ahead)",
                     args.qemu_accel,
                     args.qemu_spares
                 );

@@ -61,7 +61,8 @@ fn passt_processes(data: &Path) -> Vec<i32> {
     processes(data, "passt")
 }
 
-/// The live processes (QEMU and passt) waiting in `<data>/qemu-spares`, each by its directory.
+/// The live processes (QEMU and passt) of the clones started ahead of need, in
+/// `<data>/qemu-spares`, each by its directory.
 fn spare_processes(data: &Path) -> Vec<(String, i32)> {
     let Ok(rd) = std::fs::read_dir(data.join("qemu-spares")) else {
         return Vec::new();
@@ -80,7 +81,7 @@ fn spare_processes(data: &Path) -> Vec<(String, i32)> {
     out
 }
 
-/// QEMU processes started ahead of need and ready for a clone (the server's gauge).
+/// Clones started ahead of need and ready to be taken (the server's gauge).
 async fn spares_ready(s: &TestServer) -> f64 {
     s.metric("warmpool_qemu_vms_started_ahead")
         .await
@@ -119,12 +120,29 @@ fn host_kernel() -> String {
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "tier qemu: boots QEMU guests (root, qemu-system-x86); run every tier with `cargo test -- --include-ignored`"]
 async fn test_boots_run_every_step_in_a_real_vm() {
+    // VMs of a size no other test uses, whose base golden this server builds itself (one left
+    // by an earlier run is deleted first): a VM being made into a base golden is the backend's
+    // own, never a VM the server would destroy as nobody's.
+    const MEMORY_MB: u64 = 352;
+    let goldens = cache_dir().join("qemu").join("goldens");
+    for g in std::fs::read_dir(&goldens).into_iter().flatten().flatten() {
+        let meta = std::fs::read_to_string(g.path().join("golden.json")).unwrap_or_default();
+        let meta: serde_json::Value = serde_json::from_str(&meta).unwrap_or_default();
+        if meta["machine"]["memory_mb"] == MEMORY_MB {
+            std::fs::remove_dir_all(g.path()).unwrap();
+        }
+    }
     let s = TestServer::start(QEMU);
     let repo = TestRepo::new(&[("README", "from the host\n")]);
     let pid = s
         .create_project("qemu", vec![repo_input("acme/app", repo.url())])
         .await;
-    small_vms(&s, &pid).await;
+    s.ok(
+        "PATCH",
+        &format!("/v1/projects/{pid}/resources"),
+        Some(json!({"memoryMb": MEMORY_MB, "cpus": 1})),
+    )
+    .await;
     s.configure_pool(
         &pid,
         UpdateWarmPoolBody {
@@ -158,16 +176,21 @@ async fn test_boots_run_every_step_in_a_real_vm() {
     assert_eq!(lines[5], "1");
     let mem: u64 = lines[6].parse().unwrap();
     assert!(
-        (300..=384).contains(&mem),
-        "MemTotal {mem} MiB for a 384 MiB VM"
+        (270..=MEMORY_MB).contains(&mem),
+        "MemTotal {mem} MiB for a {MEMORY_MB} MiB VM"
     );
+    // It was a clone of the base golden the server built (the server sweeps VMs nobody owns
+    // every few seconds while the build takes longer).
+    let log = s.log_text();
+    assert!(log.contains("built the base golden"), "{log}");
+    assert!(!log.contains("cannot build the base golden"), "{log}");
 
     // The repository came through the git mirror; nothing else of the host is reachable.
     guest_network_reaches_out_but_not_the_host(&s, &pid, id).await;
 
-    // Clones of the base golden are made now: processes wait for the next ones, and the next
-    // test boot's VM is one of them.
-    wait_for("2 QEMU processes started ahead", s.boot(), async || {
+    // Clones of the base golden are made now: two more are made ahead of need, and the next
+    // test boot's VM is one of them — a VM of its own like any clone.
+    wait_for("2 clones started ahead", s.boot(), async || {
         let n = spares_ready(&s).await;
         seen(n == 2.0, n)
     })
@@ -177,6 +200,51 @@ async fn test_boots_run_every_step_in_a_real_vm() {
         .map(|(_, p)| p)
         .collect();
     assert_eq!(waiting.len(), 4, "2 QEMU and 2 passt: {waiting:?}");
+    let ahead = s.test_boot(&pid, boot_with(&[("build", "true")])).await;
+    assert_eq!(ahead.status, "ready", "{ahead:#?}");
+    assert_eq!(
+        meta(&ahead, "create_vm")["startedAhead"],
+        true,
+        "{ahead:#?}"
+    );
+    assert!(
+        output(&ahead, "create_vm")
+            .contains("it is a clone started ahead of need, now given its own"),
+        "{}",
+        output(&ahead, "create_vm")
+    );
+    let vm_pid = std::fs::read_to_string(
+        s.data_dir()
+            .join("qemu-vms")
+            .join(&ahead.instance_id)
+            .join("qemu.pid"),
+    )
+    .unwrap();
+    let vm_pid: i32 = vm_pid.split_whitespace().next().unwrap().parse().unwrap();
+    assert!(waiting.contains(&vm_pid), "{vm_pid} was one of {waiting:?}");
+    let probe = "hostname; cat /etc/machine-id; head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \\n'; echo; date +%s";
+    let (one, two) = (
+        s.exec(&pid, id, probe).await.output,
+        s.exec(&pid, &ahead.id, probe).await.output,
+    );
+    let (one, two): (Vec<&str>, Vec<&str>) = (one.lines().collect(), two.lines().collect());
+    assert_eq!(
+        (one[0], two[0]),
+        (d.instance_id.as_str(), ahead.instance_id.as_str())
+    );
+    for i in 1..3 {
+        assert_ne!(
+            one[i], two[i],
+            "line {i} is the same in both: {one:?} {two:?}"
+        );
+    }
+    let now = warmpool_types::time::now_ms() / 1000;
+    let clock: i64 = two[3].parse().unwrap();
+    assert!(
+        (clock - now).abs() <= 30,
+        "its clock is off: {clock} vs {now}"
+    );
+
     // A failing setup command names its step.
     let f = s
         .test_boot(&pid, boot_with(&[("broken", "echo about to fail; exit 9")]))
@@ -188,14 +256,16 @@ async fn test_boots_run_every_step_in_a_real_vm() {
         "command `broken` exited with status 9",
     );
     assert!(output(&f, "warm_pool_setup").contains("about to fail"));
-    assert_eq!(meta(&f, "create_vm")["startedAhead"], true, "{f:#?}");
-    assert!(
-        output(&f, "create_vm").contains("its QEMU process was started ahead of need"),
-        "{}",
-        output(&f, "create_vm")
-    );
 
-    // Destroying the VMs leaves no QEMU process.
+    // Destroying the VMs leaves no QEMU process (but the clones started ahead).
+    let (st, _) = s
+        .call(
+            "DELETE",
+            &format!("/v1/projects/{pid}/warm-pool/instances/{}", ahead.id),
+            None,
+        )
+        .await;
+    assert_eq!(st, 204);
     let (st, _) = s
         .call(
             "DELETE",
@@ -528,8 +598,8 @@ async fn pool_vms_are_distinct_copy_on_write_clones_of_a_golden() {
     let ready_before: HashSet<String> = ready_ids(&s, &pid).await.into_iter().collect();
     let qemu_before: HashSet<i32> = qemu_processes(&s.data_dir()).into_iter().collect();
     assert_eq!(qemu_before.len(), 2, "{qemu_before:?}");
-    // The refills were clones: processes wait for the next ones.
-    wait_for("QEMU processes started ahead", s.boot(), async || {
+    // The refills were clones: two more are made ahead of need.
+    wait_for("clones started ahead", s.boot(), async || {
         let n = spares_ready(&s).await;
         seen(n == 2.0, n)
     })
@@ -539,7 +609,7 @@ async fn pool_vms_are_distinct_copy_on_write_clones_of_a_golden() {
     s.kill9();
     s.restart();
     // Those the dead server started ahead are destroyed by the new one.
-    wait_for("the old processes started ahead gone", SETTLE, async || {
+    wait_for("the old clones started ahead gone", SETTLE, async || {
         let left: Vec<_> = spares_before
             .iter()
             .filter(|(_, p)| Path::new(&format!("/proc/{p}")).exists())
@@ -589,8 +659,8 @@ async fn pool_vms_are_distinct_copy_on_write_clones_of_a_golden() {
     }
     s.ok("PATCH", &pool, Some(json!({"enabled": false}))).await;
     wait_no_vms(&s, true).await;
-    // The golden goes once no pool wants it, and so do the processes waiting for its clones.
-    wait_for("no golden, no process started ahead", SETTLE, async || {
+    // The golden goes once no pool wants it, and so do the clones of it started ahead.
+    wait_for("no golden, no clone started ahead", SETTLE, async || {
         let g = std::fs::read_dir(s.data_dir().join("goldens"))
             .unwrap()
             .count();

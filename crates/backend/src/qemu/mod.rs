@@ -10,11 +10,11 @@
 //! clock, entropy). The backend keeps one golden per image (a booted guest) for every new VM, and
 //! saves more on request (a pool's fully set-up VM). Cold boots remain the fallback.
 //!
-//! A clone need not wait for QEMU to start either: a few processes wait for the goldens clones
-//! were last made from (see [`ready`]).
+//! A new VM need not even wait for that: a few clones of the goldens clones were last made from
+//! are made ahead of need, and it takes one (see [`ready`]).
 //!
 //! Layout: `<vms-dir>/<vm-id>/{disk.qcow2, ram?, qmp.sock, console.log, qemu.log, vm.json, qemu.pid,
-//! passt.pid, passt.log}`, `<ready-dir>/qs-…/` the same for a process started ahead,
+//! passt.pid, passt.log}`, `<ready-dir>/qs-…/` the same for a clone started ahead,
 //! `<goldens-dir>/<golden-id>/{ram, state, disk.qcow2, golden.json}`.
 
 pub mod guest;
@@ -52,10 +52,10 @@ pub enum Accel {
 #[derive(Debug, Clone)]
 pub struct QemuOptions {
     pub vms_dir: PathBuf,
-    /// Where QEMU processes started ahead of need wait; on the filesystem of `vms_dir` (a clone
-    /// takes one by renaming its directory).
+    /// Where clones started ahead of need wait; on the filesystem of `vms_dir` (a new VM takes
+    /// one by renaming its directory).
     pub ready_dir: PathBuf,
-    /// How many QEMU processes wait for clones (0: none).
+    /// How many clones are kept started ahead (0: none).
     pub spares: usize,
     pub goldens_dir: PathBuf,
     pub cache_dir: PathBuf,
@@ -115,6 +115,9 @@ pub struct QemuBackend {
     /// Base goldens by machine size (memory MiB, vCPUs): a clone must be the golden's size.
     base_goldens: tokio::sync::Mutex<HashMap<(u32, u32), String>>,
     base_golden_failed: Mutex<HashMap<(u32, u32), Instant>>,
+    /// VMs being made into base goldens: the backend's own, never listed as VMs (the server
+    /// would destroy them as VMs no instance owns).
+    base_builders: Mutex<std::collections::HashSet<String>>,
     client: reqwest::Client,
     passt: PathBuf,
     /// Whether the firewall also guards IPv6, so guests may have it.
@@ -170,6 +173,7 @@ impl QemuBackend {
             accel: tokio::sync::Mutex::new(None),
             base_goldens: tokio::sync::Mutex::new(HashMap::new()),
             base_golden_failed: Mutex::new(HashMap::new()),
+            base_builders: Mutex::new(Default::default()),
             client: HttpAgent::default_client(),
             passt,
             ipv6,
@@ -593,8 +597,8 @@ impl QemuBackend {
         Self::kill_and_remove(dir).await;
     }
 
-    /// Starts `vm_id` from golden `golden_id` and gives it its own identity: on a QEMU process
-    /// started ahead for it when one is ready, else on a process of its own.
+    /// Starts `vm_id` from golden `golden_id` and gives it its own identity: a clone of it
+    /// started ahead when one is ready, else one made now.
     async fn clone_from(&self, golden_id: &str, spec: &VmSpec) -> Result<VmHandle, BackendError> {
         let (gdir, meta) = self.read_golden(golden_id)?;
         if meta.machine.net != net::LAYOUT {
@@ -613,11 +617,11 @@ impl QemuBackend {
         let res = match ready {
             Some(r) => {
                 let name = r.name.clone();
-                match self.clone_on_ready(r, &gdir, &meta, &dir, spec).await {
+                match self.clone_on_ready(r, &meta, &dir, spec).await {
                     Ok(h) => Ok(h),
                     Err(e) => {
-                        // The VM starts on a process of its own instead.
-                        tracing::warn!(vm = %spec.vm_id, process = %name, "a QEMU process started ahead could not become the clone ({e}); starting one");
+                        // The VM is a clone made now instead.
+                        tracing::warn!(vm = %spec.vm_id, clone = %name, "a clone started ahead could not become the VM ({e}); making one");
                         self.kill_and_clear(&dir).await;
                         self.clone_afresh(golden_id, &gdir, &meta, &dir, spec).await
                     }
@@ -631,11 +635,10 @@ impl QemuBackend {
         res
     }
 
-    /// Makes the QEMU process `r` (waiting for this golden) the VM of `spec`.
+    /// Makes `r` — a clone of this golden started ahead, running — the VM of `spec`.
     async fn clone_on_ready(
         &self,
         r: ready::Ready,
-        gdir: &Path,
         meta: &GoldenMeta,
         dir: &Path,
         spec: &VmSpec,
@@ -656,16 +659,15 @@ impl QemuBackend {
                 ram: None,
             },
         )?;
-        let h = self
-            .load_golden(r.qmp, gdir, meta, dir, r.port, spec)
-            .await?;
+        let h = self.take_identity(meta, dir, r.port, spec).await?;
         Ok(VmHandle {
             started_ahead: true,
             ..h
         })
     }
 
-    /// Starts a QEMU process for the VM of `spec`, waiting for `golden_id`'s state, and loads it.
+    /// Starts a QEMU process for the VM of `spec`, loads `golden_id`'s state into it and gives it
+    /// its identity.
     async fn clone_afresh(
         &self,
         golden_id: &str,
@@ -711,20 +713,13 @@ impl QemuBackend {
         self.spawn(dir, &meta.machine, ram, port, &spec.host_ports, true)
             .await?;
         let qmp = Self::incoming_qmp(dir).await?;
-        self.load_golden(qmp, gdir, meta, dir, port, spec).await
+        Self::load_state(qmp, gdir).await?;
+        self.take_identity(meta, dir, port, spec).await
     }
 
-    /// Loads the golden's device state into a QEMU process waiting for it, runs it, and gives
-    /// the clone its own identity.
-    async fn load_golden(
-        &self,
-        mut qmp: Qmp,
-        gdir: &Path,
-        meta: &GoldenMeta,
-        dir: &Path,
-        port: u16,
-        spec: &VmSpec,
-    ) -> Result<VmHandle, BackendError> {
+    /// Loads the golden's device state into a QEMU process waiting for it (`-incoming defer`,
+    /// `x-ignore-shared` set) and runs it on: the golden's twin until it takes an identity.
+    async fn load_state(mut qmp: Qmp, gdir: &Path) -> Result<(), BackendError> {
         qmp.execute(
             "migrate-incoming",
             json!({"uri": format!("exec:cat {}", gdir.join("state").display())}),
@@ -743,7 +738,18 @@ impl QemuBackend {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
         qmp.execute("cont", json!({})).await.map_err(err)?;
-        // Until now it is the golden's twin: same token, hostname, machine id, clock, entropy.
+        Ok(())
+    }
+
+    /// Gives a running clone (still answering to its golden's token) the identity of the VM of
+    /// `spec`: its token, hostname, machine id, the host's clock and fresh entropy.
+    async fn take_identity(
+        &self,
+        meta: &GoldenMeta,
+        dir: &Path,
+        port: u16,
+        spec: &VmSpec,
+    ) -> Result<VmHandle, BackendError> {
         let url = format!("http://{AGENT_HOST}:{port}");
         let agent = HttpAgent::new(self.client.clone(), &url, &meta.token);
         let identity = IdentityRequest {
@@ -853,6 +859,8 @@ impl QemuBackend {
                 },
                 ..VmSpec::default()
             };
+            let builders = || self.base_builders.lock().unwrap_or_else(|p| p.into_inner());
+            builders().insert(vm_id.clone());
             let res = match self.cold_boot(&spec, true).await {
                 Ok(_) => self.save_golden(&vm_id, &id).await,
                 Err(e) => Err(e),
@@ -860,12 +868,14 @@ impl QemuBackend {
             if let Err(e) = res {
                 tracing::warn!("cannot build the base golden (VMs boot cold meanwhile): {e}");
                 let _ = self.destroy(&vm_id).await;
+                builders().remove(&vm_id);
                 self.base_golden_failed
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .insert(size, Instant::now());
                 return None;
             }
+            builders().remove(&vm_id);
             tracing::info!(golden = %id, ms = started.elapsed().as_millis() as u64, "built the base golden");
         }
         g.insert(size, id.clone());
@@ -919,7 +929,10 @@ impl Backend for QemuBackend {
     }
 
     async fn list(&self) -> Result<Vec<String>, BackendError> {
-        crate::names_in(&self.opts.vms_dir, ids::is_vm_id, "VMs").await
+        let mut vms = crate::names_in(&self.opts.vms_dir, ids::is_vm_id, "VMs").await?;
+        let building = self.base_builders.lock().unwrap_or_else(|p| p.into_inner());
+        vms.retain(|v| !building.contains(v));
+        Ok(vms)
     }
 
     fn host_address_for_vm(&self) -> &str {

@@ -1,9 +1,11 @@
-//! QEMU processes started ahead of need. For the goldens clones were last made from, a few QEMU
-//! processes wait — disk overlay made, passt running, the golden's memory mapped, paused in
-//! `-incoming defer` with `x-ignore-shared` set — so that a clone of one only loads the golden's
-//! device state, runs on and takes its identity. They belong to no VM until a clone takes one:
-//! its directory (`<ready-dir>/qs-…`) becomes the VM's. A server destroys those an earlier one
-//! left when it starts, and its own when it stops.
+//! Clones started ahead of need. For the goldens clones were last made from, a few clones are
+//! made before anyone asks — disk overlay, passt, QEMU started with the golden's memory mapped,
+//! its device state loaded, run on until its agent answers — and wait, still the golden's twin.
+//! A clone of that golden takes one and only gives it its identity (token, hostname, machine id,
+//! clock, entropy): no QEMU start, no state load, and none of the first run of the guest's code
+//! under TCG, which translates it afresh in every new process (that is most of a clone made on
+//! the spot). They belong to no VM until taken: the directory (`<ready-dir>/qs-…`) becomes the
+//! VM's. A server destroys those an earlier one left when it starts, and its own when it stops.
 
 use std::path::Path;
 use std::time::Duration;
@@ -15,41 +17,41 @@ use super::qmp::Qmp;
 use super::{err, free_port, net, QemuBackend, Ram};
 use crate::{process, BackendError};
 
-/// How many processes wait, per backend: `warmpool_qemu_vms_started_ahead`.
+/// How many clones wait: `warmpool_qemu_vms_started_ahead`.
 pub const READY_METRIC: &str = "warmpool_qemu_vms_started_ahead";
 
 const PREFIX: &str = "qs-";
 
-/// A name for a process started ahead: `qs-` and a VM id's random part.
+/// A name for a clone started ahead: `qs-` and a VM id's random part.
 fn new_name() -> String {
     format!("{PREFIX}{}", &ids::new_vm_id()[ids::VM_PREFIX.len()..])
 }
 
-/// Whether `s` names a QEMU process started ahead of need (its directory).
+/// Whether `s` names a clone started ahead of need (its directory).
 pub fn is_ready_name(s: &str) -> bool {
     s.strip_prefix(PREFIX)
         .is_some_and(|r| ids::is_vm_id(&format!("{}{r}", ids::VM_PREFIX)))
 }
 
-/// What a process started ahead is made for: a golden, and the host ports its guest may reach
+/// What a clone started ahead is made for: a golden, and the host ports its guest may reach
 /// (they are part of QEMU's command line).
 pub(super) type Shape = (String, Vec<u16>);
 
-/// One QEMU process waiting to become a clone, with its QMP connection open.
+/// A running clone waiting to be given an identity.
 pub(super) struct Ready {
     pub name: String,
     pub shape: Shape,
+    /// Its agent's port on the host.
     pub port: u16,
-    pub qmp: Qmp,
 }
 
 #[derive(Default)]
 pub(super) struct ReadyState {
     pub ready: Vec<Ready>,
-    /// The shapes clones were last made of, the most recent first (as many as processes are
+    /// The shapes clones were last made of, the most recent first (as many as clones are
     /// kept).
     pub recent: Vec<Shape>,
-    /// A task is starting processes.
+    /// A task is making clones.
     pub making: bool,
     /// The server stops: no more are started.
     pub stopped: bool,
@@ -57,7 +59,7 @@ pub(super) struct ReadyState {
     pub cleared: bool,
 }
 
-/// How many processes each recent shape gets out of `total`: one each, the most recent the rest.
+/// How many clones each recent shape gets out of `total`: one each, the most recent the rest.
 pub(super) fn allotment(recent: &[Shape], total: usize) -> Vec<(&Shape, usize)> {
     let mut out: Vec<(&Shape, usize)> = recent.iter().take(total).map(|s| (s, 1)).collect();
     if let Some(first) = out.first_mut() {
@@ -75,13 +77,13 @@ impl QemuBackend {
         metrics::gauge!(READY_METRIC).set(st.ready.len() as f64);
     }
 
-    /// For the server: destroys the processes an earlier server left, then keeps processes
+    /// For the server: destroys the clones an earlier server left ahead, then keeps clones
     /// ready for the goldens clones are made from, in the background. Needs a tokio runtime.
     pub fn start_spares(&self) {
         self.refill_ready();
     }
 
-    /// Takes a process started for clones of `shape`, if one is ready and still running.
+    /// Takes a clone of `shape` started ahead, if one is ready and still running.
     pub(super) async fn take_ready(&self, shape: &Shape) -> Option<Ready> {
         loop {
             let r = {
@@ -94,12 +96,12 @@ impl QemuBackend {
             if Self::qemu_alive(&self.opts.ready_dir.join(&r.name)) {
                 return Some(r);
             }
-            tracing::warn!(process = %r.name, "a QEMU process started ahead of need had exited");
+            tracing::warn!(clone = %r.name, "a clone started ahead of need had exited");
             Self::kill_and_remove(&self.opts.ready_dir.join(&r.name)).await;
         }
     }
 
-    /// A clone of `shape` was made: processes are kept for it from now on.
+    /// A clone of `shape` was made: clones are kept ahead for it from now on.
     pub(super) fn cloned(&self, shape: Shape) {
         if self.opts.spares == 0 {
             return;
@@ -113,7 +115,7 @@ impl QemuBackend {
         self.refill_ready();
     }
 
-    /// Golden `golden` goes: no process waits for it any more. Answers when they are gone.
+    /// Golden `golden` goes: no clone of it waits any more. Answers when they are gone.
     pub(super) async fn forget_ready(&self, golden: &str) {
         let gone: Vec<Ready> = {
             let mut st = self.ready_lock();
@@ -130,7 +132,7 @@ impl QemuBackend {
         }
     }
 
-    /// Starts the background task that brings the processes to their number, unless it runs.
+    /// Starts the background task that brings the clones to their number, unless it runs.
     fn refill_ready(&self) {
         let Some(me) = self.me.upgrade() else { return };
         {
@@ -203,7 +205,7 @@ impl QemuBackend {
                 Err(e) => {
                     tracing::warn!(
                         golden = %shape.0,
-                        "could not start a QEMU process ahead of need (the next clone starts its own): {e}"
+                        "could not make a clone ahead of need (the next VM is a clone made then): {e}"
                     );
                     // Not retried for this golden until a clone of it is made again.
                     self.ready_lock().recent.retain(|s| s != &shape);
@@ -212,7 +214,7 @@ impl QemuBackend {
         }
     }
 
-    /// Starts a QEMU process for clones of `shape` and waits until it takes QMP commands.
+    /// Makes a clone of `shape`'s golden and waits until its agent answers (the golden's token).
     async fn make_ready(&self, shape: &Shape) -> Result<Ready, BackendError> {
         let (gdir, meta) = self.read_golden(&shape.0)?;
         if meta.machine.net != net::LAYOUT {
@@ -236,16 +238,18 @@ impl QemuBackend {
                 true,
             )
             .await?;
-            let qmp = Self::incoming_qmp(&dir).await?;
-            Ok::<_, BackendError>((port, qmp))
+            Self::load_state(Self::incoming_qmp(&dir).await?, &gdir).await?;
+            // Its agent answering is the guest's code having run once in this process.
+            self.wait_agent(&dir, port, &meta.token, Duration::from_secs(30))
+                .await?;
+            Ok::<_, BackendError>(port)
         }
         .await;
         match made {
-            Ok((port, qmp)) => Ok(Ready {
+            Ok(port) => Ok(Ready {
                 name,
                 shape: shape.clone(),
                 port,
-                qmp,
             }),
             Err(e) => {
                 Self::kill_and_remove(&dir).await;
@@ -269,7 +273,7 @@ impl QemuBackend {
         Ok(qmp)
     }
 
-    /// Destroys every process started ahead (those of an earlier server included).
+    /// Destroys every clone started ahead (those of an earlier server included).
     async fn clear_ready(&self) {
         let Ok(mut rd) = tokio::fs::read_dir(&self.opts.ready_dir).await else {
             return;
@@ -281,10 +285,10 @@ impl QemuBackend {
         }
     }
 
-    /// Destroys one process started ahead of need: `warmpool vms rm`.
+    /// Destroys one clone started ahead of need: `warmpool vms rm`.
     pub async fn destroy_spare(&self, name: &str) -> Result<(), BackendError> {
         if !is_ready_name(name) {
-            return Err(err(format!("`{name}` is not a QEMU process started ahead")));
+            return Err(err(format!("`{name}` is not a clone started ahead")));
         }
         let dir = self.opts.ready_dir.join(name);
         Self::kill_and_remove(&dir).await;
@@ -301,8 +305,8 @@ impl QemuBackend {
         let _ = tokio::fs::remove_dir_all(dir).await;
     }
 
-    /// Waits until a process is ready for clones of `shape`, or none is being started; true
-    /// when one is ready. For the benchmark, which measures a clone that takes one.
+    /// Waits until a clone of `golden` started ahead is ready, or none is being made; true when
+    /// one is ready. For the benchmark, which measures a VM that takes one.
     pub async fn wait_for_spare_of(&self, golden: &str, limit: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + limit;
         loop {
@@ -324,7 +328,7 @@ impl QemuBackend {
         }
     }
 
-    /// The server stops: the processes started ahead go (one being started is let finish).
+    /// The server stops: the clones started ahead go (one being made is let finish).
     pub(super) async fn stop_ready(&self) {
         self.ready_lock().stopped = true;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
@@ -359,7 +363,7 @@ mod tests {
         (g.to_string(), vec![9418])
     }
 
-    /// Recent shapes, processes kept, and what each golden gets.
+    /// Recent shapes, clones kept, and what each golden gets.
     type Case<'a> = (&'a [Shape], usize, &'a [(&'a str, usize)]);
 
     #[test]

@@ -83,22 +83,23 @@ async fn create(cx: &mut StepCx<'_>, golden: Option<&str>) -> Result<(), String>
         .await
         .map_err(|e| format!("internal error: could not record the VM: {e}"))?;
     cx.vm.agent = Some(backend.agent(&vm_id, &handle.agent_url, &token));
-    if golden.is_some() && snapshot {
-        if handle.started_ahead {
-            cx.meta.insert("startedAhead".into(), json!(true));
-            cx.log
-                .line("its QEMU process was started ahead of need, waiting for the golden's state");
-        }
-        cx.log
-            .line("the VM is running with its own token, hostname, machine id, clock and entropy");
-    } else if handle.started_ahead {
+    if handle.started_ahead {
         cx.meta.insert("startedAhead".into(), json!(true));
-        cx.log.line(
-            "the VM is running: it was started ahead of need and is now this VM, with its own \
-             hostname, machine id, limits and token",
-        );
-    } else {
-        cx.log.line("the VM is running");
     }
+    cx.log.line(match (snapshot, handle.started_ahead) {
+        // A clone made and run on before anyone asked (of the pool's golden or of the base one).
+        (true, true) => {
+            "the VM is running: it is a clone started ahead of need, now given its own token, \
+             hostname, machine id, clock and entropy"
+        }
+        _ if golden.is_some() && snapshot => {
+            "the VM is running with its own token, hostname, machine id, clock and entropy"
+        }
+        (false, true) => {
+            "the VM is running: it was started ahead of need and is now this VM, with its own \
+             hostname, machine id, limits and token"
+        }
+        _ => "the VM is running",
+    });
     Ok(())
 }

@@ -712,9 +712,24 @@ impl QemuBackend {
         };
         self.spawn(dir, &meta.machine, ram, port, &spec.host_ports, true)
             .await?;
-        let qmp = Self::incoming_qmp(dir).await?;
+        let qmp = Self::qmp_ignoring_shared(dir).await?;
         Self::load_state(qmp, gdir).await?;
         self.take_identity(meta, dir, port, spec).await
+    }
+
+    /// Connects to a VM's QMP with `x-ignore-shared` on: a golden's state leaves its memory out
+    /// (the memory file is the golden's), and both the saving and the loading side must say so.
+    async fn qmp_ignoring_shared(dir: &Path) -> Result<Qmp, BackendError> {
+        let mut qmp = Qmp::connect(&dir.join("qmp.sock"), Duration::from_secs(10))
+            .await
+            .map_err(err)?;
+        qmp.execute(
+            "migrate-set-capabilities",
+            json!({"capabilities": [{"capability": "x-ignore-shared", "state": true}]}),
+        )
+        .await
+        .map_err(err)?;
+        Ok(qmp)
     }
 
     /// Loads the golden's device state into a QEMU process waiting for it (`-incoming defer`,
@@ -969,15 +984,7 @@ impl Backend for QemuBackend {
         tokio::fs::create_dir_all(&tmp)
             .await
             .map_err(|e| err(e.to_string()))?;
-        let mut qmp = Qmp::connect(&dir.join("qmp.sock"), Duration::from_secs(10))
-            .await
-            .map_err(err)?;
-        qmp.execute(
-            "migrate-set-capabilities",
-            json!({"capabilities": [{"capability": "x-ignore-shared", "state": true}]}),
-        )
-        .await
-        .map_err(err)?;
+        let mut qmp = Self::qmp_ignoring_shared(&dir).await?;
         qmp.execute("stop", json!({})).await.map_err(err)?;
         qmp.execute(
             "migrate",

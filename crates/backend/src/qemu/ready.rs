@@ -10,10 +10,8 @@
 use std::path::Path;
 use std::time::Duration;
 
-use serde_json::json;
 use warmpool_types::ids;
 
-use super::qmp::Qmp;
 use super::{err, free_port, net, QemuBackend, Ram};
 use crate::{process, BackendError};
 
@@ -238,7 +236,7 @@ impl QemuBackend {
                 true,
             )
             .await?;
-            Self::load_state(Self::incoming_qmp(&dir).await?, &gdir).await?;
+            Self::load_state(Self::qmp_ignoring_shared(&dir).await?, &gdir).await?;
             // Its agent answering is the guest's code having run once in this process.
             self.wait_agent(&dir, port, &meta.token, Duration::from_secs(30))
                 .await?;
@@ -256,21 +254,6 @@ impl QemuBackend {
                 Err(e)
             }
         }
-    }
-
-    /// Connects to a QEMU process started with `-incoming defer` and readies it for a golden's
-    /// state: `x-ignore-shared` must be on at the destination too.
-    pub(super) async fn incoming_qmp(dir: &Path) -> Result<Qmp, BackendError> {
-        let mut qmp = Qmp::connect(&dir.join("qmp.sock"), Duration::from_secs(10))
-            .await
-            .map_err(err)?;
-        qmp.execute(
-            "migrate-set-capabilities",
-            json!({"capabilities": [{"capability": "x-ignore-shared", "state": true}]}),
-        )
-        .await
-        .map_err(err)?;
-        Ok(qmp)
     }
 
     /// Destroys every clone started ahead (those of an earlier server included).

@@ -106,9 +106,10 @@ impl RepoAccess for MirrorRepos {
         &self,
         src: &RepoSource,
         branch: Option<&str>,
+        since: std::time::Instant,
         log: &mut (dyn for<'l> FnMut(&'l str) + Send),
     ) -> Result<RepoHead, String> {
-        let synced = self.mirrors.sync(src, log).await?;
+        let synced = self.mirrors.sync(src, since, log).await?;
         if let Some(d) = &synced.default_branch {
             let _ = self
                 .store
@@ -136,6 +137,16 @@ impl RepoAccess for MirrorRepos {
             url,
             hold: Box::new((still, grant)),
         })
+    }
+
+    fn prefetch(&self, src: &RepoSource) {
+        let (mirrors, src) = (self.mirrors.clone(), src.clone());
+        // Its failure is the boot's to report: `clone_repo` fetches again and says why.
+        crate::tasks::spawn("mirror prefetch", async move {
+            let _ = mirrors
+                .sync(&src, std::time::Instant::now(), &mut |_| {})
+                .await;
+        });
     }
 }
 

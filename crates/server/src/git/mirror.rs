@@ -21,8 +21,13 @@ pub const ID_LEN: usize = 32;
 #[derive(Default)]
 struct Slot {
     lock: Arc<RwLock<()>>,
-    /// When the latest sync started; a sync requested before that can use its result.
-    last_started: Mutex<Option<Instant>>,
+    /// When the latest successful sync started; a sync requested before that can use its
+    /// result (a failed one is no result: the next sync tries again and says why).
+    last_ok: Mutex<Option<Instant>>,
+    /// The remote's default branch as the latest sync found it: what a sync that uses another's
+    /// result answers, without running git under the write lock (a burst of boots queues on
+    /// it, and each waiting reader behind it).
+    default_branch: Mutex<Option<String>>,
 }
 
 pub struct Mirrors {
@@ -95,31 +100,42 @@ impl Mirrors {
             .clone()
     }
 
-    /// Clones or fetches the mirror of `src`. `note` receives lines worth showing in a step log.
+    /// Clones or fetches the mirror of `src`, unless a fetch begun after `since` has brought it
+    /// up to date (then waits for that one). `note` receives lines worth showing in a step log.
     /// The error is one line a person can act on.
     pub async fn sync(
         &self,
         src: &RepoSource,
+        since: Instant,
         note: &mut (dyn FnMut(&str) + Send),
     ) -> Result<Synced, String> {
-        let requested = Instant::now();
+        let requested = since;
         let id = src.key[..ID_LEN.min(src.key.len())].to_string();
         let slot = self.slot(&id);
         let _write = slot.lock.write().await;
         let path = self.path(&id);
         let fresh = slot
-            .last_started
+            .last_ok
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .is_some_and(|t| t > requested);
         if fresh && path.exists() {
-            note("the server's mirror was updated just now by another boot");
+            note("the server's mirror was updated just now");
+            let known = slot
+                .default_branch
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            let default_branch = match known {
+                Some(b) => Some(b),
+                None => self.head_branch(&path).await,
+            };
             return Ok(Synced {
                 id: id.clone(),
-                default_branch: self.head_branch(&path).await,
+                default_branch,
             });
         }
-        *slot.last_started.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+        let started = Instant::now();
         // Checked before every fetch: a repository may change between two.
         self.check_source(src)?;
         let failed = |note: &mut (dyn FnMut(&str) + Send), stderr: &[u8]| {
@@ -182,10 +198,13 @@ impl Mirrors {
                 .map_err(|e| format!("cannot move the mirror into place: {e}"))?;
         }
         self.follow_remote_head(src, &path).await;
-        Ok(Synced {
-            id,
-            default_branch: self.head_branch(&path).await,
-        })
+        let default_branch = self.head_branch(&path).await;
+        *slot
+            .default_branch
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = default_branch.clone();
+        *slot.last_ok.lock().unwrap_or_else(|p| p.into_inner()) = Some(started);
+        Ok(Synced { id, default_branch })
     }
 
     /// Points the mirror's HEAD at the remote's current default branch (a fetch does not).
@@ -249,5 +268,89 @@ impl Mirrors {
     /// Whether `id` names an existing mirror (ids come from VM requests).
     pub fn exists(&self, id: &str) -> bool {
         id.len() == ID_LEN && id.bytes().all(|b| b.is_ascii_hexdigit()) && self.path(id).is_dir()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn git_in(dir: &Path, args: &[&str]) {
+        let out = std::process::Command::new("git")
+            .arg("-C")
+            .arg(dir)
+            .args(["-c", "user.name=t", "-c", "user.email=t@localhost"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "git {args:?}: {out:?}");
+    }
+
+    fn source(path: &Path) -> RepoSource {
+        RepoSource {
+            key: "ab".repeat(ID_LEN / 2),
+            url: warmpool_types::repo_url::parse(&path.display().to_string()).unwrap(),
+            admin: true,
+        }
+    }
+
+    /// A sync asked for since a moment is served by a fetch begun after it — without running
+    /// git, the default branch as that fetch found it — and a failed fetch serves nobody.
+    #[tokio::test]
+    async fn a_sync_begun_after_the_request_serves_it_and_a_failed_one_does_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = dir.path().join("repo");
+        std::fs::create_dir_all(&repo).unwrap();
+        git_in(&repo, &["init", "-q", "-b", "trunk"]);
+        std::fs::write(repo.join("f"), "1").unwrap();
+        git_in(&repo, &["add", "f"]);
+        git_in(&repo, &["commit", "-qm", "one"]);
+        let m = Mirrors::new(
+            dir.path().join("mirrors"),
+            Duration::from_secs(30),
+            LocalPolicy::default(),
+        )
+        .unwrap();
+        let src = source(&repo);
+        let mut notes = Vec::new();
+        let asked = Instant::now();
+        let first = m
+            .sync(&src, asked, &mut |n| notes.push(n.to_string()))
+            .await
+            .unwrap();
+        assert_eq!(first.default_branch.as_deref(), Some("trunk"));
+        assert_eq!(notes, ["cloning into the server's mirror"]);
+
+        // Asked for before that sync began: its result will do.
+        notes.clear();
+        let again = m
+            .sync(&src, asked, &mut |n| notes.push(n.to_string()))
+            .await
+            .unwrap();
+        assert_eq!(again.default_branch.as_deref(), Some("trunk"));
+        assert_eq!(notes, ["the server's mirror was updated just now"]);
+
+        // Asked for now: a fetch of its own, which sees the new commit.
+        git_in(&repo, &["commit", "-q", "--allow-empty", "-m", "two"]);
+        notes.clear();
+        let now = Instant::now();
+        m.sync(&src, now, &mut |n| notes.push(n.to_string()))
+            .await
+            .unwrap();
+        assert_eq!(notes, ["fetching into the server's mirror"]);
+        let head = std::process::Command::new("git")
+            .arg("-C")
+            .arg(&repo)
+            .args(["rev-parse", "HEAD"])
+            .output()
+            .unwrap();
+        let head = String::from_utf8_lossy(&head.stdout).trim().to_string();
+        assert_eq!(m.resolve(&first.id, "trunk").await, Some(head));
+
+        // A fetch that fails serves no one asked for before it: each tries again and says why.
+        let later = Instant::now();
+        std::fs::rename(&repo, dir.path().join("gone")).unwrap();
+        assert!(m.sync(&src, later, &mut |_| {}).await.is_err());
+        assert!(m.sync(&src, later, &mut |_| {}).await.is_err());
     }
 }

@@ -169,6 +169,11 @@ pub async fn run(
 ) -> Outcome {
     let redactor = Arc::new(redactor_for(plan, &svc.host_paths));
     let mut vm = VmState::default();
+    // The mirrors are brought up to date while the VM is made: `clone_repo` then finds them so.
+    let began = Instant::now();
+    for src in &plan.sources {
+        svc.repos.prefetch(src);
+    }
     for (seq, step) in steps::pipeline(plan.project.repos.len()).iter().enumerate() {
         let name = step.name();
         let started = Instant::now();
@@ -181,6 +186,7 @@ pub async fn run(
         let mut meta = Map::new();
         let res = {
             let mut cx = StepCx {
+                began,
                 target,
                 plan,
                 svc,

@@ -40,7 +40,7 @@ impl CloneRepo {
         let head = cx
             .svc
             .repos
-            .head(&src, branch.as_deref(), &mut |l| log.line(l))
+            .head(&src, branch.as_deref(), cx.began, &mut |l| log.line(l))
             .await
             .map_err(|r| fail(&r))?;
         cx.meta.insert("branch".into(), json!(head.branch));

@@ -49,6 +49,8 @@ pub struct VmState {
 
 /// What a step may use and where it reports.
 pub struct StepCx<'a> {
+    /// When the pipeline began: a repository as it was then, or newer, will do.
+    pub began: std::time::Instant,
     pub target: &'a BootTarget,
     pub plan: &'a BootPlan,
     pub svc: &'a Services,

@@ -35,6 +35,7 @@ impl RepoAccess for FixedRepos {
         &self,
         src: &RepoSource,
         branch: Option<&str>,
+        _since: std::time::Instant,
         log: &mut (dyn for<'l> FnMut(&'l str) + Send),
     ) -> Result<RepoHead, String> {
         self.asked.lock().unwrap().push(branch.map(str::to_string));
@@ -160,6 +161,7 @@ impl Harness {
         let mut meta = Map::new();
         let golden = self.plan.golden.clone();
         let mut cx = StepCx {
+            began: std::time::Instant::now(),
             target: &self.target,
             plan: &self.plan,
             svc: &self.svc,
@@ -565,6 +567,7 @@ async fn a_panicking_step_fails_with_an_internal_error() {
     let mut log = crate::provision::steplog::StepLog::new(redactor, None);
     let mut meta = Map::new();
     let mut cx = StepCx {
+        began: std::time::Instant::now(),
         target: &h.target,
         plan: &h.plan,
         svc: &h.svc,

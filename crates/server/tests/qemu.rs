@@ -633,6 +633,8 @@ async fn pool_vms_are_distinct_copy_on_write_clones_of_a_golden() {
     let qemu_after: HashSet<i32> = qemu_processes(&s.data_dir()).into_iter().collect();
     assert_eq!(qemu_after, qemu_before, "the same QEMU processes");
     assert_eq!(passt_processes(&s.data_dir()).len(), 2);
+    // Both claimed back to back: a claim takes the newest ready VM, and the refill the first
+    // claim starts would be newer than both.
     let mut adopted = Vec::new();
     for _ in 0..2 {
         let (st, v) = s
@@ -645,9 +647,11 @@ async fn pool_vms_are_distinct_copy_on_write_clones_of_a_golden() {
         assert_eq!((st, v["warm"].as_bool()), (200, Some(true)), "{v}");
         let id = v["instance"]["id"].as_str().unwrap();
         assert!(ready_before.contains(id), "{id} was ready before the crash");
+        adopted.push(id.to_string());
+    }
+    for id in &adopted {
         let out = s.exec(&pid, id, "cat /home/prepared").await;
         assert_eq!(out.output, "prepared\n", "{out:?}");
-        adopted.push(id.to_string());
     }
     // Releasing the claimed VMs and disabling the pool destroys them all: no QEMU process
     // remains.

@@ -133,25 +133,25 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        // VMs outlive a killed server by design; the benchmark's must not outlive it.
-        for sub in ["vms", "qemu-vms"] {
-            let Ok(rd) = std::fs::read_dir(self.data_dir().join(sub)) else {
-                continue;
-            };
-            for e in rd.flatten() {
-                for f in ["init.pid", "qemu.pid"] {
-                    if let Some((pid, start)) =
-                        warmpool_backend::process::read_pid_file(&e.path().join(f))
-                    {
-                        if warmpool_backend::process::alive(pid, start) {
-                            let _ = nix::sys::signal::kill(
-                                nix::unistd::Pid::from_raw(pid),
-                                nix::sys::signal::Signal::SIGKILL,
-                            );
-                        }
-                    }
-                }
-            }
+        // VMs outlive a killed server by design; the benchmark's must not outlive it: `vms rm
+        // --all` destroys them all completely (VMs, those started ahead of need, their mounts,
+        // networks and cgroups), as an operator would.
+        let removed = std::env::current_exe().and_then(|exe| {
+            Command::new(exe)
+                .args(["vms", "rm", "--all", "--data-dir"])
+                .arg(self.data_dir())
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .output()
+        });
+        match removed {
+            Ok(out) if out.status.success() => {}
+            Ok(out) => eprintln!(
+                "      could not destroy the benchmark server's VMs: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+            Err(e) => eprintln!("      could not destroy the benchmark server's VMs: {e}"),
         }
     }
 }

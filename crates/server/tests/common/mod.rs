@@ -711,6 +711,25 @@ impl Drop for TestServer {
         }
         // And the directory the roots were mounted in: a test leaves nothing in /run.
         let _ = std::fs::remove_dir(warmpool::serve::roots_dir(&self.data_dir()));
+        // QEMU VMs and the clones started ahead of need: their QEMU and passt.
+        for sub in ["qemu-vms", "qemu-spares"] {
+            let Ok(rd) = std::fs::read_dir(self.data_dir().join(sub)) else {
+                continue;
+            };
+            for e in rd.flatten() {
+                for f in ["qemu.pid", "passt.pid"] {
+                    let pid = std::fs::read_to_string(e.path().join(f))
+                        .ok()
+                        .and_then(|t| t.split_whitespace().next()?.parse::<i32>().ok());
+                    if let Some(pid) = pid.filter(|p| *p > 1) {
+                        let _ = nix::sys::signal::kill(
+                            nix::unistd::Pid::from_raw(pid),
+                            nix::sys::signal::Signal::SIGKILL,
+                        );
+                    }
+                }
+            }
+        }
     }
 }
 

@@ -125,7 +125,7 @@ pub struct ServeArgs {
     /// Requests a token may send at once above its rate.
     #[arg(long, env = "WARMPOOL_RATE_LIMIT_BURST", default_value_t = 200)]
     pub rate_limit_burst: u32,
-    /// VMs booted for claims of one project at once, at most; more claims get 429.
+    /// VMs booted for claims of one project at once on this server, at most; more claims get 429.
     #[arg(long, env = "WARMPOOL_MAX_COLD_CLAIMS", default_value_t = 20)]
     pub max_cold_claims: usize,
     /// How long an ordinary request may take, in seconds (claims, exec and events are exempt).

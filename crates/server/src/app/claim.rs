@@ -84,28 +84,18 @@ impl App {
             ));
         }
         self.project_for(caller, project_id).await?;
-        let inst = {
-            // Check and boot under one lock, so concurrent claims cannot overshoot the cap.
-            let lock = self.limits.cold_lock(project_id);
-            let _held = lock.lock().await;
-            let booting = self
-                .store
-                .list_instances(project_id, Some(InstanceStatus::Provisioning), 200)
-                .await?
-                .iter()
-                .filter(|i| i.kind == InstanceKind::Cold)
-                .count();
-            if booting >= self.cfg.max_cold_claims {
-                return Err(AppError::RateLimited {
-                    message: format!(
-                        "{booting} VMs are already booting for claims of this project (the most at once); retry shortly"
-                    ),
-                    retry_after_secs: super::limits::COLD_CAP_RETRY.as_secs(),
-                });
-            }
-            self.launch(project_id, InstanceKind::Cold, body.task_id.clone())
-                .await?
-        };
+        // The slot counts this boot against the project's cap until the boot ends.
+        let slot = self
+            .limits
+            .cold_slot(project_id, self.cfg.max_cold_claims)?;
+        let inst = self
+            .launch(
+                project_id,
+                InstanceKind::Cold,
+                body.task_id.clone(),
+                Some(slot),
+            )
+            .await?;
         metrics::counter!(m::CLAIMS, "project" => project_id.to_string(), "kind" => "cold")
             .increment(1);
         tracing::info!(project = %project_id, instance = %inst.id, "no ready VM: booting one for the claim");

@@ -1,5 +1,5 @@
 //! Limits that keep one caller from crowding out the others: a request rate per token, and a cap
-//! on VMs being booted for claims per project.
+//! on VMs being booted for claims per project on this server.
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
@@ -13,8 +13,29 @@ use crate::error::{AppError, AppResult};
 
 pub struct Limits {
     rate: Option<DefaultKeyedRateLimiter<[u8; 32]>>,
-    /// Serialises the check-then-boot of cold claims per project.
-    cold_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Boots for claims running on this server, per project: each is held by a [`ColdSlot`].
+    /// Counted in memory, not read from the store under a lock: a burst of claims on an empty
+    /// pool then starts its boots side by side instead of one after another behind a read and a
+    /// write each.
+    cold: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+/// One boot for a claim counted against its project's cap, until dropped (when the boot ends).
+pub struct ColdSlot {
+    counts: Arc<Mutex<HashMap<String, usize>>>,
+    project_id: String,
+}
+
+impl Drop for ColdSlot {
+    fn drop(&mut self) {
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = counts.get_mut(&self.project_id) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                counts.remove(&self.project_id);
+            }
+        }
+    }
 }
 
 impl Limits {
@@ -26,7 +47,7 @@ impl Limits {
         });
         Self {
             rate,
-            cold_locks: Mutex::new(HashMap::new()),
+            cold: Arc::default(),
         }
     }
 
@@ -47,13 +68,23 @@ impl Limits {
         }
     }
 
-    pub fn cold_lock(&self, project_id: &str) -> Arc<tokio::sync::Mutex<()>> {
-        self.cold_locks
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(project_id.to_string())
-            .or_default()
-            .clone()
+    /// A slot for one more boot for a claim of `project_id`, unless `max` are running already.
+    pub fn cold_slot(&self, project_id: &str, max: usize) -> AppResult<ColdSlot> {
+        let mut counts = self.cold.lock().unwrap_or_else(|p| p.into_inner());
+        let n = counts.entry(project_id.to_string()).or_default();
+        if *n >= max {
+            return Err(AppError::RateLimited {
+                message: format!(
+                    "{n} VMs are already booting for claims of this project (the most at once); retry shortly"
+                ),
+                retry_after_secs: COLD_CAP_RETRY.as_secs(),
+            });
+        }
+        *n += 1;
+        Ok(ColdSlot {
+            counts: self.cold.clone(),
+            project_id: project_id.to_string(),
+        })
     }
 
     /// Forgets idle rate-limit state now and then.
@@ -67,3 +98,29 @@ impl Limits {
 
 /// How long a client should wait after hitting the cold-claim cap.
 pub const COLD_CAP_RETRY: Duration = Duration::from_secs(5);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cold_slots_cap_each_project_until_dropped() {
+        let l = Limits::new(0, 0);
+        let a = l.cold_slot("p1", 2).unwrap();
+        let b = l.cold_slot("p1", 2).unwrap();
+        // Another project has a cap of its own.
+        let other = l.cold_slot("p2", 2).unwrap();
+        let e = l
+            .cold_slot("p1", 2)
+            .err()
+            .expect("a third slot over a cap of 2");
+        assert!(matches!(e, AppError::RateLimited { .. }), "{e:?}");
+        drop(a);
+        let c = l.cold_slot("p1", 2).unwrap();
+        drop((b, c, other));
+        assert!(
+            l.cold.lock().unwrap().is_empty(),
+            "projects without boots are forgotten"
+        );
+    }
+}

@@ -381,16 +381,18 @@ impl App {
         }
     }
 
-    /// Records a new instance and starts its pipeline in the background.
+    /// Records a new instance and starts its pipeline in the background; `slot` (a boot for a
+    /// claim) is held until the boot ends.
     pub(crate) async fn launch(
         self: &Arc<Self>,
         project_id: &str,
         kind: InstanceKind,
         task_id: Option<String>,
+        slot: Option<limits::ColdSlot>,
     ) -> AppResult<InstanceRow> {
         let (inst, plan) = self.prepare(project_id, kind, task_id).await?;
         self.store.insert_instance(&inst).await?;
-        self.start(inst.clone(), plan);
+        self.start(inst.clone(), plan, slot);
         Ok(inst)
     }
 
@@ -419,13 +421,13 @@ impl App {
             .await?;
         rows.truncate(placed);
         for inst in &rows {
-            self.start(inst.clone(), plan.clone());
+            self.start(inst.clone(), plan.clone(), None);
         }
         Ok(rows)
     }
 
     /// Runs a recorded instance's pipeline in the background.
-    fn start(self: &Arc<Self>, inst: InstanceRow, plan: BootPlan) {
+    fn start(self: &Arc<Self>, inst: InstanceRow, plan: BootPlan, slot: Option<limits::ColdSlot>) {
         let live = self.events.begin(&inst.project_id, &inst.id);
         let cancel = CancellationToken::new();
         self.running
@@ -440,6 +442,7 @@ impl App {
                 app: app.clone(),
                 id: inst.id.clone(),
             };
+            let _slot = slot;
             let config = plan.config_hash();
             let boot = app
                 .clone()

@@ -164,7 +164,9 @@ impl App {
             // time this way is created disabled, so no VM boots before the user turns it on.
             self.apply_pool_update(project_id, &update, false).await?;
         }
-        let inst = self.launch(project_id, InstanceKind::Test, None).await?;
+        let inst = self
+            .launch(project_id, InstanceKind::Test, None, None)
+            .await?;
         tracing::info!(project = %project_id, instance = %inst.id, vm = %inst.vm_id, "test boot started");
         Ok(TestWarmPoolBootResponse { id: inst.id })
     }

@@ -22,6 +22,8 @@ const KEYS: &[&str] = &[
     "nogolden_cold_first_output_ms",
     "burst_first_output_p50_ms",
     "burst_first_output_p95_ms",
+    "burst8_first_output_p50_ms",
+    "burst8_first_output_p95_ms",
     "sandbox_start_ms",
     "sandbox_cold_start_ms",
     "runc_floor_ms",

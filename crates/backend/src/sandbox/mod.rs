@@ -140,6 +140,25 @@ struct Spares {
     shape: Option<Shape>,
     /// The server stops, or spares cannot be used here: no more spares.
     stopped: bool,
+    /// VMs starting afresh right now (no spare fitted them).
+    afresh: usize,
+}
+
+/// Counts a VM starting afresh in [`Spares::afresh`] while it lives.
+struct StartingAfresh<'a>(&'a SandboxBackend);
+
+impl<'a> StartingAfresh<'a> {
+    fn new(b: &'a SandboxBackend) -> Self {
+        b.spares_lock().afresh += 1;
+        Self(b)
+    }
+}
+
+impl Drop for StartingAfresh<'_> {
+    fn drop(&mut self) {
+        self.0.spares_lock().afresh -= 1;
+        self.0.spares_changed.notify_waiters();
+    }
 }
 
 /// What one container is started with.
@@ -404,6 +423,14 @@ impl SandboxBackend {
             let Some((ports, disk_mb, golden)) = want else {
                 return;
             };
+            // Not while VMs start afresh (a burst larger than the spares): a spare made now
+            // would take the CPU those VMs, which someone waits for, need. Bounded, so that a
+            // steady stream of starts still gets its spares.
+            self.wait_spares(self.opts.start_timeout, |st| st.afresh == 0 || st.stopped)
+                .await;
+            if self.spares_lock().stopped {
+                return;
+            }
             match self.make_spare(&ports, disk_mb, golden).await {
                 Ok(spare) => {
                     let late = {
@@ -1327,7 +1354,10 @@ impl Backend for SandboxBackend {
         }
         let started = match started {
             Some(s) => s,
-            None => self.start(spec, &dir).await,
+            None => {
+                let _afresh = StartingAfresh::new(self);
+                self.start(spec, &dir).await
+            }
         };
         // After a start afresh, so that the two do not share the CPU.
         self.refill(Some(spec));

@@ -158,6 +158,7 @@ impl App {
         plan: BootPlan,
         cancel: CancellationToken,
         live: Arc<LiveRun>,
+        slot: Option<super::limits::ColdSlot>,
     ) {
         let recorder = Arc::new(StoreRecorder {
             store: self.store.clone(),
@@ -172,6 +173,9 @@ impl App {
             kind: inst.kind,
         };
         let outcome = provision::run(&self.boot, &target, &plan, recorder, &cancel).await;
+        // The boot is over: a claim of its project may boot another from now on, before anyone
+        // can see the instance settled below.
+        drop(slot);
         self.settle(&inst, &plan, outcome).await;
         self.publish_done(&inst.id, &live).await;
         self.events.finish(&inst.id);
@@ -345,9 +349,10 @@ impl App {
 
     /// The final event, with the summary as the store now has it.
     async fn publish_done(&self, instance_id: &str, live: &LiveRun) {
-        let (Ok(Some(inst)), Ok(steps)) = (
-            self.store.get_instance(instance_id).await,
-            self.store.list_steps(instance_id).await,
+        // Side by side: a claim waiting for this boot answers once both are read.
+        let (Ok(Some(inst)), Ok(steps)) = tokio::join!(
+            self.store.get_instance(instance_id),
+            self.store.list_steps(instance_id),
         ) else {
             return;
         };

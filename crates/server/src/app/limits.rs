@@ -20,7 +20,8 @@ pub struct Limits {
     cold: Arc<Mutex<HashMap<String, usize>>>,
 }
 
-/// One boot for a claim counted against its project's cap, until dropped (when the boot ends).
+/// One boot for a claim counted against its project's cap, until dropped (when its steps are
+/// over).
 pub struct ColdSlot {
     counts: Arc<Mutex<HashMap<String, usize>>>,
     project_id: String,

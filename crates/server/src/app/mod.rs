@@ -382,7 +382,7 @@ impl App {
     }
 
     /// Records a new instance and starts its pipeline in the background; `slot` (a boot for a
-    /// claim) is held until the boot ends.
+    /// claim) is held until its steps are over.
     pub(crate) async fn launch(
         self: &Arc<Self>,
         project_id: &str,
@@ -442,11 +442,10 @@ impl App {
                 app: app.clone(),
                 id: inst.id.clone(),
             };
-            let _slot = slot;
             let config = plan.config_hash();
             let boot = app
                 .clone()
-                .run_boot(inst.clone(), plan, cancel, live.clone());
+                .run_boot(inst.clone(), plan, cancel, live.clone(), slot);
             // A step's panic is already a failed step; this catches one in the app's own
             // settling, so the instance never stays provisioning for good.
             if let Err(msg) = crate::tasks::catch("boot", boot).await {

@@ -677,17 +677,7 @@ impl Drop for TestServer {
                     .map(|c| (c.clone(), self.data_dir().join("vm-spares").join(c))),
             );
         for (container, dir) in dirs.collect::<Vec<_>>() {
-            for f in ["init.pid", "pasta.pid"] {
-                let pid = std::fs::read_to_string(dir.join(f))
-                    .ok()
-                    .and_then(|t| t.split_whitespace().next()?.parse::<i32>().ok());
-                if let Some(pid) = pid.filter(|p| *p > 1) {
-                    let _ = nix::sys::signal::kill(
-                        nix::unistd::Pid::from_raw(pid),
-                        nix::sys::signal::Signal::SIGKILL,
-                    );
-                }
-            }
+            kill_from_pid_files(&dir, &["init.pid", "pasta.pid"]);
             let _ = std::process::Command::new("runc")
                 .arg("--root")
                 .arg(self.data_dir().join("runc"))
@@ -717,18 +707,24 @@ impl Drop for TestServer {
                 continue;
             };
             for e in rd.flatten() {
-                for f in ["qemu.pid", "passt.pid"] {
-                    let pid = std::fs::read_to_string(e.path().join(f))
-                        .ok()
-                        .and_then(|t| t.split_whitespace().next()?.parse::<i32>().ok());
-                    if let Some(pid) = pid.filter(|p| *p > 1) {
-                        let _ = nix::sys::signal::kill(
-                            nix::unistd::Pid::from_raw(pid),
-                            nix::sys::signal::Signal::SIGKILL,
-                        );
-                    }
-                }
+                kill_from_pid_files(&e.path(), &["qemu.pid", "passt.pid"]);
             }
+        }
+    }
+}
+
+/// Kills (SIGKILL) the processes named by the pid files `files` in `dir` (a VM's), where they
+/// exist: the first word of each is the pid.
+fn kill_from_pid_files(dir: &Path, files: &[&str]) {
+    for f in files {
+        let pid = std::fs::read_to_string(dir.join(f))
+            .ok()
+            .and_then(|t| t.split_whitespace().next()?.parse::<i32>().ok());
+        if let Some(pid) = pid.filter(|p| *p > 1) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
         }
     }
 }

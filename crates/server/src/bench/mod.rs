@@ -5,9 +5,8 @@
 //! Rows: warm claims over HTTP (concurrency 1, 16, 64) vs a durable SQLite commit; a command's
 //! first output after a warm claim, and after a claim on an empty pool with its golden vs without;
 //! a burst of 20 claims against a pool of 2 (1 and 8 VMs started ahead); sandbox start vs a bare
-//! `runc run`; QEMU cold boot vs
-//! clone, and idle memory per clone; the control plane at 1,000 and 10,000 VMs (`sim`); claims per
-//! second on 1, 2 and 3 nodes sharing one PostgreSQL.
+//! `runc run`; QEMU cold boot vs clone, and idle memory per clone; the control plane at 1,000 and
+//! 10,000 VMs (`sim`); claims per second on 1, 2 and 3 nodes sharing one PostgreSQL.
 
 mod claims;
 mod nodes;

@@ -699,8 +699,16 @@ impl Drop for TestServer {
                 }
             }
         }
-        // And the directory the roots were mounted in: a test leaves nothing in /run.
-        let _ = std::fs::remove_dir(warmpool::serve::roots_dir(&self.data_dir()));
+        // And the directory the roots were mounted in: a test leaves nothing in /run. A root
+        // made for a VM killed before it was mounted is an empty directory (`remove_dir` takes
+        // only those, never a mount).
+        let roots = warmpool::serve::roots_dir(&self.data_dir());
+        if let Ok(rd) = std::fs::read_dir(&roots) {
+            for e in rd.flatten() {
+                let _ = std::fs::remove_dir(e.path());
+            }
+        }
+        let _ = std::fs::remove_dir(roots);
         // QEMU VMs and the clones started ahead of need: their QEMU and passt.
         for sub in ["qemu-vms", "qemu-spares"] {
             let Ok(rd) = std::fs::read_dir(self.data_dir().join(sub)) else {

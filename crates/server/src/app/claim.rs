@@ -84,7 +84,7 @@ impl App {
             ));
         }
         self.project_for(caller, project_id).await?;
-        // The slot counts this boot against the project's cap until the boot ends.
+        // The slot counts this boot against the project's cap until its steps are over.
         let slot = self
             .limits
             .cold_slot(project_id, self.cfg.max_cold_claims)?;

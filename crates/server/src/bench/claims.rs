@@ -386,7 +386,6 @@ const BURST_POOL: u64 = 2;
 /// kept started ahead of need ready. Once with the default number kept ahead (the figures), once
 /// with `--sandbox-spares 8` (`burst8_…`).
 pub async fn burst(report: &mut Report, quick: bool, cache: &Path) -> anyhow::Result<()> {
-    let mut warm = Vec::new();
     for (spares, label, keys) in [
         (
             1,
@@ -400,9 +399,8 @@ pub async fn burst(report: &mut Report, quick: bool, cache: &Path) -> anyhow::Re
         ),
     ] {
         let run = burst_of(quick, cache, spares).await?;
-        warm.extend(run.warm.iter().copied());
         let (p50, p95) = (percentile(&run.all, 0.5), percentile(&run.all, 0.95));
-        let w = percentile(&warm, 0.5);
+        let w = percentile(&run.warm, 0.5);
         report.figure(keys[0], p50);
         report.figure(keys[1], p95);
         report.rows.push(Row {

@@ -28,6 +28,10 @@ struct Slot {
     /// result answers, without running git under the write lock (a burst of boots queues on
     /// it, and each waiting reader behind it).
     default_branch: Mutex<Option<String>>,
+    /// When the latest failed sync started, what it noted and its error: a sync requested
+    /// before that fails with it, instead of each of a burst of boots trying again one after
+    /// another (against a remote that hangs, each would wait for the timeout in turn).
+    last_err: Mutex<Option<(Instant, Vec<String>, String)>>,
 }
 
 pub struct Mirrors {
@@ -109,7 +113,6 @@ impl Mirrors {
         since: Instant,
         note: &mut (dyn FnMut(&str) + Send),
     ) -> Result<Synced, String> {
-        let requested = since;
         let id = src.key[..ID_LEN.min(src.key.len())].to_string();
         let slot = self.slot(&id);
         let _write = slot.lock.write().await;
@@ -118,7 +121,7 @@ impl Mirrors {
             .last_ok
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .is_some_and(|t| t > requested);
+            .is_some_and(|t| t > since);
         if fresh && path.exists() {
             note("the server's mirror was updated just now");
             let known = slot
@@ -130,12 +133,54 @@ impl Mirrors {
                 Some(b) => Some(b),
                 None => self.head_branch(&path).await,
             };
-            return Ok(Synced {
-                id: id.clone(),
-                default_branch,
-            });
+            return Ok(Synced { id, default_branch });
+        }
+        let failed = slot
+            .last_err
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .filter(|(t, _, _)| *t > since);
+        if let Some((_, lines, error)) = failed {
+            note("the server's mirror could not be updated just now:");
+            for l in &lines {
+                note(l);
+            }
+            return Err(error);
         }
         let started = Instant::now();
+        let mut lines = Vec::new();
+        let fetched = self
+            .fetch(src, &id, &path, &mut |l| {
+                lines.push(l.to_string());
+                note(l);
+            })
+            .await;
+        match fetched {
+            Ok(default_branch) => {
+                *slot
+                    .default_branch
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) = default_branch.clone();
+                *slot.last_ok.lock().unwrap_or_else(|p| p.into_inner()) = Some(started);
+                Ok(Synced { id, default_branch })
+            }
+            Err(e) => {
+                *slot.last_err.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some((started, lines, e.clone()));
+                Err(e)
+            }
+        }
+    }
+
+    /// Clones or fetches the mirror of `src` at `path` now: the remote's default branch.
+    async fn fetch(
+        &self,
+        src: &RepoSource,
+        id: &str,
+        path: &Path,
+        note: &mut (dyn FnMut(&str) + Send),
+    ) -> Result<Option<String>, String> {
         // Checked before every fetch: a repository may change between two.
         self.check_source(src)?;
         let failed = |note: &mut (dyn FnMut(&str) + Send), stderr: &[u8]| {
@@ -151,7 +196,7 @@ impl Mirrors {
             note("fetching into the server's mirror");
             let out = git_remote(
                 src,
-                Some(&path),
+                Some(path),
                 ["fetch", "--prune", "--quiet", "origin"],
                 self.timeout,
             )
@@ -193,18 +238,12 @@ impl Mirrors {
                 let _ = tokio::fs::remove_dir_all(&tmp).await;
                 return Err(failed(note, &out.stderr));
             }
-            tokio::fs::rename(&tmp, &path)
+            tokio::fs::rename(&tmp, path)
                 .await
                 .map_err(|e| format!("cannot move the mirror into place: {e}"))?;
         }
-        self.follow_remote_head(src, &path).await;
-        let default_branch = self.head_branch(&path).await;
-        *slot
-            .default_branch
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = default_branch.clone();
-        *slot.last_ok.lock().unwrap_or_else(|p| p.into_inner()) = Some(started);
-        Ok(Synced { id, default_branch })
+        self.follow_remote_head(src, path).await;
+        Ok(self.head_branch(path).await)
     }
 
     /// Points the mirror's HEAD at the remote's current default branch (a fetch does not).
@@ -275,7 +314,8 @@ impl Mirrors {
 mod tests {
     use super::*;
 
-    fn git_in(dir: &Path, args: &[&str]) {
+    /// Runs git in `dir`: its output.
+    fn git_in(dir: &Path, args: &[&str]) -> String {
         let out = std::process::Command::new("git")
             .arg("-C")
             .arg(dir)
@@ -284,6 +324,7 @@ mod tests {
             .output()
             .unwrap();
         assert!(out.status.success(), "git {args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 
     fn source(path: &Path) -> RepoSource {
@@ -295,9 +336,9 @@ mod tests {
     }
 
     /// A sync asked for since a moment is served by a fetch begun after it — without running
-    /// git, the default branch as that fetch found it — and a failed fetch serves nobody.
+    /// git, the default branch as that fetch found it — or fails with it, when it failed.
     #[tokio::test]
-    async fn a_sync_begun_after_the_request_serves_it_and_a_failed_one_does_not() {
+    async fn a_sync_begun_after_the_request_serves_it_or_fails_it() {
         let dir = tempfile::tempdir().unwrap();
         let repo = dir.path().join("repo");
         std::fs::create_dir_all(&repo).unwrap();
@@ -338,19 +379,36 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(notes, ["fetching into the server's mirror"]);
-        let head = std::process::Command::new("git")
-            .arg("-C")
-            .arg(&repo)
-            .args(["rev-parse", "HEAD"])
-            .output()
-            .unwrap();
-        let head = String::from_utf8_lossy(&head.stdout).trim().to_string();
+        let head = git_in(&repo, &["rev-parse", "HEAD"]);
         assert_eq!(m.resolve(&first.id, "trunk").await, Some(head));
 
-        // A fetch that fails serves no one asked for before it: each tries again and says why.
+        // A fetch that fails is the answer to those asked for before it began: they fail with
+        // its error and its notes, without trying again one after another.
         let later = Instant::now();
         std::fs::rename(&repo, dir.path().join("gone")).unwrap();
-        assert!(m.sync(&src, later, &mut |_| {}).await.is_err());
-        assert!(m.sync(&src, later, &mut |_| {}).await.is_err());
+        let mut failing = Vec::new();
+        let e1 = m
+            .sync(&src, later, &mut |n| failing.push(n.to_string()))
+            .await
+            .unwrap_err();
+        notes.clear();
+        let e2 = m
+            .sync(&src, later, &mut |n| notes.push(n.to_string()))
+            .await
+            .unwrap_err();
+        assert_eq!(e1, e2);
+        assert_eq!(
+            notes[0],
+            "the server's mirror could not be updated just now:"
+        );
+        assert_eq!(notes[1..], failing[..]);
+
+        // One asked for after the failure tries again: the repository is back.
+        std::fs::rename(dir.path().join("gone"), &repo).unwrap();
+        notes.clear();
+        m.sync(&src, Instant::now(), &mut |n| notes.push(n.to_string()))
+            .await
+            .unwrap();
+        assert_eq!(notes, ["fetching into the server's mirror"]);
     }
 }

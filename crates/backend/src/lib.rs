@@ -10,6 +10,7 @@ pub mod process;
 pub mod qemu;
 pub mod sandbox;
 pub mod sim;
+pub mod spawn;
 
 use std::sync::Arc;
 

@@ -34,12 +34,15 @@ fn tune_allocator(args: &[String]) {
 }
 
 fn main() {
-    // The sandbox's namespace holder is on every VM start's path: it only waits, so it skips
-    // everything else this program sets up.
-    let args: Vec<String> = std::env::args().collect();
-    if args.get(1).map(String::as_str) == Some("__sandbox-hold") {
+    // The sandbox's namespace holder is on every VM start's path: it only mounts, enters
+    // namespaces and waits, so it skips everything else this program sets up.
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == "__sandbox-hold")
+    {
         warmpool_backend::sandbox::netns::hold_main();
     }
+    let args: Vec<String> = std::env::args().collect();
     tune_allocator(&args);
     let cli = warmpool::cli::Cli::parse();
     if !matches!(cli.command, warmpool::cli::Command::Serve(_)) {

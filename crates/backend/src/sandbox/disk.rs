@@ -220,7 +220,14 @@ fn make_image(dir: &Path, name: &str, size_mb: u64) -> Result<(), ImageError> {
     // 230 KiB instead of 4.3 MiB. That matters beyond the image: the host filesystem's next
     // journal commit must flush what mkfs wrote, and the store's durable commits waited 10 ms
     // for it while a burst of VMs started.
-    let out = std::process::Command::new("mkfs.ext4")
+    // By its full name: a program looked up in a PATH the child is given makes the standard
+    // library fork the whole server instead of spawning (see `crate::spawn`).
+    let mkfs = ["/usr/sbin", "/usr/bin", "/sbin", "/bin"]
+        .iter()
+        .map(|d| Path::new(d).join("mkfs.ext4"))
+        .find(|p| p.is_file())
+        .ok_or_else(|| ImageError::Unavailable("mkfs.ext4 is not installed (e2fsprogs)".into()))?;
+    let out = std::process::Command::new(mkfs)
         .args(["-q", "-F", "-O", "^has_journal,^resize_inode", "-m", "0"])
         .args(["-E", "lazy_itable_init=1,nodiscard"])
         .arg(&image)

@@ -3,13 +3,14 @@
 //! `<vm-dir>/ns/{user,net}`. Making them first lets user-mode networking attach while runc starts
 //! the VM, instead of after.
 //!
-//! A helper process (`warmpool __sandbox-hold`) does the mount and enters the new namespaces in
-//! the moments between fork and exec, so the server — many threads — never changes its own
-//! working directory or namespaces. It then waits on its stdin until the namespaces are pinned.
+//! A helper process (`warmpool __sandbox-hold`) does the mount and enters the new namespaces
+//! itself, so the server — many threads — never changes its own working directory or
+//! namespaces, and starts it by `posix_spawn` rather than `fork` (nothing of the server's runs
+//! in between: see `crate::spawn`). It says when it is in them, then waits on its stdin until
+//! they are pinned.
 
 use std::ffi::CString;
-use std::io::Read;
-use std::os::unix::process::CommandExt;
+use std::io::{BufRead, Read, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
 
@@ -17,8 +18,21 @@ use nix::mount::{mount, MsFlags};
 
 use super::spec::IdRange;
 
-/// Entry point of `warmpool __sandbox-hold`: lives until its stdin closes.
+/// What the helper says on stdout once it is in the new namespaces.
+const IN_NAMESPACES: &str = "in namespaces";
+
+/// Entry point of `warmpool __sandbox-hold <vm-dir> <root> <overlay options>`: mounts the root
+/// (names in the options are relative to the VM's directory), enters new user and network
+/// namespaces, says so on stdout (or why not), and lives until its stdin closes.
 pub fn hold_main() -> ! {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(2).collect();
+    let mut out = std::io::stdout();
+    if let Err(e) = enter(&args) {
+        let _ = writeln!(out, "{e}");
+        std::process::exit(1)
+    }
+    let _ = writeln!(out, "{IN_NAMESPACES}");
+    let _ = out.flush();
     let mut buf = [0u8; 64];
     while let Ok(n) = std::io::stdin().read(&mut buf) {
         if n == 0 {
@@ -26,6 +40,26 @@ pub fn hold_main() -> ! {
         }
     }
     std::process::exit(0)
+}
+
+/// The helper's work: a single thread, so changing its directory and namespaces is safe.
+fn enter(args: &[std::ffi::OsString]) -> Result<(), String> {
+    let [dir, root, opts] = args else {
+        return Err("usage: __sandbox-hold <vm-dir> <root> <overlay options>".into());
+    };
+    std::env::set_current_dir(dir).map_err(|e| format!("cannot enter the VM's directory: {e}"))?;
+    mount(
+        Some("overlay"),
+        Path::new(root),
+        Some("overlay"),
+        MsFlags::MS_NODEV,
+        Some(opts.as_os_str()),
+    )
+    .map_err(|e| format!("cannot mount the VM's root: {e}"))?;
+    nix::sched::unshare(
+        nix::sched::CloneFlags::CLONE_NEWUSER | nix::sched::CloneFlags::CLONE_NEWNET,
+    )
+    .map_err(|e| format!("cannot make the VM's namespaces: {e}"))
 }
 
 fn c(s: &str) -> Result<CString, String> {
@@ -42,51 +76,38 @@ pub fn prepare(
     ids: IdRange,
     exe: &Path,
 ) -> Result<(), String> {
-    let dir = c(vm_dir
-        .to_str()
-        .ok_or_else(|| format!("{} is not UTF-8", vm_dir.display()))?)?;
     // Relative names: /proc/self/mountinfo in the VM shows these options as given, so the VM
     // never learns where the server keeps its data.
     let opts = c(&format!(
         "lowerdir={},upperdir=rw/upper,workdir=rw/work",
         layers.join(":")
     ))?;
-    let overlay = c("overlay")?;
-    let rootfs = c(root
-        .to_str()
-        .ok_or_else(|| format!("{} is not UTF-8", root.display()))?)?;
     let mut cmd = Command::new(exe);
     cmd.arg("__sandbox-hold")
+        .arg(vm_dir)
+        .arg(root)
+        .arg(opts.to_str().map_err(|e| e.to_string())?)
         .env_clear()
         .stdin(Stdio::piped())
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::null());
-    // SAFETY: between fork and exec only async-signal-safe system calls run, on memory made
-    // before the fork.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::chdir(dir.as_ptr()) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            if libc::mount(
-                overlay.as_ptr(),
-                rootfs.as_ptr(),
-                overlay.as_ptr(),
-                libc::MS_NODEV,
-                opts.as_ptr().cast(),
-            ) != 0
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-            if libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNET) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
     let mut child = cmd
         .spawn()
         .map_err(|e| format!("cannot mount the VM's root and make its namespaces: {e}"))?;
+    let mut said = String::new();
+    if let Some(out) = child.stdout.take() {
+        let _ = std::io::BufReader::new(out).read_line(&mut said);
+    }
+    if said.trim_end() != IN_NAMESPACES {
+        drop(child.stdin.take());
+        let _ = child.wait();
+        let why = said.trim();
+        return Err(if why.is_empty() {
+            "the namespace helper ended without a word".to_string()
+        } else {
+            why.to_string()
+        });
+    }
     let pid = child.id();
     let result = (|| {
         let map = format!("0 {} {}\n", ids.base, ids.size);

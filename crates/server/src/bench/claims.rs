@@ -15,6 +15,7 @@ use warmpool_types::api::{
     ClaimBody, CreateProjectBody, RepoInput, SetupCommand, UpdateWarmPoolBody,
 };
 
+use super::server::cpu_of;
 use super::{answered, percentile, Report, Row, Server};
 
 const PROJECTS: usize = 30;
@@ -66,6 +67,12 @@ pub async fn claim_latency(report: &mut Report, quick: bool) -> anyhow::Result<(
         let total = if quick { 200 } else { 600 };
         let next = Arc::new(AtomicUsize::new(0));
         let samples: Arc<Mutex<Vec<(Duration, bool)>>> = Arc::default();
+        // What the claims cost in CPU, the server's (and of that its store writer's) and this
+        // client's: with `concurrency` claims always in flight, the time a claim takes can be
+        // no less than what the CPUs need to serve that many (see the rows below).
+        let (server0, writer0) = cpu_of(s.pid(), "sqlite-writer");
+        let (client0, _) = cpu_of(std::process::id(), "");
+        let began = Instant::now();
         let mut workers = Vec::new();
         for _ in 0..concurrency {
             let (next, samples, projects) = (next.clone(), samples.clone(), projects.clone());
@@ -95,12 +102,29 @@ pub async fn claim_latency(report: &mut Report, quick: bool) -> anyhow::Result<(
         for w in workers {
             w.await??;
         }
+        let elapsed = began.elapsed();
+        let (server1, writer1) = cpu_of(s.pid(), "sqlite-writer");
+        let (client1, _) = cpu_of(std::process::id(), "");
         let all = samples.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let warm: Vec<Duration> = all.iter().filter(|(_, w)| *w).map(|(d, _)| *d).collect();
         let (p50, p99) = (percentile(&warm, 0.5), percentile(&warm, 0.99));
+        let per_claim = |d: Duration| d.as_secs_f64() * 1e6 / total as f64;
+        let (server_us, writer_us, client_us) = (
+            per_claim(server1.saturating_sub(server0)),
+            per_claim(writer1.saturating_sub(writer0)),
+            per_claim(client1.saturating_sub(client0)),
+        );
+        // Little's law: `concurrency` claims in flight, each needing this much CPU of the
+        // machine's cores (and the writer's share of them on one thread only).
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        let floor_ms =
+            concurrency as f64 / 1000.0 * ((server_us + client_us) / cores).max(writer_us);
         levels.insert(
             format!("c{concurrency}"),
-            json!({"p50Ms": p50, "p99Ms": p99, "warm": warm.len(), "cold": all.len() - warm.len()}),
+            json!({"p50Ms": p50, "p99Ms": p99, "warm": warm.len(), "cold": all.len() - warm.len(),
+                   "claimsPerS": total as f64 / elapsed.as_secs_f64(),
+                   "serverCpuUsPerClaim": server_us, "writerCpuUsPerClaim": writer_us,
+                   "clientCpuUsPerClaim": client_us, "cpuBoundMs": floor_ms}),
         );
         report.rows.push(Row {
             what: format!(
@@ -132,6 +156,17 @@ pub async fn claim_latency(report: &mut Report, quick: bool) -> anyhow::Result<(
         if concurrency == 16 {
             report.figure("claim_p50_ms", p50);
             report.figure("claim_p99_ms", p99);
+            report.rows.push(Row {
+                what: format!(
+                    "  … CPU per claim: server {server_us:.0} µs (store writer {writer_us:.0}), \
+                     client {client_us:.0} µs; the least time {concurrency} in flight can take"
+                ),
+                value: Some(floor_ms),
+                unit: "ms",
+                baseline: Some(("SQLite commit p50".into(), floor)),
+                target: String::new(),
+                met: None,
+            });
         }
     }
     report.figure("commit_floor_p50_ms", Some(floor));

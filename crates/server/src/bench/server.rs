@@ -108,6 +108,11 @@ impl Server {
         Some(kb / 1024.0)
     }
 
+    /// The server's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Ready pool instances over all projects, from `/metrics`.
     pub async fn ready_total(&self) -> anyhow::Result<f64> {
         let text = self.api.metrics().await?;
@@ -154,4 +159,28 @@ impl Drop for Server {
             Err(e) => eprintln!("      could not destroy the benchmark server's VMs: {e}"),
         }
     }
+}
+
+/// CPU time the threads of process `pid` have run, in all and in threads named `name`: each
+/// thread's own count in nanoseconds (`/proc/<pid>/stat` counts whole process time in 10 ms
+/// ticks, too coarse for a phase of 100 ms). A thread that ends in between is not counted:
+/// measure over a phase in which the process keeps its threads.
+pub fn cpu_of(pid: u32, name: &str) -> (Duration, Duration) {
+    let (mut all, mut named) = (Duration::ZERO, Duration::ZERO);
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return (all, named);
+    };
+    for t in tasks.flatten() {
+        let ns = std::fs::read_to_string(t.path().join("schedstat"))
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok());
+        let Some(ns) = ns else { continue };
+        let d = Duration::from_nanos(ns);
+        all += d;
+        let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+        if comm.trim_end() == name {
+            named += d;
+        }
+    }
+    (all, named)
 }

@@ -5,7 +5,7 @@
 
 use std::borrow::Cow;
 
-use aho_corasick::{AhoCorasick, MatchKind};
+use aho_corasick::{AhoCorasick, AhoCorasickKind, MatchKind};
 
 /// Values shorter than this (in characters) are not redacted.
 pub const MIN_SECRET_CHARS: usize = 6;
@@ -60,7 +60,11 @@ impl Redactor {
         }
         let longest = patterns.iter().map(String::len).max().unwrap_or(0);
         // Leftmost-longest: a value that contains another value's text is replaced whole.
+        // A contiguous NFA, not the DFA the builder picks for a few patterns: one is built for
+        // every boot and matches only step output, and the DFA's construction was a visible
+        // share of the server's CPU when boots followed one another quickly.
         let matcher = AhoCorasick::builder()
+            .kind(Some(AhoCorasickKind::ContiguousNFA))
             .match_kind(MatchKind::LeftmostLongest)
             .build(&patterns)
             .ok();

@@ -21,11 +21,12 @@ use serde::Serialize;
 use warmpool_types::api::{
     ClaimBody, ClaimResponse, ClearWarmPoolBody, ClearWarmPoolResponse, CreateProjectBody,
     CreateTokenBody, CreatedToken, DeleteEnvVarResponse, Devbox, EnvVarsResponse, ExecBody,
-    ExecResponse, GetWarmPoolResponse, HealthResponse, ListInstancesQuery, ListProjectsQuery,
-    ListProjectsResponse, ListReposResponse, ListTokensResponse, ListWarmPoolInstancesResponse,
-    PoolHistory, PoolStats, Project, PutEnvVarsBody, Resources, TestWarmPoolBootBody,
-    TestWarmPoolBootResponse, UpdateDevboxBody, UpdateProjectBody, UpdateResourcesBody,
-    UpdateWarmPoolBody, UpdateWarmPoolResponse, VmAccess, WarmPoolInstanceDetail,
+    ExecResponse, GetWarmPoolResponse, HealthResponse, InstanceLifecycle, ListInstancesQuery,
+    ListProjectsQuery, ListProjectsResponse, ListReposResponse, ListTokensResponse,
+    ListWarmPoolInstancesResponse, PoolHistory, PoolStats, Project, PutEnvVarsBody, Resources,
+    TestWarmPoolBootBody, TestWarmPoolBootResponse, UpdateDevboxBody, UpdateProjectBody,
+    UpdateResourcesBody, UpdateWarmPoolBody, UpdateWarmPoolResponse, VmAccess,
+    WarmPoolInstanceDetail,
 };
 use warmpool_types::events::Event;
 
@@ -533,6 +534,21 @@ impl Client {
             seg(instance)
         ));
         self.no_content(Method::DELETE, url).await
+    }
+
+    /// `GET /v1/projects/{project}/warm-pool/instances/{instance}/lifecycle`: who claimed the
+    /// instance, and when and why it was ended.
+    pub async fn instance_lifecycle(
+        &self,
+        project: &str,
+        instance: &str,
+    ) -> Result<InstanceLifecycle, ClientError> {
+        let url = self.url(format_args!(
+            "/v1/projects/{}/warm-pool/instances/{}/lifecycle",
+            seg(project),
+            seg(instance)
+        ));
+        self.get(url).await
     }
 
     /// `GET /v1/projects/{project}/warm-pool/instances/{instance}/vm`: how to reach a claimed

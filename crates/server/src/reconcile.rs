@@ -13,11 +13,13 @@
 //! - test instances end after their TTL, failed ones after the retention;
 //! - claimed instances are never touched.
 
+pub mod autoscale;
+
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use warmpool_store::{GoldenRow, InstanceRow, PoolState};
-use warmpool_types::state::{InstanceKind, InstanceStatus};
+use warmpool_types::state::{EndReason, InstanceKind, InstanceStatus};
 
 /// Failures before a pool with the same failing step and configuration stops trying.
 pub const DEGRADED_AFTER: u32 = 3;
@@ -100,6 +102,20 @@ pub enum Why {
     TestExpired,
     /// A failed instance past the retention.
     FailedExpired,
+}
+
+impl Why {
+    /// What the instance's record says it was ended for.
+    pub fn end_reason(self) -> EndReason {
+        match self {
+            Why::PoolDisabled => EndReason::PoolDisabled,
+            Why::Outdated => EndReason::Outdated,
+            Why::Replaced => EndReason::Replaced,
+            Why::ScaledDown => EndReason::ScaledDown,
+            Why::TestExpired => EndReason::TestExpired,
+            Why::FailedExpired => EndReason::Retention,
+        }
+    }
 }
 
 /// One thing to do.

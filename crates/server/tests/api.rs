@@ -767,3 +767,106 @@ async fn odd_names_and_commands_are_passed_through_untouched() {
         "commands are stored exactly as given"
     );
 }
+
+/// Clearing a pool ends its failed boots without rewriting them: each stays `failed` with its
+/// summary and steps, is still listed as failed, no longer counts in the pool's status, and its
+/// lifecycle says when and why it was ended. A VM that was ready is destroyed, and says so too.
+#[tokio::test(flavor = "multi_thread")]
+async fn clear_keeps_failed_records_readable() {
+    let s = TestServer::start(&["--backend", "sim"]);
+    let (pid, pool, failed) = failed_pool_boot(&s, "failures kept").await;
+    let list = format!("{pool}/instances?status=failed");
+    let before = s
+        .ok("GET", &format!("{pool}/instances/{failed}"), None)
+        .await;
+
+    let cleared = s
+        .ok("POST", &format!("{pool}/clear"), Some(json!({})))
+        .await;
+    assert!(cleared["cleared"].as_u64() >= Some(1), "{cleared}");
+    assert_eq!(cleared["status"]["failed"], 0, "{cleared}");
+
+    // The record reads as it did: how the boot ended is never rewritten.
+    let after = s
+        .ok("GET", &format!("{pool}/instances/{failed}"), None)
+        .await;
+    assert_eq!(after, before);
+    assert_eq!(after["status"], "failed");
+    assert_eq!(after["summary"]["failedStep"], "warm_pool_setup");
+    assert!(
+        after["summary"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("exited with status 3"),
+        "{after}"
+    );
+    let listed = s.ok("GET", &list, None).await;
+    assert!(
+        listed["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i["id"] == failed.as_str()),
+        "still listed as failed: {listed}"
+    );
+    let life = lifecycle(&s, &pool, &failed).await;
+    assert_eq!(life["status"], "failed", "{life}");
+    assert_eq!(life["kind"], "pool", "{life}");
+    assert_eq!(life["endReason"], "cleared", "{life}");
+    assert!(life["endedAt"].is_string(), "{life}");
+    // Ended once: deleting it afterwards changes nothing.
+    let (code, _) = s
+        .call("DELETE", &format!("{pool}/instances/{failed}"), None)
+        .await;
+    assert_eq!(code, 404);
+    let life = lifecycle(&s, &pool, &failed).await;
+    assert_eq!(life["endReason"], "cleared", "{life}");
+
+    // A ready VM, cleared, is destroyed and says why; a claimed one, deleted, says so too.
+    s.ok(
+        "PATCH",
+        &pool,
+        Some(json!({"enabled": true, "targetSize": 2, "setupCommands": null})),
+    )
+    .await;
+    wait_ready(&s, &pid, 2).await;
+    let claim = s
+        .ok(
+            "POST",
+            &format!("{pool}/claim"),
+            Some(json!({"taskId": "task 7"})),
+        )
+        .await;
+    let claimed = claim["instance"]["id"].as_str().unwrap().to_string();
+    let ready = s
+        .ok("GET", &format!("{pool}/instances?status=ready"), None)
+        .await["items"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    s.ok("POST", &format!("{pool}/clear"), Some(json!({})))
+        .await;
+    let life = lifecycle(&s, &pool, &ready).await;
+    assert_eq!(
+        (&life["status"], &life["endReason"]),
+        (&json!("destroyed"), &json!("cleared")),
+        "{life}"
+    );
+    let life = lifecycle(&s, &pool, &claimed).await;
+    assert_eq!(
+        (&life["status"], &life["taskId"], &life["endReason"]),
+        (&json!("claimed"), &json!("task 7"), &Value::Null),
+        "a claimed VM is not the pool's to clear: {life}"
+    );
+    assert!(life["claimedAt"].is_string(), "{life}");
+    let (code, _) = s
+        .call("DELETE", &format!("{pool}/instances/{claimed}"), None)
+        .await;
+    assert_eq!(code, 204);
+    let life = lifecycle(&s, &pool, &claimed).await;
+    assert_eq!(
+        (&life["status"], &life["endReason"]),
+        (&json!("destroyed"), &json!("deleted")),
+        "{life}"
+    );
+}

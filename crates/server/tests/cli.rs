@@ -351,3 +351,36 @@ fn serve_refuses_an_unreasonable_number_of_spares() {
     }
     assert!(!data.exists(), "nothing was made");
 }
+
+/// `instance show` says, beyond the boot, who claimed an instance and when and why it was
+/// ended: a cleared failure still reads as failed, with its step and error.
+#[tokio::test(flavor = "multi_thread")]
+async fn instances_show_tells_who_claimed_and_why_it_ended() {
+    let s = TestServer::start(&["--backend", "sim"]);
+    let (pid, pool, failed) = failed_pool_boot(&s, "shown").await;
+    s.ok("POST", &format!("{pool}/clear"), Some(json!({})))
+        .await;
+    let home = tempfile::tempdir().unwrap();
+    let out = output_within(
+        cli(&s, home.path())
+            .arg("-c")
+            .arg(format!("warmpool instance show {pid} {failed}")),
+        "instance show",
+        REQUEST,
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains(" failed "), "{stdout}");
+    assert!(
+        stdout.contains("failed at warm_pool_setup: command `build` exited with status 3"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("ended at ") && stdout.contains(": cleared"),
+        "{stdout}"
+    );
+}

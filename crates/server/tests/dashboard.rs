@@ -205,6 +205,27 @@ async fn a_newcomer_does_the_walkthrough_in_the_browser() {
     assert!(text_of(&c, ".step.failed pre")
         .await
         .contains("No such file or directory"));
+    // Destroyed, it still reads as failed, and says when and why it was ended.
+    let url = c.current_url().await.unwrap();
+    let failed_id = url.as_str().rsplit('/').next().unwrap().to_string();
+    s.ok(
+        "DELETE",
+        &format!("/v1/projects/{pid}/warm-pool/instances/{failed_id}"),
+        None,
+    )
+    .await;
+    c.refresh().await.unwrap();
+    wait_text(
+        &c,
+        "#instance-lifecycle",
+        "the end of the instance",
+        PAGE,
+        |t| t.contains("ended") && t.contains("deleted"),
+    )
+    .await;
+    assert!(text_of(&c, "#instance-status")
+        .await
+        .contains("failed at warm_pool_setup"));
 
     // Fixed: the next test boot becomes ready, every step shown with its duration and output.
     c.goto(&format!("{}/#/projects/{pid}", s.url))

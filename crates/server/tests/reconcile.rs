@@ -18,7 +18,7 @@ use warmpool::git::serve::GitServer;
 use warmpool_backend::sim::{SimBackend, SimOptions};
 use warmpool_store::{SqliteStore, Store};
 use warmpool_types::api::{ClaimBody, CreateProjectBody, UpdateWarmPoolBody};
-use warmpool_types::state::{InstanceKind, InstanceStatus};
+use warmpool_types::state::{EndReason, InstanceKind, InstanceStatus};
 
 struct Harness {
     app: Arc<App>,
@@ -383,8 +383,10 @@ async fn expired_test_instances_and_old_failures_are_cleaned_up() {
     assert_eq!(h.reconcile().await.expired, 1);
     let i = h.app.store.get_instance(&ok.id).await.unwrap().unwrap();
     assert_eq!(i.status, InstanceStatus::Destroyed);
+    assert_eq!(i.end_reason, Some(EndReason::TestExpired));
     assert_eq!(h.vms().await, 0);
-    // Failed pool instances count as failed for 24 hours, then disappear.
+    // Failed pool instances count as failed for 24 hours, then no longer count; their records
+    // stay failed and say why they were ended.
     h.pool(json!({"targetSize": 1, "setupCommands": [{"name": "x", "command": "false"}]}))
         .await;
     h.reconcile().await;
@@ -394,4 +396,9 @@ async fn expired_test_instances_and_old_failures_are_cleaned_up() {
     h.clock.advance(25 * 60 * MINUTE);
     assert_eq!(h.reconcile().await.expired, 1);
     assert_eq!(h.app.store.pool_status(&h.pid).await.unwrap().failed, 0);
+    let failed = h.pool_instances(InstanceStatus::Failed).await;
+    assert_eq!(failed.len(), 1, "still listed");
+    assert_eq!(failed[0].end_reason, Some(EndReason::Retention));
+    assert!(failed[0].failed_step.is_some());
+    assert_eq!(h.reconcile().await.expired, 0, "ended once");
 }

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use async_trait::async_trait;
 use warmpool_types::api::PoolStatus;
-use warmpool_types::state::InstanceStatus;
+use warmpool_types::state::{EndReason, InstanceStatus};
 
 use crate::rows::*;
 use crate::{
@@ -202,10 +202,10 @@ fn status_slots(set: &[InstanceStatus]) -> Vec<Value> {
 pub const INSERT_INSTANCE: &Sql = sql!(
     "INSERT INTO instances (id, vm_id, project_id, kind, status, total_steps, failed_step,
         failure_reason, backend, agent_url, agent_token, config_hash, task_id, created_at,
-        provisioned_at, finished_at, claimed_at, destroyed_at, stale_at, commits_json, golden_id,
-        node)
+        provisioned_at, finished_at, claimed_at, destroyed_at, end_reason, stale_at, commits_json,
+        golden_id, node)
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19,
-        $20, $21, $22)"
+        $20, $21, $22, $23)"
 );
 
 /// [`INSERT_INSTANCE`]'s values.
@@ -229,6 +229,7 @@ pub fn instance_values(i: &InstanceRow) -> Result<Vec<Value>> {
         i.finished_at,
         i.claimed_at,
         i.destroyed_at,
+        i.end_reason.map(EndReason::as_str),
         i.stale_at,
         json(&i.commits)?,
         &i.golden_id,
@@ -377,7 +378,7 @@ pub mod snapshot {
     pub const LIVE_INSTANCES: &Sql = sql!(select!(
         instance,
         "FROM instances
-         WHERE status IN ('provisioning', 'ready', 'failed', 'claimed')
+         WHERE status IN ('provisioning', 'ready', 'failed', 'claimed') AND destroyed_at IS NULL
          ORDER BY seq"
     ));
     pub const READY_GOLDENS: &Sql = sql!(select!(
@@ -587,7 +588,8 @@ impl<E: Engine> Store for E {
     async fn instances_in(&self, statuses: &[InstanceStatus]) -> Result<Vec<InstanceRow>> {
         let sql = sql!(select!(
             instance,
-            "FROM instances WHERE status IN ($1, $2, $3, $4, $5) ORDER BY seq"
+            "FROM instances WHERE status IN ($1, $2, $3, $4, $5) AND destroyed_at IS NULL
+             ORDER BY seq"
         ));
         self.select(sql, status_slots(statuses), instance_row).await
     }
@@ -686,20 +688,29 @@ impl<E: Engine> Store for E {
         Engine::fail_interrupted(self, step, reason, now).await
     }
 
-    async fn mark_destroyed(&self, id: &str, from: &[InstanceStatus], now: i64) -> Result<bool> {
+    async fn mark_destroyed(
+        &self,
+        id: &str,
+        from: &[InstanceStatus],
+        why: EndReason,
+        now: i64,
+    ) -> Result<bool> {
+        // A failed boot stays failed: its record keeps how the boot ended.
         let sql = sql!(
-            "UPDATE instances SET status = 'destroyed', destroyed_at = $1
-             WHERE id = $2 AND status IN ($3, $4, $5, $6, $7)"
+            "UPDATE instances SET destroyed_at = $1, end_reason = $8,
+                status = CASE WHEN status = 'failed' THEN 'failed' ELSE 'destroyed' END
+             WHERE id = $2 AND status IN ($3, $4, $5, $6, $7) AND destroyed_at IS NULL"
         );
         let mut values = values![now, id];
         values.extend(status_slots(from));
+        values.push(why.as_str().into());
         Ok(self.exec(sql, values).await? == 1)
     }
 
     async fn pool_status(&self, project_id: &str) -> Result<PoolStatus> {
         let sql = sql!(
             "SELECT status, COUNT(*) AS n FROM instances
-             WHERE project_id = $1
+             WHERE project_id = $1 AND destroyed_at IS NULL
                AND ((kind = 'pool' AND status IN ('ready', 'provisioning', 'failed'))
                  OR (kind = 'golden' AND status IN ('provisioning', 'failed')))
              GROUP BY status"
@@ -735,7 +746,8 @@ impl<E: Engine> Store for E {
                 COUNT(*) FILTER (WHERE kind = 'pool' AND status = 'ready') AS ready,
                 COUNT(*) FILTER (WHERE kind IN ('pool', 'golden') AND status = 'provisioning')
                     AS provisioning,
-                COUNT(*) FILTER (WHERE kind IN ('pool', 'golden') AND status = 'failed') AS failed,
+                COUNT(*) FILTER (WHERE kind IN ('pool', 'golden') AND status = 'failed'
+                    AND destroyed_at IS NULL) AS failed,
                 COUNT(*) FILTER (WHERE status = 'claimed') AS claimed,
                 COUNT(*) FILTER (WHERE kind = 'pool' AND status = 'ready' AND stale_at IS NOT NULL)
                     AS stale,

@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 
 use async_trait::async_trait;
 use warmpool_types::api::PoolStatus;
-use warmpool_types::state::InstanceStatus;
+use warmpool_types::state::{EndReason, InstanceStatus};
 
 pub use model::*;
 pub use postgres::PgStore;
@@ -93,7 +93,8 @@ pub trait Store: Send + Sync + 'static {
         status: Option<InstanceStatus>,
         limit: u32,
     ) -> Result<Vec<InstanceRow>>;
-    /// Every instance, of every project, in one of `statuses`.
+    /// Every instance, of every project, in one of `statuses` and not ended (a failed instance
+    /// that was ended is not listed).
     async fn instances_in(&self, statuses: &[InstanceStatus]) -> Result<Vec<InstanceRow>>;
     /// Records where the VM's agent answers; only while provisioning.
     async fn set_instance_agent(
@@ -133,8 +134,16 @@ pub trait Store: Send + Sync + 'static {
     /// records `step` — the step it was in, failed — with the instance, in one step. False (and
     /// nothing recorded) if the instance was no longer provisioning.
     async fn fail_interrupted(&self, step: &StepRow, reason: &str, now: i64) -> Result<bool>;
-    /// `(any of from) → destroyed`.
-    async fn mark_destroyed(&self, id: &str, from: &[InstanceStatus], now: i64) -> Result<bool>;
+    /// Ends an instance in any of `from` not ended yet, for `why`: `→ destroyed`, except that a
+    /// failed one stays `failed` (its record keeps how the boot ended); either way
+    /// `destroyed_at` and `end_reason` say when and why, and it no longer counts anywhere.
+    async fn mark_destroyed(
+        &self,
+        id: &str,
+        from: &[InstanceStatus],
+        why: EndReason,
+        now: i64,
+    ) -> Result<bool>;
     /// Non-test, unclaimed pool instances by state.
     async fn pool_status(&self, project_id: &str) -> Result<PoolStatus>;
     /// Latest `provisioned_at` and `claimed_at` over the project's pool instances.

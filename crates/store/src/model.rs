@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use warmpool_types::api::SetupCommand;
-use warmpool_types::state::{InstanceKind, InstanceStatus};
+use warmpool_types::state::{EndReason, InstanceKind, InstanceStatus};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RepoSpec {
@@ -114,7 +114,11 @@ pub struct InstanceRow {
     pub provisioned_at: Option<i64>,
     pub finished_at: Option<i64>,
     pub claimed_at: Option<i64>,
+    /// When it was ended: its VM destroyed (a failed boot's went when the boot failed) and no
+    /// longer counted in its pool. A failed instance keeps its status when it is ended.
     pub destroyed_at: Option<i64>,
+    /// Why it was ended.
+    pub end_reason: Option<EndReason>,
     /// When the reconciler found it stale; stale instances are claimed last and replaced.
     pub stale_at: Option<i64>,
     /// What each repo was cloned at, by `owner/name`.
@@ -123,6 +127,13 @@ pub struct InstanceRow {
     pub golden_id: Option<String>,
     /// The node whose backend hosts its VM (`None`: rows from before nodes, the only node's).
     pub node: Option<String>,
+}
+
+impl InstanceRow {
+    /// Whether it was ended ([`crate::Store::mark_destroyed`]): destroyed, or failed and ended.
+    pub fn is_ended(&self) -> bool {
+        self.status == InstanceStatus::Destroyed || self.destroyed_at.is_some()
+    }
 }
 
 /// A prepared VM saved by the backend, from which a pool's VMs are cloned.

@@ -108,7 +108,8 @@ macro_rules! cols {
     (instance) => {
         "seq, id, vm_id, project_id, kind, status, total_steps, failed_step, failure_reason, \
          backend, agent_url, agent_token, config_hash, task_id, created_at, provisioned_at, \
-         finished_at, claimed_at, destroyed_at, stale_at, commits_json, golden_id, node"
+         finished_at, claimed_at, destroyed_at, end_reason, stale_at, commits_json, golden_id, \
+         node"
     };
     (step) => {
         "instance_id, seq, name, status, output, error, duration_ms, finished_at, metadata_json"
@@ -199,6 +200,11 @@ pub fn instance_row(r: &dyn Row) -> Result<InstanceRow> {
         finished_at: r.opt_i64("finished_at")?,
         claimed_at: r.opt_i64("claimed_at")?,
         destroyed_at: r.opt_i64("destroyed_at")?,
+        end_reason: r
+            .opt_str("end_reason")?
+            .map(|s| s.parse())
+            .transpose()
+            .map_err(|e: String| crate::StoreError::Internal(format!("end_reason: {e}")))?,
         stale_at: r.opt_i64("stale_at")?,
         // NULL in rows from before commits were recorded.
         commits: r.opt_json("commits_json")?.unwrap_or_default(),

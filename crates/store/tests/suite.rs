@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use warmpool_pg_cluster::PgCluster;
 use warmpool_store::*;
 use warmpool_types::api::{PoolStatus, SetupCommand};
-use warmpool_types::state::{InstanceKind, InstanceStatus};
+use warmpool_types::state::{EndReason, InstanceKind, InstanceStatus};
 
 fn open_sqlite() -> (tempfile::TempDir, Arc<dyn Store>) {
     let dir = tempfile::tempdir().unwrap();
@@ -65,6 +65,7 @@ on_both_engines!(
     pool_config_is_conditional,
     instance_transitions_are_conditional,
     pool_status_counts_pool_instances_only,
+    an_ended_failure_stays_failed_and_stops_counting,
     claims_are_never_handed_out_twice,
     pool_state_changes_are_atomic,
     pool_snapshot_reports_changes_since_a_revision,
@@ -141,6 +142,7 @@ fn instance(id: &str, project: &str, kind: InstanceKind, status: InstanceStatus)
         finished_at: None,
         claimed_at: None,
         destroyed_at: None,
+        end_reason: None,
         stale_at: None,
         commits: Default::default(),
         golden_id: None,
@@ -268,15 +270,20 @@ async fn instance_transitions_are_conditional(s: Arc<dyn Store>) {
         (Some(20), Some("http://x"))
     );
     assert!(!s
-        .mark_destroyed("i1", &[InstanceStatus::Claimed], 30)
+        .mark_destroyed("i1", &[InstanceStatus::Claimed], EndReason::Deleted, 30)
         .await
         .unwrap());
     assert!(s
-        .mark_destroyed("i1", &[InstanceStatus::Ready, InstanceStatus::Failed], 30)
+        .mark_destroyed(
+            "i1",
+            &[InstanceStatus::Ready, InstanceStatus::Failed],
+            EndReason::Deleted,
+            30
+        )
         .await
         .unwrap());
     assert!(!s
-        .mark_destroyed("i1", &[InstanceStatus::Ready], 31)
+        .mark_destroyed("i1", &[InstanceStatus::Ready], EndReason::Deleted, 31)
         .await
         .unwrap());
 
@@ -351,6 +358,73 @@ async fn interrupted_boots_record_the_step_they_were_in(s: Arc<dyn Store>) {
         .await
         .unwrap());
     assert_eq!(s.list_steps("i1").await.unwrap().len(), 1);
+}
+
+/// Ending a failed instance (clear, delete, retention) keeps how its boot ended — status,
+/// failed step, reason, steps — and says when and why it was ended; it no longer counts as a
+/// pool failure, nor among live instances, but it is still listed. Ended once only.
+async fn an_ended_failure_stays_failed_and_stops_counting(s: Arc<dyn Store>) {
+    s.insert_project(&project("p")).await.unwrap();
+    let i = instance("f", "p", InstanceKind::Pool, InstanceStatus::Provisioning);
+    s.insert_instance(&i).await.unwrap();
+    assert!(s
+        .mark_failed("f", Some("warm_pool_setup"), "exit 1", 10)
+        .await
+        .unwrap());
+    assert_eq!(s.pool_status("p").await.unwrap().failed, 1);
+    let live = [InstanceStatus::Ready, InstanceStatus::Failed];
+    assert!(s
+        .mark_destroyed("f", &live, EndReason::Cleared, 20)
+        .await
+        .unwrap());
+    assert!(
+        !s.mark_destroyed("f", &live, EndReason::Deleted, 21)
+            .await
+            .unwrap(),
+        "ended once"
+    );
+    let got = s.get_instance("f").await.unwrap().unwrap();
+    assert_eq!(got.status, InstanceStatus::Failed);
+    assert_eq!(
+        (
+            got.failed_step.as_deref(),
+            got.failure_reason.as_deref(),
+            got.destroyed_at,
+            got.end_reason
+        ),
+        (
+            Some("warm_pool_setup"),
+            Some("exit 1"),
+            Some(20),
+            Some(EndReason::Cleared)
+        )
+    );
+    assert_eq!(s.pool_status("p").await.unwrap().failed, 0);
+    assert_eq!(s.pool_counts("p").await.unwrap().failed, 0);
+    assert!(s
+        .instances_in(&[InstanceStatus::Failed])
+        .await
+        .unwrap()
+        .is_empty());
+    let full = s.pool_snapshot(None).await.unwrap();
+    assert!(full.instances.iter().all(|i| i.id != "f"), "not live");
+    let listed = s
+        .list_instances("p", Some(InstanceStatus::Failed), 50)
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), 1, "still listed as failed");
+    // Any other instance is destroyed, with its reason.
+    let r = instance("r", "p", InstanceKind::Pool, InstanceStatus::Ready);
+    s.insert_instance(&r).await.unwrap();
+    assert!(s
+        .mark_destroyed("r", &live, EndReason::Replaced, 30)
+        .await
+        .unwrap());
+    let got = s.get_instance("r").await.unwrap().unwrap();
+    assert_eq!(
+        (got.status, got.end_reason),
+        (InstanceStatus::Destroyed, Some(EndReason::Replaced))
+    );
 }
 
 async fn pool_status_counts_pool_instances_only(s: Arc<dyn Store>) {
@@ -582,7 +656,10 @@ async fn pool_snapshot_reports_changes_since_a_revision(s: Arc<dyn Store>) {
     // One goes ready, one is destroyed: both come back, destroyed ones included so a reader can
     // forget them.
     assert!(s.mark_ready("a", 20, &no_commits(), false).await.unwrap());
-    assert!(s.mark_destroyed("b", &[st], 21).await.unwrap());
+    assert!(s
+        .mark_destroyed("b", &[st], EndReason::ScaledDown, 21)
+        .await
+        .unwrap());
     let changed = s.pool_snapshot(Some(rev)).await.unwrap();
     let mut got: Vec<_> = changed
         .instances
@@ -656,7 +733,10 @@ async fn pool_snapshot_never_misses_a_change(s: Arc<dyn Store>) {
                 if k % 5 == 0 {
                     use InstanceStatus::*;
                     let from = [Provisioning, Ready, Failed, Claimed];
-                    assert!(s.mark_destroyed(&id, &from, k).await.unwrap());
+                    assert!(s
+                        .mark_destroyed(&id, &from, EndReason::Deleted, k)
+                        .await
+                        .unwrap());
                 }
                 if k % 7 == 0 {
                     s.claim_ready("p", None, k).await.unwrap();
@@ -668,7 +748,7 @@ async fn pool_snapshot_never_misses_a_change(s: Arc<dyn Store>) {
         assert!(snap.rev >= *rev, "the revision went back");
         *rev = snap.rev;
         for i in snap.instances {
-            if i.status == InstanceStatus::Destroyed {
+            if i.is_ended() {
                 kept.remove(&i.id);
             } else {
                 kept.insert(i.id.clone(), i);
@@ -1254,12 +1334,18 @@ async fn instances_are_found_by_any_set_of_statuses(s: Arc<dyn Store>) {
     );
     assert_eq!(ids(s.instances_in(&all).await.unwrap()).len(), 5);
     // Destroying is conditional on any set of statuses too.
-    assert!(!s.mark_destroyed("i1", &[], 5).await.unwrap());
     assert!(!s
-        .mark_destroyed("i1", &[Provisioning, Claimed], 5)
+        .mark_destroyed("i1", &[], EndReason::Deleted, 5)
         .await
         .unwrap());
-    assert!(s.mark_destroyed("i1", &all, 5).await.unwrap());
+    assert!(!s
+        .mark_destroyed("i1", &[Provisioning, Claimed], EndReason::Deleted, 5)
+        .await
+        .unwrap());
+    assert!(s
+        .mark_destroyed("i1", &all, EndReason::Deleted, 5)
+        .await
+        .unwrap());
     assert_eq!(
         ids(s.instances_in(&[Ready]).await.unwrap()),
         Vec::<String>::new()
@@ -1362,7 +1448,7 @@ async fn check_old_rows(s: &dyn Store) {
     );
 }
 
-/// A database of a server from before nodes opens: SQLite's migrations 6 to 8 apply once, and
+/// A database of a server from before nodes opens: SQLite's migrations 6 to 9 apply once, and
 /// every row reads back.
 #[tokio::test]
 async fn sqlite_database_of_an_older_server_is_migrated() {
@@ -1400,7 +1486,7 @@ async fn sqlite_database_of_an_older_server_is_migrated() {
     check_old_rows(&s).await;
     drop(s);
     let c = rusqlite::Connection::open(&path).unwrap();
-    assert_eq!(versions(&c), Vec::from_iter(1..=8));
+    assert_eq!(versions(&c), Vec::from_iter(1..=9));
 }
 
 // SQLite only ---------------------------------------------------------------------------------
@@ -1470,10 +1556,11 @@ async fn postgres_migrations_run_once_across_concurrent_opens() {
     assert_eq!(s.engine(), "postgres");
 
     let client = pg_client(&url).await;
-    assert_eq!(pg_versions(&client).await, [1, 2, 3, 4]);
+    assert_eq!(pg_versions(&client).await, [1, 2, 3, 4, 9]);
 }
 
-/// A database of a server from before nodes opens: PostgreSQL's migrations 2 to 4 apply once,
+/// A database of a server from before nodes opens: PostgreSQL's migrations 2 to 4 and 9 apply
+/// once,
 /// and every row reads back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "tier postgres: starts a PostgreSQL 15 cluster of its own; run every tier with `cargo test -- --include-ignored`"]
@@ -1492,7 +1579,7 @@ async fn postgres_database_of_an_older_server_is_migrated() {
     client.batch_execute(OLD_ROWS).await.unwrap();
     let s = PgStore::connect(&url).await.unwrap();
     check_old_rows(&s).await;
-    assert_eq!(pg_versions(&client).await, [1, 2, 3, 4]);
+    assert_eq!(pg_versions(&client).await, [1, 2, 3, 4, 9]);
 }
 
 /// Two nodes on one database: claims from both never take the same instance, and pool state

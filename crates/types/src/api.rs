@@ -584,6 +584,28 @@ pub struct ClaimBody {
     pub wait_seconds: Option<f64>,
 }
 
+/// What happened to an instance beyond its boot (whose record is the instance detail's
+/// `summary` and `steps`): what it was for, who claimed it, and when and why it was ended — its
+/// VM destroyed (a failed boot's VM goes when the boot fails) and no longer counted in its pool.
+/// A failed boot stays `failed` when it is ended: clearing or deleting it never rewrites how it
+/// ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct InstanceLifecycle {
+    pub id: String,
+    pub instance_id: String,
+    pub status: String,
+    /// `pool`, `test`, `cold` (booted for a claim when none was ready) or `golden`.
+    pub kind: String,
+    pub task_id: Option<String>,
+    pub created_at: String,
+    pub provisioned_at: Option<String>,
+    pub claimed_at: Option<String>,
+    /// When it was ended; null while it lives (or, for a failed boot, still counts as a failure).
+    pub ended_at: Option<String>,
+    pub end_reason: Option<crate::state::EndReason>,
+}
+
 /// How to reach a claimed VM's server directly (same exec and file API as through warmpool).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

@@ -6,8 +6,9 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-/// Where an instance is in its life: `provisioning → ready → claimed → destroyed`,
-/// `provisioning → failed → destroyed`.
+/// Where an instance is in its life: `provisioning → ready → claimed → destroyed`. A failed boot
+/// stays `failed` for good: when it is ended (cleared, deleted, past the retention) its record
+/// keeps how the boot ended and says separately when and why it was ended ([`EndReason`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum InstanceStatus {
@@ -51,6 +52,78 @@ impl FromStr for InstanceStatus {
             "destroyed" => Self::Destroyed,
             other => return Err(format!("unknown instance status `{other}`")),
         })
+    }
+}
+
+/// Why an instance was ended: its VM destroyed (a failed boot's VM goes when the boot fails) and
+/// the instance no longer counted in its pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum EndReason {
+    /// `DELETE .../instances/{id}` (a claimed VM released, or any other instance removed).
+    Deleted,
+    /// `POST .../warm-pool/clear`.
+    Cleared,
+    /// The pool was disabled.
+    PoolDisabled,
+    /// A boot of a configuration that is no longer the pool's.
+    Outdated,
+    /// A stale VM (configuration changed, branch moved, older than `maxAgeMinutes`) whose fresh
+    /// replacement is ready.
+    Replaced,
+    /// More fresh VMs than the pool's target.
+    ScaledDown,
+    /// A test instance past its time to live.
+    TestExpired,
+    /// A failed record past the time failures are counted.
+    Retention,
+    /// Its project was deleted.
+    ProjectDeleted,
+    /// A ready VM that no longer answered when its server restarted.
+    Unhealthy,
+    /// The boot that built a golden, once that golden is deleted.
+    GoldenDeleted,
+}
+
+impl EndReason {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Deleted => "deleted",
+            Self::Cleared => "cleared",
+            Self::PoolDisabled => "pool_disabled",
+            Self::Outdated => "outdated",
+            Self::Replaced => "replaced",
+            Self::ScaledDown => "scaled_down",
+            Self::TestExpired => "test_expired",
+            Self::Retention => "retention",
+            Self::ProjectDeleted => "project_deleted",
+            Self::Unhealthy => "unhealthy",
+            Self::GoldenDeleted => "golden_deleted",
+        }
+    }
+
+    pub const ALL: [EndReason; 11] = [
+        Self::Deleted,
+        Self::Cleared,
+        Self::PoolDisabled,
+        Self::Outdated,
+        Self::Replaced,
+        Self::ScaledDown,
+        Self::TestExpired,
+        Self::Retention,
+        Self::ProjectDeleted,
+        Self::Unhealthy,
+        Self::GoldenDeleted,
+    ];
+}
+
+impl FromStr for EndReason {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|r| r.as_str() == s)
+            .ok_or_else(|| format!("unknown end reason `{s}`"))
     }
 }
 

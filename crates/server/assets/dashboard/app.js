@@ -380,6 +380,15 @@ function stepView(s) {
 async function instance(pid, id) {
   const base = "/v1/projects/" + pid + "/warm-pool/instances/" + id;
   const head = h("p", { id: "instance-status" });
+  // Beyond the boot: who claimed it, and when and why it was ended (a failed boot stays failed).
+  const life = h("p", { id: "instance-lifecycle", class: "muted" });
+  const loadLife = async () => {
+    const l = await api("GET", base + "/lifecycle");
+    const parts = [];
+    if (l.claimedAt) parts.push("claimed " + l.claimedAt + (l.taskId ? " for task " + l.taskId : ""));
+    if (l.endedAt) parts.push("ended " + l.endedAt + ": " + (l.endReason || "").replace(/_/g, " "));
+    life.textContent = parts.join(" · ");
+  };
   const stepsBox = h("div", { id: "steps" });
   const chart = h("div", { id: "timeline" });
   const live = h("pre", { id: "live-output", "aria-live": "off" });
@@ -395,7 +404,7 @@ async function instance(pid, id) {
   };
   show("Instance " + id,
     h("p", {}, h("a", { href: "#/projects/" + pid, text: "← back to the project" })),
-    h("section", { class: "card", "aria-labelledby": "h-summary" }, h("h2", { id: "h-summary", text: "Summary" }), head,
+    h("section", { class: "card", "aria-labelledby": "h-summary" }, h("h2", { id: "h-summary", text: "Summary" }), head, life,
       h("button", { type: "button", class: "danger", text: "Release / destroy",
         onclick: () => act("Destroying", async () => { await api("DELETE", base); location.hash = "#/projects/" + pid; }) })),
     h("section", { class: "card", "aria-labelledby": "h-timeline" }, h("h2", { id: "h-timeline", text: "Step timeline" }), chart),
@@ -409,12 +418,14 @@ async function instance(pid, id) {
         h("label", { for: "exec-command", text: "Command" }), cmd, h("button", { type: "submit", text: "Run" })), out));
   const d = await api("GET", base);
   render(d);
+  await loadLife();
   if (d.status === "provisioning") {
     // Live: each step's start, output and end as they happen, then the record once done.
     live.textContent = "";
     follow(base + "/events", async (event, data) => {
       if (event === "output" && data.data) live.textContent += data.data;
       if (event === "step" || event === "done") render(await api("GET", base));
+      if (event === "done") await loadLife();
     }).catch(() => {});
   }
 }

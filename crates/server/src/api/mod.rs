@@ -193,6 +193,7 @@ pub fn router(app: Arc<App>, opts: HttpOptions) -> Router {
         .routes(routes!(warm_pool::get_instance, warm_pool::delete_instance))
         .routes(routes!(warm_pool::clear))
         .routes(routes!(pool::vm))
+        .routes(routes!(pool::lifecycle))
         .routes(routes!(pool::stats))
         .routes(routes!(pool::history))
         .routes(routes!(projects::create_project, projects::list_projects))

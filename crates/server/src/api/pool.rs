@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use futures_util::stream::{BoxStream, StreamExt};
 use warmpool_types::api::{
-    ClaimBody, ClaimResponse, ErrorResponse, PoolHistory, PoolStats, VmAccess,
+    ClaimBody, ClaimResponse, ErrorResponse, InstanceLifecycle, PoolHistory, PoolStats, VmAccess,
 };
 
 use super::extract::{ApiJson, ApiPath};
@@ -45,6 +45,27 @@ pub async fn claim(
         },
         Json(r),
     ))
+}
+
+#[utoipa::path(
+    get, path = "/v1/projects/{projectId}/warm-pool/instances/{id}/lifecycle", tag = "instances",
+    operation_id = "getWarmPoolInstanceLifecycle",
+    summary = "What happened to an instance beyond its boot: who claimed it, when and why it was ended",
+    params(
+        ("projectId" = String, Path, description = "Project ID."),
+        ("id" = String, Path, description = "Warm pool instance ID (wpi_...)."),
+    ),
+    responses((status = 200, description = "Success", body = InstanceLifecycle), StdErrors),
+    security(("bearerAuth" = []))
+)]
+pub async fn lifecycle(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    ApiPath((project_id, id)): ApiPath<(String, String)>,
+) -> ApiResult<Json<InstanceLifecycle>> {
+    app.instance_lifecycle(&caller, &project_id, &id)
+        .await
+        .map(Json)
 }
 
 #[utoipa::path(

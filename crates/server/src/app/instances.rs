@@ -6,11 +6,11 @@ use std::time::Duration;
 use warmpool_store::{InstanceRow, StepRow};
 use warmpool_types::agent::AgentExecRequest;
 use warmpool_types::api::{
-    ExecBody, ExecResponse, InstanceListItem, InstanceSummary, ListWarmPoolInstancesResponse,
-    StepRecord, WarmPoolInstanceDetail,
+    ExecBody, ExecResponse, InstanceLifecycle, InstanceListItem, InstanceSummary,
+    ListWarmPoolInstancesResponse, StepRecord, WarmPoolInstanceDetail,
 };
 use warmpool_types::ids;
-use warmpool_types::state::{InstanceKind, InstanceStatus, StepResult};
+use warmpool_types::state::{EndReason, InstanceKind, InstanceStatus, StepResult};
 use warmpool_types::time::fmt_ms;
 use warmpool_types::validate;
 
@@ -78,6 +78,27 @@ impl App {
         }
     }
 
+    pub async fn instance_lifecycle(
+        &self,
+        caller: &Caller,
+        project_id: &str,
+        id: &str,
+    ) -> AppResult<InstanceLifecycle> {
+        let i = self.instance_for(caller, project_id, id).await?;
+        Ok(InstanceLifecycle {
+            id: i.id.clone(),
+            instance_id: i.vm_id.clone(),
+            status: i.status.as_str().to_string(),
+            kind: i.kind.as_str().to_string(),
+            task_id: i.task_id.clone(),
+            created_at: fmt_ms(i.created_at),
+            provisioned_at: i.provisioned_at.map(fmt_ms),
+            claimed_at: i.claimed_at.map(fmt_ms),
+            ended_at: i.destroyed_at.map(fmt_ms),
+            end_reason: i.end_reason,
+        })
+    }
+
     pub async fn list_instances(
         &self,
         caller: &Caller,
@@ -143,7 +164,7 @@ impl App {
             InstanceStatus::Claimed,
             InstanceStatus::Failed,
         ];
-        if !self.destroy_instance(&i, &live).await? {
+        if !self.destroy_instance(&i, &live, EndReason::Deleted).await? {
             return Err(AppError::not_found("instance not found"));
         }
         Ok(())

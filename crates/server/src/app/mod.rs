@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 use warmpool_backend::Backend;
 use warmpool_store::{InstanceRow, Store};
 use warmpool_types::ids;
-use warmpool_types::state::{total_steps, InstanceKind, InstanceStatus};
+use warmpool_types::state::{total_steps, EndReason, InstanceKind, InstanceStatus};
 
 use crate::error::{AppError, AppResult};
 use crate::git::mirror::Mirrors;
@@ -375,6 +375,7 @@ impl App {
             finished_at: None,
             claimed_at: None,
             destroyed_at: None,
+            end_reason: None,
             stale_at: None,
             commits: Default::default(),
             node: Some(self.cfg.node.name.clone()),
@@ -503,10 +504,11 @@ impl App {
         &self,
         inst: &InstanceRow,
         from: &[InstanceStatus],
+        why: EndReason,
     ) -> AppResult<bool> {
         if !self
             .store
-            .mark_destroyed(&inst.id, from, self.now())
+            .mark_destroyed(&inst.id, from, why, self.now())
             .await?
         {
             return Ok(false);
@@ -676,7 +678,12 @@ impl App {
     pub(crate) async fn forget_golden(&self, g: &warmpool_store::GoldenRow) -> AppResult<()> {
         self.store.mark_golden_deleted(&g.id, self.now()).await?;
         self.store
-            .mark_destroyed(&g.id, &[InstanceStatus::Ready], self.now())
+            .mark_destroyed(
+                &g.id,
+                &[InstanceStatus::Ready],
+                EndReason::GoldenDeleted,
+                self.now(),
+            )
             .await?;
         Ok(())
     }
@@ -698,7 +705,9 @@ impl App {
                 };
                 if !healthy {
                     tracing::warn!(instance = %inst.id, "a ready VM did not survive the restart; replacing it");
-                    let _ = app.destroy_instance(&inst, &[InstanceStatus::Ready]).await;
+                    let _ = app
+                        .destroy_instance(&inst, &[InstanceStatus::Ready], EndReason::Unhealthy)
+                        .await;
                 }
                 healthy
             }

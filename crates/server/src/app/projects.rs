@@ -9,7 +9,7 @@ use warmpool_types::api::{
     UpdateProjectBody,
 };
 use warmpool_types::ids;
-use warmpool_types::state::InstanceStatus;
+use warmpool_types::state::{EndReason, InstanceStatus};
 use warmpool_types::time::fmt_ms;
 use warmpool_types::validate;
 
@@ -258,7 +258,8 @@ impl App {
         ];
         for inst in self.store.instances_in(&live).await? {
             if inst.project_id == id {
-                self.destroy_instance(&inst, &live).await?;
+                self.destroy_instance(&inst, &live, EndReason::ProjectDeleted)
+                    .await?;
             }
         }
         self.store.delete_project(id).await?;

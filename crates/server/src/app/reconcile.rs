@@ -136,7 +136,7 @@ impl App {
         }
         cache.rev = snap.rev;
         for inst in snap.instances {
-            if inst.status == InstanceStatus::Destroyed {
+            if inst.is_ended() {
                 cache.rows.remove(&inst.id);
             } else {
                 cache.rows.insert(inst.id.clone(), inst);
@@ -286,7 +286,7 @@ impl App {
             let Some(inst) = rows.get(id) else {
                 return Ok(0);
             };
-            if self.destroy_instance(inst, from).await? {
+            if self.destroy_instance(inst, from, why.end_reason()).await? {
                 tracing::info!(instance = %id, ?why, "instance ended");
                 match why {
                     plan::Why::TestExpired | plan::Why::FailedExpired => report.expired += 1,

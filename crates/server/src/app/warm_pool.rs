@@ -9,7 +9,7 @@ use warmpool_types::api::{
     TestWarmPoolBootBody, TestWarmPoolBootResponse, UpdateWarmPoolBody, UpdateWarmPoolResponse,
     WarmPoolConfig,
 };
-use warmpool_types::state::{InstanceKind, InstanceStatus};
+use warmpool_types::state::{EndReason, InstanceKind, InstanceStatus};
 use warmpool_types::time::fmt_ms;
 
 use super::{check_branch, check_commands, whole_in_range, App, Caller};
@@ -199,12 +199,14 @@ impl App {
                 continue;
             }
             // The reconciler empties a disabled pool too, and may have got there first.
-            if self.destroy_instance(&inst, &active).await?
+            if self
+                .destroy_instance(&inst, &active, EndReason::Cleared)
+                .await?
                 || self
                     .store
                     .get_instance(&inst.id)
                     .await?
-                    .is_some_and(|i| i.status == InstanceStatus::Destroyed)
+                    .is_some_and(|i| i.is_ended())
             {
                 cleared += 1;
             }

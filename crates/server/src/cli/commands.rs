@@ -876,6 +876,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                     } else if let Some(err) = &d.summary.error {
                         println!("failed: {err}");
                     }
+                    // Beyond the boot: who claimed it, and when and why it was ended.
+                    let life = c.instance_lifecycle(&pid, &instance).await?;
+                    if let Some(at) = &life.claimed_at {
+                        match &life.task_id {
+                            Some(task) => println!("claimed at {at} for task {task}"),
+                            None => println!("claimed at {at}"),
+                        }
+                    }
+                    if let (Some(at), Some(why)) = (&life.ended_at, life.end_reason) {
+                        println!("ended at {at}: {}", why.as_str().replace('_', " "));
+                    }
                     for s in &d.steps {
                         println!("{}", step_line(s));
                         if output {

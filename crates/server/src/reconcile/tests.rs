@@ -26,6 +26,7 @@ fn inst(id: &str, kind: InstanceKind, status: InstanceStatus) -> InstanceRow {
         finished_at: None,
         claimed_at: None,
         destroyed_at: None,
+        end_reason: None,
         stale_at: None,
         commits: Default::default(),
         golden_id: None,

@@ -887,6 +887,36 @@ impl TestRepo {
 }
 
 /// The ready pool VMs of a project (test boots left out), validated against the schema.
+/// A project whose pool boot failed (its setup command `build` exits with status 3), waited
+/// for: `(project id, the pool's path, the failed instance's id)`.
+pub async fn failed_pool_boot(s: &TestServer, name: &str) -> (String, String, String) {
+    let pid = s.create_project(name, vec![]).await;
+    let pool = format!("/v1/projects/{pid}/warm-pool");
+    let failing = serde_json::json!({
+        "targetSize": 1,
+        "setupCommands": [{"name": "build", "command": "exit 3"}]
+    });
+    s.ok("PATCH", &pool, Some(failing)).await;
+    wait_for("a failed pool boot", s.boot(), async || {
+        let v = s.ok("GET", &pool, None).await;
+        seen(v["status"]["failed"].as_u64() >= Some(1), v)
+    })
+    .await;
+    let failed = s
+        .ok("GET", &format!("{pool}/instances?status=failed"), None)
+        .await["items"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    (pid, pool, failed)
+}
+
+/// An instance's lifecycle (`GET .../instances/{id}/lifecycle`), `pool` being its pool's path.
+pub async fn lifecycle(s: &TestServer, pool: &str, id: &str) -> Value {
+    s.ok("GET", &format!("{pool}/instances/{id}/lifecycle"), None)
+        .await
+}
+
 pub async fn ready_ids(s: &TestServer, pid: &str) -> Vec<String> {
     let query = ListInstancesQuery {
         limit: Some(50.0),

@@ -714,6 +714,9 @@ async fn a_vm_started_ahead_becomes_the_new_vms_own() {
         },
     )
     .await;
+    // Its directory and init come before it is ready to be taken (network, agent): a boot that
+    // came now would start afresh.
+    s.wait_spare_ready().await;
     let spare_dir = s.data_dir().join("vm-spares").join(&spare[0]);
     let spare_token = std::fs::read_to_string(spare_dir.join("config.json")).unwrap();
     let spare_token = spare_token

@@ -203,9 +203,9 @@ pub const INSERT_INSTANCE: &Sql = sql!(
     "INSERT INTO instances (id, vm_id, project_id, kind, status, total_steps, failed_step,
         failure_reason, backend, agent_url, agent_token, config_hash, task_id, created_at,
         provisioned_at, finished_at, claimed_at, destroyed_at, end_reason, stale_at, commits_json,
-        golden_id, node)
+        golden_id, node, lease_ms, expires_at)
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19,
-        $20, $21, $22, $23)"
+        $20, $21, $22, $23, $24, $25)"
 );
 
 /// [`INSERT_INSTANCE`]'s values.
@@ -234,6 +234,8 @@ pub fn instance_values(i: &InstanceRow) -> Result<Vec<Value>> {
         json(&i.commits)?,
         &i.golden_id,
         &i.node,
+        i.lease_ms,
+        i.expires_at,
     ])
 }
 
@@ -421,11 +423,12 @@ impl<E: Engine> Store for E {
             p.created_at,
             p.updated_at,
             json(&p.resources)?,
+            json(&p.leases)?,
         ];
         let sql = sql!(
             "INSERT INTO projects (id, name, description, task_code, repos_json, devbox_json,
-                generation, created_at, updated_at, resources_json)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+                generation, created_at, updated_at, resources_json, leases_json)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
         );
         self.exec(sql, values).await.map(drop)
     }
@@ -462,11 +465,12 @@ impl<E: Engine> Store for E {
             &p.id,
             p.generation,
             json(&p.resources)?,
+            json(&p.leases)?,
         ];
         let sql = sql!(
             "UPDATE projects SET name = $1, description = $2, task_code = $3, repos_json = $4,
                 devbox_json = $5, updated_at = $6, generation = generation + 1,
-                resources_json = $9
+                resources_json = $9, leases_json = $10
              WHERE id = $7 AND generation = $8"
         );
         Ok(self.exec(sql, values).await? == 1)
@@ -620,6 +624,8 @@ impl<E: Engine> Store for E {
         let sql = sql!(
             "UPDATE instances SET status = $3, provisioned_at = $2, finished_at = $2,
                 claimed_at = CASE WHEN CAST($3 AS TEXT) = 'claimed' THEN CAST($2 AS BIGINT) END,
+                expires_at = CASE WHEN CAST($3 AS TEXT) = 'claimed'
+                    THEN CAST($2 AS BIGINT) + lease_ms END,
                 commits_json = $4
              WHERE id = $1 AND status = 'provisioning'"
         );
@@ -633,6 +639,7 @@ impl<E: Engine> Store for E {
         &self,
         project_id: &str,
         task_id: Option<&str>,
+        lease_ms: Option<i64>,
         now: i64,
     ) -> Result<Option<InstanceRow>> {
         // Fresh ones first, newest first; the outer `status = 'ready'` is the conditional update
@@ -642,7 +649,8 @@ impl<E: Engine> Store for E {
         // missing provisioned_at. SQLite's one writer runs claims one at a time.
         let sql = sql!(
             postgres: concat!(
-                "UPDATE instances SET status = 'claimed', claimed_at = $2, task_id = $3
+                "UPDATE instances SET status = 'claimed', claimed_at = $2, task_id = $3,
+                    lease_ms = $4, expires_at = CAST($2 AS BIGINT) + CAST($4 AS BIGINT)
                  WHERE id = (SELECT id FROM instances
                              WHERE project_id = $1 AND kind = 'pool' AND status = 'ready'
                              ORDER BY stale_at IS NOT NULL, provisioned_at DESC NULLS LAST
@@ -652,7 +660,8 @@ impl<E: Engine> Store for E {
                 cols!(instance)
             ),
             sqlite: concat!(
-                "UPDATE instances SET status = 'claimed', claimed_at = $2, task_id = $3
+                "UPDATE instances SET status = 'claimed', claimed_at = $2, task_id = $3,
+                    lease_ms = $4, expires_at = $2 + $4
                  WHERE id = (SELECT id FROM instances
                              WHERE project_id = $1 AND kind = 'pool' AND status = 'ready'
                              ORDER BY stale_at IS NOT NULL, provisioned_at DESC LIMIT 1)
@@ -661,8 +670,36 @@ impl<E: Engine> Store for E {
                 cols!(instance)
             ),
         );
-        let values = values![project_id, now, task_id];
+        let values = values![project_id, now, task_id, lease_ms];
         Ok(self.exec_returning(sql, values, instance_row).await?.pop())
+    }
+
+    async fn renew_lease(
+        &self,
+        id: &str,
+        project_id: &str,
+        lease_ms: i64,
+        now: i64,
+    ) -> Result<Option<InstanceRow>> {
+        let sql = sql!(concat!(
+            "UPDATE instances SET lease_ms = $3, expires_at = CAST($4 AS BIGINT) + $3
+             WHERE id = $1 AND project_id = $2 AND status = 'claimed'
+               AND (expires_at IS NULL OR expires_at > $4)
+             RETURNING ",
+            cols!(instance)
+        ));
+        let values = values![id, project_id, lease_ms, now];
+        Ok(self.exec_returning(sql, values, instance_row).await?.pop())
+    }
+
+    async fn expire_leases(&self, now: i64) -> Result<Vec<InstanceRow>> {
+        let sql = sql!(concat!(
+            "UPDATE instances SET status = 'destroyed', destroyed_at = $1, end_reason = 'expired'
+             WHERE status = 'claimed' AND expires_at <= $1
+             RETURNING ",
+            cols!(instance)
+        ));
+        self.exec_returning(sql, values![now], instance_row).await
     }
 
     async fn set_stale(&self, id: &str, now: i64) -> Result<bool> {

@@ -103,8 +103,8 @@ pub trait Store: Send + Sync + 'static {
         agent_url: &str,
         agent_token: &str,
     ) -> Result<bool>;
-    /// `provisioning → ready` (or straight to `claimed` for an instance booted for a claim),
-    /// recording what each repo was cloned at.
+    /// `provisioning → ready` (or straight to `claimed` for an instance booted for a claim, whose
+    /// lease starts then), recording what each repo was cloned at.
     async fn mark_ready(
         &self,
         id: &str,
@@ -114,12 +114,26 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<bool>;
     /// Hands one ready pool instance of the project to a caller — fresh ones first, newest first —
     /// in one conditional statement: no instance is ever claimed twice.
+    /// The claim's lease (`lease_ms`; none: it never expires) starts now.
     async fn claim_ready(
         &self,
         project_id: &str,
         task_id: Option<&str>,
+        lease_ms: Option<i64>,
         now: i64,
     ) -> Result<Option<InstanceRow>>;
+    /// A claimed instance of the project whose lease has not run out gets `lease_ms` from now
+    /// (conditional: a lease that ran out is not brought back).
+    async fn renew_lease(
+        &self,
+        id: &str,
+        project_id: &str,
+        lease_ms: i64,
+        now: i64,
+    ) -> Result<Option<InstanceRow>>;
+    /// Ends every claimed instance whose lease ran out by `now` (`destroyed`, `expired`), each
+    /// once whichever node asks: the instances it ended (their VMs are to be destroyed).
+    async fn expire_leases(&self, now: i64) -> Result<Vec<InstanceRow>>;
     /// Marks a ready instance stale (once).
     async fn set_stale(&self, id: &str, now: i64) -> Result<bool>;
     /// `provisioning → failed`, with the failed step and its one-line error.

@@ -68,6 +68,8 @@ pub struct ProjectRow {
     pub devbox: DevboxSpec,
     /// What each of its VMs may use.
     pub resources: warmpool_types::api::Resources,
+    /// How long its claimed VMs live unless renewed.
+    pub leases: warmpool_types::api::Leases,
     pub generation: i64,
     pub created_at: i64,
     pub updated_at: i64,
@@ -119,6 +121,10 @@ pub struct InstanceRow {
     pub destroyed_at: Option<i64>,
     /// Why it was ended.
     pub end_reason: Option<EndReason>,
+    /// The lease its claim asked for (one booted for a claim starts it when ready).
+    pub lease_ms: Option<i64>,
+    /// When its claim's lease runs out (claimed instances).
+    pub expires_at: Option<i64>,
     /// When the reconciler found it stale; stale instances are claimed last and replaced.
     pub stale_at: Option<i64>,
     /// What each repo was cloned at, by `owner/name`.

@@ -96,7 +96,7 @@ pub struct Named<'a, R> {
 macro_rules! cols {
     (project) => {
         "seq, id, name, description, task_code, repos_json, devbox_json, generation, created_at, \
-         updated_at, resources_json"
+         updated_at, resources_json, leases_json"
     };
     (env_var) => {
         "name, value, version, updated_at"
@@ -109,7 +109,7 @@ macro_rules! cols {
         "seq, id, vm_id, project_id, kind, status, total_steps, failed_step, failure_reason, \
          backend, agent_url, agent_token, config_hash, task_id, created_at, provisioned_at, \
          finished_at, claimed_at, destroyed_at, end_reason, stale_at, commits_json, golden_id, \
-         node"
+         node, lease_ms, expires_at"
     };
     (step) => {
         "instance_id, seq, name, status, output, error, duration_ms, finished_at, metadata_json"
@@ -153,6 +153,8 @@ pub fn project_row(r: &dyn Row) -> Result<ProjectRow> {
         created_at: r.i64("created_at")?,
         updated_at: r.i64("updated_at")?,
         resources: r.json("resources_json")?,
+        // NULL: the defaults.
+        leases: r.opt_json("leases_json")?.unwrap_or_default(),
     })
 }
 
@@ -210,6 +212,8 @@ pub fn instance_row(r: &dyn Row) -> Result<InstanceRow> {
         commits: r.opt_json("commits_json")?.unwrap_or_default(),
         golden_id: r.opt_str("golden_id")?,
         node: r.opt_str("node")?,
+        lease_ms: r.opt_i64("lease_ms")?,
+        expires_at: r.opt_i64("expires_at")?,
     })
 }
 

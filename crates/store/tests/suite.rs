@@ -66,6 +66,7 @@ on_both_engines!(
     instance_transitions_are_conditional,
     pool_status_counts_pool_instances_only,
     an_ended_failure_stays_failed_and_stops_counting,
+    leases_start_renew_and_expire_once,
     claims_are_never_handed_out_twice,
     pool_state_changes_are_atomic,
     pool_snapshot_reports_changes_since_a_revision,
@@ -115,6 +116,10 @@ fn project(id: &str) -> ProjectRow {
             pids_max: 333,
             disk_mb: 4096,
         },
+        leases: warmpool_types::api::Leases {
+            default_ttl_seconds: 600,
+            max_ttl_seconds: 3600,
+        },
         generation: 1,
         created_at: 1,
         updated_at: 1,
@@ -143,6 +148,8 @@ fn instance(id: &str, project: &str, kind: InstanceKind, status: InstanceStatus)
         claimed_at: None,
         destroyed_at: None,
         end_reason: None,
+        lease_ms: None,
+        expires_at: None,
         stale_at: None,
         commits: Default::default(),
         golden_id: None,
@@ -360,6 +367,91 @@ async fn interrupted_boots_record_the_step_they_were_in(s: Arc<dyn Store>) {
     assert_eq!(s.list_steps("i1").await.unwrap().len(), 1);
 }
 
+/// A claim's lease starts with the claim (for an instance booted for a claim, when it is ready),
+/// a renewal moves it on only while it runs, and expiry ends each instance once, as `expired`.
+async fn leases_start_renew_and_expire_once(s: Arc<dyn Store>) {
+    s.insert_project(&project("p")).await.unwrap();
+    let got = s.get_project("p").await.unwrap().unwrap();
+    assert_eq!(got.leases.max_ttl_seconds, 3600, "leases round-trip");
+    for id in ["a", "b"] {
+        let i = instance(id, "p", InstanceKind::Pool, InstanceStatus::Provisioning);
+        s.insert_instance(&i).await.unwrap();
+        assert!(s.mark_ready(id, 10, &no_commits(), false).await.unwrap());
+    }
+    let a = s
+        .claim_ready("p", Some("t1"), Some(1000), 100)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((a.lease_ms, a.expires_at), (Some(1000), Some(1100)));
+    let b = s.claim_ready("p", None, None, 100).await.unwrap().unwrap();
+    assert_eq!(b.expires_at, None, "a claim without a lease never expires");
+    // One booted for a claim: its lease starts when it is ready.
+    let mut c = instance("c", "p", InstanceKind::Cold, InstanceStatus::Provisioning);
+    c.lease_ms = Some(500);
+    s.insert_instance(&c).await.unwrap();
+    assert!(s.mark_ready("c", 300, &no_commits(), true).await.unwrap());
+    let c = s.get_instance("c").await.unwrap().unwrap();
+    assert_eq!(
+        (c.status, c.expires_at),
+        (InstanceStatus::Claimed, Some(800))
+    );
+
+    let renewed = s
+        .renew_lease(&a.id, "p", 2000, 1050)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(renewed.expires_at, Some(3050));
+    assert!(
+        s.renew_lease(&a.id, "q", 2000, 1050)
+            .await
+            .unwrap()
+            .is_none(),
+        "only in its own project"
+    );
+    assert!(s.expire_leases(799).await.unwrap().is_empty());
+    let ended: Vec<String> = s
+        .expire_leases(800)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|i| i.id)
+        .collect();
+    assert_eq!(ended, ["c"]);
+    assert!(s.expire_leases(800).await.unwrap().is_empty(), "once");
+    let c = s.get_instance("c").await.unwrap().unwrap();
+    assert_eq!(
+        (c.status, c.end_reason, c.destroyed_at),
+        (
+            InstanceStatus::Destroyed,
+            Some(EndReason::Expired),
+            Some(800)
+        )
+    );
+    assert!(
+        s.renew_lease("c", "p", 2000, 900).await.unwrap().is_none(),
+        "a lease that ran out is not brought back"
+    );
+    // Many nodes asking at once: each instance is ended once.
+    let mut askers = Vec::new();
+    for _ in 0..8 {
+        let s = s.clone();
+        askers.push(tokio::spawn(
+            async move { s.expire_leases(5000).await.unwrap() },
+        ));
+    }
+    let mut all = Vec::new();
+    for a in askers {
+        all.extend(a.await.unwrap().into_iter().map(|i| i.id));
+    }
+    assert_eq!(all, [a.id.clone()]);
+    assert_eq!(
+        s.get_instance(&b.id).await.unwrap().unwrap().status,
+        InstanceStatus::Claimed
+    );
+}
+
 /// Ending a failed instance (clear, delete, retention) keeps how its boot ended — status,
 /// failed step, reason, steps — and says when and why it was ended; it no longer counts as a
 /// pool failure, nor among live instances, but it is still listed. Ended once only.
@@ -520,7 +612,7 @@ async fn claims_are_never_handed_out_twice(s: Arc<dyn Store>) {
     assert!(s.set_stale("r4", 200).await.unwrap());
     assert!(!s.set_stale("r4", 201).await.unwrap());
     let first = s
-        .claim_ready("p", Some("task-1"), 300)
+        .claim_ready("p", Some("task-1"), None, 300)
         .await
         .unwrap()
         .unwrap();
@@ -534,7 +626,7 @@ async fn claims_are_never_handed_out_twice(s: Arc<dyn Store>) {
     for _ in 0..16 {
         let s = s.clone();
         tasks.push(tokio::spawn(async move {
-            s.claim_ready("p", None, 400).await.unwrap()
+            s.claim_ready("p", None, None, 400).await.unwrap()
         }));
     }
     let mut got = Vec::new();
@@ -549,7 +641,7 @@ async fn claims_are_never_handed_out_twice(s: Arc<dyn Store>) {
         ["r0", "r1", "r2", "r4"],
         "each ready instance exactly once"
     );
-    assert!(s.claim_ready("p", None, 500).await.unwrap().is_none());
+    assert!(s.claim_ready("p", None, None, 500).await.unwrap().is_none());
     let counts = s.pool_counts("p").await.unwrap();
     assert_eq!(
         (counts.claimed, counts.warm_claims, counts.ready),
@@ -739,7 +831,7 @@ async fn pool_snapshot_never_misses_a_change(s: Arc<dyn Store>) {
                         .unwrap());
                 }
                 if k % 7 == 0 {
-                    s.claim_ready("p", None, k).await.unwrap();
+                    s.claim_ready("p", None, None, k).await.unwrap();
                 }
             }
         }));
@@ -821,7 +913,7 @@ async fn goldens_are_recorded_and_forgotten(s: Arc<dyn Store>) {
     s.insert_instance(&b).await.unwrap();
     assert!(s.list_instances("p", None, 50).await.unwrap().is_empty());
     assert_eq!(s.pool_status("p").await.unwrap().provisioning, 1);
-    assert!(s.claim_ready("p", None, 1).await.unwrap().is_none());
+    assert!(s.claim_ready("p", None, None, 1).await.unwrap().is_none());
 }
 
 async fn tokens_are_found_by_hash(s: Arc<dyn Store>) {
@@ -1063,7 +1155,7 @@ async fn pool_boots_are_placed_within_target_and_capacity(s: Arc<dyn Store>) {
     );
     // A claimed instance no longer counts toward the target: claiming p-ready leaves p-prov and
     // p-new1..3, room for one.
-    assert!(s.claim_ready("p", None, 60).await.unwrap().is_some());
+    assert!(s.claim_ready("p", None, None, 60).await.unwrap().is_some());
     let again: Vec<_> = (8..=10)
         .map(|n| on_node(&format!("p-new{n}"), "p", "h1", "b", Provisioning))
         .collect();
@@ -1270,7 +1362,7 @@ async fn nodes_round_trip_on_instances_and_goldens(s: Arc<dyn Store>) {
         .mark_ready("with", 20, &no_commits(), false)
         .await
         .unwrap());
-    let claimed = s.claim_ready("p", None, 30).await.unwrap().unwrap();
+    let claimed = s.claim_ready("p", None, None, 30).await.unwrap().unwrap();
     assert_eq!(
         (claimed.id.as_str(), claimed.node),
         ("with", with.node.clone())
@@ -1441,14 +1533,18 @@ async fn check_old_rows(s: &dyn Store) {
         .register_node(&node("n", "id-n", 4, 100), 0)
         .await
         .unwrap());
-    let claimed = s.claim_ready("p", Some("task"), 30).await.unwrap().unwrap();
+    let claimed = s
+        .claim_ready("p", Some("task"), None, 30)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(
         (claimed.id.as_str(), claimed.status),
         ("i", InstanceStatus::Claimed)
     );
 }
 
-/// A database of a server from before nodes opens: SQLite's migrations 6 to 9 apply once, and
+/// A database of a server from before nodes opens: SQLite's migrations 6 to 10 apply once, and
 /// every row reads back.
 #[tokio::test]
 async fn sqlite_database_of_an_older_server_is_migrated() {
@@ -1486,7 +1582,7 @@ async fn sqlite_database_of_an_older_server_is_migrated() {
     check_old_rows(&s).await;
     drop(s);
     let c = rusqlite::Connection::open(&path).unwrap();
-    assert_eq!(versions(&c), Vec::from_iter(1..=9));
+    assert_eq!(versions(&c), Vec::from_iter(1..=10));
 }
 
 // SQLite only ---------------------------------------------------------------------------------
@@ -1556,10 +1652,10 @@ async fn postgres_migrations_run_once_across_concurrent_opens() {
     assert_eq!(s.engine(), "postgres");
 
     let client = pg_client(&url).await;
-    assert_eq!(pg_versions(&client).await, [1, 2, 3, 4, 9]);
+    assert_eq!(pg_versions(&client).await, [1, 2, 3, 4, 9, 10]);
 }
 
-/// A database of a server from before nodes opens: PostgreSQL's migrations 2 to 4 and 9 apply
+/// A database of a server from before nodes opens: PostgreSQL's migrations 2 to 4, 9 and 10 apply
 /// once,
 /// and every row reads back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1579,7 +1675,7 @@ async fn postgres_database_of_an_older_server_is_migrated() {
     client.batch_execute(OLD_ROWS).await.unwrap();
     let s = PgStore::connect(&url).await.unwrap();
     check_old_rows(&s).await;
-    assert_eq!(pg_versions(&client).await, [1, 2, 3, 4, 9]);
+    assert_eq!(pg_versions(&client).await, [1, 2, 3, 4, 9, 10]);
 }
 
 /// Two nodes on one database: claims from both never take the same instance, and pool state
@@ -1607,7 +1703,11 @@ async fn postgres_nodes_never_claim_the_same_instance() {
     for n in 0..60 {
         let s = nodes[n % 2].clone();
         tasks.push(tokio::spawn(async move {
-            let got = s.claim_ready("p", None, 500).await.unwrap().map(|i| i.id);
+            let got = s
+                .claim_ready("p", None, None, 500)
+                .await
+                .unwrap()
+                .map(|i| i.id);
             s.update_pool_state(
                 "p",
                 1,
@@ -1630,7 +1730,7 @@ async fn postgres_nodes_never_claim_the_same_instance() {
     // those claims take them: every instance is claimed.
     assert_eq!(got.len(), 40);
     assert!(nodes[1]
-        .claim_ready("p", None, 600)
+        .claim_ready("p", None, None, 600)
         .await
         .unwrap()
         .is_none());
@@ -1781,7 +1881,7 @@ async fn postgres_outage_is_unavailable_then_recovers() {
         other => panic!("{what} while the database is down: {other:?}"),
     };
     unavailable(s.ping().await, "ping");
-    unavailable(s.claim_ready("p", None, 2).await.map(drop), "claim");
+    unavailable(s.claim_ready("p", None, None, 2).await.map(drop), "claim");
     unavailable(s.insert_project(&project("q")).await, "insert");
     unavailable(s.pool_snapshot(None).await.map(drop), "snapshot");
     unavailable(
@@ -1804,6 +1904,10 @@ async fn postgres_outage_is_unavailable_then_recovers() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(s.get_project("p").await.unwrap().is_some());
-    let claimed = s.claim_ready("p", Some("t"), 3).await.unwrap().unwrap();
+    let claimed = s
+        .claim_ready("p", Some("t"), None, 3)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(claimed.id, "i");
 }

@@ -584,6 +584,26 @@ pub struct ClaimBody {
     pub wait_seconds: Option<f64>,
 }
 
+/// Claim leases of a project's VMs: a claimed VM is destroyed when its lease runs out, unless
+/// renewed (`POST .../instances/{id}/renew`), so a VM whose task died does not live forever.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Leases {
+    /// A claim's lease when it asks for none (`ttlSeconds`). Default 86,400 (a day).
+    pub default_ttl_seconds: u64,
+    /// The longest lease a claim or a renewal may ask for. Default 604,800 (a week).
+    pub max_ttl_seconds: u64,
+}
+
+impl Default for Leases {
+    fn default() -> Self {
+        Self {
+            default_ttl_seconds: 24 * 3600,
+            max_ttl_seconds: 7 * 24 * 3600,
+        }
+    }
+}
+
 /// What happened to an instance beyond its boot (whose record is the instance detail's
 /// `summary` and `steps`): what it was for, who claimed it, and when and why it was ended — its
 /// VM destroyed (a failed boot's VM goes when the boot fails) and no longer counted in its pool.

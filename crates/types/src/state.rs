@@ -83,6 +83,8 @@ pub enum EndReason {
     Unhealthy,
     /// The boot that built a golden, once that golden is deleted.
     GoldenDeleted,
+    /// A claimed VM whose lease ran out.
+    Expired,
 }
 
 impl EndReason {
@@ -99,10 +101,11 @@ impl EndReason {
             Self::ProjectDeleted => "project_deleted",
             Self::Unhealthy => "unhealthy",
             Self::GoldenDeleted => "golden_deleted",
+            Self::Expired => "expired",
         }
     }
 
-    pub const ALL: [EndReason; 11] = [
+    pub const ALL: [EndReason; 12] = [
         Self::Deleted,
         Self::Cleared,
         Self::PoolDisabled,
@@ -114,6 +117,7 @@ impl EndReason {
         Self::ProjectDeleted,
         Self::Unhealthy,
         Self::GoldenDeleted,
+        Self::Expired,
     ];
 }
 

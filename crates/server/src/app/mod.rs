@@ -376,6 +376,8 @@ impl App {
             claimed_at: None,
             destroyed_at: None,
             end_reason: None,
+            lease_ms: None,
+            expires_at: None,
             stale_at: None,
             commits: Default::default(),
             node: Some(self.cfg.node.name.clone()),

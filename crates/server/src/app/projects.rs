@@ -138,6 +138,7 @@ impl App {
             repos,
             devbox: DevboxSpec::default(),
             resources: Default::default(),
+            leases: Default::default(),
             generation: 1,
             created_at: now,
             updated_at: now,

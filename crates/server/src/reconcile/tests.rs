@@ -27,6 +27,8 @@ fn inst(id: &str, kind: InstanceKind, status: InstanceStatus) -> InstanceRow {
         claimed_at: None,
         destroyed_at: None,
         end_reason: None,
+        lease_ms: None,
+        expires_at: None,
         stale_at: None,
         commits: Default::default(),
         golden_id: None,

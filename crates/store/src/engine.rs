@@ -423,12 +423,13 @@ impl<E: Engine> Store for E {
             p.created_at,
             p.updated_at,
             json(&p.resources)?,
-            json(&p.leases)?,
+            p.leases.default_ttl_seconds as i64,
+            p.leases.max_ttl_seconds as i64,
         ];
         let sql = sql!(
             "INSERT INTO projects (id, name, description, task_code, repos_json, devbox_json,
-                generation, created_at, updated_at, resources_json, leases_json)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+                generation, created_at, updated_at, resources_json, lease_default_s, lease_max_s)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
         );
         self.exec(sql, values).await.map(drop)
     }
@@ -465,12 +466,13 @@ impl<E: Engine> Store for E {
             &p.id,
             p.generation,
             json(&p.resources)?,
-            json(&p.leases)?,
+            p.leases.default_ttl_seconds as i64,
+            p.leases.max_ttl_seconds as i64,
         ];
         let sql = sql!(
             "UPDATE projects SET name = $1, description = $2, task_code = $3, repos_json = $4,
                 devbox_json = $5, updated_at = $6, generation = generation + 1,
-                resources_json = $9, leases_json = $10
+                resources_json = $9, lease_default_s = $10, lease_max_s = $11
              WHERE id = $7 AND generation = $8"
         );
         Ok(self.exec(sql, values).await? == 1)
@@ -650,22 +652,31 @@ impl<E: Engine> Store for E {
         let sql = sql!(
             postgres: concat!(
                 "UPDATE instances SET status = 'claimed', claimed_at = $2, task_id = $3,
-                    lease_ms = $4, expires_at = CAST($2 AS BIGINT) + CAST($4 AS BIGINT)
+                    lease_ms = COALESCE(CAST($4 AS BIGINT),
+                        (SELECT lease_default_s * 1000 FROM projects WHERE id = $1)),
+                    expires_at = CAST($2 AS BIGINT) + COALESCE(CAST($4 AS BIGINT),
+                        (SELECT lease_default_s * 1000 FROM projects WHERE id = $1))
                  WHERE id = (SELECT id FROM instances
                              WHERE project_id = $1 AND kind = 'pool' AND status = 'ready'
                              ORDER BY stale_at IS NOT NULL, provisioned_at DESC NULLS LAST
                              LIMIT 1 FOR UPDATE SKIP LOCKED)
                    AND status = 'ready'
+                   AND COALESCE(CAST($4 AS BIGINT), 0)
+                       <= (SELECT lease_max_s * 1000 FROM projects WHERE id = $1)
                  RETURNING ",
                 cols!(instance)
             ),
             sqlite: concat!(
                 "UPDATE instances SET status = 'claimed', claimed_at = $2, task_id = $3,
-                    lease_ms = $4, expires_at = $2 + $4
+                    lease_ms = COALESCE($4, (SELECT lease_default_s * 1000 FROM projects
+                                             WHERE id = $1)),
+                    expires_at = $2 + COALESCE($4, (SELECT lease_default_s * 1000 FROM projects
+                                                    WHERE id = $1))
                  WHERE id = (SELECT id FROM instances
                              WHERE project_id = $1 AND kind = 'pool' AND status = 'ready'
                              ORDER BY stale_at IS NOT NULL, provisioned_at DESC LIMIT 1)
                    AND status = 'ready'
+                   AND COALESCE($4, 0) <= (SELECT lease_max_s * 1000 FROM projects WHERE id = $1)
                  RETURNING ",
                 cols!(instance)
             ),

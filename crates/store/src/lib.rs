@@ -114,7 +114,8 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<bool>;
     /// Hands one ready pool instance of the project to a caller — fresh ones first, newest first —
     /// in one conditional statement: no instance is ever claimed twice.
-    /// The claim's lease (`lease_ms`; none: it never expires) starts now.
+    /// The claim's lease starts now: `lease_ms`, or the project's default; none is handed out
+    /// for a lease longer than the project allows (the caller tells why).
     async fn claim_ready(
         &self,
         project_id: &str,

@@ -96,7 +96,7 @@ pub struct Named<'a, R> {
 macro_rules! cols {
     (project) => {
         "seq, id, name, description, task_code, repos_json, devbox_json, generation, created_at, \
-         updated_at, resources_json, leases_json"
+         updated_at, resources_json, lease_default_s, lease_max_s"
     };
     (env_var) => {
         "name, value, version, updated_at"
@@ -153,8 +153,10 @@ pub fn project_row(r: &dyn Row) -> Result<ProjectRow> {
         created_at: r.i64("created_at")?,
         updated_at: r.i64("updated_at")?,
         resources: r.json("resources_json")?,
-        // NULL: the defaults.
-        leases: r.opt_json("leases_json")?.unwrap_or_default(),
+        leases: warmpool_types::api::Leases {
+            default_ttl_seconds: r.i64("lease_default_s")?.max(0) as u64,
+            max_ttl_seconds: r.i64("lease_max_s")?.max(0) as u64,
+        },
     })
 }
 

@@ -384,8 +384,19 @@ async fn leases_start_renew_and_expire_once(s: Arc<dyn Store>) {
         .unwrap()
         .unwrap();
     assert_eq!((a.lease_ms, a.expires_at), (Some(1000), Some(1100)));
+    assert!(
+        s.claim_ready("p", None, Some(3_600_001), 100)
+            .await
+            .unwrap()
+            .is_none(),
+        "longer than the project allows"
+    );
     let b = s.claim_ready("p", None, None, 100).await.unwrap().unwrap();
-    assert_eq!(b.expires_at, None, "a claim without a lease never expires");
+    assert_eq!(
+        (b.lease_ms, b.expires_at),
+        (Some(600_000), Some(600_100)),
+        "the project's default"
+    );
     // One booted for a claim: its lease starts when it is ready.
     let mut c = instance("c", "p", InstanceKind::Cold, InstanceStatus::Provisioning);
     c.lease_ms = Some(500);
@@ -448,7 +459,8 @@ async fn leases_start_renew_and_expire_once(s: Arc<dyn Store>) {
     assert_eq!(all, [a.id.clone()]);
     assert_eq!(
         s.get_instance(&b.id).await.unwrap().unwrap().status,
-        InstanceStatus::Claimed
+        InstanceStatus::Claimed,
+        "its lease runs until 600,100"
     );
 }
 

@@ -64,7 +64,7 @@ impl App {
         self.require_allowed()?;
         if let Some(inst) = self
             .store
-            .claim_ready(project_id, body.task_id.as_deref(), self.now())
+            .claim_ready(project_id, body.task_id.as_deref(), None, self.now())
             .await?
         {
             // A replacement starts at once.

@@ -89,6 +89,7 @@ fn plan(repos: &[&str]) -> BootPlan {
             repos,
             devbox: DevboxSpec::default(),
             resources: Default::default(),
+            leases: Default::default(),
             generation: 1,
             created_at: 0,
             updated_at: 0,

@@ -159,6 +159,7 @@ async fn every_endpoint_answers_in_its_type() {
     let no_wait = ClaimBody {
         task_id: Some("task-1".into()),
         wait_seconds: Some(0.0),
+        ttl_seconds: None,
     };
     let cold = match c.claim(&pid, &no_wait).await.unwrap() {
         Claim::Pending(r) => r,

@@ -179,6 +179,7 @@ async fn a_burst_of_claims_larger_than_the_pool_is_served_from_the_golden() {
             let body = ClaimBody {
                 task_id: Some(format!("burst {n}")),
                 wait_seconds: Some(60.0),
+                ttl_seconds: None,
             };
             c.claim(&pid, &body).await
         }

@@ -120,8 +120,7 @@ fn report(launched: usize, destroyed: usize, marked_stale: usize) -> ReconcileRe
         launched,
         destroyed,
         marked_stale,
-        expired: 0,
-        lost: 0,
+        ..Default::default()
     }
 }
 

@@ -582,6 +582,30 @@ pub struct ClaimBody {
     )]
     #[schema(value_type = f64, required = false, minimum = 0, maximum = 600)]
     pub wait_seconds: Option<f64>,
+    /// How long the VM lives unless renewed, in whole seconds: 1 to the project's
+    /// `maxTtlSeconds`; default its `defaultTtlSeconds` (see `GET /v1/projects/{id}/leases`).
+    #[serde(
+        default,
+        deserialize_with = "non_null",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(value_type = f64, required = false, minimum = 1)]
+    pub ttl_seconds: Option<f64>,
+}
+
+/// `POST .../instances/{id}/renew`: the claimed VM's lease, from now.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RenewBody {
+    /// Whole seconds from now, 1 to the project's `maxTtlSeconds`; default its
+    /// `defaultTtlSeconds`.
+    #[serde(
+        default,
+        deserialize_with = "non_null",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(value_type = f64, required = false, minimum = 1)]
+    pub ttl_seconds: Option<f64>,
 }
 
 /// Claim leases of a project's VMs: a claimed VM is destroyed when its lease runs out, unless
@@ -621,6 +645,8 @@ pub struct InstanceLifecycle {
     pub created_at: String,
     pub provisioned_at: Option<String>,
     pub claimed_at: Option<String>,
+    /// When a claimed VM's lease runs out, unless renewed.
+    pub expires_at: Option<String>,
     /// When it was ended; null while it lives (or, for a failed boot, still counts as a failure).
     pub ended_at: Option<String>,
     pub end_reason: Option<crate::state::EndReason>,
@@ -644,6 +670,9 @@ pub struct ClaimResponse {
     /// Whether the VM came ready from the pool.
     pub warm: bool,
     pub vm: Option<VmAccess>,
+    /// When the VM's lease runs out (it is then destroyed) unless renewed; null while a VM
+    /// booted for the claim is not ready (its lease starts then).
+    pub expires_at: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use warmpool_store::InstanceRow;
-use warmpool_types::api::{ClaimBody, ClaimResponse, DegradedInfo, PoolStats, VmAccess};
+use warmpool_types::api::{ClaimBody, ClaimResponse, DegradedInfo, Leases, PoolStats, VmAccess};
 use warmpool_types::state::{InstanceKind, InstanceStatus};
 use warmpool_types::time::fmt_ms;
 use warmpool_types::{ids, validate};
@@ -60,11 +60,17 @@ impl App {
         if let Some(t) = &body.task_id {
             p.check("taskId", validate::display_text(t, 200));
         }
+        // Bounded here by the longest any project allows; the project's own maximum is kept by
+        // the claim's statement (a longer lease claims nothing) and told below.
+        let ttl = body
+            .ttl_seconds
+            .map(|t| u64::from(whole_in_range(&mut p, "ttlSeconds", t, 1, MAX_LEASE_SECS)));
         p.into_result()?;
         self.require_allowed()?;
+        let lease_ms = ttl.map(|t| t as i64 * 1000);
         if let Some(inst) = self
             .store
-            .claim_ready(project_id, body.task_id.as_deref(), None, self.now())
+            .claim_ready(project_id, body.task_id.as_deref(), lease_ms, self.now())
             .await?
         {
             // A replacement starts at once.
@@ -80,10 +86,12 @@ impl App {
                     vm: self.vm_access_of(&inst),
                     instance: list_item(&inst),
                     warm: true,
+                    expires_at: inst.expires_at.map(fmt_ms),
                 },
             ));
         }
-        self.project_for(caller, project_id).await?;
+        let project = self.project_for(caller, project_id).await?;
+        let lease_ms = lease_within(&project.leases, ttl)?;
         // The slot counts this boot against the project's cap until its steps are over.
         let slot = self
             .limits
@@ -93,6 +101,7 @@ impl App {
                 project_id,
                 InstanceKind::Cold,
                 body.task_id.clone(),
+                Some(lease_ms),
                 Some(slot),
             )
             .await?;
@@ -109,6 +118,7 @@ impl App {
                 vm: if done { self.vm_access_of(&inst) } else { None },
                 instance: list_item(&inst),
                 warm: false,
+                expires_at: inst.expires_at.map(fmt_ms),
             },
         ))
     }
@@ -203,4 +213,25 @@ mod tests {
         assert_eq!(quantile(&v, 0.5), Some(50));
         assert_eq!(quantile(&v, 0.95), Some(95));
     }
+}
+
+/// No project may allow leases longer than this (a year): bounds `ttlSeconds` before any read.
+pub const MAX_LEASE_SECS: u32 = 366 * 24 * 3600;
+
+/// The lease a claim or renewal gets, in ms: `ttl` seconds if the project allows that long,
+/// else its default.
+pub(crate) fn lease_within(leases: &Leases, ttl: Option<u64>) -> AppResult<i64> {
+    let secs = ttl.unwrap_or(leases.default_ttl_seconds);
+    if secs > leases.max_ttl_seconds {
+        let mut p = Problems::default();
+        p.add(
+            "ttlSeconds",
+            format!(
+                "must be at most {} (the project's maxTtlSeconds)",
+                leases.max_ttl_seconds
+            ),
+        );
+        p.into_result()?;
+    }
+    Ok(secs as i64 * 1000)
 }

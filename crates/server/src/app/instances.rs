@@ -94,6 +94,7 @@ impl App {
             created_at: fmt_ms(i.created_at),
             provisioned_at: i.provisioned_at.map(fmt_ms),
             claimed_at: i.claimed_at.map(fmt_ms),
+            expires_at: i.expires_at.map(fmt_ms),
             ended_at: i.destroyed_at.map(fmt_ms),
             end_reason: i.end_reason,
         })

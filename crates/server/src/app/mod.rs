@@ -391,9 +391,11 @@ impl App {
         project_id: &str,
         kind: InstanceKind,
         task_id: Option<String>,
+        lease_ms: Option<i64>,
         slot: Option<limits::ColdSlot>,
     ) -> AppResult<InstanceRow> {
-        let (inst, plan) = self.prepare(project_id, kind, task_id).await?;
+        let (mut inst, plan) = self.prepare(project_id, kind, task_id).await?;
+        inst.lease_ms = lease_ms;
         self.store.insert_instance(&inst).await?;
         self.start(inst.clone(), plan, slot);
         Ok(inst)
@@ -515,10 +517,17 @@ impl App {
         {
             return Ok(false);
         }
+        self.destroy_vm_of(inst).await;
+        Ok(true)
+    }
+
+    /// The VM of an instance that was just ended: destroyed here if this node hosts it (a boot
+    /// still running is cancelled and destroys it as it stops); another node's finds it owned by
+    /// no live instance and destroys it.
+    pub(crate) async fn destroy_vm_of(&self, inst: &InstanceRow) {
         if !self.is_mine(inst) {
-            // Its node destroys the VM: it finds it owned by no live instance of its own.
             tracing::info!(instance = %inst.id, node = ?inst.node, "instance destroyed; its node removes the VM");
-            return Ok(true);
+            return;
         }
         let running = self
             .running
@@ -538,7 +547,18 @@ impl App {
             }
         }
         tracing::info!(instance = %inst.id, vm = %inst.vm_id, "instance destroyed");
-        Ok(true)
+    }
+
+    /// Ends the claimed instances whose lease ran out — any node may, each is ended once — and
+    /// destroys their VMs (see [`App::destroy_vm_of`]). A crash in between leaves a VM no live
+    /// instance owns, which the orphan sweep destroys.
+    pub(crate) async fn expire_leases(&self) -> AppResult<usize> {
+        let ended = self.store.expire_leases(self.now()).await?;
+        for inst in &ended {
+            tracing::info!(instance = %inst.id, task = ?inst.task_id, "a claim's lease ran out");
+            self.destroy_vm_of(inst).await;
+        }
+        Ok(ended.len())
     }
 
     /// After a start: fails this node's instances a dead server left provisioning, destroys VMs

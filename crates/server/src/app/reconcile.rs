@@ -44,6 +44,8 @@ pub struct ReconcileReport {
     pub destroyed: usize,
     pub marked_stale: usize,
     pub expired: usize,
+    /// Claimed VMs whose lease ran out, destroyed.
+    pub leases_expired: usize,
     /// Instances of lost nodes failed (to be replaced).
     pub lost: usize,
 }
@@ -120,6 +122,7 @@ impl App {
         // Passes run one at a time: each brings the instances it keeps up to date.
         let mut cache = self.instance_cache.lock().await;
         report.lost += self.fail_lost_nodes().await?;
+        report.leases_expired += self.expire_leases().await?;
         let full = cache
             .loaded_at
             .is_none_or(|t| t.elapsed() >= FULL_RELOAD_EVERY);

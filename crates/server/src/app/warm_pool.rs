@@ -165,7 +165,7 @@ impl App {
             self.apply_pool_update(project_id, &update, false).await?;
         }
         let inst = self
-            .launch(project_id, InstanceKind::Test, None, None)
+            .launch(project_id, InstanceKind::Test, None, None, None)
             .await?;
         tracing::info!(project = %project_id, instance = %inst.id, vm = %inst.vm_id, "test boot started");
         Ok(TestWarmPoolBootResponse { id: inst.id })

@@ -81,6 +81,7 @@ pub async fn claim_latency(report: &mut Report, quick: bool) -> anyhow::Result<(
                 let body = ClaimBody {
                     task_id: None,
                     wait_seconds: Some(0.0),
+                    ttl_seconds: None,
                 };
                 loop {
                     let n = next.fetch_add(1, Ordering::Relaxed);
@@ -212,6 +213,7 @@ async fn claim_to_first_output(s: &Server, pid: &str) -> anyhow::Result<(Duratio
     let body = ClaimBody {
         task_id: None,
         wait_seconds: Some(600.0),
+        ttl_seconds: None,
     };
     let exec = AgentExecRequest {
         command: Some("echo first".into()),

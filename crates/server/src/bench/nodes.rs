@@ -36,6 +36,7 @@ async fn claim_rate(
             let body = ClaimBody {
                 task_id: None,
                 wait_seconds: Some(0.0),
+                ttl_seconds: None,
             };
             let mut i = w;
             while !stop.load(Ordering::Relaxed) {

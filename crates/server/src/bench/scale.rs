@@ -68,6 +68,7 @@ async fn measure(s: &Server, projects: &[String], quick: bool) -> anyhow::Result
             let body = ClaimBody {
                 task_id: None,
                 wait_seconds: Some(0.0),
+                ttl_seconds: None,
             };
             let mut n = 0usize;
             let mut i = w * 7919;

@@ -372,6 +372,7 @@ async fn claim(
     let body = ClaimBody {
         task_id,
         wait_seconds: Some(f64::from(wait)),
+        ttl_seconds: None,
     };
     let (pending, mut r) = match c.claim(pid, &body).await? {
         Claim::Ready(r) => (false, r),

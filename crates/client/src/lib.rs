@@ -23,8 +23,8 @@ use warmpool_types::api::{
     CreateTokenBody, CreatedToken, DeleteEnvVarResponse, Devbox, EnvVarsResponse, ExecBody,
     ExecResponse, GetWarmPoolResponse, HealthResponse, InstanceLifecycle, ListInstancesQuery,
     ListProjectsQuery, ListProjectsResponse, ListReposResponse, ListTokensResponse,
-    ListWarmPoolInstancesResponse, PoolHistory, PoolStats, Project, PutEnvVarsBody, Resources,
-    TestWarmPoolBootBody, TestWarmPoolBootResponse, UpdateDevboxBody, UpdateProjectBody,
+    ListWarmPoolInstancesResponse, PoolHistory, PoolStats, Project, PutEnvVarsBody, RenewBody,
+    Resources, TestWarmPoolBootBody, TestWarmPoolBootResponse, UpdateDevboxBody, UpdateProjectBody,
     UpdateResourcesBody, UpdateWarmPoolBody, UpdateWarmPoolResponse, VmAccess,
     WarmPoolInstanceDetail,
 };
@@ -534,6 +534,22 @@ impl Client {
             seg(instance)
         ));
         self.no_content(Method::DELETE, url).await
+    }
+
+    /// `POST /v1/projects/{project}/warm-pool/instances/{instance}/renew`: a claimed VM's lease,
+    /// from now.
+    pub async fn renew(
+        &self,
+        project: &str,
+        instance: &str,
+        body: &RenewBody,
+    ) -> Result<InstanceLifecycle, ClientError> {
+        let url = self.url(format_args!(
+            "/v1/projects/{}/warm-pool/instances/{}/renew",
+            seg(project),
+            seg(instance)
+        ));
+        self.with_body(Method::POST, url, body).await
     }
 
     /// `GET /v1/projects/{project}/warm-pool/instances/{instance}/lifecycle`: who claimed the

@@ -870,3 +870,124 @@ async fn clear_keeps_failed_records_readable() {
         "{life}"
     );
 }
+
+/// Claim leases: a claim asks for `ttlSeconds` within the project's maximum (a longer one is
+/// refused, naming the field) and is told when its lease runs out; at expiry the VM is
+/// destroyed and its record says it expired, when, and for which task; a renewed one lives on;
+/// a lease that ran out cannot be renewed; and a lease that runs out while the server is down
+/// is ended once the server is back.
+#[tokio::test(flavor = "multi_thread")]
+async fn claims_expire_unless_renewed() {
+    let mut s = TestServer::start(&["--backend", "sim", "--reconcile-interval-ms", "100"]);
+    let pid = s.create_project("leases", vec![]).await;
+    let leases = format!("/v1/projects/{pid}/leases");
+    let l = s.ok("GET", &leases, None).await;
+    assert_eq!(
+        l,
+        json!({"defaultTtlSeconds": 86400, "maxTtlSeconds": 604800})
+    );
+    let l = s
+        .ok(
+            "PATCH",
+            &leases,
+            Some(json!({"defaultTtlSeconds": 600, "maxTtlSeconds": 3600})),
+        )
+        .await;
+    assert_eq!(l["maxTtlSeconds"], 3600);
+    let (code, v) = s
+        .call("PATCH", &leases, Some(json!({"defaultTtlSeconds": 7200})))
+        .await;
+    assert_eq!(code, 422, "{v}");
+    let pool = format!("/v1/projects/{pid}/warm-pool");
+    s.ok("PATCH", &pool, Some(json!({"targetSize": 3}))).await;
+    wait_ready(&s, &pid, 3).await;
+
+    let claim = format!("{pool}/claim");
+    let (code, v) = s
+        .call("POST", &claim, Some(json!({"ttlSeconds": 3601})))
+        .await;
+    assert_eq!(code, 422, "{v}");
+    assert!(v.to_string().contains("ttlSeconds"), "{v}");
+    for bad in [json!(0), json!(1.5), json!(-3), json!("60")] {
+        let (code, v) = s
+            .call("POST", &claim, Some(json!({"ttlSeconds": bad})))
+            .await;
+        assert_eq!(code, 422, "{bad}: {v}");
+    }
+    let short = s
+        .ok(
+            "POST",
+            &claim,
+            Some(json!({"taskId": "t-short", "ttlSeconds": 1})),
+        )
+        .await;
+    let renewed = s
+        .ok(
+            "POST",
+            &claim,
+            Some(json!({"taskId": "t-renewed", "ttlSeconds": 1})),
+        )
+        .await;
+    let default = s.ok("POST", &claim, Some(json!({}))).await;
+    for c in [&short, &renewed, &default] {
+        assert!(c["expiresAt"].is_string(), "{c}");
+    }
+    let id = |c: &Value| c["instance"]["id"].as_str().unwrap().to_string();
+    let (short, renewed, default) = (id(&short), id(&renewed), id(&default));
+    let r = s
+        .ok(
+            "POST",
+            &format!("{pool}/instances/{renewed}/renew"),
+            Some(json!({"ttlSeconds": 3600})),
+        )
+        .await;
+    assert!(r["expiresAt"].is_string(), "{r}");
+    wait_for("the short lease to run out", s.boot(), async || {
+        let life = lifecycle(&s, &pool, &short).await;
+        seen(life["endReason"] == "expired", life)
+    })
+    .await;
+    let life = lifecycle(&s, &pool, &short).await;
+    assert_eq!(life["status"], "destroyed", "{life}");
+    assert_eq!(life["taskId"], "t-short", "{life}");
+    assert!(life["endedAt"].is_string(), "{life}");
+    let (code, v) = s
+        .call(
+            "POST",
+            &format!("{pool}/instances/{short}/renew"),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(code, 409, "{v}");
+    for (id, what) in [(&renewed, "renewed"), (&default, "the default lease")] {
+        let life = lifecycle(&s, &pool, id).await;
+        assert_eq!(life["status"], "claimed", "{what}: {life}");
+    }
+
+    // A lease that runs out around a crash (kill -9) and restart ends once, after it.
+    let late = s
+        .ok(
+            "POST",
+            &claim,
+            Some(json!({"taskId": "t-late", "ttlSeconds": 1})),
+        )
+        .await;
+    let late = id(&late);
+    s.restart();
+    wait_for(
+        "the lease that ran out meanwhile to end",
+        s.boot(),
+        async || {
+            let life = lifecycle(&s, &pool, &late).await;
+            seen(life["endReason"] == "expired", life)
+        },
+    )
+    .await;
+    let ended = lifecycle(&s, &pool, &late).await["endedAt"].clone();
+    s.restart();
+    assert_eq!(
+        lifecycle(&s, &pool, &late).await["endedAt"],
+        ended,
+        "ended once"
+    );
+}

@@ -593,6 +593,16 @@ pub struct ClaimBody {
     pub ttl_seconds: Option<f64>,
 }
 
+/// Partial update of [`Leases`]: the fields given are replaced.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct UpdateLeasesBody {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_ttl_seconds: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_ttl_seconds: Option<u64>,
+}
+
 /// `POST .../instances/{id}/renew`: the claimed VM's lease, from now.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

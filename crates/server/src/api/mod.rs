@@ -194,6 +194,7 @@ pub fn router(app: Arc<App>, opts: HttpOptions) -> Router {
         .routes(routes!(warm_pool::clear))
         .routes(routes!(pool::vm))
         .routes(routes!(pool::lifecycle))
+        .routes(routes!(pool::renew))
         .routes(routes!(pool::stats))
         .routes(routes!(pool::history))
         .routes(routes!(projects::create_project, projects::list_projects))
@@ -207,6 +208,7 @@ pub fn router(app: Arc<App>, opts: HttpOptions) -> Router {
         .routes(routes!(projects::delete_env_var))
         .routes(routes!(projects::get_devbox, projects::update_devbox))
         .routes(routes!(projects::get_resources, projects::update_resources))
+        .routes(routes!(projects::get_leases, projects::update_leases))
         .routes(routes!(projects::create_token, projects::list_tokens))
         .routes(routes!(projects::delete_token))
         .layer(middleware::from_fn_with_state(

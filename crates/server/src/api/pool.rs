@@ -10,7 +10,8 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use futures_util::stream::{BoxStream, StreamExt};
 use warmpool_types::api::{
-    ClaimBody, ClaimResponse, ErrorResponse, InstanceLifecycle, PoolHistory, PoolStats, VmAccess,
+    ClaimBody, ClaimResponse, ErrorResponse, InstanceLifecycle, PoolHistory, PoolStats, RenewBody,
+    VmAccess,
 };
 
 use super::extract::{ApiJson, ApiPath};
@@ -45,6 +46,31 @@ pub async fn claim(
         },
         Json(r),
     ))
+}
+
+#[utoipa::path(
+    post, path = "/v1/projects/{projectId}/warm-pool/instances/{id}/renew", tag = "instances",
+    operation_id = "renewWarmPoolInstance",
+    summary = "Extend a claimed VM's lease, from now",
+    params(
+        ("projectId" = String, Path, description = "Project ID."),
+        ("id" = String, Path, description = "Warm pool instance ID (wpi_...)."),
+    ),
+    request_body = RenewBody,
+    responses(
+        (status = 200, description = "Success", body = InstanceLifecycle),
+        (status = 409, description = "Not claimed, or its lease ran out", body = ErrorResponse),
+        StdErrors
+    ),
+    security(("bearerAuth" = []))
+)]
+pub async fn renew(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    ApiPath((project_id, id)): ApiPath<(String, String)>,
+    ApiJson(body): ApiJson<RenewBody>,
+) -> ApiResult<Json<InstanceLifecycle>> {
+    app.renew(&caller, &project_id, &id, body).await.map(Json)
 }
 
 #[utoipa::path(

@@ -8,9 +8,9 @@ use axum::http::StatusCode;
 use axum::{Extension, Json};
 use warmpool_types::api::{
     CreateProjectBody, CreateTokenBody, CreatedToken, DeleteEnvVarResponse, Devbox,
-    EnvVarsResponse, ListProjectsQuery, ListProjectsResponse, ListReposResponse,
-    ListTokensResponse, Project, PutEnvVarsBody, Resources, UpdateDevboxBody, UpdateProjectBody,
-    UpdateResourcesBody,
+    EnvVarsResponse, Leases, ListProjectsQuery, ListProjectsResponse, ListReposResponse,
+    ListTokensResponse, Project, PutEnvVarsBody, Resources, UpdateDevboxBody, UpdateLeasesBody,
+    UpdateProjectBody, UpdateResourcesBody,
 };
 
 use super::extract::{ApiJson, ApiPath, ApiQuery};
@@ -238,6 +238,40 @@ pub async fn update_resources(
     ApiJson(body): ApiJson<UpdateResourcesBody>,
 ) -> ApiResult<Json<Resources>> {
     app.update_resources(&caller, &project_id, body)
+        .await
+        .map(Json)
+}
+
+#[utoipa::path(
+    get, path = "/v1/projects/{projectId}/leases", tag = "projects", operation_id = "getLeases",
+    summary = "How long the project's claimed VMs live unless renewed: the default and longest lease",
+    params(("projectId" = String, Path, description = "Project ID.")),
+    responses((status = 200, description = "Success", body = Leases), StdErrors),
+    security(("bearerAuth" = []))
+)]
+pub async fn get_leases(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    ApiPath(project_id): ApiPath<String>,
+) -> ApiResult<Json<Leases>> {
+    app.get_leases(&caller, &project_id).await.map(Json)
+}
+
+#[utoipa::path(
+    patch, path = "/v1/projects/{projectId}/leases", tag = "projects", operation_id = "updateLeases",
+    summary = "Change the default and longest lease of claims from now on (admin)",
+    params(("projectId" = String, Path, description = "Project ID.")),
+    request_body = UpdateLeasesBody,
+    responses((status = 200, description = "Success", body = Leases), StdErrors),
+    security(("bearerAuth" = []))
+)]
+pub async fn update_leases(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    ApiPath(project_id): ApiPath<String>,
+    ApiJson(body): ApiJson<UpdateLeasesBody>,
+) -> ApiResult<Json<Leases>> {
+    app.update_leases(&caller, &project_id, body)
         .await
         .map(Json)
 }

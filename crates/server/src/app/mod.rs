@@ -11,6 +11,7 @@ pub mod events;
 pub mod heads;
 mod history;
 mod instances;
+mod leases;
 pub mod limits;
 pub mod nodes;
 mod projects;

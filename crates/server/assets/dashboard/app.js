@@ -386,6 +386,7 @@ async function instance(pid, id) {
     const l = await api("GET", base + "/lifecycle");
     const parts = [];
     if (l.claimedAt) parts.push("claimed " + l.claimedAt + (l.taskId ? " for task " + l.taskId : ""));
+    if (l.expiresAt && !l.endedAt) parts.push("lease until " + l.expiresAt);
     if (l.endedAt) parts.push("ended " + l.endedAt + ": " + (l.endReason || "").replace(/_/g, " "));
     life.textContent = parts.join(" · ");
   };

@@ -359,6 +359,12 @@ fn print_access(pid: &str, r: &ClaimResponse) {
         );
         println!("  release: warmpool release {pid} {}", i.id);
     }
+    if let Some(at) = &r.expires_at {
+        println!(
+            "  lease:   until {at}; extend it with warmpool renew {pid} {}",
+            i.id
+        );
+    }
 }
 
 async fn claim(
@@ -366,13 +372,14 @@ async fn claim(
     pid: &str,
     task_id: Option<String>,
     wait: u32,
+    ttl: Option<u32>,
     json_out: bool,
     quiet: bool,
 ) -> anyhow::Result<i32> {
     let body = ClaimBody {
         task_id,
         wait_seconds: Some(f64::from(wait)),
-        ttl_seconds: None,
+        ttl_seconds: ttl.map(f64::from),
     };
     let (pending, mut r) = match c.claim(pid, &body).await? {
         Claim::Ready(r) => (false, r),
@@ -401,6 +408,8 @@ async fn claim(
         }
         r.instance.status = d.status;
         r.vm = Some(c.vm_access(pid, &id).await?);
+        // Its lease started when it became ready.
+        r.expires_at = c.instance_lifecycle(pid, &id).await?.expires_at;
     }
     if quiet {
         println!("{}", r.instance.id);
@@ -885,6 +894,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                             None => println!("claimed at {at}"),
                         }
                     }
+                    if let (Some(at), None) = (&life.expires_at, &life.ended_at) {
+                        println!("lease until {at} (warmpool renew {pid} {instance})");
+                    }
                     if let (Some(at), Some(why)) = (&life.ended_at, life.end_reason) {
                         println!("ended at {at}: {}", why.as_str().replace('_', " "));
                     }
@@ -908,10 +920,30 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             project,
             task_id,
             wait_seconds,
+            ttl,
             quiet,
         } => {
             let pid = project_id(&c, &project).await?;
-            return claim(&c, &pid, task_id, wait_seconds, json_out, quiet).await;
+            return claim(&c, &pid, task_id, wait_seconds, ttl, json_out, quiet).await;
+        }
+        Command::Renew {
+            project,
+            instance,
+            ttl,
+        } => {
+            let pid = project_id(&c, &project).await?;
+            let body = warmpool_types::api::RenewBody {
+                ttl_seconds: ttl.map(f64::from),
+            };
+            let life = c.renew(&pid, &instance, &body).await?;
+            if json_out {
+                print_json(&life);
+            } else {
+                println!(
+                    "renewed {instance}: its lease runs until {}",
+                    life.expires_at.as_deref().unwrap_or("(no lease)")
+                );
+            }
         }
         Command::Token(cmd) => match cmd {
             TokenCmd::Create { project } => {

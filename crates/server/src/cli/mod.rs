@@ -79,9 +79,23 @@ pub enum Command {
         /// How long to wait for a VM booted for this claim.
         #[arg(long, default_value_t = 600)]
         wait_seconds: u32,
+        /// The VM's lease in seconds: it is destroyed then unless renewed (default: the
+        /// project's: `GET /v1/projects/{id}/leases`).
+        #[arg(long)]
+        ttl: Option<u32>,
         /// Print only the instance id.
         #[arg(long, short)]
         quiet: bool,
+    },
+    /// Extend a claimed VM's lease, from now.
+    Renew {
+        /// The project: its id (proj_...) or its name.
+        project: String,
+        /// The instance's id (wpi_...).
+        instance: String,
+        /// Seconds from now (default: the project's default lease).
+        #[arg(long)]
+        ttl: Option<u32>,
     },
     /// Project tokens: act on one project only.
     #[command(subcommand)]

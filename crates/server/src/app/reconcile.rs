@@ -122,7 +122,6 @@ impl App {
         // Passes run one at a time: each brings the instances it keeps up to date.
         let mut cache = self.instance_cache.lock().await;
         report.lost += self.fail_lost_nodes().await?;
-        report.leases_expired += self.expire_leases().await?;
         let full = cache
             .loaded_at
             .is_none_or(|t| t.elapsed() >= FULL_RELOAD_EVERY);
@@ -144,6 +143,16 @@ impl App {
             } else {
                 cache.rows.insert(inst.id.clone(), inst);
             }
+        }
+        // Only when a lease ran out by what this pass knows (a renewal anywhere moves the
+        // revision, so the rows are current): the ending itself is a conditional write that
+        // each instance passes once, whichever node gets there first.
+        if cache
+            .rows
+            .values()
+            .any(|i| i.status == InstanceStatus::Claimed && i.expires_at.is_some_and(|t| t <= now))
+        {
+            report.leases_expired += self.expire_leases().await?;
         }
         let projects: HashMap<&str, &ProjectRow> =
             snap.projects.iter().map(|p| (p.id.as_str(), p)).collect();

@@ -384,3 +384,42 @@ async fn instances_show_tells_who_claimed_and_why_it_ended() {
         "{stdout}"
     );
 }
+
+/// `warmpool claim --ttl` says when the lease runs out and how to extend it; `warmpool renew`
+/// extends it; a lease longer than the project allows is refused naming the field.
+#[tokio::test(flavor = "multi_thread")]
+async fn claim_with_a_lease_and_renew_it() {
+    let s = TestServer::start(&["--backend", "sim"]);
+    let pid = s.create_project("leased", vec![]).await;
+    s.ok(
+        "PATCH",
+        &format!("/v1/projects/{pid}/warm-pool"),
+        Some(json!({"targetSize": 1})),
+    )
+    .await;
+    let home = tempfile::tempdir().unwrap();
+    let run = |cmd: String| {
+        let out = output_within(cli(&s, home.path()).arg("-c").arg(&cmd), &cmd, REQUEST * 2);
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (ok, out, err) = run(format!("warmpool claim {pid} --ttl 600 --task-id 'a b'"));
+    assert!(ok, "{out}{err}");
+    assert!(
+        out.contains("lease:   until ") && out.contains("warmpool renew"),
+        "{out}"
+    );
+    let id = out.split_whitespace().nth(1).unwrap().to_string();
+    let (ok, out, err) = run(format!("warmpool renew {pid} {id} --ttl 900"));
+    assert!(ok, "{out}{err}");
+    assert!(
+        out.contains(&format!("renewed {id}: its lease runs until ")),
+        "{out}"
+    );
+    let (ok, out, err) = run(format!("warmpool claim {pid} --ttl 99999999"));
+    assert!(!ok, "{out}");
+    assert!(err.contains("ttlSeconds"), "{err}");
+}

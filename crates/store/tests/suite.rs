@@ -456,7 +456,7 @@ async fn leases_start_renew_and_expire_once(s: Arc<dyn Store>) {
     for a in askers {
         all.extend(a.await.unwrap().into_iter().map(|i| i.id));
     }
-    assert_eq!(all, [a.id.clone()]);
+    assert_eq!(all, std::slice::from_ref(&a.id));
     assert_eq!(
         s.get_instance(&b.id).await.unwrap().unwrap().status,
         InstanceStatus::Claimed,

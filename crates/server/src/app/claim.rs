@@ -201,20 +201,6 @@ impl App {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::quantile;
-
-    #[test]
-    fn quantiles() {
-        assert_eq!(quantile(&[], 0.5), None);
-        assert_eq!(quantile(&[7], 0.95), Some(7));
-        let v: Vec<i64> = (1..=100).collect();
-        assert_eq!(quantile(&v, 0.5), Some(50));
-        assert_eq!(quantile(&v, 0.95), Some(95));
-    }
-}
-
 /// No project may allow leases longer than this (a year): bounds `ttlSeconds` before any read.
 pub const MAX_LEASE_SECS: u32 = 366 * 24 * 3600;
 
@@ -234,4 +220,18 @@ pub(crate) fn lease_within(leases: &Leases, ttl: Option<u64>) -> AppResult<i64> 
         p.into_result()?;
     }
     Ok(secs as i64 * 1000)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::quantile;
+
+    #[test]
+    fn quantiles() {
+        assert_eq!(quantile(&[], 0.5), None);
+        assert_eq!(quantile(&[7], 0.95), Some(7));
+        let v: Vec<i64> = (1..=100).collect();
+        assert_eq!(quantile(&v, 0.5), Some(50));
+        assert_eq!(quantile(&v, 0.95), Some(95));
+    }
 }

@@ -30,6 +30,23 @@ pub fn list_item(i: &InstanceRow) -> InstanceListItem {
     }
 }
 
+/// What happened to an instance beyond its boot, from its row.
+pub fn lifecycle_of(i: &InstanceRow) -> InstanceLifecycle {
+    InstanceLifecycle {
+        id: i.id.clone(),
+        instance_id: i.vm_id.clone(),
+        status: i.status.as_str().to_string(),
+        kind: i.kind.as_str().to_string(),
+        task_id: i.task_id.clone(),
+        created_at: fmt_ms(i.created_at),
+        provisioned_at: i.provisioned_at.map(fmt_ms),
+        claimed_at: i.claimed_at.map(fmt_ms),
+        expires_at: i.expires_at.map(fmt_ms),
+        ended_at: i.destroyed_at.map(fmt_ms),
+        end_reason: i.end_reason,
+    }
+}
+
 pub fn step_record(s: &StepRow) -> StepRecord {
     StepRecord {
         name: s.name.clone(),
@@ -84,20 +101,9 @@ impl App {
         project_id: &str,
         id: &str,
     ) -> AppResult<InstanceLifecycle> {
-        let i = self.instance_for(caller, project_id, id).await?;
-        Ok(InstanceLifecycle {
-            id: i.id.clone(),
-            instance_id: i.vm_id.clone(),
-            status: i.status.as_str().to_string(),
-            kind: i.kind.as_str().to_string(),
-            task_id: i.task_id.clone(),
-            created_at: fmt_ms(i.created_at),
-            provisioned_at: i.provisioned_at.map(fmt_ms),
-            claimed_at: i.claimed_at.map(fmt_ms),
-            expires_at: i.expires_at.map(fmt_ms),
-            ended_at: i.destroyed_at.map(fmt_ms),
-            end_reason: i.end_reason,
-        })
+        Ok(lifecycle_of(
+            &self.instance_for(caller, project_id, id).await?,
+        ))
     }
 
     pub async fn list_instances(

@@ -4,6 +4,8 @@ use warmpool_types::api::{InstanceLifecycle, Leases, RenewBody, UpdateLeasesBody
 use warmpool_types::state::InstanceStatus;
 
 use super::claim::{lease_within, MAX_LEASE_SECS};
+use super::instances::lifecycle_of;
+use super::validation::whole_in_range;
 use super::{App, Caller};
 use crate::error::{AppError, AppResult, Problems};
 
@@ -62,32 +64,24 @@ impl App {
         id: &str,
         body: RenewBody,
     ) -> AppResult<InstanceLifecycle> {
-        let inst = self.instance_for(caller, project_id, id).await?;
-        let project = self.project_for(caller, project_id).await?;
         let mut p = Problems::default();
-        let ttl = body.ttl_seconds.map(|t| {
-            u64::from(crate::app::validation::whole_in_range(
-                &mut p,
-                "ttlSeconds",
-                t,
-                1,
-                MAX_LEASE_SECS,
-            ))
-        });
+        let ttl = body
+            .ttl_seconds
+            .map(|t| u64::from(whole_in_range(&mut p, "ttlSeconds", t, 1, MAX_LEASE_SECS)));
         p.into_result()?;
+        // One read of the project (access and its leases), one conditional write: the row it
+        // answers is the renewed instance's (the write is scoped to the project).
+        let project = self.project_for(caller, project_id).await?;
         let lease_ms = lease_within(&project.leases, ttl)?;
-        if self
+        if let Some(row) = self
             .store
             .renew_lease(id, project_id, lease_ms, self.now())
             .await?
-            .is_some()
         {
-            return self.instance_lifecycle(caller, project_id, id).await;
+            return Ok(lifecycle_of(&row));
         }
-        let now = self
-            .instance_for(caller, project_id, id)
-            .await
-            .unwrap_or(inst);
+        // Not renewed: say why (not found, not claimed, or its lease ran out).
+        let now = self.instance_for(caller, project_id, id).await?;
         Err(AppError::Conflict(match (now.status, now.end_reason) {
             (_, Some(warmpool_types::state::EndReason::Expired)) => {
                 "the VM's lease ran out before this renewal: it is destroyed".to_string()

@@ -19,14 +19,14 @@ use reqwest::{Method, RequestBuilder};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use warmpool_types::api::{
-    ClaimBody, ClaimResponse, ClearWarmPoolBody, ClearWarmPoolResponse, CreateProjectBody,
-    CreateTokenBody, CreatedToken, DeleteEnvVarResponse, Devbox, EnvVarsResponse, ExecBody,
-    ExecResponse, GetWarmPoolResponse, HealthResponse, InstanceLifecycle, ListInstancesQuery,
-    ListProjectsQuery, ListProjectsResponse, ListReposResponse, ListTokensResponse,
-    ListWarmPoolInstancesResponse, PoolHistory, PoolStats, Project, PutEnvVarsBody, RenewBody,
-    Resources, TestWarmPoolBootBody, TestWarmPoolBootResponse, UpdateDevboxBody, UpdateProjectBody,
-    UpdateResourcesBody, UpdateWarmPoolBody, UpdateWarmPoolResponse, VmAccess,
-    WarmPoolInstanceDetail,
+    Autoscale, ClaimBody, ClaimResponse, ClearWarmPoolBody, ClearWarmPoolResponse,
+    CreateProjectBody, CreateTokenBody, CreatedToken, DeleteEnvVarResponse, Devbox,
+    EnvVarsResponse, ExecBody, ExecResponse, GetWarmPoolResponse, HealthResponse,
+    InstanceLifecycle, ListInstancesQuery, ListProjectsQuery, ListProjectsResponse,
+    ListReposResponse, ListTokensResponse, ListWarmPoolInstancesResponse, PoolHistory, PoolStats,
+    Project, PutEnvVarsBody, RenewBody, Resources, TestWarmPoolBootBody, TestWarmPoolBootResponse,
+    UpdateAutoscaleBody, UpdateDevboxBody, UpdateProjectBody, UpdateResourcesBody,
+    UpdateWarmPoolBody, UpdateWarmPoolResponse, VmAccess, WarmPoolInstanceDetail,
 };
 use warmpool_types::events::Event;
 
@@ -487,6 +487,28 @@ impl Client {
             seg(project)
         ));
         self.get(url).await
+    }
+
+    /// `GET /v1/projects/{project}/warm-pool/autoscale`: whether the pool sizes itself.
+    pub async fn get_autoscale(&self, project: &str) -> Result<Autoscale, ClientError> {
+        let url = self.url(format_args!(
+            "/v1/projects/{}/warm-pool/autoscale",
+            seg(project)
+        ));
+        self.get(url).await
+    }
+
+    /// `PATCH /v1/projects/{project}/warm-pool/autoscale`: on or off, and its bounds.
+    pub async fn update_autoscale(
+        &self,
+        project: &str,
+        body: &UpdateAutoscaleBody,
+    ) -> Result<Autoscale, ClientError> {
+        let url = self.url(format_args!(
+            "/v1/projects/{}/warm-pool/autoscale",
+            seg(project)
+        ));
+        self.with_body(Method::PATCH, url, body).await
     }
 
     /// `GET /v1/projects/{project}/warm-pool/history`: the pool's size over the last hour.

@@ -991,3 +991,154 @@ async fn claims_expire_unless_renewed() {
         "ended once"
     );
 }
+
+/// Autoscale over the API: off by default (`stats` shows the fixed target); bad bounds are
+/// refused naming the field and change nothing; on, a burst of claims raises the effective
+/// target at once to what the claims within one boot time ask for, with headroom, within max,
+/// and the pool grows to it; the decision and the claims it came from outlive a kill -9; off
+/// again, the pool goes back to its `targetSize`.
+#[tokio::test(flavor = "multi_thread")]
+async fn autoscale_sizes_the_pool_from_its_claims() {
+    // Boots long enough that a burst of claims falls within one.
+    let mut s = TestServer::start(&[
+        "--backend",
+        "sim",
+        "--sim-create-ms",
+        "1500",
+        "--reconcile-interval-ms",
+        "100",
+    ]);
+    let pid = s.create_project("autoscale", vec![]).await;
+    let pool = format!("/v1/projects/{pid}/warm-pool");
+    let auto = format!("{pool}/autoscale");
+    s.ok("PATCH", &pool, Some(json!({"targetSize": 1}))).await;
+    wait_ready(&s, &pid, 1).await;
+    let off = json!({"enabled": false, "min": 1, "max": 20});
+    assert_eq!(s.ok("GET", &auto, None).await, off);
+    let st = s.ok("GET", &format!("{pool}/stats"), None).await;
+    assert_eq!(
+        (&st["effectiveTarget"], &st["autoscale"]),
+        (&json!(1), &Value::Null)
+    );
+
+    for (bad, field) in [
+        (json!({"min": 21}), "min"),
+        (json!({"max": 0}), "max"),
+        (json!({"max": 21}), "max"),
+        (json!({"min": 1.5}), "min"),
+        (json!({"min": -1}), "min"),
+        (json!({"min": 5, "max": 3}), "min"),
+        (json!({"max": 0.5, "enabled": true}), "max"),
+    ] {
+        let (code, v) = s.call("PATCH", &auto, Some(bad.clone())).await;
+        assert_eq!(code, 422, "{bad}: {v}");
+        assert_eq!(v["error"]["code"], "validation_error", "{bad}: {v}");
+        assert!(v.to_string().contains(field), "{bad}: {v}");
+    }
+    for bad in [
+        json!({"min": "2"}),
+        json!({"enabled": "yes"}),
+        json!({"size": 3}),
+    ] {
+        let (code, v) = s.call("PATCH", &auto, Some(bad.clone())).await;
+        assert!((400..500).contains(&code), "{bad}: {code} {v}");
+        assert!(v["error"]["message"].is_string(), "{bad}: {v}");
+    }
+    let (code, v) = s.call("PATCH", &auto, Some(json!({"min": 4}))).await;
+    assert_eq!(code, 200, "{v}");
+    let (code, v) = s.call("PATCH", &auto, Some(json!({"max": 3}))).await;
+    assert_eq!(code, 422, "below the min already set: {v}");
+    assert_eq!(
+        s.ok("GET", &auto, None).await,
+        json!({"enabled": false, "min": 4, "max": 20}),
+        "refused changes change nothing"
+    );
+    s.ok("GET", &format!("{pool}/stats"), None).await;
+
+    let on = s
+        .ok(
+            "PATCH",
+            &auto,
+            Some(json!({"enabled": true, "min": 1, "max": 6})),
+        )
+        .await;
+    assert_eq!(on, json!({"enabled": true, "min": 1, "max": 6}));
+    // A burst: four claims at once (the first warm, the others booted for their claim).
+    let claims: Vec<_> = (0..4)
+        .map(|i| {
+            let c = s.client();
+            let pid = pid.clone();
+            tokio::spawn(async move {
+                let body = warmpool_types::api::ClaimBody {
+                    task_id: Some(format!("burst-{i}")),
+                    wait_seconds: Some(0.0),
+                    ..Default::default()
+                };
+                c.claim(&pid, &body).await.unwrap()
+            })
+        })
+        .collect();
+    for c in claims {
+        c.await.unwrap();
+    }
+    // 4 claims within one boot, a quarter more: 5.
+    let st = wait_for("the target to rise", s.boot(), async || {
+        let st = s.ok("GET", &format!("{pool}/stats"), None).await;
+        seen(st["effectiveTarget"] == 5, st)
+    })
+    .await;
+    let a = &st["autoscale"];
+    assert_eq!(
+        (&a["min"], &a["max"], &a["target"]),
+        (&json!(1), &json!(6), &json!(5)),
+        "{st}"
+    );
+    assert_eq!(
+        (&a["reason"], &a["peakClaims"]),
+        (&json!("demand"), &json!(4)),
+        "{st}"
+    );
+    assert!(a["bootMs"].as_u64().unwrap() >= 1500, "{st}");
+    assert!(a["why"].as_str().unwrap().contains("4 claims"), "{st}");
+    assert!(a["changedAt"].is_string(), "{st}");
+    wait_ready(&s, &pid, 5).await;
+
+    // After a kill -9 the same target: the decision and the claims it came from are stored.
+    s.restart();
+    let st = s.ok("GET", &format!("{pool}/stats"), None).await;
+    assert_eq!(st["effectiveTarget"], 5, "{st}");
+    s.wait_reconciler_pass().await;
+    s.wait_reconciler_pass().await;
+    let st = s.ok("GET", &format!("{pool}/stats"), None).await;
+    assert_eq!(
+        (&st["effectiveTarget"], &st["autoscale"]["peakClaims"]),
+        (&json!(5), &json!(4)),
+        "the claims were read again: {st}"
+    );
+    assert_eq!(s.ok("GET", &auto, None).await, on);
+
+    // Max holds it down.
+    s.ok("PATCH", &auto, Some(json!({"max": 3}))).await;
+    let st = wait_for("the max to hold the target", s.boot(), async || {
+        let st = s.ok("GET", &format!("{pool}/stats"), None).await;
+        seen(
+            st["effectiveTarget"] == 3 && st["autoscale"]["reason"] == "max",
+            st,
+        )
+    })
+    .await;
+    assert!(
+        st["autoscale"]["why"].as_str().unwrap().contains("maximum"),
+        "{st}"
+    );
+    wait_ready(&s, &pid, 3).await;
+
+    // Off: back to targetSize.
+    s.ok("PATCH", &auto, Some(json!({"enabled": false}))).await;
+    let st = s.ok("GET", &format!("{pool}/stats"), None).await;
+    assert_eq!(
+        (&st["effectiveTarget"], &st["autoscale"]),
+        (&json!(1), &Value::Null)
+    );
+    wait_ready(&s, &pid, 1).await;
+}

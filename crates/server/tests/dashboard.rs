@@ -308,6 +308,56 @@ async fn a_newcomer_does_the_walkthrough_in_the_browser() {
         |t| t.contains("claimed"),
     )
     .await;
+    // Its page shows the lease, and renews it.
+    click(&c, "table:last-of-type tbody a").await;
+    wait_text(
+        &c,
+        "#instance-lifecycle",
+        "the claimed VM's lease",
+        PAGE,
+        |t| t.contains("lease until"),
+    )
+    .await;
+    click(&c, "#renew-lease").await;
+    wait_text(&c, "#toast", "the renewal", PAGE, |t| {
+        t.contains("Lease until")
+    })
+    .await;
+    c.goto(&format!("{}/#/projects/{pid}", s.url))
+        .await
+        .unwrap();
+    wait_text(&c, "#pool-target", "the pool's target", PAGE, |t| {
+        t.contains("(fixed)")
+    })
+    .await;
+    // Autoscale on, from the form: the target line says so, and why.
+    click(&c, "#autoscale-enabled").await;
+    fill(&c, "#autoscale-min", "2").await;
+    fill(&c, "#autoscale-max", "3").await;
+    click(&c, "#save-autoscale").await;
+    wait_text(&c, "#toast", "autoscale saved", PAGE, |t| {
+        t.contains("Autoscale saved")
+    })
+    .await;
+    let target = wait_text(&c, "#pool-target", "the autoscaled target", PAGE, |t| {
+        t.contains("autoscale 2–3") && t.contains("claims arrived")
+    })
+    .await;
+    assert!(target.starts_with("Target 2"), "{target}");
+    c.find(Locator::Css("#instance-filter option[value=claimed]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_text(
+        &c,
+        "table:last-of-type tbody",
+        "the claimed VM listed again",
+        PAGE,
+        |t| t.contains("claimed"),
+    )
+    .await;
     click(&c, "button[aria-label^='Release']").await;
     wait_text(
         &c,

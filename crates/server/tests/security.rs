@@ -100,6 +100,14 @@ async fn a_project_token_acts_on_its_project_only() {
             Some(json!({"variables": [{"name": "X", "value": "y"}]})),
         ),
         ("GET", format!("/v1/projects/{b}/warm-pool/events"), None),
+        ("GET", format!("/v1/projects/{b}/warm-pool/stats"), None),
+        ("GET", format!("/v1/projects/{b}/warm-pool/autoscale"), None),
+        (
+            "PATCH",
+            format!("/v1/projects/{b}/warm-pool/autoscale"),
+            Some(json!({"enabled": true, "max": 20})),
+        ),
+        ("GET", format!("/v1/projects/{b}/leases"), None),
         (
             "GET",
             "/v1/projects/proj_0000000000000000".to_string(),

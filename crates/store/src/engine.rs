@@ -11,8 +11,9 @@ use warmpool_types::state::{EndReason, InstanceStatus};
 
 use crate::rows::*;
 use crate::{
-    EnvVarRow, GoldenRow, InstanceRow, NodeRow, PoolConfigRow, PoolCounts, PoolSnapshot, PoolState,
-    PoolStateChange, ProjectRow, RepoCommit, Result, StepRow, Store, StoreError, TokenRow,
+    AutoscaleRow, EnvVarRow, GoldenRow, InstanceRow, NodeRow, PoolConfigRow, PoolCounts,
+    PoolSnapshot, PoolState, PoolStateChange, ProjectRow, RepoCommit, Result, ScaleRecord, StepRow,
+    Store, StoreError, TokenRow,
 };
 
 /// One statement, in each engine's dialect.
@@ -383,6 +384,7 @@ pub mod snapshot {
          WHERE status IN ('provisioning', 'ready', 'failed', 'claimed') AND destroyed_at IS NULL
          ORDER BY seq"
     ));
+    pub const AUTOSCALE: &Sql = sql!(select!(autoscale, "FROM pool_autoscale"));
     pub const READY_GOLDENS: &Sql = sql!(select!(
         golden,
         "FROM goldens WHERE status = 'ready' ORDER BY created_at"
@@ -932,6 +934,87 @@ impl<E: Engine> Store for E {
         change: PoolStateChange,
     ) -> Result<PoolState> {
         Engine::update_pool_state(self, project_id, now, change).await
+    }
+
+    async fn get_autoscale(&self, project_id: &str) -> Result<Option<AutoscaleRow>> {
+        let sql = sql!(select!(
+            autoscale,
+            "FROM pool_autoscale WHERE project_id = $1"
+        ));
+        Ok(self
+            .select(sql, values![project_id], autoscale_row)
+            .await?
+            .pop())
+    }
+
+    async fn put_autoscale(
+        &self,
+        row: &AutoscaleRow,
+        expected_generation: Option<i64>,
+    ) -> Result<bool> {
+        let mut values = values![
+            &row.project_id,
+            row.enabled,
+            row.min_size,
+            row.max_size,
+            row.updated_at,
+        ];
+        let sql = match expected_generation {
+            None => sql!(
+                "INSERT INTO pool_autoscale (project_id, enabled, min_size, max_size, updated_at,
+                    generation)
+                 VALUES ($1, $2, $3, $4, $5, 1)
+                 ON CONFLICT (project_id) DO NOTHING"
+            ),
+            Some(generation) => {
+                values.extend(values![generation]);
+                sql!(
+                    "UPDATE pool_autoscale SET enabled = $2, min_size = $3, max_size = $4,
+                        updated_at = $5, generation = generation + 1
+                     WHERE project_id = $1 AND generation = $6"
+                )
+            }
+        };
+        Ok(self.exec(sql, values).await? == 1)
+    }
+
+    async fn record_scale(
+        &self,
+        project_id: &str,
+        prev_changed_at: Option<i64>,
+        scale: &ScaleRecord,
+    ) -> Result<bool> {
+        let sql = sql!(
+            "UPDATE pool_autoscale SET target = $2, changed_at = $3, reason = $4, peak = $5,
+                boot_ms = $6
+             WHERE project_id = $1 AND changed_at IS NOT DISTINCT FROM $7"
+        );
+        let values = values![
+            project_id,
+            scale.target,
+            scale.changed_at,
+            scale.reason.as_str(),
+            scale.peak,
+            scale.boot_ms,
+            prev_changed_at,
+        ];
+        // A decision is advice the next pass makes again: it need not reach the disk first.
+        Ok(self.exec_relaxed(sql, values).await? == 1)
+    }
+
+    async fn claims_since(&self, since: i64) -> Result<Vec<(String, String, i64)>> {
+        let sql = sql!(
+            "SELECT project_id, id, asked_at FROM (
+                SELECT project_id, id,
+                    CASE WHEN kind = 'cold' THEN created_at ELSE claimed_at END AS asked_at
+                FROM instances
+                WHERE claimed_at > $1 OR (kind = 'cold' AND created_at > $1)
+             ) AS claims WHERE asked_at > $1 ORDER BY asked_at"
+        );
+        self.select(sql, values![since], |r| {
+            Ok((r.str("project_id")?, r.str("id")?, r.i64("asked_at")?))
+        })
+        .await
     }
 
     async fn insert_step(&self, s: &StepRow) -> Result<()> {

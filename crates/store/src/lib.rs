@@ -229,6 +229,28 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<PoolState>;
 
     // Steps ------------------------------------------------------------------------------------
+    /// A pool's autoscale row, if it ever had one.
+    async fn get_autoscale(&self, project_id: &str) -> Result<Option<AutoscaleRow>>;
+    /// Writes a pool's autoscale bounds (`enabled`, `min_size`, `max_size`, `updated_at`): creates
+    /// the row when `expected_generation` is `None` (false if one exists), else changes it if
+    /// its generation is still that (false if not: someone changed it meanwhile).
+    async fn put_autoscale(
+        &self,
+        row: &AutoscaleRow,
+        expected_generation: Option<i64>,
+    ) -> Result<bool>;
+    /// Records a decision of the pool's effective target if the last one recorded changed the
+    /// target at `prev_changed_at` (false if another node recorded one since).
+    async fn record_scale(
+        &self,
+        project_id: &str,
+        prev_changed_at: Option<i64>,
+        scale: &ScaleRecord,
+    ) -> Result<bool>;
+    /// `(project, instance, when)` of every claim asked for after `since`, oldest first: when a
+    /// ready VM was claimed, or when a VM was booted for a claim (`cold`; asked at its creation).
+    async fn claims_since(&self, since: i64) -> Result<Vec<(String, String, i64)>>;
+
     async fn insert_step(&self, s: &StepRow) -> Result<()>;
     async fn list_steps(&self, instance_id: &str) -> Result<Vec<StepRow>>;
 

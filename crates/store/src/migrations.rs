@@ -17,6 +17,7 @@
 //! | 8 `resources`    | 4 `resources`    | what each VM of a project may use                    |
 //! | 9 `end_reason`   | 9 `end_reason`   | why an instance was ended (a failed one stays failed) |
 //! | 10 `leases`      | 10 `leases`      | claim leases: projects' defaults, instances' expiry  |
+//! | 11 `autoscale`   | 11 `autoscale`   | pools' autoscale bounds and decided target           |
 //!
 //! From 9 on, a migration has one number on both engines: add `NNNN_name.sql` to both
 //! `migrations/sqlite` and `migrations/postgres` under the same number, and to both lists below
@@ -44,6 +45,7 @@ pub const SQLITE: &[(i64, &str)] = &[
     migration!("sqlite", 8, "0008_resources.sql"),
     migration!("sqlite", 9, "0009_end_reason.sql"),
     migration!("sqlite", 10, "0010_leases.sql"),
+    migration!("sqlite", 11, "0011_autoscale.sql"),
 ];
 
 /// `(version, SQL)` in the order they apply.
@@ -54,6 +56,7 @@ pub const POSTGRES: &[(i64, &str)] = &[
     migration!("postgres", 4, "0004_resources.sql"),
     migration!("postgres", 9, "0009_end_reason.sql"),
     migration!("postgres", 10, "0010_leases.sql"),
+    migration!("postgres", 11, "0011_autoscale.sql"),
 ];
 
 /// The last SQLite version numbered apart from PostgreSQL's.

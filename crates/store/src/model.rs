@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use warmpool_types::api::SetupCommand;
-use warmpool_types::state::{EndReason, InstanceKind, InstanceStatus};
+use warmpool_types::state::{EndReason, InstanceKind, InstanceStatus, ScaleReason};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RepoSpec {
@@ -194,6 +194,33 @@ pub struct PoolState {
     pub next_attempt_at: Option<i64>,
 }
 
+/// A pool's autoscale bounds, and the effective target its reconcilers last decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AutoscaleRow {
+    pub project_id: String,
+    pub enabled: bool,
+    pub min_size: u32,
+    pub max_size: u32,
+    /// Moves on with each change of the bounds (see [`crate::Store::put_autoscale`]).
+    pub generation: i64,
+    /// The last decision (none before the first pass with autoscale on).
+    pub scale: Option<ScaleRecord>,
+    pub updated_at: i64,
+}
+
+/// One decision of a pool's effective target, and what it was made from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScaleRecord {
+    pub target: u32,
+    /// When the target last changed (the slow fall counts from it).
+    pub changed_at: i64,
+    pub reason: ScaleReason,
+    /// The most claims seen within one boot time in the remembered window.
+    pub peak: u32,
+    /// The pool's measured boot time.
+    pub boot_ms: i64,
+}
+
 /// What a reconciler pass works from.
 #[derive(Debug, Clone, Default)]
 pub struct PoolSnapshot {
@@ -205,6 +232,8 @@ pub struct PoolSnapshot {
     pub env_versions: Vec<(String, String, i64)>,
     /// Failure bookkeeping of the pools that have any (others are at the default).
     pub states: std::collections::HashMap<String, PoolState>,
+    /// The autoscale rows of the pools that have one.
+    pub autoscale: std::collections::HashMap<String, AutoscaleRow>,
     /// The instance revision this snapshot is at: every change to an instance row moves it on.
     pub rev: i64,
     /// Live instances oldest first, or those changed since the asked revision (see

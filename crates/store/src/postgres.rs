@@ -399,6 +399,11 @@ impl Engine for PgStore {
                 .await?
                 .into_iter()
                 .collect(),
+            autoscale: fetch(&tx, snapshot::AUTOSCALE.postgres, &[], autoscale_row)
+                .await?
+                .into_iter()
+                .map(|a| (a.project_id.clone(), a))
+                .collect(),
             rev,
             instances: match changed_since {
                 Some(since) => fetch(&tx, changed, &[&since], instance_row).await?,

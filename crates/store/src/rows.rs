@@ -5,8 +5,8 @@ use std::cell::Cell;
 use std::fmt::Display;
 
 use crate::{
-    EnvVarRow, GoldenRow, InstanceRow, NodeRow, PoolConfigRow, PoolState, ProjectRow, Result,
-    StepRow, StoreError, TokenRow,
+    AutoscaleRow, EnvVarRow, GoldenRow, InstanceRow, NodeRow, PoolConfigRow, PoolState, ProjectRow,
+    Result, ScaleRecord, StepRow, StoreError, TokenRow,
 };
 
 /// A result row of either engine. Each engine reads its own column types; the decoders below
@@ -117,6 +117,10 @@ macro_rules! cols {
     (pool_state) => {
         "consecutive_failures, identical_failures, last_failed_step, last_failed_config, \
          last_error, degraded_since, next_attempt_at"
+    };
+    (autoscale) => {
+        "project_id, enabled, min_size, max_size, generation, target, changed_at, reason, peak, \
+         boot_ms, updated_at"
     };
     (golden) => {
         "id, project_id, config_hash, backend, commits_json, status, created_at, node"
@@ -242,6 +246,38 @@ pub fn pool_state_row(r: &dyn Row) -> Result<PoolState> {
         last_error: r.opt_str("last_error")?,
         degraded_since: r.opt_i64("degraded_since")?,
         next_attempt_at: r.opt_i64("next_attempt_at")?,
+    })
+}
+
+pub fn autoscale_row(r: &dyn Row) -> Result<AutoscaleRow> {
+    let project_id = r.str("project_id")?;
+    let enabled = r.bool("enabled")?;
+    let min_size = r.u32("min_size")?;
+    let max_size = r.u32("max_size")?;
+    let generation = r.i64("generation")?;
+    let target = r.opt_i64("target")?;
+    let changed_at = r.opt_i64("changed_at")?;
+    let reason = r.opt_str("reason")?;
+    let peak = r.opt_i64("peak")?;
+    let boot_ms = r.opt_i64("boot_ms")?;
+    let scale = match (target, changed_at, reason) {
+        (Some(target), Some(changed_at), Some(reason)) => Some(ScaleRecord {
+            target: u32::try_from(target).map_err(|e| unreadable("target", e))?,
+            changed_at,
+            reason: reason.parse().map_err(|e| unreadable("reason", e))?,
+            peak: u32::try_from(peak.unwrap_or(0)).map_err(|e| unreadable("peak", e))?,
+            boot_ms: boot_ms.unwrap_or(0),
+        }),
+        _ => None,
+    };
+    Ok(AutoscaleRow {
+        project_id,
+        enabled,
+        min_size,
+        max_size,
+        generation,
+        scale,
+        updated_at: r.i64("updated_at")?,
     })
 }
 

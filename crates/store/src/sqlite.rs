@@ -487,6 +487,10 @@ impl Engine for SqliteStore {
                 states: fetch(&tx, snapshot::STATES.sqlite, &[], snapshot::state)?
                     .into_iter()
                     .collect(),
+                autoscale: fetch(&tx, snapshot::AUTOSCALE.sqlite, &[], autoscale_row)?
+                    .into_iter()
+                    .map(|a| (a.project_id.clone(), a))
+                    .collect(),
                 // An exact counter: every change to an instance row moves it on by one.
                 rev: one(fetch(&tx, rev, &[], |r| r.i64("n"))?)?,
                 instances: match changed_since {

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use warmpool_pg_cluster::PgCluster;
 use warmpool_store::*;
 use warmpool_types::api::{PoolStatus, SetupCommand};
-use warmpool_types::state::{EndReason, InstanceKind, InstanceStatus};
+use warmpool_types::state::{EndReason, InstanceKind, InstanceStatus, ScaleReason};
 
 fn open_sqlite() -> (tempfile::TempDir, Arc<dyn Store>) {
     let dir = tempfile::tempdir().unwrap();
@@ -67,6 +67,7 @@ on_both_engines!(
     pool_status_counts_pool_instances_only,
     an_ended_failure_stays_failed_and_stops_counting,
     leases_start_renew_and_expire_once,
+    autoscale_bounds_and_decisions_are_conditional,
     claims_are_never_handed_out_twice,
     pool_state_changes_are_atomic,
     pool_snapshot_reports_changes_since_a_revision,
@@ -461,6 +462,96 @@ async fn leases_start_renew_and_expire_once(s: Arc<dyn Store>) {
         s.get_instance(&b.id).await.unwrap().unwrap().status,
         InstanceStatus::Claimed,
         "its lease runs until 600,100"
+    );
+}
+
+/// A pool's autoscale bounds change only from the generation they were read at; a decision of
+/// its target is recorded once by whichever node makes it first; both are in the snapshot, and
+/// go with the project. Claims are found by time, ended ones included.
+async fn autoscale_bounds_and_decisions_are_conditional(s: Arc<dyn Store>) {
+    s.insert_project(&project("p")).await.unwrap();
+    assert_eq!(s.get_autoscale("p").await.unwrap(), None);
+    let mut row = AutoscaleRow {
+        project_id: "p".into(),
+        enabled: true,
+        min_size: 0,
+        max_size: 7,
+        generation: 0,
+        scale: None,
+        updated_at: 5,
+    };
+    assert!(s.put_autoscale(&row, None).await.unwrap());
+    assert!(!s.put_autoscale(&row, None).await.unwrap(), "created once");
+    let got = s.get_autoscale("p").await.unwrap().unwrap();
+    assert_eq!(
+        got,
+        AutoscaleRow {
+            generation: 1,
+            ..row.clone()
+        }
+    );
+    row.max_size = 9;
+    assert!(s.put_autoscale(&row, Some(1)).await.unwrap());
+    assert!(
+        !s.put_autoscale(&row, Some(1)).await.unwrap(),
+        "a stale generation"
+    );
+
+    let first = ScaleRecord {
+        target: 4,
+        changed_at: 100,
+        reason: ScaleReason::Demand,
+        peak: 3,
+        boot_ms: 90_000,
+    };
+    assert!(s.record_scale("p", None, &first).await.unwrap());
+    let second = ScaleRecord {
+        target: 3,
+        changed_at: 200,
+        reason: ScaleReason::SteppedDown,
+        ..first
+    };
+    // Two nodes decide from the same record: one is kept.
+    assert!(!s.record_scale("p", None, &second).await.unwrap());
+    assert!(s.record_scale("p", Some(100), &second).await.unwrap());
+    assert!(!s.record_scale("p", Some(100), &first).await.unwrap());
+    assert!(!s.record_scale("nope", None, &first).await.unwrap());
+    let got = s.get_autoscale("p").await.unwrap().unwrap();
+    assert_eq!((got.max_size, got.generation), (9, 2));
+    assert_eq!(got.scale, Some(second));
+    let snap = s.pool_snapshot(None).await.unwrap();
+    assert_eq!(snap.autoscale.get("p"), Some(&got));
+
+    // Claims, ended or not, by time.
+    for (id, at) in [("a", 10), ("b", 20), ("c", 30)] {
+        let i = instance(id, "p", InstanceKind::Pool, InstanceStatus::Provisioning);
+        s.insert_instance(&i).await.unwrap();
+        assert!(s
+            .mark_ready(id, at - 5, &no_commits(), false)
+            .await
+            .unwrap());
+        assert!(s.claim_ready("p", None, None, at).await.unwrap().is_some());
+    }
+    let b = s.get_instance("b").await.unwrap().unwrap();
+    assert!(s
+        .mark_destroyed(&b.id, &[InstanceStatus::Claimed], EndReason::Deleted, 25)
+        .await
+        .unwrap());
+    // One booted for a claim was asked for when it was created, not when it became ready.
+    let mut cold = instance("d", "p", InstanceKind::Cold, InstanceStatus::Provisioning);
+    cold.created_at = 22;
+    s.insert_instance(&cold).await.unwrap();
+    assert!(s.mark_ready("d", 40, &no_commits(), true).await.unwrap());
+    let claims = s.claims_since(10).await.unwrap();
+    let times: Vec<(&str, i64)> = claims.iter().map(|c| (c.1.as_str(), c.2)).collect();
+    assert_eq!(times, [("b", 20), ("d", 22), ("c", 30)]);
+    assert!(claims.iter().all(|c| c.0 == "p"));
+
+    assert!(s.delete_project("p").await.unwrap());
+    assert_eq!(
+        s.get_autoscale("p").await.unwrap(),
+        None,
+        "gone with its project"
     );
 }
 
@@ -1594,7 +1685,7 @@ async fn sqlite_database_of_an_older_server_is_migrated() {
     check_old_rows(&s).await;
     drop(s);
     let c = rusqlite::Connection::open(&path).unwrap();
-    assert_eq!(versions(&c), Vec::from_iter(1..=10));
+    assert_eq!(versions(&c), Vec::from_iter(1..=11));
 }
 
 // SQLite only ---------------------------------------------------------------------------------
@@ -1664,7 +1755,7 @@ async fn postgres_migrations_run_once_across_concurrent_opens() {
     assert_eq!(s.engine(), "postgres");
 
     let client = pg_client(&url).await;
-    assert_eq!(pg_versions(&client).await, [1, 2, 3, 4, 9, 10]);
+    assert_eq!(pg_versions(&client).await, [1, 2, 3, 4, 9, 10, 11]);
 }
 
 /// A database of a server from before nodes opens: PostgreSQL's migrations 2 to 4, 9 and 10 apply
@@ -1687,7 +1778,7 @@ async fn postgres_database_of_an_older_server_is_migrated() {
     client.batch_execute(OLD_ROWS).await.unwrap();
     let s = PgStore::connect(&url).await.unwrap();
     check_old_rows(&s).await;
-    assert_eq!(pg_versions(&client).await, [1, 2, 3, 4, 9, 10]);
+    assert_eq!(pg_versions(&client).await, [1, 2, 3, 4, 9, 10, 11]);
 }
 
 /// Two nodes on one database: claims from both never take the same instance, and pool state

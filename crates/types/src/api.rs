@@ -638,6 +638,62 @@ impl Default for Leases {
     }
 }
 
+/// A pool that sizes itself (extension; the published pool configuration keeps its shape):
+/// while `enabled`, the reconciler keeps as many VMs as the claims it saw arrive within one of
+/// the pool's boot times ask for, with a quarter more as headroom, within `min..=max` — rising
+/// at once, falling one VM a minute once a peak is half an hour old. `targetSize` is then not
+/// used. `GET .../warm-pool/stats` shows the effective target and why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Autoscale {
+    pub enabled: bool,
+    /// The fewest VMs kept, 0 to 20. Default 1.
+    pub min: u32,
+    /// The most VMs kept, 1 to 20 and at least `min`. Default 20.
+    pub max: u32,
+}
+
+impl Default for Autoscale {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            min: 1,
+            max: 20,
+        }
+    }
+}
+
+/// Partial update of [`Autoscale`]: the fields given are replaced.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct UpdateAutoscaleBody {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<f64>,
+}
+
+/// An autoscaled pool's effective target, and why it is that.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AutoscaleStatus {
+    pub min: u32,
+    pub max: u32,
+    /// The target the reconciler keeps; null until its first decision.
+    pub target: Option<u32>,
+    pub reason: Option<crate::state::ScaleReason>,
+    /// The reason in words, with the numbers it was decided from.
+    pub why: String,
+    /// The most claims seen within one boot time in the last 30 minutes, at the decision.
+    pub peak_claims: Option<u32>,
+    /// The pool's measured boot time at the decision.
+    pub boot_ms: Option<u64>,
+    /// When the target last changed.
+    pub changed_at: Option<String>,
+}
+
 /// What happened to an instance beyond its boot (whose record is the instance detail's
 /// `summary` and `steps`): what it was for, who claimed it, and when and why it was ended — its
 /// VM destroyed (a failed boot's VM goes when the boot fails) and no longer counted in its pool.
@@ -724,6 +780,10 @@ pub struct PoolStats {
     pub stale: u64,
     /// Null until the pool is configured.
     pub target_size: Option<u32>,
+    /// What the reconciler keeps: `targetSize`, or with autoscale on its decided target.
+    pub effective_target: Option<u32>,
+    /// Null while autoscale is off.
+    pub autoscale: Option<AutoscaleStatus>,
     /// Set when the pool stopped booting after repeated identical failures.
     pub degraded: Option<DegradedInfo>,
     /// When the pool boots again after a failure (null when it is not backing off).

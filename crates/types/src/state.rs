@@ -131,6 +131,58 @@ impl FromStr for EndReason {
     }
 }
 
+/// Why an autoscaled pool's effective target is what it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ScaleReason {
+    /// Raised to (or kept at) what the claims within one boot time ask for.
+    Demand,
+    /// Less is wanted, but the target changed under a minute ago: it falls one step a minute.
+    Holding,
+    /// One VM less than before: the peak that called for more is over.
+    SteppedDown,
+    /// Held up by the pool's `min`.
+    Min,
+    /// Held down by the pool's `max`.
+    Max,
+}
+
+impl ScaleReason {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Demand => "demand",
+            Self::Holding => "holding",
+            Self::SteppedDown => "stepped_down",
+            Self::Min => "min",
+            Self::Max => "max",
+        }
+    }
+
+    pub const ALL: [ScaleReason; 5] = [
+        Self::Demand,
+        Self::Holding,
+        Self::SteppedDown,
+        Self::Min,
+        Self::Max,
+    ];
+}
+
+impl fmt::Display for ScaleReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for ScaleReason {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|r| r.as_str() == s)
+            .ok_or_else(|| format!("unknown scale reason `{s}`"))
+    }
+}
+
 /// Why an instance exists: to sit in the pool, to test the setup, for one claim when the pool was
 /// empty, or to become the golden a pool's VMs are cloned from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -201,6 +201,30 @@ async function project(id) {
     h("label", { for: "pool-commands", text: "Setup commands (one per line: name=command)" }), cmds,
     h("button", { type: "submit", id: "save-pool", text: "Save pool" }));
 
+  // Autoscale: the pool sizes itself from the claims it sees, within min..max.
+  const auto = await api("GET", base + "/warm-pool/autoscale");
+  const autoOn = h("input", { type: "checkbox", id: "autoscale-enabled" });
+  autoOn.checked = auto.enabled;
+  const autoMin = h("input", { type: "number", id: "autoscale-min", min: 0, max: 20, value: auto.min });
+  const autoMax = h("input", { type: "number", id: "autoscale-max", min: 1, max: 20, value: auto.max });
+  const autoForm = h("form", {
+    onsubmit: e => {
+      e.preventDefault();
+      act("Saving autoscale", async () => {
+        await api("PATCH", base + "/warm-pool/autoscale", {
+          enabled: autoOn.checked, min: Number(autoMin.value), max: Number(autoMax.value),
+        });
+        toast("Autoscale saved");
+        await loadStatus();
+      });
+    },
+  },
+    h("label", { for: "autoscale-enabled" }, autoOn, " Size the pool from its claims (autoscale)"),
+    h("div", { class: "row" },
+      h("div", {}, h("label", { for: "autoscale-min", text: "Fewest VMs" }), autoMin),
+      h("div", {}, h("label", { for: "autoscale-max", text: "Most VMs" }), autoMax)),
+    h("button", { type: "submit", id: "save-autoscale", text: "Save autoscale" }));
+
   // Environment variables.
   const envList = h("ul");
   const envName = h("input", { type: "text", id: "env-name" });
@@ -231,6 +255,7 @@ async function project(id) {
   // Status, stats and actions.
   const counts = h("div", { class: "counts", id: "pool-counts" });
   const statsLine = h("p", { class: "hint", id: "pool-stats" });
+  const scaleLine = h("p", { class: "hint", id: "pool-target" });
   const chart = h("div", { id: "pool-chart" });
   const actions = h("div", {},
     h("button", { type: "button", id: "test-boot", text: "Test boot",
@@ -258,6 +283,10 @@ async function project(id) {
     if (s.provisioningP50Ms !== null && s.provisioningP50Ms !== undefined) parts.push("boot p50 " + fmtMs(s.provisioningP50Ms));
     if (s.degraded) parts.push("DEGRADED at " + (s.degraded.failedStep || "?") + ": " + (s.degraded.error || ""));
     statsLine.textContent = parts.join(" · ");
+    const target = s.effectiveTarget === null || s.effectiveTarget === undefined ? "-" : s.effectiveTarget;
+    scaleLine.textContent = s.autoscale
+      ? "Target " + target + " (autoscale " + s.autoscale.min + "–" + s.autoscale.max + "): " + s.autoscale.why
+      : "Target " + target + " (fixed)";
     const hist = await api("GET", base + "/warm-pool/history");
     chart.replaceChildren(poolChart(hist.samples || []));
   };
@@ -289,9 +318,10 @@ async function project(id) {
   show(p.name,
     h("p", { class: "muted", text: p.id + " · " + (p.repos || []).map(r => r.repoFullName + " (" + r.branch + ")").join(", ") }),
     h("div", { class: "grid" },
-      h("section", { class: "card", "aria-labelledby": "h-status" }, h("h2", { id: "h-status", text: "Pool status" }), counts, statsLine, actions,
+      h("section", { class: "card", "aria-labelledby": "h-status" }, h("h2", { id: "h-status", text: "Pool status" }), counts, statsLine, scaleLine, actions,
         h("h2", { class: "spaced", text: "Pool size, last hour" }), chart),
-      h("section", { class: "card", "aria-labelledby": "h-config" }, h("h2", { id: "h-config", text: "Pool configuration" }), configForm)),
+      h("section", { class: "card", "aria-labelledby": "h-config" }, h("h2", { id: "h-config", text: "Pool configuration" }), configForm,
+        h("h2", { class: "spaced", id: "h-autoscale", text: "Autoscale" }), autoForm)),
     h("section", { class: "card", "aria-labelledby": "h-env" }, h("h2", { id: "h-env", text: "Environment variables" }), envList, envForm),
     h("section", { class: "card", "aria-labelledby": "h-inst" }, h("h2", { id: "h-inst", text: "Instances" }),
       h("div", { class: "row" },
@@ -389,7 +419,21 @@ async function instance(pid, id) {
     if (l.expiresAt && !l.endedAt) parts.push("lease until " + l.expiresAt);
     if (l.endedAt) parts.push("ended " + l.endedAt + ": " + (l.endReason || "").replace(/_/g, " "));
     life.textContent = parts.join(" · ");
+    renew.hidden = !(l.status === "claimed" && !l.endedAt);
   };
+  // A claimed VM's lease, from now: the project's default lease (or the hours given).
+  const renewHours = h("input", { type: "number", id: "renew-hours", min: 0.01, step: "any", placeholder: "default" });
+  const renew = h("form", { id: "renew", hidden: true, onsubmit: e => {
+    e.preventDefault();
+    act("Renewing the lease", async () => {
+      const body = renewHours.value ? { ttlSeconds: Math.round(Number(renewHours.value) * 3600) } : {};
+      const l = await api("POST", base + "/renew", body);
+      toast("Lease until " + l.expiresAt);
+      await loadLife();
+    });
+  } },
+    h("label", { for: "renew-hours", text: "Renew the lease for (hours)" }), renewHours,
+    h("button", { type: "submit", id: "renew-lease", text: "Renew lease" }));
   const stepsBox = h("div", { id: "steps" });
   const chart = h("div", { id: "timeline" });
   const live = h("pre", { id: "live-output", "aria-live": "off" });
@@ -405,7 +449,7 @@ async function instance(pid, id) {
   };
   show("Instance " + id,
     h("p", {}, h("a", { href: "#/projects/" + pid, text: "← back to the project" })),
-    h("section", { class: "card", "aria-labelledby": "h-summary" }, h("h2", { id: "h-summary", text: "Summary" }), head, life,
+    h("section", { class: "card", "aria-labelledby": "h-summary" }, h("h2", { id: "h-summary", text: "Summary" }), head, life, renew,
       h("button", { type: "button", class: "danger", text: "Release / destroy",
         onclick: () => act("Destroying", async () => { await api("DELETE", base); location.hash = "#/projects/" + pid; }) })),
     h("section", { class: "card", "aria-labelledby": "h-timeline" }, h("h2", { id: "h-timeline", text: "Step timeline" }), chart),

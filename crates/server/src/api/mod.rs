@@ -196,6 +196,7 @@ pub fn router(app: Arc<App>, opts: HttpOptions) -> Router {
         .routes(routes!(pool::lifecycle))
         .routes(routes!(pool::renew))
         .routes(routes!(pool::stats))
+        .routes(routes!(pool::get_autoscale, pool::update_autoscale))
         .routes(routes!(pool::history))
         .routes(routes!(projects::create_project, projects::list_projects))
         .routes(routes!(

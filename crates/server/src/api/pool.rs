@@ -10,8 +10,8 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use futures_util::stream::{BoxStream, StreamExt};
 use warmpool_types::api::{
-    ClaimBody, ClaimResponse, ErrorResponse, InstanceLifecycle, PoolHistory, PoolStats, RenewBody,
-    VmAccess,
+    Autoscale, ClaimBody, ClaimResponse, ErrorResponse, InstanceLifecycle, PoolHistory, PoolStats,
+    RenewBody, UpdateAutoscaleBody, VmAccess,
 };
 
 use super::extract::{ApiJson, ApiPath};
@@ -129,6 +129,40 @@ pub async fn stats(
     ApiPath(project_id): ApiPath<String>,
 ) -> ApiResult<Json<PoolStats>> {
     app.pool_stats(&caller, &project_id).await.map(Json)
+}
+
+#[utoipa::path(
+    get, path = "/v1/projects/{projectId}/warm-pool/autoscale", tag = "warm-pool", operation_id = "getAutoscale",
+    summary = "Whether the pool sizes itself from the claims it sees, and within which bounds",
+    params(("projectId" = String, Path, description = "Project ID.")),
+    responses((status = 200, description = "Success", body = Autoscale), StdErrors),
+    security(("bearerAuth" = []))
+)]
+pub async fn get_autoscale(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    ApiPath(project_id): ApiPath<String>,
+) -> ApiResult<Json<Autoscale>> {
+    app.get_autoscale(&caller, &project_id).await.map(Json)
+}
+
+#[utoipa::path(
+    patch, path = "/v1/projects/{projectId}/warm-pool/autoscale", tag = "warm-pool", operation_id = "updateAutoscale",
+    summary = "Turn autoscale on or off, or change its bounds; `stats` then shows the effective target",
+    params(("projectId" = String, Path, description = "Project ID.")),
+    request_body = UpdateAutoscaleBody,
+    responses((status = 200, description = "Success", body = Autoscale), StdErrors),
+    security(("bearerAuth" = []))
+)]
+pub async fn update_autoscale(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    ApiPath(project_id): ApiPath<String>,
+    ApiJson(body): ApiJson<UpdateAutoscaleBody>,
+) -> ApiResult<Json<Autoscale>> {
+    app.update_autoscale(&caller, &project_id, body)
+        .await
+        .map(Json)
 }
 
 /// One server-sent event as it arrives: `event` is `step`, `output` or `done`; `data` is its JSON.

@@ -180,6 +180,7 @@ impl App {
         let mut durations = self.store.provisioning_durations(project_id, 200).await?;
         durations.sort_unstable();
         let now = self.now();
+        let (effective_target, autoscale) = self.autoscale_status(project_id, cfg.as_ref()).await?;
         Ok(PoolStats {
             ready: counts.ready,
             provisioning: counts.provisioning,
@@ -187,6 +188,8 @@ impl App {
             claimed: counts.claimed,
             stale: counts.stale,
             target_size: cfg.map(|c| c.target_size),
+            effective_target,
+            autoscale,
             degraded: state.degraded_since.map(|since| DegradedInfo {
                 failed_step: state.last_failed_step.clone(),
                 error: state.last_error.clone(),

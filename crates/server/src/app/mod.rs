@@ -2,6 +2,7 @@
 //! commands in VMs, clean up. Never talks HTTP and never builds SQL: handlers call in here, and
 //! this calls the store, the backend and the provisioner.
 
+mod autoscale;
 mod boot;
 mod claim;
 pub mod clock;

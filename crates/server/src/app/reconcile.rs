@@ -12,6 +12,7 @@ use rand::Rng;
 use warmpool_store::{GoldenRow, InstanceRow, PoolState, ProjectRow};
 use warmpool_types::state::{InstanceKind, InstanceStatus};
 
+use super::autoscale::Demand;
 use super::App;
 use crate::error::AppResult;
 use crate::metrics as m;
@@ -35,6 +36,8 @@ pub(crate) struct InstanceCache {
     rev: i64,
     rows: HashMap<String, InstanceRow>,
     loaded_at: Option<Instant>,
+    /// The claims and boot times autoscaled pools are sized from.
+    demand: Demand,
 }
 
 /// What one pass did.
@@ -132,12 +135,17 @@ impl App {
         if full {
             cache.rows.clear();
             cache.loaded_at = Some(Instant::now());
+            // Ended rows are not in a full read: claims are read apart, ended ones included.
+            let since = now - plan::autoscale::MEMORY.as_millis() as i64;
+            let claims = self.store.claims_since(since).await?;
+            cache.demand.reload(claims);
         } else if snap.rev < cache.rev {
             // The store went back in time (restored from a backup): start over next pass.
             cache.loaded_at = None;
         }
         cache.rev = snap.rev;
         for inst in snap.instances {
+            cache.demand.see(&inst);
             if inst.is_ended() {
                 cache.rows.remove(&inst.id);
             } else {
@@ -160,6 +168,8 @@ impl App {
         cache
             .rows
             .retain(|_, i| projects.contains_key(i.project_id.as_str()));
+        let since = now - plan::autoscale::MEMORY.as_millis() as i64;
+        cache.demand.prune(since, |p| projects.contains_key(p));
         let mut env: HashMap<&str, Vec<(String, i64)>> = HashMap::new();
         for (project, name, version) in &snap.env_versions {
             env.entry(project)
@@ -227,10 +237,18 @@ impl App {
                 .get(&cfg.project_id)
                 .cloned()
                 .unwrap_or_default();
+            let target = match snap
+                .autoscale
+                .get(&cfg.project_id)
+                .filter(|a| a.enabled && cfg.enabled)
+            {
+                Some(a) => self.autoscaled_target(a, cfg, &cache.demand, now).await?,
+                None => cfg.target_size as usize,
+            };
             let view = plan::PoolView {
                 project_id: &cfg.project_id,
                 enabled: cfg.enabled && self.cfg.warm_pool_allowed,
-                target: cfg.target_size as usize,
+                target,
                 max_age_ms: cfg.max_age_minutes as i64 * 60_000,
                 hash: &hash,
                 state: &state,

@@ -11,8 +11,8 @@ use warmpool_client::{Claim, Client};
 use warmpool_types::api::{
     ClaimBody, ClaimResponse, ClearWarmPoolBody, CreateProjectBody, DevboxRepo, EnvVarInput,
     ExecBody, ListInstancesQuery, ListProjectsQuery, Project, PutEnvVarsBody, RepoInput, Resources,
-    SetupCommand, StepRecord, TestWarmPoolBootBody, UpdateDevboxBody, UpdateResourcesBody,
-    UpdateWarmPoolBody,
+    SetupCommand, StepRecord, TestWarmPoolBootBody, UpdateAutoscaleBody, UpdateDevboxBody,
+    UpdateResourcesBody, UpdateWarmPoolBody,
 };
 use warmpool_types::events::Event;
 use warmpool_types::state::{StepResult, StepStatus};
@@ -719,6 +719,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                         ms(st.provisioning_p50_ms),
                         ms(st.provisioning_p95_ms)
                     );
+                    if let Some(a) = &st.autoscale {
+                        println!(
+                            "autoscale {}..{}: effective target {} ({}): {}",
+                            a.min,
+                            a.max,
+                            st.effective_target
+                                .map(|t| t.to_string())
+                                .unwrap_or("-".into()),
+                            a.reason.map(|r| r.as_str()).unwrap_or("undecided"),
+                            a.why
+                        );
+                    }
                     if let Some(d) = &st.degraded {
                         println!(
                             "DEGRADED since {}: {} failed: {} — fix the setup (or run a test boot that succeeds) to resume",
@@ -765,6 +777,36 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                     body.setup_commands = Some(None);
                 }
                 print_json_sorted(&c.update_warm_pool(&pid, &body).await?)?;
+            }
+            PoolCmd::Autoscale {
+                project,
+                enabled,
+                min,
+                max,
+            } => {
+                let pid = project_id(&c, &project).await?;
+                let a = if enabled.is_some() || min.is_some() || max.is_some() {
+                    let body = UpdateAutoscaleBody {
+                        enabled,
+                        min: min.map(f64::from),
+                        max: max.map(f64::from),
+                    };
+                    c.update_autoscale(&pid, &body).await?
+                } else {
+                    c.get_autoscale(&pid).await?
+                };
+                if json_out {
+                    print_json(&a);
+                } else {
+                    let st = c.pool_stats(&pid).await?;
+                    let on = if a.enabled { "on" } else { "off" };
+                    println!("autoscale {on}, {} to {} VMs", a.min, a.max);
+                    let target = st.effective_target.map(|t| t.to_string());
+                    println!("effective target: {}", target.unwrap_or("-".into()));
+                    if let Some(s) = &st.autoscale {
+                        println!("why: {}", s.why);
+                    }
+                }
             }
             PoolCmd::Test {
                 project,

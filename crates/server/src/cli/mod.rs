@@ -338,6 +338,21 @@ pub enum PoolCmd {
         #[arg(long, conflicts_with = "cmds")]
         no_cmds: bool,
     },
+    /// Whether the pool sizes itself from the claims it sees (shown, or changed with the options
+    /// given), and its effective target now.
+    Autoscale {
+        /// The project: its id (proj_...) or its name.
+        project: String,
+        /// Turn autoscale on or off (true or false).
+        #[arg(long)]
+        enabled: Option<bool>,
+        /// The fewest VMs kept, 0 to 20.
+        #[arg(long)]
+        min: Option<u32>,
+        /// The most VMs kept, 1 to 20.
+        #[arg(long)]
+        max: Option<u32>,
+    },
     /// Start a test boot.
     Test {
         /// The project: its id (proj_...) or its name.

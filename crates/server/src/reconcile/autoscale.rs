@@ -11,6 +11,9 @@
 
 use std::time::Duration;
 
+use rand::{Rng, SeedableRng};
+pub use warmpool_types::state::ScaleReason;
+
 /// How long a peak of claims is remembered.
 pub const MEMORY: Duration = Duration::from_secs(30 * 60);
 /// The least time between two steps down of the target (and after any rise).
@@ -32,21 +35,6 @@ pub struct Scale {
     pub changed_at: i64,
 }
 
-/// Why the target is what it is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Why {
-    /// Raised (or kept) to cover the peak of claims within one boot time.
-    Demand,
-    /// Less is wanted, but the last change was under [`STEP_DOWN`] ago.
-    Holding,
-    /// One VM less than before: the peak that called for more is over.
-    SteppedDown,
-    /// Held up by the pool's minimum.
-    Min,
-    /// Held down by the pool's maximum.
-    Max,
-}
-
 /// One pass's decision, with what it was made from (for `GET .../warm-pool/stats`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Decision {
@@ -55,7 +43,7 @@ pub struct Decision {
     pub wanted: usize,
     /// The most claims seen within one boot time in the last [`MEMORY`].
     pub peak: usize,
-    pub why: Why,
+    pub why: ScaleReason,
 }
 
 /// The most of `times` (sorted, milliseconds) that fall within any window `width` ms wide.
@@ -82,31 +70,35 @@ pub fn decide(bounds: Bounds, prev: Scale, claims: &[i64], boot_ms: i64, now: i6
     let wanted = (peak as f64 * HEADROOM).ceil() as usize;
     let bounded = wanted.clamp(min, max);
     let current = prev.target.clamp(min, max);
-    let why_bound = |t: usize, why: Why| {
+    let why_bound = |t: usize, why: ScaleReason| {
         if t == min && wanted < min {
-            Why::Min
+            ScaleReason::Min
         } else if t == max && wanted > max {
-            Why::Max
+            ScaleReason::Max
         } else {
             why
         }
     };
     let (target, changed_at, why) = if bounded > current {
-        (bounded, now, why_bound(bounded, Why::Demand))
+        (bounded, now, why_bound(bounded, ScaleReason::Demand))
     } else if bounded == current {
         let changed = if current == prev.target {
             prev.changed_at
         } else {
             now
         };
-        (current, changed, why_bound(current, Why::Demand))
+        (current, changed, why_bound(current, ScaleReason::Demand))
     } else if now - prev.changed_at >= STEP_DOWN.as_millis() as i64 {
-        (current - 1, now, why_bound(current - 1, Why::SteppedDown))
+        (
+            current - 1,
+            now,
+            why_bound(current - 1, ScaleReason::SteppedDown),
+        )
     } else if current != prev.target {
         // The bounds moved under it: follow them now.
-        (current, now, why_bound(current, Why::Holding))
+        (current, now, why_bound(current, ScaleReason::Holding))
     } else {
-        (current, prev.changed_at, Why::Holding)
+        (current, prev.changed_at, ScaleReason::Holding)
     };
     Decision {
         scale: Scale { target, changed_at },
@@ -114,6 +106,32 @@ pub fn decide(bounds: Bounds, prev: Scale, claims: &[i64], boot_ms: i64, now: i6
         peak,
         why,
     }
+}
+
+/// One day of claims (epoch-free: milliseconds from midnight), drawn from `seed`: a quiet
+/// night, a morning burst of `burst_per_min` claims a minute for 45 minutes, a steady
+/// afternoon. What the autoscale tests and the benchmark replay.
+pub fn bursty_day(seed: u64, burst_per_min: f64) -> Vec<i64> {
+    let per_minute = |second: i64| -> f64 {
+        let hour = second as f64 / 3600.0;
+        match hour {
+            h if h < 7.0 => 0.1,
+            h if h < 9.0 => 1.0,
+            h if h < 9.75 => burst_per_min,
+            h if h < 12.0 => 3.0,
+            h if h < 13.0 => 1.0,
+            h if h < 18.0 => 4.0,
+            _ => 0.3,
+        }
+    };
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut day = Vec::new();
+    for second in 0..24 * 3600 {
+        if rng.gen::<f64>() < per_minute(second) / 60.0 {
+            day.push(second * 1000 + rng.gen_range(0..1000));
+        }
+    }
+    day
 }
 
 #[cfg(test)]

@@ -1,7 +1,5 @@
 //! The autoscale rule, table-tested, and a bursty day replayed through it.
 
-use rand::{Rng, SeedableRng};
-
 use super::*;
 
 const S: i64 = 1000;
@@ -38,7 +36,7 @@ fn decisions() {
         bounds: Bounds,
         prev: Scale,
         claims: Vec<i64>,
-        want: (usize, i64, Why),
+        want: (usize, i64, ScaleReason),
     }
     let cases = [
         Case {
@@ -46,70 +44,70 @@ fn decisions() {
             bounds: bounds(2, 10),
             prev: at(2, 0),
             claims: vec![],
-            want: (2, 0, Why::Min),
+            want: (2, 0, ScaleReason::Min),
         },
         Case {
             what: "a burst raises the target at once, with headroom",
             bounds: bounds(1, 20),
             prev: at(1, 0),
             claims: claims(10, 60 * S, now),
-            want: (13, now, Why::Demand),
+            want: (13, now, ScaleReason::Demand),
         },
         Case {
             what: "the maximum holds it down",
             bounds: bounds(1, 20),
             prev: at(5, 0),
             claims: claims(100, 60 * S, now),
-            want: (20, now, Why::Max),
+            want: (20, now, ScaleReason::Max),
         },
         Case {
             what: "a peak still remembered keeps the target",
             bounds: bounds(1, 20),
             prev: at(13, now - 20 * MIN),
             claims: claims(10, 60 * S, now - 20 * MIN),
-            want: (13, now - 20 * MIN, Why::Demand),
+            want: (13, now - 20 * MIN, ScaleReason::Demand),
         },
         Case {
             what: "a forgotten peak lets it step down, one VM",
             bounds: bounds(1, 20),
             prev: at(13, now - 40 * MIN),
             claims: claims(10, 60 * S, now - 40 * MIN),
-            want: (12, now, Why::SteppedDown),
+            want: (12, now, ScaleReason::SteppedDown),
         },
         Case {
             what: "but not twice within a minute",
             bounds: bounds(1, 20),
             prev: at(12, now - 30 * S),
             claims: claims(10, 60 * S, now - 40 * MIN),
-            want: (12, now - 30 * S, Why::Holding),
+            want: (12, now - 30 * S, ScaleReason::Holding),
         },
         Case {
             what: "it steps down to the minimum and says so",
             bounds: bounds(3, 20),
             prev: at(4, now - 2 * MIN),
             claims: vec![],
-            want: (3, now, Why::Min),
+            want: (3, now, ScaleReason::Min),
         },
         Case {
             what: "a minimum raised above the target is followed at once",
             bounds: bounds(6, 20),
             prev: at(2, now - 5 * S),
             claims: vec![],
-            want: (6, now, Why::Min),
+            want: (6, now, ScaleReason::Min),
         },
         Case {
             what: "a maximum lowered below the target is followed at once",
             bounds: bounds(1, 4),
             prev: at(9, now - 5 * S),
             claims: claims(10, 60 * S, now),
-            want: (4, now, Why::Max),
+            want: (4, now, ScaleReason::Max),
         },
         Case {
             what: "claims after now (a clock behind another node's) are not counted",
             bounds: bounds(1, 20),
             prev: at(1, 0),
             claims: claims(10, 60 * S, now + 5 * MIN),
-            want: (1, 0, Why::Min),
+            want: (1, 0, ScaleReason::Min),
         },
     ];
     for c in cases {
@@ -147,30 +145,6 @@ fn a_flapping_rate_keeps_the_target_steady() {
         "the target moved: {targets:?}"
     );
     assert!(steady >= 10, "{targets:?}");
-}
-
-/// One day of claims, from a seed: a quiet night, a morning burst, a steady afternoon.
-fn bursty_day(seed: u64) -> Vec<i64> {
-    let per_minute = |second: i64| -> f64 {
-        let hour = second as f64 / 3600.0;
-        match hour {
-            h if h < 7.0 => 0.1,
-            h if h < 9.0 => 1.0,
-            h if h < 9.75 => 15.0,
-            h if h < 12.0 => 3.0,
-            h if h < 13.0 => 1.0,
-            h if h < 18.0 => 4.0,
-            _ => 0.3,
-        }
-    };
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let mut day = Vec::new();
-    for second in 0..24 * 3600 {
-        if rng.gen::<f64>() < per_minute(second) / 60.0 {
-            day.push(second * S + rng.gen_range(0..S));
-        }
-    }
-    day
 }
 
 /// What a day of claims found: how many were served warm, and the ready VMs' idle seconds.
@@ -233,7 +207,7 @@ fn replay(day: &[i64], boot: i64, mut target_at: impl FnMut(&[i64], i64) -> usiz
 fn a_bursty_day_is_served_warm_with_half_the_idle_vms() {
     let boot = 90 * S;
     for seed in [1, 7, 42] {
-        let day = bursty_day(seed);
+        let day = bursty_day(seed, 15.0);
         let fixed = ((peak_in_window(&day, boot) as f64) * HEADROOM).ceil() as usize;
         let peak_sized = replay(&day, boot, |_, _| fixed);
         let mut scale = Scale::default();

@@ -17,7 +17,7 @@ use warmpool_backend::sim::{SimBackend, SimOptions};
 use warmpool_backend::Backend;
 use warmpool_store::{PgStore, SqliteStore, Store};
 
-use crate::app::clock::SystemClock;
+use crate::app::clock::{Clock, FastClock, SystemClock};
 use crate::app::{App, AppConfig, AppParts};
 use crate::git::mirror::Mirrors;
 use crate::git::serve::GitServer;
@@ -178,6 +178,11 @@ pub struct ServeArgs {
     /// How long creating a VM takes with the sim backend, in milliseconds.
     #[arg(long, env = "WARMPOOL_SIM_CREATE_MS", default_value_t = 0)]
     pub sim_create_ms: u64,
+    /// With the sim backend, the server's clock runs this many times faster than real time
+    /// (1 to 10,000): what the benchmark replays a day of claims with. `--sim-create-ms` stays
+    /// in real time.
+    #[arg(long, env = "WARMPOOL_SIM_CLOCK_SPEED", default_value_t = 1.0)]
+    pub sim_clock_speed: f64,
     /// With the sim backend, a setup command `panic` panics inside the server (to test that a
     /// boot survives that); off by default, so no input panics a server.
     #[arg(long, hide = true)]
@@ -549,6 +554,20 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     let sealer = Arc::new(Sealer::load_or_create(&key_file)?);
     check_shared_secrets(store.as_ref(), &sealer, &admin).await?;
+    if !(1.0..=10_000.0).contains(&args.sim_clock_speed) {
+        bail!(
+            "--sim-clock-speed must be between 1 and 10000; got {}",
+            args.sim_clock_speed
+        );
+    }
+    if args.sim_clock_speed != 1.0 && args.backend != BackendKind::Sim {
+        bail!("--sim-clock-speed is for the sim backend only (real VMs run in real time)");
+    }
+    let clock: Arc<dyn Clock> = if args.sim_clock_speed == 1.0 {
+        Arc::new(SystemClock)
+    } else {
+        Arc::new(FastClock::new(args.sim_clock_speed))
+    };
     let app = App::new(AppParts {
         admin_token: admin,
         store,
@@ -556,7 +575,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         cfg,
         mirrors,
         git,
-        clock: Arc::new(SystemClock),
+        clock,
         sealer,
     });
     if !app

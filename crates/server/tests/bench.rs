@@ -8,9 +8,9 @@ use std::process::Command;
 use common::*;
 use serde_json::Value;
 
-/// How long `bench --quick` of the claims and sandbox rows takes at most: 20 s alone
-/// (measured), more while other tests share the cores.
-const QUICK_BENCH: std::time::Duration = std::time::Duration::from_secs(120);
+/// How long `bench --quick` of the claims, sandbox and day rows takes at most: 20 s + 65 s alone
+/// (measured; the day is replayed in a minute), more while other tests share the cores.
+const QUICK_BENCH: std::time::Duration = std::time::Duration::from_secs(240);
 
 const KEYS: &[&str] = &[
     "claim_p50_ms",
@@ -35,6 +35,10 @@ const KEYS: &[&str] = &[
     "reconcile_ms_1k",
     "reconcile_ms_10k",
     "nodes_claims_per_s",
+    "autoscale_warm_share",
+    "autoscale_idle_vm_s",
+    "fixed_peak_warm_share",
+    "fixed_peak_idle_vm_s",
 ];
 
 #[test]
@@ -44,11 +48,12 @@ fn bench_measures_the_selected_rows_and_explains_the_others() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("bench.json");
     // The quick rows: claims against a server of its own on the sim backend, then sandbox starts
-    // (one server, a few VMs started one at a time).
+    // (one server, a few VMs started one at a time), then a day of claims replayed against two
+    // pools of a sim server whose clock runs fast.
     let run = output_within(
         Command::new(BIN)
             .current_dir(dir.path())
-            .args(["bench", "--quick", "--only", "claims,sandbox", "--out"])
+            .args(["bench", "--quick", "--only", "claims,sandbox,day", "--out"])
             .arg(&out)
             .arg("--cache-dir")
             .arg(cache_dir()),
@@ -76,6 +81,10 @@ fn bench_measures_the_selected_rows_and_explains_the_others() {
         "sandbox_start_ms",
         "sandbox_cold_start_ms",
         "runc_floor_ms",
+        "autoscale_warm_share",
+        "autoscale_idle_vm_s",
+        "fixed_peak_warm_share",
+        "fixed_peak_idle_vm_s",
     ];
     for k in measured {
         let x = v[k]
@@ -94,6 +103,19 @@ fn bench_measures_the_selected_rows_and_explains_the_others() {
     assert!(v["machine"]["cpus"].as_u64().unwrap() >= 1);
     // The raw samples behind the figures are there to check them against.
     assert!(v["details"]["claims"]["c16"]["warm"].as_u64().unwrap() > 0);
+    // The day: both pools saw every claim; the shares are shares; the fixed pool is the size
+    // the day's peak asks for; the autoscaled one followed the day hour by hour.
+    let day = &v["details"]["day"];
+    assert!(day["claims"].as_u64().unwrap() > 1000, "{day}");
+    for k in ["autoscale_warm_share", "fixed_peak_warm_share"] {
+        assert!(v[k].as_f64().unwrap() <= 1.0, "{k}: {v}");
+    }
+    assert!(day["fixedPoolSize"].as_u64().unwrap() > 1, "{day}");
+    assert!(
+        day["autoscale"]["targetByHour"].as_array().unwrap().len() >= 24,
+        "{day}"
+    );
+    assert!(stdout.contains("bursty day"), "{stdout}");
 }
 
 #[test]

@@ -116,13 +116,14 @@ async fn fill(c: &Client, css: &str, value: &str) {
     e.send_keys(value).await.unwrap();
 }
 
+/// Clicks an element in the middle of the window (at the bottom, the toast may cover it).
 async fn click(c: &Client, css: &str) {
-    c.find(Locator::Css(css))
-        .await
-        .unwrap()
-        .click()
+    let e = c.find(Locator::Css(css)).await.unwrap();
+    let arg = serde_json::to_value(&e).unwrap();
+    c.execute("arguments[0].scrollIntoView({block: 'center'})", vec![arg])
         .await
         .unwrap();
+    e.click().await.unwrap();
 }
 
 async fn set_commands(c: &Client, commands: &str) {

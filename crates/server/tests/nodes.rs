@@ -379,6 +379,103 @@ async fn a_lost_node_is_replaced_and_returns_clean() {
     assert_eq!(pool.len(), 4, "no duplicates: {live:?}");
 }
 
+/// Claim leases on two nodes: a lease that runs out ends once — one node's conditional update,
+/// one log line over both nodes, the same `endedAt` read from either — and its VM is gone from
+/// whichever node hosted it; a lease renewed through the other node lives on.
+#[tokio::test]
+#[ignore = "tier postgres: starts a PostgreSQL 15 cluster of its own; run every tier with `cargo test -- --include-ignored`"]
+async fn a_lease_runs_out_once_across_nodes() {
+    let pg = PgCluster::new().unwrap();
+    let url = pg.create_database("wp_leases").unwrap();
+    let store = PgStore::connect(&url).await.unwrap();
+    let nodes = [node(&url, "n1", 3), node(&url, "n2", 3)];
+    let repo = TestRepo::new(&[("README.md", "leases\n")]);
+    let pid = make_pool(&nodes[0], "leases", &repo, 3).await;
+    wait_for("the pool full", 2 * SANDBOX_BOOT, async || {
+        let n = ready(&nodes[1], &pid).await;
+        seen(n == 3, format!("{n} ready"))
+    })
+    .await;
+    let pool = format!("/v1/projects/{pid}/warm-pool");
+    let mut claimed = Vec::new();
+    for (k, s) in nodes.iter().chain(&nodes[..1]).enumerate() {
+        let c = s
+            .ok(
+                "POST",
+                &format!("{pool}/claim"),
+                Some(json!({"taskId": format!("t{k}"), "ttlSeconds": 2})),
+            )
+            .await;
+        assert!(c["expiresAt"].is_string(), "{c}");
+        claimed.push(c["instance"]["id"].as_str().unwrap().to_string());
+    }
+    // The third, claimed through n1, renewed through n2.
+    let kept = claimed.pop().unwrap();
+    let r = nodes[1]
+        .ok(
+            "POST",
+            &format!("{pool}/instances/{kept}/renew"),
+            Some(json!({"ttlSeconds": 3600})),
+        )
+        .await;
+    assert_eq!(r["status"], "claimed", "{r}");
+    let vms: Vec<(String, String)> = {
+        let mut v = Vec::new();
+        for id in &claimed {
+            let row = store.get_instance(id).await.unwrap().unwrap();
+            v.push((row.vm_id, row.node.unwrap_or_default()));
+        }
+        v
+    };
+    for id in &claimed {
+        wait_for("the lease to run out", SANDBOX_BOOT, async || {
+            let life = lifecycle(&nodes[0], &pool, id).await;
+            seen(life["endReason"] == "expired", life)
+        })
+        .await;
+    }
+    for (k, id) in claimed.iter().enumerate() {
+        let (a, b) = (
+            lifecycle(&nodes[0], &pool, id).await,
+            lifecycle(&nodes[1], &pool, id).await,
+        );
+        assert_eq!(a, b, "both nodes read one record");
+        assert_eq!(
+            (&a["status"], &a["taskId"]),
+            (&json!("destroyed"), &json!(format!("t{k}")))
+        );
+        let lines: usize = nodes
+            .iter()
+            .map(|s| {
+                s.log_text()
+                    .lines()
+                    .filter(|l| l.contains("lease ran out") && l.contains(id.as_str()))
+                    .count()
+            })
+            .sum();
+        assert_eq!(lines, 1, "{id} ended once over both nodes");
+    }
+    // Each VM is gone from its node (at once on the node that ended it, else by its sweep).
+    wait_for(
+        "the expired VMs to be destroyed",
+        SANDBOX_BOOT,
+        async || {
+            let left: Vec<&(String, String)> = vms
+                .iter()
+                .filter(|(vm, _)| nodes.iter().any(|s| s.vm_dirs().contains(vm)))
+                .collect();
+            seen(left.is_empty(), format!("still hosted: {left:?}"))
+        },
+    )
+    .await;
+    let life = lifecycle(&nodes[0], &pool, &kept).await;
+    assert_eq!(
+        (&life["status"], &life["endedAt"]),
+        (&json!("claimed"), &Value::Null),
+        "{life}"
+    );
+}
+
 #[tokio::test]
 #[ignore = "tier postgres: starts a PostgreSQL 15 cluster of its own; run every tier with `cargo test -- --include-ignored`"]
 async fn a_database_restart_during_claims_loses_and_duplicates_nothing() {

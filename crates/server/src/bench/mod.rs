@@ -6,9 +6,11 @@
 //! first output after a warm claim, and after a claim on an empty pool with its golden vs without;
 //! a burst of 20 claims against a pool of 2 (1 and 8 VMs started ahead); sandbox start vs a bare
 //! `runc run`; QEMU cold boot vs clone, and idle memory per clone; the control plane at 1,000 and
-//! 10,000 VMs (`sim`); claims per second on 1, 2 and 3 nodes sharing one PostgreSQL.
+//! 10,000 VMs (`sim`); claims per second on 1, 2 and 3 nodes sharing one PostgreSQL; a bursty day
+//! of claims against an autoscaled pool vs a fixed one sized for the peak (`sim`).
 
 mod claims;
+mod day;
 mod nodes;
 mod scale;
 mod server;
@@ -43,8 +45,8 @@ pub struct BenchArgs {
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Run only these rows (comma-separated: claims, first-output, burst, sandbox, qemu, scale,
-    /// nodes); the others are reported as skipped.
-    #[arg(long, value_delimiter = ',', value_parser = ["claims", "first-output", "burst", "sandbox", "qemu", "scale", "nodes"])]
+    /// nodes, day); the others are reported as skipped.
+    #[arg(long, value_delimiter = ',', value_parser = ["claims", "first-output", "burst", "sandbox", "qemu", "scale", "nodes", "day"])]
     pub only: Vec<String>,
     /// Guest images and kernels (as `serve --cache-dir`).
     #[arg(long, env = "WARMPOOL_CACHE_DIR")]
@@ -216,7 +218,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let wanted = |row: &str| args.only.is_empty() || args.only.iter().any(|o| o == row);
     let not_selected = "not selected (--only)";
 
-    eprintln!("[1/7] warm claims vs a durable SQLite commit");
+    eprintln!("[1/8] warm claims vs a durable SQLite commit");
     if wanted("claims") {
         let r = claims::claim_latency(&mut report, args.quick).await;
         failed(
@@ -232,7 +234,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
 
     eprintln!(
-        "[2/7] first output after a warm claim, and a cold one with and without a golden (sandbox)"
+        "[2/8] first output after a warm claim, and a cold one with and without a golden (sandbox)"
     );
     let first_output = [
         "warm_first_output_ms",
@@ -249,7 +251,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         failed(&mut report, r, &first_output);
     }
 
-    eprintln!("[3/7] a burst of 20 claims against a pool of 2 with its golden, 1 and 8 VMs started ahead (sandbox)");
+    eprintln!("[3/8] a burst of 20 claims against a pool of 2 with its golden, 1 and 8 VMs started ahead (sandbox)");
     let burst = [
         "burst_first_output_p50_ms",
         "burst_first_output_p95_ms",
@@ -265,7 +267,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         failed(&mut report, r, &burst);
     }
 
-    eprintln!("[4/7] sandbox start vs a bare runc run");
+    eprintln!("[4/8] sandbox start vs a bare runc run");
     let sandbox = ["sandbox_start_ms", "sandbox_cold_start_ms", "runc_floor_ms"];
     if !wanted("sandbox") {
         report.skip(&sandbox, not_selected);
@@ -276,7 +278,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         failed(&mut report, r, &sandbox);
     }
 
-    eprintln!("[5/7] QEMU cold boot vs clone, idle memory");
+    eprintln!("[5/8] QEMU cold boot vs clone, idle memory");
     let qemu = [
         "qemu_boot_ms",
         "qemu_clone_ms",
@@ -292,7 +294,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         failed(&mut report, r, &qemu);
     }
 
-    eprintln!("[6/7] the control plane at 1,000 and 10,000 VMs (sim)");
+    eprintln!("[6/8] the control plane at 1,000 and 10,000 VMs (sim)");
     if wanted("scale") {
         let r = scale::scale(&mut report, args.quick).await;
         failed(
@@ -307,7 +309,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         );
     }
 
-    eprintln!("[7/7] claims per second on 1, 2 and 3 nodes (PostgreSQL)");
+    eprintln!("[7/8] claims per second on 1, 2 and 3 nodes (PostgreSQL)");
     if !wanted("nodes") {
         report.skip(&["nodes_claims_per_s"], not_selected);
     } else if let Some(why) = nodes_missing(root) {
@@ -315,6 +317,20 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     } else {
         let r = nodes::nodes(&mut report, args.quick).await;
         failed(&mut report, r, &["nodes_claims_per_s"]);
+    }
+
+    eprintln!("[8/8] a bursty day of claims: autoscale vs a fixed pool sized for the peak (sim)");
+    let day_keys = [
+        "autoscale_warm_share",
+        "autoscale_idle_vm_s",
+        "fixed_peak_warm_share",
+        "fixed_peak_idle_vm_s",
+    ];
+    if wanted("day") {
+        let r = day::day(&mut report, args.quick).await;
+        failed(&mut report, r, &day_keys);
+    } else {
+        report.skip(&day_keys, not_selected);
     }
 
     report.print();

@@ -355,4 +355,4 @@ pub fn orphans<'v>(
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

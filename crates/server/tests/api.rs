@@ -1141,4 +1141,9 @@ async fn autoscale_sizes_the_pool_from_its_claims() {
         (&json!(1), &Value::Null)
     );
     wait_ready(&s, &pid, 1).await;
+    // A disabled pool keeps nothing, autoscaled or not.
+    s.ok("PATCH", &auto, Some(json!({"enabled": true}))).await;
+    s.ok("PATCH", &pool, Some(json!({"enabled": false}))).await;
+    let st = s.ok("GET", &format!("{pool}/stats"), None).await;
+    assert_eq!(st["effectiveTarget"], 0, "{st}");
 }

@@ -1002,17 +1002,19 @@ impl<E: Engine> Store for E {
         Ok(self.exec_relaxed(sql, values).await? == 1)
     }
 
-    async fn claims_since(&self, since: i64) -> Result<Vec<(String, String, i64)>> {
+    async fn claims_since(&self, project_id: &str, since: i64) -> Result<Vec<(String, i64)>> {
+        // Read when a reconciler starts following a pool, not on a hot path: by the project's
+        // index, with no index of its own for claim writes to keep up.
         let sql = sql!(
-            "SELECT project_id, id, asked_at FROM (
-                SELECT project_id, id,
-                    CASE WHEN kind = 'cold' THEN created_at ELSE claimed_at END AS asked_at
+            "SELECT id, asked_at FROM (
+                SELECT id, CASE WHEN kind = 'cold' THEN created_at ELSE claimed_at END AS asked_at
                 FROM instances
-                WHERE claimed_at > $1 OR (kind = 'cold' AND created_at > $1)
-             ) AS claims WHERE asked_at > $1 ORDER BY asked_at"
+                WHERE project_id = $1
+                  AND (claimed_at > $2 OR (kind = 'cold' AND created_at > $2))
+             ) AS claims WHERE asked_at > $2 ORDER BY asked_at"
         );
-        self.select(sql, values![since], |r| {
-            Ok((r.str("project_id")?, r.str("id")?, r.i64("asked_at")?))
+        self.select(sql, values![project_id, since], |r| {
+            Ok((r.str("id")?, r.i64("asked_at")?))
         })
         .await
     }

@@ -247,9 +247,10 @@ pub trait Store: Send + Sync + 'static {
         prev_changed_at: Option<i64>,
         scale: &ScaleRecord,
     ) -> Result<bool>;
-    /// `(project, instance, when)` of every claim asked for after `since`, oldest first: when a
-    /// ready VM was claimed, or when a VM was booted for a claim (`cold`; asked at its creation).
-    async fn claims_since(&self, since: i64) -> Result<Vec<(String, String, i64)>>;
+    /// `(instance, when)` of every claim of a project asked for after `since`, oldest first: when
+    /// a ready VM was claimed, or when a VM was booted for a claim (`cold`; asked at its
+    /// creation).
+    async fn claims_since(&self, project_id: &str, since: i64) -> Result<Vec<(String, i64)>>;
 
     async fn insert_step(&self, s: &StepRow) -> Result<()>;
     async fn list_steps(&self, instance_id: &str) -> Result<Vec<StepRow>>;

@@ -542,10 +542,10 @@ async fn autoscale_bounds_and_decisions_are_conditional(s: Arc<dyn Store>) {
     cold.created_at = 22;
     s.insert_instance(&cold).await.unwrap();
     assert!(s.mark_ready("d", 40, &no_commits(), true).await.unwrap());
-    let claims = s.claims_since(10).await.unwrap();
-    let times: Vec<(&str, i64)> = claims.iter().map(|c| (c.1.as_str(), c.2)).collect();
+    let claims = s.claims_since("p", 10).await.unwrap();
+    let times: Vec<(&str, i64)> = claims.iter().map(|c| (c.0.as_str(), c.1)).collect();
     assert_eq!(times, [("b", 20), ("d", 22), ("c", 30)]);
-    assert!(claims.iter().all(|c| c.0 == "p"));
+    assert!(s.claims_since("q", 0).await.unwrap().is_empty());
 
     assert!(s.delete_project("p").await.unwrap());
     assert_eq!(

@@ -780,7 +780,8 @@ pub struct PoolStats {
     pub stale: u64,
     /// Null until the pool is configured.
     pub target_size: Option<u32>,
-    /// What the reconciler keeps: `targetSize`, or with autoscale on its decided target.
+    /// What the reconciler keeps: `targetSize`, or with autoscale on its decided target; 0 while
+    /// the pool is disabled.
     pub effective_target: Option<u32>,
     /// Null while autoscale is off.
     pub autoscale: Option<AutoscaleStatus>,

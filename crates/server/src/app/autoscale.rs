@@ -2,7 +2,7 @@
 //! target, and the reconciler's part — the claims and boot times a pass sizes a pool from, and
 //! recording its decision (the rule itself is `crate::reconcile::autoscale`, pure).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::Duration;
 
 use warmpool_store::{AutoscaleRow, InstanceRow, PoolConfigRow, ScaleRecord};
@@ -98,14 +98,17 @@ impl App {
         project_id: &str,
         cfg: Option<&PoolConfigRow>,
     ) -> AppResult<(Option<u32>, Option<AutoscaleStatus>)> {
+        // A disabled pool keeps nothing, whatever its size.
+        let on = cfg.filter(|c| c.enabled && self.cfg.warm_pool_allowed);
+        let keeps = |t: u32| Some(if on.is_some() { t } else { 0 });
         let row = self.store.get_autoscale(project_id).await?;
         let Some(row) = row.filter(|r| r.enabled) else {
-            return Ok((cfg.map(|c| c.target_size), None));
+            return Ok((cfg.and_then(|c| keeps(c.target_size)), None));
         };
         let effective = match (&row.scale, cfg) {
-            (Some(s), Some(_)) => Some(s.target.clamp(row.min_size, row.max_size)),
-            (None, Some(c)) => Some(c.target_size.clamp(row.min_size, row.max_size)),
             (_, None) => None,
+            (Some(s), Some(_)) => keeps(s.target.clamp(row.min_size, row.max_size)),
+            (None, Some(c)) => keeps(c.target_size.clamp(row.min_size, row.max_size)),
         };
         let status = AutoscaleStatus {
             min: row.min_size,
@@ -198,22 +201,74 @@ fn explain(row: &AutoscaleRow) -> String {
     }
 }
 
-/// What the reconciler has seen of demand: claim times of the last [`rule::MEMORY`] and the
-/// latest boot times, by project. Kept between passes, fed from the rows each pass reads (every
-/// node sees every row, so every node sizes a pool alike), and read again from the store when
-/// the reconciler starts over.
+/// What the reconciler has seen of the demand on the pools it follows (those with autoscale
+/// on; others cost nothing): claim times of the last [`rule::MEMORY`] and the latest boot times.
+/// Kept between passes and fed from the rows each pass reads (every node sees every row, so
+/// every node sizes a pool alike); a pool's claims are read from the store when it starts being
+/// followed (also when the reconciler starts).
 #[derive(Default)]
 pub(crate) struct Demand {
-    claims: HashMap<String, HashMap<String, i64>>,
-    boots: HashMap<String, VecDeque<(String, i64)>>,
+    pools: HashMap<String, PoolDemand>,
+}
+
+#[derive(Default)]
+struct PoolDemand {
+    /// Each claim once, by instance.
+    by_id: HashMap<String, i64>,
+    /// How many claims at each millisecond.
+    times: BTreeMap<i64, u32>,
+    boots: VecDeque<(String, i64)>,
+}
+
+/// Claims kept per pool, at most: far more than a pool of [`MAX_SIZE`] needs to reach its max
+/// (a few dozen within a boot time), few enough to read each pass.
+const MAX_CLAIMS: usize = 20_000;
+
+impl PoolDemand {
+    fn claim(&mut self, id: &str, at: i64) {
+        if self.by_id.contains_key(id) {
+            return;
+        }
+        self.by_id.insert(id.to_string(), at);
+        *self.times.entry(at).or_default() += 1;
+        if self.by_id.len() > MAX_CLAIMS {
+            if let Some(&oldest) = self.times.keys().next() {
+                self.forget_until(oldest);
+            }
+        }
+    }
+
+    /// Forgets the claims made at or before `until`.
+    fn forget_until(&mut self, until: i64) {
+        if self
+            .times
+            .first_key_value()
+            .is_some_and(|(&t, _)| t <= until)
+        {
+            self.times = self.times.split_off(&(until + 1));
+            self.by_id.retain(|_, at| *at > until);
+        }
+    }
 }
 
 impl Demand {
-    /// Starts over from the claims the store holds since `since`.
-    pub fn reload(&mut self, claims: Vec<(String, String, i64)>) {
-        self.claims.clear();
-        for (project, id, at) in claims {
-            self.claims.entry(project).or_default().insert(id, at);
+    /// Forgets the pools not among `pools`; answers those of `pools` not followed yet, whose
+    /// claims so far are to be read from the store and given to [`Demand::load`], which starts
+    /// following them (a pool whose read failed is answered again next pass).
+    pub fn follow(&mut self, pools: &[&str]) -> Vec<String> {
+        self.pools.retain(|p, _| pools.contains(&p.as_str()));
+        pools
+            .iter()
+            .filter(|p| !self.pools.contains_key(**p))
+            .map(|p| p.to_string())
+            .collect()
+    }
+
+    /// Follows a pool from its claims as the store has them.
+    pub fn load(&mut self, project: &str, claims: Vec<(String, i64)>) {
+        let d = self.pools.entry(project.to_string()).or_default();
+        for (id, at) in claims {
+            d.claim(&id, at);
         }
     }
 
@@ -221,56 +276,55 @@ impl Demand {
     /// claim (`cold`) was asked for when it was created: demand is when claims come, not when
     /// they are served.
     pub fn see(&mut self, i: &InstanceRow) {
+        let Some(d) = self.pools.get_mut(&i.project_id) else {
+            return;
+        };
         let asked = match i.kind {
             InstanceKind::Cold => Some(i.created_at),
             InstanceKind::Pool => i.claimed_at,
             InstanceKind::Test | InstanceKind::Golden => None,
         };
         if let Some(at) = asked {
-            self.claims
-                .entry(i.project_id.clone())
-                .or_default()
-                .insert(i.id.clone(), at);
+            d.claim(&i.id, at);
         }
         let booted = matches!(i.kind, InstanceKind::Pool | InstanceKind::Cold)
             && i.status != InstanceStatus::Failed;
         if let (true, Some(done)) = (booted, i.provisioned_at) {
-            let boots = self.boots.entry(i.project_id.clone()).or_default();
-            if !boots.iter().any(|(id, _)| *id == i.id) {
-                if boots.len() == BOOT_SAMPLES {
-                    boots.pop_front();
+            if !d.boots.iter().any(|(id, _)| *id == i.id) {
+                if d.boots.len() == BOOT_SAMPLES {
+                    d.boots.pop_front();
                 }
-                boots.push_back((i.id.clone(), (done - i.created_at).max(1)));
+                d.boots
+                    .push_back((i.id.clone(), (done - i.created_at).max(1)));
             }
         }
     }
 
-    /// Forgets claims older than `since`, and projects that are gone.
-    pub fn prune(&mut self, since: i64, exists: impl Fn(&str) -> bool) {
-        self.claims.retain(|p, c| {
-            c.retain(|_, at| *at > since);
-            !c.is_empty() && exists(p)
-        });
-        self.boots.retain(|p, _| exists(p));
+    /// Forgets claims made at or before `until`.
+    pub fn prune(&mut self, until: i64) {
+        for d in self.pools.values_mut() {
+            d.forget_until(until);
+        }
     }
 
-    /// A project's claim times, sorted.
+    /// A pool's claim times, in order.
     pub fn claims(&self, project: &str) -> Vec<i64> {
-        let mut times: Vec<i64> = self
-            .claims
-            .get(project)
-            .map(|c| c.values().copied().collect())
-            .unwrap_or_default();
-        times.sort_unstable();
-        times
+        let Some(d) = self.pools.get(project) else {
+            return Vec::new();
+        };
+        let mut out = Vec::with_capacity(d.by_id.len());
+        for (&at, &n) in &d.times {
+            out.extend(std::iter::repeat_n(at, n as usize));
+        }
+        out
     }
 
-    /// A project's boot time: the median of its latest boots.
+    /// A pool's boot time: the median of its latest boots.
     pub fn boot_ms(&self, project: &str) -> i64 {
         let mut took: Vec<i64> = self
-            .boots
+            .pools
             .get(project)
-            .map(|b| b.iter().map(|(_, ms)| *ms).collect())
+            .map(|d| d.boots.iter().map(|(_, ms)| *ms).collect())
             .unwrap_or_default();
         if took.is_empty() {
             return DEFAULT_BOOT.as_millis() as i64;
@@ -291,39 +345,20 @@ mod tests {
         done: Option<i64>,
         claimed: Option<i64>,
     ) -> InstanceRow {
-        InstanceRow {
-            seq: 0,
-            id: id.into(),
-            vm_id: format!("vm-{id}"),
-            project_id: project.into(),
-            kind: InstanceKind::Pool,
-            status: InstanceStatus::Ready,
-            total_steps: 5,
-            failed_step: None,
-            failure_reason: None,
-            backend: "sim".into(),
-            agent_url: None,
-            agent_token: None,
-            config_hash: None,
-            task_id: None,
-            created_at: created,
-            provisioned_at: done,
-            finished_at: None,
-            claimed_at: claimed,
-            destroyed_at: None,
-            end_reason: None,
-            lease_ms: None,
-            expires_at: None,
-            stale_at: None,
-            commits: Default::default(),
-            golden_id: None,
-            node: None,
-        }
+        let mut i = crate::reconcile::tests::inst(id, InstanceKind::Pool, InstanceStatus::Ready);
+        i.project_id = project.into();
+        (i.created_at, i.provisioned_at, i.claimed_at) = (created, done, claimed);
+        i
     }
 
     #[test]
     fn demand_counts_each_claim_and_boot_once() {
         let mut d = Demand::default();
+        assert_eq!(d.follow(&["p", "q"]), ["p", "q"]);
+        d.load("p", vec![]);
+        assert_eq!(d.follow(&["p", "q"]), ["q"], "q's claims were not read");
+        d.load("q", vec![]);
+        assert!(d.follow(&["p", "q"]).is_empty());
         assert_eq!(d.boot_ms("p"), DEFAULT_BOOT.as_millis() as i64);
         d.see(&row("a", "p", 0, Some(100), None));
         // The same instance again, claimed: its claim counts, its boot does not twice.
@@ -331,6 +366,8 @@ mod tests {
         d.see(&row("b", "p", 0, Some(300), Some(400)));
         d.see(&row("c", "p", 0, Some(200), None));
         d.see(&row("x", "q", 0, None, Some(450)));
+        d.see(&row("z", "other", 0, Some(9), Some(450)));
+        assert!(d.claims("other").is_empty(), "a pool not followed");
         let mut cold = row("y", "p", 480, None, None);
         cold.kind = InstanceKind::Cold;
         d.see(&cold);
@@ -343,14 +380,33 @@ mod tests {
             "once, when it was asked for"
         );
         assert_eq!(d.boot_ms("p"), 200, "the median of 100, 200, 300");
-        d.prune(450, |p| p == "p");
+        d.prune(450);
         assert_eq!(d.claims("p"), [480, 500]);
-        assert!(d.claims("q").is_empty(), "a project that is gone");
+        assert!(d.claims("q").is_empty());
         for i in 0..40 {
             d.see(&row(&format!("n{i}"), "p", 0, Some(1000), None));
         }
         assert_eq!(d.boot_ms("p"), 1000, "only the latest boots count");
-        d.reload(vec![("p".into(), "z".into(), 7)]);
-        assert_eq!(d.claims("p"), [7]);
+        // Two claims in the same millisecond are two claims.
+        d.load(
+            "p",
+            vec![("s1".into(), 7), ("s2".into(), 7), ("s1".into(), 7)],
+        );
+        assert_eq!(d.claims("p"), [7, 7, 480, 500]);
+        // Followed no more: forgotten; followed again: new.
+        assert!(d.follow(&["q"]).is_empty());
+        assert!(d.claims("p").is_empty());
+        assert_eq!(d.follow(&["p", "q"]), ["p"]);
+    }
+
+    #[test]
+    fn a_pool_keeps_its_latest_claims_only() {
+        let mut d = Demand::default();
+        for i in 0..MAX_CLAIMS as i64 + 10 {
+            d.load("p", vec![(format!("c{i}"), i)]);
+        }
+        let claims = d.claims("p");
+        assert!(claims.len() <= MAX_CLAIMS, "{}", claims.len());
+        assert_eq!(claims.last(), Some(&(MAX_CLAIMS as i64 + 9)));
     }
 }

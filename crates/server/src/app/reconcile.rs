@@ -135,15 +135,25 @@ impl App {
         if full {
             cache.rows.clear();
             cache.loaded_at = Some(Instant::now());
-            // Ended rows are not in a full read: claims are read apart, ended ones included.
-            let since = now - plan::autoscale::MEMORY.as_millis() as i64;
-            let claims = self.store.claims_since(since).await?;
-            cache.demand.reload(claims);
         } else if snap.rev < cache.rev {
             // The store went back in time (restored from a backup): start over next pass.
             cache.loaded_at = None;
         }
         cache.rev = snap.rev;
+        // The pools with autoscale on: their demand is followed. One followed anew (all of them
+        // when the reconciler starts) reads its claims of the last half hour, ended ones
+        // included; from then on the rows each pass reads bring the rest.
+        let since = now - plan::autoscale::MEMORY.as_millis() as i64;
+        let autoscaled: Vec<&str> = snap
+            .autoscale
+            .values()
+            .filter(|a| a.enabled)
+            .map(|a| a.project_id.as_str())
+            .collect();
+        for project in cache.demand.follow(&autoscaled) {
+            let claims = self.store.claims_since(&project, since).await?;
+            cache.demand.load(&project, claims);
+        }
         for inst in snap.instances {
             cache.demand.see(&inst);
             if inst.is_ended() {
@@ -168,8 +178,7 @@ impl App {
         cache
             .rows
             .retain(|_, i| projects.contains_key(i.project_id.as_str()));
-        let since = now - plan::autoscale::MEMORY.as_millis() as i64;
-        cache.demand.prune(since, |p| projects.contains_key(p));
+        cache.demand.prune(since);
         let mut env: HashMap<&str, Vec<(String, i64)>> = HashMap::new();
         for (project, name, version) in &snap.env_versions {
             env.entry(project)

@@ -5,7 +5,8 @@ use super::*;
 const NOW: i64 = 10_000_000;
 const HASH: &str = "current";
 
-fn inst(id: &str, kind: InstanceKind, status: InstanceStatus) -> InstanceRow {
+/// An instance of project `p` for tests (also those of the executor's side, `app::autoscale`).
+pub(crate) fn inst(id: &str, kind: InstanceKind, status: InstanceStatus) -> InstanceRow {
     InstanceRow {
         seq: 0,
         id: id.into(),

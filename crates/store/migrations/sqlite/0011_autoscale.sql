@@ -14,5 +14,3 @@ CREATE TABLE pool_autoscale (
     boot_ms      INTEGER,
     updated_at   INTEGER NOT NULL
 );
--- The claims of the last half hour, read when a reconciler starts.
-CREATE INDEX instances_claimed_at ON instances (claimed_at);

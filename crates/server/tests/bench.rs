@@ -47,6 +47,16 @@ fn bench_measures_the_selected_rows_and_explains_the_others() {
     ensure_guest_image(false);
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("bench.json");
+    let in_run = || -> std::collections::BTreeSet<String> {
+        std::fs::read_dir("/run/warmpool")
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().to_string())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let before = in_run();
     // The quick rows: claims against a server of its own on the sim backend, then sandbox starts
     // (one server, a few VMs started one at a time), then a day of claims replayed against two
     // pools of a sim server whose clock runs fast.
@@ -116,6 +126,9 @@ fn bench_measures_the_selected_rows_and_explains_the_others() {
         "{day}"
     );
     assert!(stdout.contains("bursty day"), "{stdout}");
+    // Its servers and backends leave nothing in /run.
+    let left: Vec<String> = in_run().difference(&before).cloned().collect();
+    assert!(left.is_empty(), "left in /run/warmpool: {left:?}");
 }
 
 #[test]

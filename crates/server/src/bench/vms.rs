@@ -89,6 +89,16 @@ pub async fn sandbox_start(report: &mut Report, quick: bool, cache: &Path) -> an
     let cold = backend(cold_dir.path(), 0)?;
     let result = sandbox_rounds(report, quick, &warm, &cold, cold_dir.path()).await;
     warm.stop().await;
+    // Nothing of the two backends stays in /run: with their VMs gone, the directory their roots
+    // were mounted in is empty (a server's goes with `vms rm --all`; these have no server).
+    for dir in [warm_dir.path(), cold_dir.path()] {
+        let roots = crate::serve::roots_dir(dir);
+        if let Err(e) = std::fs::remove_dir(&roots) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                eprintln!("      cannot remove {}: {e}", roots.display());
+            }
+        }
+    }
     result
 }
 

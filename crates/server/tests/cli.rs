@@ -423,3 +423,54 @@ async fn claim_with_a_lease_and_renew_it() {
     assert!(!ok, "{out}");
     assert!(err.contains("ttlSeconds"), "{err}");
 }
+
+/// `warmpool pool autoscale` shows the bounds and the effective target, turns autoscale on with
+/// bounds, refuses a minimum over the maximum naming the field, and `pool stats` says why the
+/// target is what it is.
+#[tokio::test(flavor = "multi_thread")]
+async fn pool_autoscale_shows_and_changes_the_bounds() {
+    let s = TestServer::start(&["--backend", "sim", "--reconcile-interval-ms", "100"]);
+    let pid = s.create_project("scaled", vec![]).await;
+    s.ok(
+        "PATCH",
+        &format!("/v1/projects/{pid}/warm-pool"),
+        Some(json!({"targetSize": 2})),
+    )
+    .await;
+    let home = tempfile::tempdir().unwrap();
+    let run = |cmd: String| {
+        let out = output_within(cli(&s, home.path()).arg("-c").arg(&cmd), &cmd, REQUEST * 2);
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (ok, out, err) = run(format!("warmpool pool autoscale {pid}"));
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("autoscale off, 1 to 20 VMs"), "{out}");
+    assert!(out.contains("effective target: 2"), "{out}");
+    let (ok, out, err) = run(format!(
+        "warmpool pool autoscale {pid} --enabled true --min 3 --max 5"
+    ));
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("autoscale on, 3 to 5 VMs"), "{out}");
+    let (ok, out, err) = run(format!("warmpool pool autoscale {pid} --min 6"));
+    assert!(!ok, "{out}");
+    assert!(err.contains("min"), "{err}");
+    // No claims yet: held at the minimum, once the reconciler has decided.
+    let out = wait_for("the first decision", REQUEST * 4, async || {
+        let (ok, out, err) = run(format!("warmpool pool stats {pid}"));
+        assert!(ok, "{out}{err}");
+        seen(
+            out.contains("autoscale 3..5: effective target 3 (min)"),
+            out,
+        )
+    })
+    .await;
+    assert!(out.contains("held at the minimum, 3"), "{out}");
+    let (ok, out, err) = run(format!("warmpool --json pool autoscale {pid}"));
+    assert!(ok, "{out}{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v, json!({"enabled": true, "min": 3, "max": 5}));
+}

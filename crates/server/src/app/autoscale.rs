@@ -20,7 +20,7 @@ pub const MAX_SIZE: u32 = 20;
 /// A pool's boot time until one of its boots has been seen.
 pub const DEFAULT_BOOT: Duration = Duration::from_secs(60);
 /// Boots a pool's boot time is the median of.
-const BOOT_SAMPLES: usize = 16;
+pub(crate) const BOOT_SAMPLES: usize = 16;
 
 fn view(row: &AutoscaleRow) -> Autoscale {
     Autoscale {
@@ -264,11 +264,18 @@ impl Demand {
             .collect()
     }
 
-    /// Follows a pool from its claims as the store has them.
-    pub fn load(&mut self, project: &str, claims: Vec<(String, i64)>) {
+    /// Follows a pool from its claims and latest boot times as the store has them.
+    pub fn load(&mut self, project: &str, claims: Vec<(String, i64)>, boots: Vec<i64>) {
         let d = self.pools.entry(project.to_string()).or_default();
         for (id, at) in claims {
             d.claim(&id, at);
+        }
+        // Newest first from the store; kept oldest first. The rows the passes read from now on
+        // (with their ids) push these out.
+        if d.boots.is_empty() {
+            for ms in boots.into_iter().take(BOOT_SAMPLES).rev() {
+                d.boots.push_back((String::new(), ms.max(1)));
+            }
         }
     }
 
@@ -355,9 +362,10 @@ mod tests {
     fn demand_counts_each_claim_and_boot_once() {
         let mut d = Demand::default();
         assert_eq!(d.follow(&["p", "q"]), ["p", "q"]);
-        d.load("p", vec![]);
+        d.load("p", vec![], vec![]);
         assert_eq!(d.follow(&["p", "q"]), ["q"], "q's claims were not read");
-        d.load("q", vec![]);
+        d.load("q", vec![], vec![900, 700, 800]);
+        assert_eq!(d.boot_ms("q"), 800, "the boots the store had");
         assert!(d.follow(&["p", "q"]).is_empty());
         assert_eq!(d.boot_ms("p"), DEFAULT_BOOT.as_millis() as i64);
         d.see(&row("a", "p", 0, Some(100), None));
@@ -388,11 +396,14 @@ mod tests {
         }
         assert_eq!(d.boot_ms("p"), 1000, "only the latest boots count");
         // Two claims in the same millisecond are two claims.
-        d.load(
-            "p",
-            vec![("s1".into(), 7), ("s2".into(), 7), ("s1".into(), 7)],
-        );
+        let twice = vec![("s1".into(), 7), ("s2".into(), 7), ("s1".into(), 7)];
+        d.load("p", twice, vec![5]);
         assert_eq!(d.claims("p"), [7, 7, 480, 500]);
+        assert_eq!(
+            d.boot_ms("p"),
+            1000,
+            "boots are read when a pool is followed only"
+        );
         // Followed no more: forgotten; followed again: new.
         assert!(d.follow(&["q"]).is_empty());
         assert!(d.claims("p").is_empty());
@@ -403,7 +414,7 @@ mod tests {
     fn a_pool_keeps_its_latest_claims_only() {
         let mut d = Demand::default();
         for i in 0..MAX_CLAIMS as i64 + 10 {
-            d.load("p", vec![(format!("c{i}"), i)]);
+            d.load("p", vec![(format!("c{i}"), i)], vec![]);
         }
         let claims = d.claims("p");
         assert!(claims.len() <= MAX_CLAIMS, "{}", claims.len());

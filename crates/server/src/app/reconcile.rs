@@ -12,7 +12,7 @@ use rand::Rng;
 use warmpool_store::{GoldenRow, InstanceRow, PoolState, ProjectRow};
 use warmpool_types::state::{InstanceKind, InstanceStatus};
 
-use super::autoscale::Demand;
+use super::autoscale::{Demand, BOOT_SAMPLES};
 use super::App;
 use crate::error::AppResult;
 use crate::metrics as m;
@@ -142,7 +142,8 @@ impl App {
         cache.rev = snap.rev;
         // The pools with autoscale on: their demand is followed. One followed anew (all of them
         // when the reconciler starts) reads its claims of the last half hour, ended ones
-        // included; from then on the rows each pass reads bring the rest.
+        // included, and its latest boot times; from then on the rows each pass reads bring the
+        // rest.
         let since = now - plan::autoscale::MEMORY.as_millis() as i64;
         let autoscaled: Vec<&str> = snap
             .autoscale
@@ -152,7 +153,11 @@ impl App {
             .collect();
         for project in cache.demand.follow(&autoscaled) {
             let claims = self.store.claims_since(&project, since).await?;
-            cache.demand.load(&project, claims);
+            let boots = self
+                .store
+                .provisioning_durations(&project, BOOT_SAMPLES as u32)
+                .await?;
+            cache.demand.load(&project, claims, boots);
         }
         for inst in snap.instances {
             cache.demand.see(&inst);

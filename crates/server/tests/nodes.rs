@@ -444,16 +444,27 @@ async fn a_lease_runs_out_once_across_nodes() {
             (&a["status"], &a["taskId"]),
             (&json!("destroyed"), &json!(format!("t{k}")))
         );
-        let lines: usize = nodes
-            .iter()
-            .map(|s| {
-                s.log_text()
-                    .lines()
-                    .filter(|l| l.contains("lease ran out") && l.contains(id.as_str()))
-                    .count()
-            })
-            .sum();
-        assert_eq!(lines, 1, "{id} ended once over both nodes");
+        // The node that ended it says so just after its write (and its log is read apart).
+        let lines = || -> usize {
+            nodes
+                .iter()
+                .map(|s| {
+                    s.log_text()
+                        .lines()
+                        .filter(|l| l.contains("lease ran out") && l.contains(id.as_str()))
+                        .count()
+                })
+                .sum()
+        };
+        wait_for("the expiry's log line", REQUEST, async || {
+            let n = lines();
+            seen(n >= 1, n)
+        })
+        .await;
+        for s in &nodes {
+            s.wait_reconciler_pass().await;
+        }
+        assert_eq!(lines(), 1, "{id} ended once over both nodes");
     }
     // Each VM is gone from its node (at once on the node that ended it, else by its sweep).
     wait_for(

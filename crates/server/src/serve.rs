@@ -181,12 +181,20 @@ pub struct ServeArgs {
     /// With the sim backend, the server's clock runs this many times faster than real time
     /// (1 to 10,000): what the benchmark replays a day of claims with. `--sim-create-ms` stays
     /// in real time.
-    #[arg(long, env = "WARMPOOL_SIM_CLOCK_SPEED", default_value_t = 1.0)]
+    #[arg(long, env = "WARMPOOL_SIM_CLOCK_SPEED", default_value_t = 1.0, value_parser = clock_speed)]
     pub sim_clock_speed: f64,
     /// With the sim backend, a setup command `panic` panics inside the server (to test that a
     /// boot survives that); off by default, so no input panics a server.
     #[arg(long, hide = true)]
     pub sim_panic_command: bool,
+}
+
+/// `--sim-clock-speed`: a number from 1 to 10,000.
+fn clock_speed(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (1.0..=10_000.0).contains(&v) => Ok(v),
+        _ => Err(format!("must be a number from 1 to 10000, not {s:?}")),
+    }
 }
 
 /// `$XDG_CACHE_HOME/warmpool`, else `~/.cache/warmpool`.
@@ -485,6 +493,10 @@ pub fn sandbox_options(
 
 /// Runs the server until SIGINT or SIGTERM.
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    // Refused before anything is made.
+    if args.sim_clock_speed != 1.0 && args.backend != BackendKind::Sim {
+        bail!("--sim-clock-speed is for the sim backend only (real VMs run in real time)");
+    }
     let data_dir = absolute(&args.data_dir)?;
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("cannot create the data dir {}", data_dir.display()))?;
@@ -554,15 +566,6 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     let sealer = Arc::new(Sealer::load_or_create(&key_file)?);
     check_shared_secrets(store.as_ref(), &sealer, &admin).await?;
-    if !(1.0..=10_000.0).contains(&args.sim_clock_speed) {
-        bail!(
-            "--sim-clock-speed must be between 1 and 10000; got {}",
-            args.sim_clock_speed
-        );
-    }
-    if args.sim_clock_speed != 1.0 && args.backend != BackendKind::Sim {
-        bail!("--sim-clock-speed is for the sim backend only (real VMs run in real time)");
-    }
     let clock: Arc<dyn Clock> = if args.sim_clock_speed == 1.0 {
         Arc::new(SystemClock)
     } else {

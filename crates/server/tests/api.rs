@@ -894,10 +894,16 @@ async fn claims_expire_unless_renewed() {
         )
         .await;
     assert_eq!(l["maxTtlSeconds"], 3600);
-    let (code, v) = s
-        .call("PATCH", &leases, Some(json!({"defaultTtlSeconds": 7200})))
-        .await;
-    assert_eq!(code, 422, "{v}");
+    for bad in [
+        json!({"defaultTtlSeconds": 7200}),
+        json!({"defaultTtlSeconds": null}),
+        json!({"maxTtlSeconds": "60"}),
+    ] {
+        let (code, v) = s.call("PATCH", &leases, Some(bad.clone())).await;
+        assert_eq!(code, 422, "{bad}: {v}");
+        assert!(v["error"]["message"].is_string(), "{bad}: {v}");
+    }
+    assert_eq!(s.ok("GET", &leases, None).await["defaultTtlSeconds"], 600);
     let pool = format!("/v1/projects/{pid}/warm-pool");
     s.ok("PATCH", &pool, Some(json!({"targetSize": 3}))).await;
     wait_ready(&s, &pid, 3).await;
@@ -1039,6 +1045,8 @@ async fn autoscale_sizes_the_pool_from_its_claims() {
         json!({"min": "2"}),
         json!({"enabled": "yes"}),
         json!({"size": 3}),
+        json!({"min": null}),
+        json!({"enabled": null}),
     ] {
         let (code, v) = s.call("PATCH", &auto, Some(bad.clone())).await;
         assert!((400..500).contains(&code), "{bad}: {code} {v}");

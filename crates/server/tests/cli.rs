@@ -21,6 +21,16 @@ fn walkthrough() -> String {
     body[..body.find("```").unwrap()].to_string()
 }
 
+/// Runs one shell command line with the CLI on PATH: whether it succeeded, its stdout, stderr.
+fn run_cli(s: &TestServer, home: &Path, cmd: &str) -> (bool, String, String) {
+    let out = output_within(cli(s, home).arg("-c").arg(cmd), cmd, REQUEST * 2);
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
 fn cli(s: &TestServer, home: &Path) -> Command {
     let bin_dir = Path::new(BIN).parent().unwrap();
     let mut c = Command::new("bash");
@@ -349,6 +359,20 @@ fn serve_refuses_an_unreasonable_number_of_spares() {
         assert!(!ok, "{bad}");
         assert!(err.contains("--sandbox-spares"), "{bad}: {err}");
     }
+    // The fast clock: a number in range, and for the sim backend only.
+    for args in [
+        &["--sim-clock-speed", "0"][..],
+        &["--sim-clock-speed", "NaN"],
+        &["--sim-clock-speed", "1e9"],
+        &["--sim-clock-speed", "fast"],
+        &["--sim-clock-speed", "60", "--backend", "sandbox"],
+    ] {
+        let mut all = vec!["serve", "--data-dir", data.to_str().unwrap()];
+        all.extend_from_slice(args);
+        let (ok, _, err) = warmpool(&all);
+        assert!(!ok, "{args:?}");
+        assert!(err.contains("--sim-clock-speed"), "{args:?}: {err}");
+    }
     assert!(!data.exists(), "nothing was made");
 }
 
@@ -398,14 +422,7 @@ async fn claim_with_a_lease_and_renew_it() {
     )
     .await;
     let home = tempfile::tempdir().unwrap();
-    let run = |cmd: String| {
-        let out = output_within(cli(&s, home.path()).arg("-c").arg(&cmd), &cmd, REQUEST * 2);
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).to_string(),
-            String::from_utf8_lossy(&out.stderr).to_string(),
-        )
-    };
+    let run = |cmd: String| run_cli(&s, home.path(), &cmd);
     let (ok, out, err) = run(format!("warmpool claim {pid} --ttl 600 --task-id 'a b'"));
     assert!(ok, "{out}{err}");
     assert!(
@@ -438,14 +455,7 @@ async fn pool_autoscale_shows_and_changes_the_bounds() {
     )
     .await;
     let home = tempfile::tempdir().unwrap();
-    let run = |cmd: String| {
-        let out = output_within(cli(&s, home.path()).arg("-c").arg(&cmd), &cmd, REQUEST * 2);
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).to_string(),
-            String::from_utf8_lossy(&out.stderr).to_string(),
-        )
-    };
+    let run = |cmd: String| run_cli(&s, home.path(), &cmd);
     let (ok, out, err) = run(format!("warmpool pool autoscale {pid}"));
     assert!(ok, "{out}{err}");
     assert!(out.contains("autoscale off, 1 to 20 VMs"), "{out}");
